@@ -1,0 +1,1 @@
+"""ddpm-seg: label-efficient semantic segmentation with frozen diffusion-model features."""

@@ -1,0 +1,200 @@
+"""One validated experiment config: JSON file + command-line overrides.
+
+The per-dataset JSON files keep the original ddpm-segmentation keys so that a researcher
+can diff them against the published ones; everything the original hard-coded is a key
+here with its default defined once, in ``DEFAULTS``, with the reason next to it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+# key -> (accepted types, default). A default of REQUIRED means the JSON must set it.
+REQUIRED = object()
+
+DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
+    # --- the original keys (ddpm-segmentation experiments/*/ddpm.json) ---
+    "exp_dir": ((str,), REQUIRED),
+    "model_type": ((str,), "ddpm"),
+    "category": ((str,), REQUIRED),
+    "number_class": ((int,), REQUIRED),
+    # Label excluded from training and from mIoU; null when every pixel is scored.
+    "ignore_label": ((int, type(None)), 255),
+    "training_path": ((str,), REQUIRED),
+    # Read by DatasetDDPM's DeepLab stage only; the interpreter never uses it.
+    "validation_path": ((str,), ""),
+    "testing_path": ((str,), REQUIRED),
+    "model_path": ((str,), REQUIRED),
+    # [H, W, C]: H, W is the working resolution; C must equal the collected feature size.
+    "dim": ((list,), REQUIRED),
+    "steps": ((list,), [50, 150, 250]),
+    "blocks": ((list,), [5, 6, 7, 8, 12]),
+    "model_num": ((int,), 10),
+    "batch_size": ((int,), 64),
+    "training_number": ((int,), REQUIRED),
+    "testing_number": ((int,), REQUIRED),
+    # Only bilinear: the lazy per-pixel upsampling in the feature store implements exactly it.
+    "upsample_mode": ((str,), "bilinear"),
+    # One noise tensor for every image and timestep, as published.
+    "share_noise": ((bool,), True),
+    # Hook the block inputs instead of outputs (the SwAV extractor uses True).
+    "input_activations": ((bool,), False),
+    # --- additions: names and colours that the original kept in src/data_util.py ---
+    "class_names": ((list,), REQUIRED),
+    "palette": ((list,), REQUIRED),
+    # --- additions: values the original hard-coded ---
+    "seed": ((int,), 0),
+    # Guided-diffusion flags for the U-Net; command-line MODEL_FLAGS override them.
+    "model_flags": ((dict,), {}),
+    # Adam learning rate of the pixel MLPs (original: 1e-3).
+    "learning_rate": ((float,), 1e-3),
+    # Upper bound on epochs per member (original: 100); early stopping ends far sooner.
+    "max_epochs": ((int,), 100),
+    # Early stopping starts once epoch index > this (original: 3, i.e. from the 5th epoch).
+    "early_stop_after_epoch": ((int,), 3),
+    # Stop after this many consecutive batches without a new best batch loss (original: 50).
+    "early_stop_patience": ((int,), 50),
+    # Training classes with fewer pixels than this in an image are relabelled to ignore (original: 20).
+    "min_region_pixels": ((int,), 20),
+    # Image uncertainty = mean of this top fraction of per-pixel JS values (original: 0.1).
+    "uncertainty_top_fraction": ((float,), 0.1),
+    # Where native-resolution activations live: "ram" or "disk" (a memmap under exp_dir).
+    "feature_store": ((str,), "ram"),
+    # Pixels per inference tile: bounds memory of test-time features (a 256x256 image is 4 tiles).
+    "inference_tile_pixels": ((int,), 16384),
+    # "auto" = CUDA when available, else CPU.
+    "device": ((str,), "auto"),
+}
+
+# Keys of the original configs that its code never read; accepted so published files load.
+IGNORED_LEGACY_KEYS = {"max_training"}
+
+CHOICES = {
+    "model_type": ("ddpm",),
+    "upsample_mode": ("bilinear",),
+    "feature_store": ("ram", "disk"),
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message says what and how to fix it."""
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _check_type(key: str, value: Any, types: tuple[type, ...], where: str) -> Any:
+    # JSON has one number type: accept an integer where a float is expected, never the reverse,
+    # and never a bool for a number (bool is an int subclass in Python).
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and bool not in types:
+        raise ConfigError(f"{where}: '{key}' must be {_type_name(types)}, got {value!r}")
+    if not isinstance(value, types):
+        raise ConfigError(
+            f"{where}: '{key}' must be {_type_name(types)}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _int_list(cfg: dict, key: str, where: str, length: int | None = None) -> None:
+    v = cfg[key]
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in v) or (
+        length is not None and len(v) != length
+    ):
+        want = f"a list of {length} integers" if length else "a list of integers"
+        raise ConfigError(f"{where}: '{key}' must be {want}, got {v!r}")
+
+
+def validate(cfg: dict, where: str = "config") -> dict:
+    """Return a complete, type-checked copy of ``cfg`` with defaults filled in."""
+    unknown = sorted(set(cfg) - set(DEFAULTS) - IGNORED_LEGACY_KEYS)
+    if unknown:
+        import difflib
+
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, DEFAULTS.keys(), n=1)
+            hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(hints)}. Known keys: {', '.join(sorted(DEFAULTS))}"
+        )
+    out: dict[str, Any] = {}
+    for key, (types, default) in DEFAULTS.items():
+        if key in cfg:
+            out[key] = _check_type(key, cfg[key], types, where)
+        elif default is REQUIRED:
+            raise ConfigError(f"{where}: required key '{key}' is missing")
+        else:
+            out[key] = json.loads(json.dumps(default))  # a fresh copy of list/dict defaults
+    for key, choices in CHOICES.items():
+        if out[key] not in choices:
+            raise ConfigError(f"{where}: '{key}' must be one of {list(choices)}, got {out[key]!r}")
+    _int_list(out, "dim", where, 3)
+    _int_list(out, "steps", where)
+    _int_list(out, "blocks", where)
+    if out["dim"][0] != out["dim"][1]:
+        raise ConfigError(f"{where}: 'dim' must be square [S, S, C], got {out['dim']}")
+    if out["number_class"] < 2:
+        raise ConfigError(f"{where}: 'number_class' must be >= 2, got {out['number_class']}")
+    k = out["number_class"]
+    if len(out["class_names"]) != k or not all(isinstance(n, str) for n in out["class_names"]):
+        raise ConfigError(
+            f"{where}: 'class_names' must list {k} names (one per class), got {len(out['class_names'])}"
+        )
+    pal = out["palette"]
+    if len(pal) != k or not all(
+        isinstance(c, list) and len(c) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in c)
+        for c in pal
+    ):
+        raise ConfigError(f"{where}: 'palette' must be {k} [r, g, b] triples of integers 0..255")
+    for key in ("model_num", "batch_size", "training_number", "testing_number", "max_epochs",
+                "inference_tile_pixels"):
+        if out[key] < 1:
+            raise ConfigError(f"{where}: '{key}' must be >= 1, got {out[key]}")
+    if not 0.0 < out["uncertainty_top_fraction"] <= 1.0:
+        raise ConfigError(f"{where}: 'uncertainty_top_fraction' must be in (0, 1]")
+    return out
+
+
+def load_config(path: str, overrides: dict[str, Any] | None = None) -> dict:
+    """Load an experiment JSON, apply ``overrides`` (already typed values), and validate.
+
+    Relative paths inside the file are kept as written: like the original, they are
+    relative to the directory the command runs in (the repository root).
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"experiment config not found: {path}")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: top level must be a JSON object")
+    cfg.update(overrides or {})
+    return validate(cfg, where=path)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` command-line override; the value is JSON if it parses, else a string."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. exp_dir=runs/x)")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def save_config(cfg: dict, path: str) -> None:
+    """Write the resolved config atomically: the saved file is the only input evaluation needs."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(cfg, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,118 @@
+"""PixelEnsemble: M pixel-classifier MLPs with stacked weights, run as one batched computation.
+
+Each member is the original pixel classifier
+    Linear(C, h1) -> ReLU -> BatchNorm1d(h1) -> Linear(h1, h2) -> ReLU -> BatchNorm1d(h2) -> Linear(h2, K)
+with (h1, h2) = (128, 32) for K < 30 classes and (256, 128) otherwise. Stacking the members'
+weights along a leading axis turns M small matmuls into one batched matmul; members never
+share parameters, so summing their losses gives each exactly its own gradients.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+INIT_STD = 0.02  # the original init_weights: Linear weights ~ N(0, 0.02), biases 0
+BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # BatchNorm1d defaults
+
+
+def hidden_sizes(num_classes: int) -> tuple[int, int]:
+    """The original's two widths: bigger MLP for 30+ classes (ffhq_34, ade_bedroom_30)."""
+    return (128, 32) if num_classes < 30 else (256, 128)
+
+
+class PixelEnsemble(nn.Module):
+    """M independent MLPs. Inputs are [M, B, C] (one batch per member) or [B, C] (shared)."""
+
+    def __init__(self, num_members: int, dim: int, num_classes: int,
+                 generators: Sequence[torch.Generator] | None = None):
+        super().__init__()
+        self.num_members, self.dim, self.num_classes = num_members, dim, num_classes
+        h1, h2 = hidden_sizes(num_classes)
+        sizes = [(dim, h1), (h1, h2), (h2, num_classes)]
+        M = num_members
+        # Weights are [M, in, out] (x @ W); saved per member in nn.Linear's [out, in] layout.
+        self.weights = nn.ParameterList([nn.Parameter(torch.empty(M, i, o)) for i, o in sizes])
+        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(M, o)) for _, o in sizes])
+        self.bn_weight = nn.ParameterList([nn.Parameter(torch.ones(M, h)) for h in (h1, h2)])
+        self.bn_bias = nn.ParameterList([nn.Parameter(torch.zeros(M, h)) for h in (h1, h2)])
+        for j, h in enumerate((h1, h2)):
+            self.register_buffer(f"running_mean{j}", torch.zeros(M, h))
+            self.register_buffer(f"running_var{j}", torch.ones(M, h))
+        self.register_buffer("num_batches_tracked", torch.zeros(M, dtype=torch.long))
+        self.reset_parameters(generators)
+
+    @torch.no_grad()
+    def reset_parameters(self, generators: Sequence[torch.Generator] | None = None) -> None:
+        """N(0, 0.02) weights; member m draws from ``generators[m]`` so its init is its own."""
+        for w in self.weights:
+            for m in range(self.num_members):
+                g = generators[m] if generators else None
+                w[m].copy_(torch.randn(w.shape[1:], generator=g) * INIT_STD)
+
+    def _bn(self, h: torch.Tensor, j: int) -> torch.Tensor:
+        """Per-member BatchNorm1d over the batch axis of h [M, B, F]."""
+        rm, rv = getattr(self, f"running_mean{j}"), getattr(self, f"running_var{j}")
+        if self.training:
+            mean = h.mean(dim=1)
+            var = h.var(dim=1, unbiased=False)
+            with torch.no_grad():
+                n = h.shape[1]
+                rm.lerp_(mean, BN_MOMENTUM)
+                rv.lerp_(var * n / max(n - 1, 1), BN_MOMENTUM)  # running stats use unbiased var
+        else:
+            mean, var = rm, rv
+        h = (h - mean[:, None]) * torch.rsqrt(var[:, None] + BN_EPS)
+        return h * self.bn_weight[j][:, None] + self.bn_bias[j][:, None]
+
+    def hidden(self, first: torch.Tensor) -> torch.Tensor:
+        """Everything after the first Linear: first-layer pre-activations [M, B, h1] -> logits."""
+        h = self._bn(F.relu(first), 0)
+        h = self._bn(F.relu(torch.baddbmm(self.biases[1][:, None], h, self.weights[1])), 1)
+        return torch.baddbmm(self.biases[2][:, None], h, self.weights[2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [M, B, C] or [B, C] -> logits [M, B, K]."""
+        if self.training:
+            self.num_batches_tracked += 1
+        if x.dim() == 2:
+            first = torch.matmul(x, self.weights[0]) + self.biases[0][:, None]
+        else:
+            first = torch.baddbmm(self.biases[0][:, None], x, self.weights[0])
+        return self.hidden(first)
+
+    # --- per-member export/import in the original pixel_classifier layout -------------------
+    def member_state_dict(self, m: int) -> dict[str, torch.Tensor]:
+        """Member m as the original's ``layers`` Sequential state dict (0,2,3,5,6 = Linear,BN,Linear,BN,Linear)."""
+        sd = {}
+        for j, layer in enumerate((0, 3, 6)):
+            sd[f"layers.{layer}.weight"] = self.weights[j][m].T.detach().clone()
+            sd[f"layers.{layer}.bias"] = self.biases[j][m].detach().clone()
+        for j, layer in enumerate((2, 5)):
+            sd[f"layers.{layer}.weight"] = self.bn_weight[j][m].detach().clone()
+            sd[f"layers.{layer}.bias"] = self.bn_bias[j][m].detach().clone()
+            sd[f"layers.{layer}.running_mean"] = getattr(self, f"running_mean{j}")[m].clone()
+            sd[f"layers.{layer}.running_var"] = getattr(self, f"running_var{j}")[m].clone()
+            sd[f"layers.{layer}.num_batches_tracked"] = self.num_batches_tracked[m].clone()
+        return sd
+
+    @torch.no_grad()
+    def load_member(self, m: int, sd: dict[str, torch.Tensor]) -> None:
+        """Load one member from the original layout (a ``module.`` prefix is accepted)."""
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
+        try:
+            for j, layer in enumerate((0, 3, 6)):
+                self.weights[j][m].copy_(sd[f"layers.{layer}.weight"].T)
+                self.biases[j][m].copy_(sd[f"layers.{layer}.bias"])
+            for j, layer in enumerate((2, 5)):
+                self.bn_weight[j][m].copy_(sd[f"layers.{layer}.weight"])
+                self.bn_bias[j][m].copy_(sd[f"layers.{layer}.bias"])
+                getattr(self, f"running_mean{j}")[m].copy_(sd[f"layers.{layer}.running_mean"])
+                getattr(self, f"running_var{j}")[m].copy_(sd[f"layers.{layer}.running_var"])
+            self.num_batches_tracked[m] = sd["layers.2.num_batches_tracked"]
+        except (KeyError, RuntimeError) as e:
+            raise ValueError(
+                f"pixel classifier state does not fit an MLP for dim {self.dim} and {self.num_classes} "
+                f"classes: {e}") from None

@@ -1,0 +1,97 @@
+"""Pixel features from a frozen guided-diffusion U-Net (Baranchuk et al., ICLR'22).
+
+For each timestep t in ``steps`` the image is noised with q_sample (one shared noise tensor),
+the U-Net runs once, and forward hooks on ``output_blocks[b]`` for b in ``blocks`` keep the
+block outputs (or inputs). The list is step-major, then ascending block index: the
+original's feature order. The forward stops right after the last hooked block, since later
+decoder blocks (the most expensive, at full resolution) cannot change the hooked values.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from guided_diffusion.checkpoint import load_model_and_diffusion
+
+
+class _StopForward(Exception):
+    """Raised by the last hook: the rest of the U-Net is not needed for features."""
+
+
+class FeatureExtractorDDPM:
+    """Callable: ``extractor(img, noise=None)`` -> list of activations [N, C, h, w] (float32).
+
+    Pass ``model_path`` and the guided-diffusion flags as keywords (like the original), or an
+    already-built ``model`` and ``diffusion``.
+    """
+
+    def __init__(self, model_path: str | None = None, steps: Sequence[int] = (50, 150, 250),
+                 blocks: Sequence[int] = (5, 6, 7, 8, 12), input_activations: bool = False,
+                 device: str | torch.device = "cpu", model=None, diffusion=None, **model_flags: Any):
+        if model is None:
+            if model_path is None:
+                raise ValueError("give model_path (with the model flags) or model and diffusion")
+            model, diffusion = load_model_and_diffusion(model_path, model_flags, device)
+        self.model, self.diffusion = model.eval(), diffusion
+        self.device = torch.device(device)
+        self.steps = [int(t) for t in steps]
+        self.blocks = sorted(int(b) for b in blocks)  # hooks fire in block order, as published
+        n = len(model.output_blocks)
+        bad = [b for b in self.blocks if not 0 <= b < n]
+        if bad:
+            raise ValueError(f"blocks {bad} do not exist: this U-Net has output_blocks 0..{n - 1}")
+        bad_t = [t for t in self.steps if not 0 <= t < diffusion.num_timesteps]
+        if bad_t:
+            raise ValueError(f"steps {bad_t} out of range 0..{diffusion.num_timesteps - 1}")
+        self.input_activations = input_activations
+        self._acts: list[torch.Tensor] = []
+        for b in self.blocks:
+            model.output_blocks[b].register_forward_hook(self._hook(last=b == self.blocks[-1]))
+
+    def _hook(self, last: bool):
+        def hook(module, inputs, output):
+            value = inputs[0] if self.input_activations else output
+            self._acts.append(value.detach().float())
+            if last:
+                raise _StopForward
+        return hook
+
+    @torch.no_grad()
+    def __call__(self, img: torch.Tensor, noise: torch.Tensor | None = None) -> list[torch.Tensor]:
+        img = img.to(self.device)
+        if noise is not None:
+            noise = noise.to(self.device).expand_as(img)
+        activations: list[torch.Tensor] = []
+        for t in self.steps:
+            tt = torch.full((img.shape[0],), t, dtype=torch.long, device=self.device)
+            x_t = self.diffusion.q_sample(img, tt, noise=noise)
+            self._acts = []
+            try:
+                self.model(x_t, self.diffusion._scale_timesteps(tt))
+            except _StopForward:
+                pass
+            activations.extend(self._acts)
+        return activations
+
+
+def collect_features(args: dict, activations: Sequence[torch.Tensor], sample_idx: int = 0) -> torch.Tensor:
+    """Upsample every activation of one sample to ``args['dim'][:2]`` and concatenate: [C, H, W].
+
+    The full tensor is what the original stores per image; the pipeline itself never builds it
+    (see ddpmseg.store), but this is the reference it is tested against.
+    """
+    size = tuple(args["dim"][:2])
+    mode = args.get("upsample_mode", "bilinear")
+    maps = [F.interpolate(a[sample_idx][None].float(), size=size, mode=mode,
+                          align_corners=False if mode in ("bilinear", "bicubic") else None)[0]
+            for a in activations]
+    return torch.cat(maps, dim=0)
+
+
+def shared_noise(seed: int, size: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The original's one noise tensor for all images and steps: a generator on ``device``
+    seeded with ``seed`` (a CUDA generator gives a different stream than the CPU one)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(1, 3, size, size, generator=g, device=device)

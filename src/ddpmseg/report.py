@@ -1,0 +1,112 @@
+"""Writing results: predicted masks, colour visualisations, JSON and text reports.
+
+Every file is written to a temporary sibling and then renamed over the target, so an
+interrupted run never leaves a truncated mask or report that a later step would trust.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, BinaryIO, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+# White separator between the panels of a comparison image.
+_GAP_PX = 2
+
+
+def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write`` on a temp file beside ``path``, fsync it, then rename it onto ``path``."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    # Same folder => same filesystem, which is what makes os.replace atomic.
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Also on KeyboardInterrupt: leave neither a half file nor a stray temp behind.
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON (indent 1, trailing newline) to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
+
+
+def _write_png_atomic(path: str, rgb: np.ndarray) -> None:
+    _atomic_write(path, lambda f: Image.fromarray(np.ascontiguousarray(rgb)).save(f, format="PNG"))
+
+
+def _write_npy_atomic(path: str, array: np.ndarray) -> None:
+    # np.save on a file object does not append ".npy", so the final name is exactly ``path``.
+    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def colorize_mask(mask: np.ndarray | torch.Tensor, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """Map class ids [H,W] to RGB uint8 [H,W,3]; ids outside the palette (e.g. 255) are black."""
+    m = _to_numpy(mask).astype(np.int64)
+    colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    out = np.zeros(m.shape + (3,), dtype=np.uint8)
+    inside = (m >= 0) & (m < len(colours))
+    out[inside] = colours[m[inside]]
+    return out
+
+
+def to_uint8_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A [3,H,W] image in [-1,1] as uint8 [H,W,3]: (x+1)*127.5, clamped, truncated like the original."""
+    x = torch.as_tensor(image).detach().cpu().float()
+    return ((x + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def side_by_side(panels: Sequence[np.ndarray]) -> np.ndarray:
+    """Join equal-height RGB panels left to right with a white gap of _GAP_PX pixels."""
+    height = panels[0].shape[0]
+    gap = np.full((height, _GAP_PX, 3), 255, dtype=np.uint8)
+    parts: list[np.ndarray] = []
+    for i, panel in enumerate(panels):
+        if i:
+            parts.append(gap)
+        parts.append(panel)
+    return np.concatenate(parts, axis=1)
+
+
+def save_prediction(exp_dir: str, stem: str, pred: np.ndarray | torch.Tensor,
+                    image: np.ndarray | torch.Tensor | None = None,
+                    gt: np.ndarray | torch.Tensor | None = None, *,
+                    palette: Sequence[Sequence[int]]) -> None:
+    """Write ``predictions/<stem>.npy``, ``visualizations/<stem>.png`` and, given the
+    image ([3,H,W] in [-1,1]) and ground truth, ``visualizations/<stem>_compare.png``
+    (image | ground truth | prediction)."""
+    mask = _to_numpy(pred).squeeze()
+    if mask.ndim != 2:
+        raise ValueError(f"prediction for {stem} must squeeze to [H,W], got shape {mask.shape}")
+    # The smallest integer type that holds every class id keeps 650 test masks small.
+    dtype = np.uint8 if len(palette) <= 256 else np.int16
+    _write_npy_atomic(os.path.join(exp_dir, "predictions", stem + ".npy"), mask.astype(dtype))
+    coloured = colorize_mask(mask, palette)
+    vis_dir = os.path.join(exp_dir, "visualizations")
+    _write_png_atomic(os.path.join(vis_dir, stem + ".png"), coloured)
+    if image is not None and gt is not None:
+        panels = [to_uint8_image(image), colorize_mask(_to_numpy(gt).squeeze(), palette), coloured]
+        if len({p.shape for p in panels}) != 1:
+            raise ValueError(f"{stem}: image, ground truth and prediction sizes differ: "
+                             f"{[p.shape[:2] for p in panels]}")
+        _write_png_atomic(os.path.join(vis_dir, stem + "_compare.png"), side_by_side(panels))

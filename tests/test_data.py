@@ -1,0 +1,216 @@
+"""ddpmseg.data: folder listing, up-front validation, transforms, small-region removal."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import CELEBAMASK64, require
+from ddpmseg.data import (DataError, ImageLabelDataset, drop_small_regions, list_image_files,
+                          nearest_resize)
+
+
+def _write_pair(folder, stem, size=(8, 8), label=None, ext="png", seed=0):
+    """A random RGB image of ``size`` (W, H) and, unless label is False, a uint8 label."""
+    os.makedirs(folder, exist_ok=True)
+    w, h = size
+    rgb = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(os.path.join(folder, f"{stem}.{ext}"))
+    if label is not False:
+        lab = np.zeros((h, w), np.uint8) if label is None else label
+        np.save(os.path.join(folder, f"{stem}.npy"), lab)
+    return rgb
+
+
+def _error(tmp_path, **kw) -> str:
+    with pytest.raises(DataError) as e:
+        ImageLabelDataset(str(tmp_path), 8, **kw)
+    return str(e.value)
+
+
+# --- the real data ---------------------------------------------------------------------------
+
+def test_celebamask64_train_loads():
+    folder = require(CELEBAMASK64) / "real" / "train"
+    ds = ImageLabelDataset(str(folder), 64, number_class=19, ignore_label=None)
+    assert len(ds) == 20
+    stems = [ds[i]["stem"] for i in range(len(ds))]
+    assert stems == sorted(stems)
+    for i in (0, 19):
+        item = ds[i]
+        assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.float32
+        assert -1.0 <= item["image"].min() and item["image"].max() <= 1.0
+        assert item["label"].shape == (64, 64) and item["label"].dtype == torch.int64
+        assert 0 <= item["label"].min() and item["label"].max() < 19
+        raw = np.load(folder / f"{item['stem']}.npy")
+        assert np.array_equal(item["label"].numpy(), raw)
+        rgb = np.array(Image.open(folder / f"{item['stem']}.png").convert("RGB"))
+        expect = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 * 2 - 1
+        assert torch.allclose(item["image"], expect, atol=1e-6)
+
+
+# --- listing rule ----------------------------------------------------------------------------
+
+def test_list_image_files_rule(tmp_path):
+    for name in ["b.png", "a.PNG", "c.jpeg", "d.Gif", "e.jpg", "b.png.txt", "noext", "x.npy", "png"]:
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "sub" / "z.jpg").write_bytes(b"")
+    (tmp_path / "sub" / "deeper" / "y.png").write_bytes(b"")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "k.png").write_bytes(b"")
+    got = [os.path.relpath(p, tmp_path) for p in list_image_files(str(tmp_path))]
+    # depth-first over sorted names at each level: folder "c" comes before "c.jpeg", although
+    # a global sort of the paths would put "c.jpeg" first ('.' < '/')
+    assert got == ["a.PNG", "b.png", "c/k.png", "c.jpeg", "d.Gif", "e.jpg",
+                   "sub/deeper/y.png", "sub/z.jpg"]
+
+
+def test_dataset_sorts_full_list_and_caps(tmp_path):
+    _write_pair(tmp_path / "b", "1")
+    _write_pair(tmp_path, "b")
+    _write_pair(tmp_path, "a")
+    ds = ImageLabelDataset(str(tmp_path), 8)
+    # the dataset re-sorts the full path list, like sorted(_list_image_files_recursively(...))
+    assert [os.path.relpath(p, tmp_path) for p in ds.image_paths] == ["a.png", "b.png", "b/1.png"]
+    assert len(ImageLabelDataset(str(tmp_path), 8, num_images=2)) == 2
+    assert len(ImageLabelDataset(str(tmp_path), 8, num_images=0)) == 3
+    assert len(ImageLabelDataset(str(tmp_path), 8, num_images=10)) == 3
+
+
+# --- validation errors -----------------------------------------------------------------------
+
+def test_missing_folder(tmp_path):
+    msg = _error(tmp_path / "nope")
+    assert "not found" in msg and "nope" in msg
+
+
+def test_no_images(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    msg = _error(tmp_path)
+    assert "no images" in msg and ".png" in msg and ".jpeg" in msg
+
+
+def test_missing_labels_listed(tmp_path):
+    for i in range(7):
+        _write_pair(tmp_path, f"img{i}", label=False if i else None)
+    msg = _error(tmp_path)
+    assert "6 of 7 images have no label" in msg
+    assert "img1.npy" in msg and "and 1 more" in msg and "img0.npy" not in msg
+    # unlabelled folders are fine when labels are not required
+    ds = ImageLabelDataset(str(tmp_path), 8, require_labels=False)
+    assert len(ds) == 7 and "label" not in ds[3]
+
+
+def test_corrupt_image(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    np.save(tmp_path / "bad.npy", np.zeros((8, 8), np.uint8))
+    msg = _error(tmp_path)
+    assert "bad.png" in msg and "cannot be read as an image" in msg
+
+
+def test_corrupt_label(tmp_path):
+    _write_pair(tmp_path, "a", label=False)
+    (tmp_path / "a.npy").write_bytes(b"garbage")
+    msg = _error(tmp_path)
+    assert "a.npy" in msg and "cannot be read as a .npy" in msg
+
+
+def test_non_square_image(tmp_path):
+    _write_pair(tmp_path, "wide", size=(10, 8), label=np.zeros((8, 10), np.uint8))
+    msg = _error(tmp_path)
+    assert "wide.png" in msg and "10x8" in msg and "square" in msg
+
+
+def test_label_shape_mismatch(tmp_path):
+    _write_pair(tmp_path, "a", label=np.zeros((8, 7), np.uint8))
+    msg = _error(tmp_path)
+    assert "a.npy" in msg and "(8, 7)" in msg and "(8, 8)" in msg
+
+
+def test_label_values_out_of_range(tmp_path):
+    lab = np.zeros((8, 8), np.int16)
+    lab[0, :3] = [5, 255, 7]
+    lab[1, 0] = -2
+    _write_pair(tmp_path, "a", label=lab)
+    msg = _error(tmp_path, number_class=5, ignore_label=255)
+    assert "a.npy" in msg and "[-2, 5, 7]" in msg and "number_class=5" in msg
+    # without an ignore label, 255 is invalid as well
+    assert "[-2, 5, 7, 255]" in _error(tmp_path, number_class=5, ignore_label=None)
+    lab[lab < 0] = 0
+    lab[lab > 4] = 255
+    _write_pair(tmp_path, "a", label=lab)
+    ds = ImageLabelDataset(str(tmp_path), 8, number_class=5, ignore_label=255)
+    assert ds[0]["label"][0, 1] == 255  # ignore pixels keep their raw id
+
+
+def test_negative_labels_rejected_without_number_class(tmp_path):
+    _write_pair(tmp_path, "a", label=np.full((8, 8), -1, np.int8))
+    assert "[-1]" in _error(tmp_path)
+
+
+def test_float_label_dtype(tmp_path):
+    _write_pair(tmp_path, "a", label=np.zeros((8, 8), np.float32))
+    msg = _error(tmp_path, number_class=3)
+    assert "a.npy" in msg and "float32" in msg and "integer" in msg
+
+
+def test_all_problems_in_one_message(tmp_path):
+    _write_pair(tmp_path, "a", label=np.zeros((8, 7), np.uint8))
+    _write_pair(tmp_path, "b", label=np.full((8, 8), 9, np.uint8))
+    msg = _error(tmp_path, number_class=3)
+    assert msg.startswith("2 problem(s)") and "a.npy" in msg and "b.npy" in msg
+
+
+# --- resizing --------------------------------------------------------------------------------
+
+def test_resize_path_image_and_label(tmp_path):
+    lab = np.arange(32 * 32, dtype=np.int64).reshape(32, 32) % 7
+    rgb = _write_pair(tmp_path, "a", size=(32, 32), label=lab)
+    item = ImageLabelDataset(str(tmp_path), 16, number_class=7)[0]
+    assert item["image"].shape == (3, 16, 16) and item["label"].shape == (16, 16)
+    idx = np.floor(np.arange(16) * 32 / 16).astype(int)
+    assert np.array_equal(item["label"].numpy(), lab[idx][:, idx])
+    expect = np.asarray(Image.fromarray(rgb).resize((16, 16), Image.BILINEAR))
+    got = ((item["image"] + 1) / 2 * 255).round().permute(1, 2, 0).numpy()
+    assert np.abs(got - expect).max() <= 1
+
+
+@pytest.mark.parametrize("src,dst", [(32, 16), (5, 3), (3, 7), (100, 64), (64, 256)])
+def test_nearest_resize_floor_rule(src, dst):
+    lab = np.arange(src * src).reshape(src, src)
+    idx = np.minimum((np.arange(dst) * src) // dst, src - 1)
+    assert np.array_equal(nearest_resize(lab, dst), lab[idx][:, idx])
+
+
+# --- small-region removal --------------------------------------------------------------------
+
+def test_drop_small_regions_with_ignore_label():
+    lab = np.zeros((10, 10), np.uint8)
+    lab[0, :5] = 1      # 5 px: dropped
+    lab[1:4, :] = 2     # 30 px: kept
+    lab[5, 0] = 255     # ignore: never counted
+    out, dropped = drop_small_regions(lab, 255, 20)
+    assert dropped == [(1, 5)]
+    assert out.dtype == np.uint8 and (out[0, :5] == 255).all() and (out[1:4] == 2).all()
+    assert (lab[0, :5] == 1).all()  # the input is not modified
+
+
+def test_drop_small_regions_without_ignore_label_and_tensor():
+    lab = torch.zeros(10, 10, dtype=torch.uint8)
+    lab[0, :3] = 4
+    out, dropped = drop_small_regions(lab, None, 20)
+    assert isinstance(out, torch.Tensor) and dropped == [(4, 3)]
+    assert out.dtype == torch.int64 and (out[0, :3] == -1).all() and (out[1:] == 0).all()
+    out2, dropped2 = drop_small_regions(out, None, 20, fill=-1)
+    assert dropped2 == [] and torch.equal(out2, out)  # markers are not relabelled again
+
+
+def test_drop_small_regions_ignore_zero_like_bedroom():
+    lab = np.zeros((10, 10), np.int64)  # class 0 is the ignore label: never dropped
+    lab[0, 0] = 3
+    out, dropped = drop_small_regions(lab, 0, 20)
+    assert dropped == [(3, 1)] and (out == 0).all()

@@ -1,0 +1,86 @@
+"""ddpmseg.metrics: the published dataset-level IoU semantics, checked by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ddpmseg.metrics import IoUAccumulator, iou_table_markdown
+
+
+def test_hand_computed_example():
+    # 4 classes, ignore 255. Class 3 is absent from GT and prediction.
+    gt = np.array([[0, 0, 1],
+                   [1, 2, 255]])
+    pred = np.array([[0, 1, 1],
+                     [1, 2, 2]])
+    acc = IoUAccumulator(4, 255, ["bg", "a", "b", "c"])
+    acc.update(pred, gt)
+    r = acc.result()
+    # class 0: I=1, U=2; class 1: I=2, U=3; class 2: I=1, U=2 (the GT-255 pixel predicted 2
+    # enlarges U_2); class 3: I=0, U=0 -> IoU 0.
+    assert r["intersection"] == [1, 2, 1, 0]
+    assert r["union"] == [2, 3, 2, 0]
+    assert r["per_class_iou"] == pytest.approx({"bg": 0.5, "a": 2 / 3, "b": 0.5, "c": 0.0})
+    assert r["miou"] == pytest.approx((0.5 + 2 / 3 + 0.5 + 0) / 4)
+    assert r["miou_present"] == pytest.approx((0.5 + 2 / 3 + 0.5) / 3)
+    assert r["num_images"] == 1
+
+
+def test_ignore_label_zero_excludes_class_zero():
+    gt = np.array([[0, 0, 1, 2]])
+    pred = np.array([[1, 0, 1, 2]])
+    acc = IoUAccumulator(3, 0)
+    acc.update(torch.from_numpy(pred), torch.from_numpy(gt))
+    r = acc.result()
+    assert list(r["per_class_iou"]) == ["1", "2"]
+    # class 1: I=1, U=2 (the GT-0 pixel predicted 1 still counts)
+    assert r["per_class_iou"]["1"] == pytest.approx(0.5)
+    assert r["miou"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_dataset_level_not_per_image_mean():
+    acc = IoUAccumulator(2, None)
+    # image 1: class 1 I=1, U=1 (IoU 1); image 2: class 1 I=1, U=3 (IoU 1/3)
+    acc.update(np.array([[1, 0, 0, 0]]), np.array([[1, 0, 0, 0]]))
+    acc.update(np.array([[1, 1, 0, 0]]), np.array([[1, 0, 1, 0]]))
+    r = acc.result()
+    assert r["intersection"][1] == 2 and r["union"][1] == 4
+    assert r["per_class_iou"]["1"] == pytest.approx(0.5)  # per-image mean would give 2/3
+    assert r["num_images"] == 2
+
+
+def test_batched_update_equals_single_updates():
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 5, (3, 6, 6))
+    gt[0, 0, :] = 255
+    pred = rng.integers(0, 5, (3, 6, 6))
+    one, many = IoUAccumulator(5, 255), IoUAccumulator(5, 255)
+    one.update(pred, gt)
+    for p, g in zip(pred, gt):
+        many.update(p, g)
+    assert one.result() == many.result()
+    assert one.result()["num_images"] == 3
+
+
+def test_perfect_prediction():
+    gt = np.random.default_rng(1).integers(0, 4, (16, 16))
+    acc = IoUAccumulator(4, None)
+    acc.update(gt, gt)
+    r = acc.result()
+    assert r["miou"] == pytest.approx(1.0) and r["miou_present"] == pytest.approx(1.0)
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="shape"):
+        IoUAccumulator(2, None).update(np.zeros((2, 2), int), np.zeros((2, 3), int))
+
+
+def test_markdown_table():
+    acc = IoUAccumulator(3, None, ["bg", "face", "hat"])
+    acc.update(np.array([[0, 1, 1]]), np.array([[0, 1, 0]]))
+    md = iou_table_markdown(acc.result(), ["bg", "face", "hat"])
+    assert "| 0 bg | 50.00 | yes |" in md
+    assert "| 1 face | 50.00 | yes |" in md
+    assert "| 2 hat | 0.00 | no |" in md
+    assert "**33.33**" in md and "present (2 classes) | 50.00" in md

@@ -1,0 +1,116 @@
+"""ddpmseg.report: colours, comparison images, npy round trip, atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import CELEBAMASK64, require
+from ddpmseg import report
+from ddpmseg.report import (colorize_mask, save_prediction, to_uint8_image, write_json_atomic,
+                            write_text_atomic)
+
+
+def _palette():
+    with open(require(CELEBAMASK64) / "classes.json") as f:
+        return json.load(f)["palette_rgb"]
+
+
+def test_colorize_celebamask64_palette():
+    pal = _palette()
+    mask = np.array([[0, 1, 18], [13, 255, -1]])
+    rgb = colorize_mask(torch.from_numpy(mask), pal)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
+    assert rgb[0, 0].tolist() == pal[0] == [255, 255, 255]
+    assert rgb[0, 1].tolist() == pal[1] and rgb[0, 2].tolist() == pal[18]
+    assert rgb[1, 0].tolist() == pal[13]
+    assert rgb[1, 1].tolist() == [0, 0, 0] and rgb[1, 2].tolist() == [0, 0, 0]
+
+
+def test_to_uint8_image_truncates_and_clamps():
+    x = torch.tensor([-1.5, -1.0, 0.0, 0.999, 1.0, 2.0]).view(3, 1, 2)
+    out = to_uint8_image(x)
+    assert out.shape == (1, 2, 3) and out.dtype == np.uint8
+    # channel-last: pixel (0,0) gets channel values x[0,0,0], x[1,0,0], x[2,0,0]
+    assert out[0, 0].tolist() == [0, 127, 255] and out[0, 1].tolist() == [0, 254, 255]
+
+
+def test_save_prediction_files(tmp_path):
+    pal = _palette()
+    h = w = 8
+    pred = torch.zeros(1, h, w, dtype=torch.int64)
+    pred[0, :, 4:] = 13
+    gt = np.zeros((h, w), np.int64)
+    gt[:4] = 255
+    image = torch.full((3, h, w), -1.0)
+    image[0] = 1.0  # pure red
+    save_prediction(str(tmp_path), "x", pred, image=image, gt=gt, palette=pal)
+
+    saved = np.load(tmp_path / "predictions" / "x.npy")
+    assert saved.dtype == np.uint8 and saved.shape == (h, w)
+    assert np.array_equal(saved, pred[0].numpy())
+
+    vis = np.asarray(Image.open(tmp_path / "visualizations" / "x.png").convert("RGB"))
+    assert vis[0, 0].tolist() == pal[0] and vis[0, 5].tolist() == pal[13]
+
+    cmp_ = np.asarray(Image.open(tmp_path / "visualizations" / "x_compare.png").convert("RGB"))
+    assert cmp_.shape == (h, 3 * w + 4, 3)
+    assert cmp_[3, 3].tolist() == [255, 0, 0]                  # image panel
+    assert cmp_[3, w].tolist() == [255, 255, 255]              # gap
+    assert cmp_[0, w + 2].tolist() == [0, 0, 0]                # GT 255 -> black
+    assert cmp_[6, w + 2].tolist() == pal[0]                   # GT class 0
+    assert cmp_[5, 2 * w + 4 + 1].tolist() == pal[0]           # prediction, left half
+    assert cmp_[5, 3 * w + 3].tolist() == pal[13]              # prediction, right edge
+    assert not [n for d in ("predictions", "visualizations")
+                for n in os.listdir(tmp_path / d) if n.endswith(".tmp")]
+
+
+def test_npy_dtype_for_many_classes(tmp_path):
+    pal = [[0, 0, 0]] * 300
+    pred = np.full((4, 4), 299)
+    save_prediction(str(tmp_path), "big", pred, palette=pal)
+    saved = np.load(tmp_path / "predictions" / "big.npy")
+    assert saved.dtype == np.int16 and (saved == 299).all()
+    assert not (tmp_path / "visualizations" / "big_compare.png").exists()
+
+
+def test_json_and_text_atomic(tmp_path):
+    path = tmp_path / "sub" / "m.json"
+    write_json_atomic(str(path), {"miou": 0.5, "per_class": [1, 2]})
+    text = path.read_text()
+    assert text.endswith("}\n") and json.loads(text) == {"miou": 0.5, "per_class": [1, 2]}
+    assert text == json.dumps({"miou": 0.5, "per_class": [1, 2]}, indent=1) + "\n"
+    write_text_atomic(str(tmp_path / "r.md"), "héllo\n")
+    assert (tmp_path / "r.md").read_text(encoding="utf-8") == "héllo\n"
+    assert sorted(os.listdir(tmp_path / "sub")) == ["m.json"]
+
+
+def test_failed_rename_leaves_nothing(tmp_path, monkeypatch):
+    def broken_replace(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(report.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk gone"):
+        write_json_atomic(str(tmp_path / "m.json"), {"a": 1})
+    with pytest.raises(OSError, match="disk gone"):
+        save_prediction(str(tmp_path), "x", np.zeros((4, 4), int), palette=[[0, 0, 0]] * 2)
+    assert os.listdir(tmp_path) == ["predictions"]
+    assert os.listdir(tmp_path / "predictions") == []
+
+
+def test_existing_file_survives_failed_write(tmp_path, monkeypatch):
+    path = tmp_path / "m.json"
+    write_json_atomic(str(path), {"old": True})
+
+    def fail(f):
+        f.write(b"{\"new\": ")
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        report._atomic_write(str(path), fail)
+    assert json.loads(path.read_text()) == {"old": True}
+    assert os.listdir(tmp_path) == ["m.json"]

@@ -1,0 +1,52 @@
+"""Lazy per-pixel bilinear upsampling equals full upsampling (align_corners=False)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddpmseg.store import FeatureStore, upsample_pixels
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((8, 8), (32, 32)), ((16, 16), (64, 64)), ((32, 32), (32, 32)),
+                                          ((5, 7), (23, 11)), ((64, 64), (16, 16))])
+def test_upsample_pixels_equals_interpolate(in_hw, out_hw):
+    torch.manual_seed(0)
+    maps = [torch.randn(3, *in_hw), torch.randn(2, in_hw[0] * 2, in_hw[1] * 2)]
+    full = torch.cat([F.interpolate(m[None], size=out_hw, mode="bilinear", align_corners=False)[0]
+                      for m in maps])
+    ys, xs = torch.meshgrid(torch.arange(out_hw[0]), torch.arange(out_hw[1]), indexing="ij")
+    lazy = upsample_pixels(maps, ys.reshape(-1), xs.reshape(-1), out_hw)
+    assert torch.allclose(lazy.T.reshape(full.shape), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("location", [None, "disk"])
+def test_store_equals_full_upsampling_to_fp16_precision(tmp_path, location):
+    """Exactly the original's X for random pixels, up to rounding the native maps to fp16."""
+    torch.manual_seed(1)
+    shapes = [(16, 8, 8), (8, 16, 16), (4, 32, 32)]
+    images = [[torch.randn(c, h, w) * 3 for c, h, w in shapes] for _ in range(3)]
+    store = FeatureStore(3, shapes, (32, 32), location=str(tmp_path / "s") if location else None)
+    for i, acts in enumerate(images):
+        store.put(i, acts)
+    img = torch.randint(0, 3, (500,))
+    ys, xs = torch.randint(0, 32, (500,)), torch.randint(0, 32, (500,))
+    got = store.pixels(img, ys, xs)
+    for i, acts in enumerate(images):
+        full = torch.cat([F.interpolate(a[None], size=(32, 32), mode="bilinear", align_corners=False)[0]
+                          for a in acts])  # [C, 32, 32], the original's per-image X
+        sel = img == i
+        ref = full[:, ys[sel], xs[sel]].T
+        assert (got[sel] - ref).abs().max() <= 2 ** -10 * 3 * 4  # fp16 relative precision of |x| <~ 12
+        # Bit-for-bit what full upsampling of the fp16-rounded maps gives.
+        full16 = torch.cat([F.interpolate(a.half().float()[None], size=(32, 32), mode="bilinear",
+                                          align_corners=False)[0] for a in acts])
+        assert torch.allclose(got[sel], full16[:, ys[sel], xs[sel]].T, atol=1e-5)
+    assert store.dim == 28 and store.nbytes == 3 * (16 * 64 + 8 * 256 + 4 * 1024) * 2
+    store.close()
+    if location:
+        assert not (tmp_path / "s").exists()
+
+
+def test_store_rejects_wrong_layer_count():
+    store = FeatureStore(1, [(2, 4, 4)], (8, 8))
+    with pytest.raises(ValueError, match="expected 1 activation maps"):
+        store.put(0, [torch.zeros(2, 4, 4)] * 2)

@@ -1,0 +1,53 @@
+"""Train and evaluate the pixel-classifier ensemble on DDPM features.
+
+    python train_interpreter.py --exp experiments/<dataset>/ddpm.json [MODEL_FLAGS] [--seed N]
+
+MODEL_FLAGS are guided-diffusion's (e.g. --num_channels 256 --learn_sigma True); unlike the
+original, only flags you actually pass override the config, so argparse defaults can never
+silently replace the checkpoint's architecture. See README.md for the outputs.
+"""
+import argparse
+import sys
+
+from guided_diffusion.checkpoint import CheckpointError
+from guided_diffusion.script_util import model_and_diffusion_defaults, str2bool
+from ddpmseg.config import ConfigError, load_config, parse_override
+from ddpmseg.data import DataError
+from ddpmseg.interpreter import resolve_model_flags, run_interpreter
+
+PATH_KEYS = ("exp_dir", "training_path", "testing_path", "model_path")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp", required=True, help="experiment config, e.g. experiments/bedroom_28/ddpm.json")
+    p.add_argument("--seed", type=int, default=None, help="overrides the config's seed (default 0)")
+    for key in PATH_KEYS:
+        p.add_argument(f"--{key}", default=None, help=f"overrides the config's {key}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key; the value is parsed as JSON if it can be (repeatable)")
+    flags = p.add_argument_group("guided-diffusion model flags (override the config's model_flags)")
+    for key, default in model_and_diffusion_defaults().items():
+        kind = str2bool if isinstance(default, bool) else type(default)
+        flags.add_argument(f"--{key}", type=kind, default=None, help=f"(guided-diffusion default: {default})")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        overrides = dict(parse_override(s) for s in args.set)
+        overrides.update({k: getattr(args, k) for k in PATH_KEYS if getattr(args, k) is not None})
+        if args.seed is not None:
+            overrides["seed"] = args.seed
+        cfg = load_config(args.exp, overrides)
+        cli_flags = {k: getattr(args, k) for k in model_and_diffusion_defaults() if getattr(args, k) is not None}
+        run_interpreter(cfg, resolve_model_flags(cfg, cli_flags))
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
