@@ -47,9 +47,6 @@ def model_and_diffusion_defaults() -> dict[str, Any]:
     )
 
 
-MODEL_FLAGS = tuple(k for k in model_and_diffusion_defaults() if k not in diffusion_defaults() or k == "learn_sigma")
-
-
 def create_model_and_diffusion(**flags: Any) -> tuple[UNetModel, SpacedDiffusion]:
     """Build the U-Net and its diffusion from flags; unknown flags are an error."""
     defaults = model_and_diffusion_defaults()

@@ -1,4 +1,4 @@
-"""ddpmseg.report: colours, comparison images, npy round trip, atomic writes."""
+"""ddpmseg.report: colours, comparison images, npy round trip, no partial files."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from conftest import CELEBAMASK64, require
-from ddpmseg import report
-from ddpmseg.report import (colorize_mask, save_prediction, to_uint8_image, write_json_atomic,
-                            write_text_atomic)
+from ddpmseg import atomic
+from ddpmseg.atomic import write_json_atomic
+from ddpmseg.report import colorize_mask, save_prediction, to_uint8_image
 
 
 def _palette():
@@ -78,39 +78,14 @@ def test_npy_dtype_for_many_classes(tmp_path):
     assert not (tmp_path / "visualizations" / "big_compare.png").exists()
 
 
-def test_json_and_text_atomic(tmp_path):
-    path = tmp_path / "sub" / "m.json"
-    write_json_atomic(str(path), {"miou": 0.5, "per_class": [1, 2]})
-    text = path.read_text()
-    assert text.endswith("}\n") and json.loads(text) == {"miou": 0.5, "per_class": [1, 2]}
-    assert text == json.dumps({"miou": 0.5, "per_class": [1, 2]}, indent=1) + "\n"
-    write_text_atomic(str(tmp_path / "r.md"), "héllo\n")
-    assert (tmp_path / "r.md").read_text(encoding="utf-8") == "héllo\n"
-    assert sorted(os.listdir(tmp_path / "sub")) == ["m.json"]
-
-
 def test_failed_rename_leaves_nothing(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(report.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk gone"):
         write_json_atomic(str(tmp_path / "m.json"), {"a": 1})
     with pytest.raises(OSError, match="disk gone"):
         save_prediction(str(tmp_path), "x", np.zeros((4, 4), int), palette=[[0, 0, 0]] * 2)
     assert os.listdir(tmp_path) == ["predictions"]
     assert os.listdir(tmp_path / "predictions") == []
-
-
-def test_existing_file_survives_failed_write(tmp_path, monkeypatch):
-    path = tmp_path / "m.json"
-    write_json_atomic(str(path), {"old": True})
-
-    def fail(f):
-        f.write(b"{\"new\": ")
-        raise RuntimeError("crash mid-write")
-
-    with pytest.raises(RuntimeError):
-        report._atomic_write(str(path), fail)
-    assert json.loads(path.read_text()) == {"old": True}
-    assert os.listdir(tmp_path) == ["m.json"]

@@ -10,6 +10,8 @@ import json
 import os
 from typing import Any
 
+from .atomic import write_json_atomic
+
 # key -> (accepted types, default). A default of REQUIRED means the JSON must set it.
 REQUIRED = object()
 
@@ -61,8 +63,6 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "uncertainty_top_fraction": ((float,), 0.1),
     # Where native-resolution activations live: "ram" or "disk" (a memmap under exp_dir).
     "feature_store": ((str,), "ram"),
-    # Pixels per inference tile: bounds memory of test-time features (a 256x256 image is 4 tiles).
-    "inference_tile_pixels": ((int,), 16384),
     # "auto" = CUDA when available, else CPU.
     "device": ((str,), "auto"),
 }
@@ -151,8 +151,7 @@ def validate(cfg: dict, where: str = "config") -> dict:
         for c in pal
     ):
         raise ConfigError(f"{where}: 'palette' must be {k} [r, g, b] triples of integers 0..255")
-    for key in ("model_num", "batch_size", "training_number", "testing_number", "max_epochs",
-                "inference_tile_pixels"):
+    for key in ("model_num", "batch_size", "training_number", "testing_number", "max_epochs"):
         if out[key] < 1:
             raise ConfigError(f"{where}: '{key}' must be >= 1, got {out[key]}")
     if not 0.0 < out["uncertainty_top_fraction"] <= 1.0:
@@ -193,8 +192,4 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def save_config(cfg: dict, path: str) -> None:
     """Write the resolved config atomically: the saved file is the only input evaluation needs."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(cfg, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, cfg)

@@ -19,12 +19,13 @@ from tqdm import tqdm
 from guided_diffusion.checkpoint import load_model_and_diffusion
 from guided_diffusion.script_util import model_and_diffusion_defaults
 
+from .atomic import write_json_atomic, write_text_atomic
 from .config import ConfigError, save_config
 from .data import ImageLabelDataset, drop_small_regions
 from .features import FeatureExtractorDDPM, shared_noise
 from .metrics import IoUAccumulator, iou_table_markdown
-from .predict import image_uncertainty, pixel_uncertainty, ensemble_logits, majority_vote
-from .report import save_prediction, write_json_atomic, write_text_atomic
+from .predict import predict_image
+from .report import save_prediction
 from .store import FeatureStore
 from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
 
@@ -89,7 +90,7 @@ class Run:
                                               model=model, diffusion=diffusion)
         torch.manual_seed(c["seed"])
         self.noise = shared_noise(c["seed"], self.size, self.device) if c["share_noise"] else None
-        first = self.features(self.train_set[0]["image"])
+        first = self.first_train_features = self.features(self.train_set[0]["image"])
         self.layer_shapes = [tuple(a.shape[1:]) for a in first]
         dim = sum(s[0] for s in self.layer_shapes)
         if dim != c["dim"][2]:
@@ -111,7 +112,7 @@ class Run:
         fill = EXCLUDED if c["ignore_label"] is None else c["ignore_label"]
         for i in tqdm(range(len(self.train_set)), desc="training features", unit="img", dynamic_ncols=True):
             item = self.train_set[i]
-            store.put(i, self.features(item["image"]))
+            store.put(i, self.first_train_features if i == 0 else self.features(item["image"]))
             label, dropped = drop_small_regions(item["label"].numpy(), c["ignore_label"], c["min_region_pixels"],
                                                 fill=EXCLUDED)
             for cls, n in dropped:
@@ -148,9 +149,8 @@ class Run:
         uncertainties = {}
         for i in tqdm(range(len(self.test_set)), desc="evaluation", unit="img", dynamic_ncols=True):
             item = self.test_set[i]
-            logits = ensemble_logits(ens, self.features(item["image"]), self.hw, c["inference_tile_pixels"])
-            pred = majority_vote(logits).reshape(self.hw).cpu()
-            uncertainties[item["stem"]] = image_uncertainty(pixel_uncertainty(logits), c["uncertainty_top_fraction"])
+            pred, uncertainties[item["stem"]] = predict_image(
+                ens, self.features(item["image"]), self.hw, c["uncertainty_top_fraction"])
             iou.update(pred, item["label"])
             save_prediction(exp_dir, item["stem"], pred, image=item["image"], gt=item["label"], palette=c["palette"])
         self.timings["evaluation_s"] = time.time() - t0
@@ -160,13 +160,37 @@ class Run:
         return result
 
 
-def run_interpreter(cfg: dict, model_flags: dict, log: Callable[[str], None] = print) -> dict:
+class RunLog:
+    """Prints and keeps lines; once the run folder exists they also go to its ``log.txt``."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.path: str | None = None
+
+    def __call__(self, msg: str) -> None:
+        tqdm.write(msg)
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(msg + "\n")
+        else:
+            self.lines.append(msg)
+
+    def attach(self, path: str) -> None:
+        self.path = path
+        with open(path, "a") as f:
+            f.write(f"--- run started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            f.writelines(line + "\n" for line in self.lines)
+
+
+def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> dict:
     """Extract features, train (or resume) the ensemble, evaluate; returns the metrics dict."""
     t_start = time.time()
+    log = log or RunLog()
     run = Run(cfg, model_flags, log)
     run.validate_inputs()
     exp_dir = experiment_dir(cfg)
     os.makedirs(exp_dir, exist_ok=True)
+    log.attach(os.path.join(exp_dir, "log.txt"))
     save_config({**cfg, "model_flags": model_flags}, os.path.join(exp_dir, "config.json"))
     member_stats = run.train(exp_dir)
     result = run.evaluate(exp_dir)

@@ -1,59 +1,26 @@
-"""Writing results: predicted masks, colour visualisations, JSON and text reports.
-
-Every file is written to a temporary sibling and then renamed over the target, so an
-interrupted run never leaves a truncated mask or report that a later step would trust.
-"""
+"""Writing results: predicted masks and colour visualisations (all written atomically)."""
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .atomic import atomic_write
+
 # White separator between the panels of a comparison image.
 _GAP_PX = 2
 
 
-def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temp file beside ``path``, fsync it, then rename it onto ``path``."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    # Same folder => same filesystem, which is what makes os.replace atomic.
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: leave neither a half file nor a stray temp behind.
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON (indent 1, trailing newline) to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
-
-
 def _write_png_atomic(path: str, rgb: np.ndarray) -> None:
-    _atomic_write(path, lambda f: Image.fromarray(np.ascontiguousarray(rgb)).save(f, format="PNG"))
+    atomic_write(path, lambda f: Image.fromarray(np.ascontiguousarray(rgb)).save(f, format="PNG"))
 
 
 def _write_npy_atomic(path: str, array: np.ndarray) -> None:
     # np.save on a file object does not append ".npy", so the final name is exactly ``path``.
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
 def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -36,13 +36,26 @@ class BilinearIndex:
         self.y0, self.y1, self.wy = source_coords(out_hw[0], in_hw[0])
         self.x0, self.x1, self.wx = source_coords(out_hw[1], in_hw[1])
 
-    def gather(self, maps: torch.Tensor, img: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-        """maps [N, h, w, C] (any float dtype) -> float32 [B, C] at output pixels (img, ys, xs)."""
-        y0, y1, wy = self.y0[ys], self.y1[ys], self.wy[ys][:, None]
-        x0, x1, wx = self.x0[xs], self.x1[xs], self.wx[xs][:, None]
-        top = maps[img, y0, x0].float() * (1 - wx) + maps[img, y0, x1].float() * wx
-        bottom = maps[img, y1, x0].float() * (1 - wx) + maps[img, y1, x1].float() * wx
-        return top * (1 - wy) + bottom * wy
+    def to(self, device: torch.device | str) -> "BilinearIndex":
+        for k in ("y0", "y1", "wy", "x0", "x1", "wx"):
+            setattr(self, k, getattr(self, k).to(device))
+        return self
+
+    def gather(self, maps: torch.Tensor, img: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """maps [N, h, w, C] (any float dtype) -> float32 [B, C] at output pixels (img, ys, xs).
+
+        The 4 neighbours of every pixel come from one index_select on the flattened maps
+        (about 2x faster on CPU than 4 advanced-indexing reads); ``out`` may be a view to fill.
+        """
+        n, h, w, c = maps.shape
+        row0 = img * (h * w) + self.y0[ys] * w
+        row1 = img * (h * w) + self.y1[ys] * w
+        x0, x1 = self.x0[xs], self.x1[xs]
+        corners = maps.reshape(n * h * w, c).index_select(0, torch.cat([row0 + x0, row0 + x1, row1 + x0, row1 + x1]))
+        c00, c01, c10, c11 = corners.float().reshape(4, len(ys), c)
+        wx, wy = self.wx[xs][:, None], self.wy[ys][:, None]
+        return torch.lerp(torch.lerp(c00, c01, wx), torch.lerp(c10, c11, wx), wy, out=out)
 
 
 class FeatureStore:
@@ -88,7 +101,12 @@ class FeatureStore:
 
     def pixels(self, img: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
         """Upsampled features float32 [B, dim] of output pixels (img, ys, xs): ``upsample_pixels``."""
-        return torch.cat([ix.gather(m, img, ys, xs) for ix, m in zip(self.index, self.maps)], dim=1)
+        out = torch.empty(len(ys), self.dim)
+        offset = 0
+        for ix, m in zip(self.index, self.maps):
+            ix.gather(m, img, ys, xs, out=out[:, offset:offset + m.shape[-1]])
+            offset += m.shape[-1]
+        return out
 
     def image_features(self, i: int) -> torch.Tensor:
         """All upsampled features of one image, [dim, H, W] float32 (for small images and tests)."""

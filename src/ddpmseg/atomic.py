@@ -1,0 +1,47 @@
+"""Atomic file writes: a temp file beside the target, fsync, then rename over it.
+
+An interrupted run therefore never leaves a truncated mask, report, config or checkpoint
+that a later step (or a resumed run) would trust.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, BinaryIO, Callable
+
+import torch
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write`` on a temp file beside ``path``, fsync it, then rename it onto ``path``."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    # Same folder => same filesystem, which is what makes os.replace atomic.
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Also on KeyboardInterrupt: leave neither a half file nor a stray temp behind.
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON (indent 1, trailing newline) to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
+
+
+def torch_save_atomic(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` atomically."""
+    atomic_write(path, lambda f: torch.save(obj, f))

@@ -1,0 +1,201 @@
+"""PixelEnsemble: each member is exactly the original pixel_classifier MLP, forward and training."""
+import pytest
+import torch
+import torch.nn as nn
+
+from ddpmseg.ensemble import PixelEnsemble, hidden_sizes
+from ddpmseg.train import member_generator
+
+
+class OriginalClassifier(nn.Module):
+    """The original src/pixel_classifier.py architecture (ReLU before BatchNorm1d)."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        h1, h2 = (128, 32) if num_classes < 30 else (256, 128)
+        self.layers = nn.Sequential(
+            nn.Linear(dim, h1), nn.ReLU(), nn.BatchNorm1d(h1),
+            nn.Linear(h1, h2), nn.ReLU(), nn.BatchNorm1d(h2),
+            nn.Linear(h2, num_classes))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def make_ensemble(M, C, K, seed=0):
+    return PixelEnsemble(M, C, K, generators=[member_generator(seed, m) for m in range(M)])
+
+
+@torch.no_grad()
+def perturb_bn(ens, seed=1):
+    """Non-default BN affine params and running stats, so eval mode is a real test."""
+    g = torch.Generator().manual_seed(seed)
+    for j in range(2):
+        ens.bn_weight[j].copy_(1 + 0.3 * torch.randn(ens.bn_weight[j].shape, generator=g))
+        ens.bn_bias[j].copy_(0.3 * torch.randn(ens.bn_bias[j].shape, generator=g))
+        rm, rv = getattr(ens, f"running_mean{j}"), getattr(ens, f"running_var{j}")
+        rm.copy_(0.05 * torch.randn(rm.shape, generator=g))
+        rv.copy_(0.01 + 0.02 * torch.rand(rv.shape, generator=g))
+    for b in ens.biases:
+        b.copy_(0.01 * torch.randn(b.shape, generator=g))
+
+
+def reference_members(ens):
+    refs = []
+    for m in range(ens.num_members):
+        ref = OriginalClassifier(ens.dim, ens.num_classes)
+        ref.load_state_dict(ens.member_state_dict(m), strict=True)
+        refs.append(ref)
+    return refs
+
+
+def assert_member_equals_reference(ens, m, ref, atol=1e-5):
+    sd = ens.member_state_dict(m)
+    ref_sd = ref.state_dict()
+    assert sd.keys() == ref_sd.keys()
+    for k, v in ref_sd.items():
+        if k.endswith("num_batches_tracked"):
+            assert int(sd[k]) == int(v), k
+        else:
+            assert torch.allclose(sd[k], v, atol=atol), (k, (sd[k] - v).abs().max())
+
+
+def test_hidden_sizes():
+    assert hidden_sizes(15) == hidden_sizes(29) == (128, 32)
+    assert hidden_sizes(30) == hidden_sizes(34) == (256, 128)
+
+
+@pytest.mark.parametrize("K", [5, 30])
+def test_member_forward_equals_original_module(K):
+    M, C, B = 3, 24, 40
+    ens = make_ensemble(M, C, K)
+    perturb_bn(ens)
+    refs = reference_members(ens)
+    x = torch.randn(M, B, C) * 2
+    # Train mode: batch statistics, and the running stats move identically.
+    ens.train()
+    out = ens(x)
+    assert out.shape == (M, B, K)
+    for m, ref in enumerate(refs):
+        ref.train()
+        assert torch.allclose(ref(x[m]), out[m], atol=1e-5)
+        assert_member_equals_reference(ens, m, ref)
+    # Eval mode: running statistics.
+    ens.eval()
+    out = ens(x)
+    for m, ref in enumerate(refs):
+        ref.eval()
+        assert torch.allclose(ref(x[m]), out[m], atol=1e-5)
+    assert int(ens.num_batches_tracked[0]) == 1  # eval forward does not count
+
+
+@pytest.mark.parametrize("K", [6, 30])
+def test_adam_training_equals_original_per_member(K):
+    """One Adam over the stacked params, loss = sum of per-member mean CE == M separate trainings."""
+    M, C, B, steps = 3, 20, 32, 6
+    torch.manual_seed(0)
+    ens = make_ensemble(M, C, K, seed=3)
+    refs = reference_members(ens)
+    ref_opts = [torch.optim.Adam(r.parameters(), lr=1e-3) for r in refs]
+    opt = torch.optim.Adam(ens.parameters(), lr=1e-3)
+    ce = nn.CrossEntropyLoss()
+    ens.train()
+    for r in refs:
+        r.train()
+    for _ in range(steps):
+        x = torch.randn(M, B, C)
+        y = torch.randint(0, K, (M, B))
+        for m, (r, o) in enumerate(zip(refs, ref_opts)):
+            o.zero_grad()
+            ce(r(x[m]), y[m]).backward()
+            o.step()
+        logits = ens(x)
+        loss = sum(ce(logits[m], y[m]) for m in range(M))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for m, r in enumerate(refs):
+        assert_member_equals_reference(ens, m, r)
+        assert int(ens.num_batches_tracked[m]) == steps
+    # And the members really moved away from their initialisation.
+    assert not torch.allclose(ens.member_state_dict(0)["layers.6.weight"],
+                              make_ensemble(M, C, K, seed=3).member_state_dict(0)["layers.6.weight"], atol=1e-4)
+
+
+def test_init_statistics():
+    ens = PixelEnsemble(2, 512, 5, generators=[member_generator(0, m) for m in range(2)])
+    w = ens.weights[0].detach()  # 2 x 512 x 128 = 131k draws
+    assert abs(w.std().item() - 0.02) < 0.0003
+    assert abs(w.mean().item()) < 0.0003
+    for w in ens.weights:
+        assert abs(w.std().item() - 0.02) < 0.004
+    assert all(torch.count_nonzero(b) == 0 for b in ens.biases)
+    assert all(torch.equal(w, torch.ones_like(w)) for w in ens.bn_weight)
+    assert all(torch.count_nonzero(b) == 0 for b in ens.bn_bias)
+    for j in range(2):
+        assert torch.count_nonzero(getattr(ens, f"running_mean{j}")) == 0
+        assert torch.equal(getattr(ens, f"running_var{j}"), torch.ones_like(getattr(ens, f"running_var{j}")))
+
+
+def test_member_generators_make_members_distinct_and_reproducible():
+    a, b = make_ensemble(3, 16, 4, seed=7), make_ensemble(3, 16, 4, seed=7)
+    for wa, wb in zip(a.weights, b.weights):
+        assert torch.equal(wa, wb)
+        assert not torch.equal(wa[0], wa[1]) and not torch.equal(wa[1], wa[2])
+    # A member's init depends only on its own generator, not on how many members are built.
+    single = PixelEnsemble(1, 16, 4, generators=[member_generator(7, 2)])
+    for ws, wa in zip(single.weights, a.weights):
+        assert torch.equal(ws[0], wa[2])
+    other = make_ensemble(3, 16, 4, seed=8)
+    assert not torch.equal(other.weights[0], a.weights[0])
+
+
+def test_load_member_accepts_dataparallel_prefix():
+    src = make_ensemble(2, 12, 5, seed=1)
+    perturb_bn(src)
+    src.num_batches_tracked.fill_(17)
+    dst = make_ensemble(3, 12, 5, seed=2)
+    sd = {f"module.{k}": v for k, v in src.member_state_dict(1).items()}
+    dst.load_member(2, sd)
+    got, want = dst.member_state_dict(2), src.member_state_dict(1)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    # Untouched members stay as they were.
+    fresh = make_ensemble(3, 12, 5, seed=2)
+    assert torch.equal(dst.member_state_dict(0)["layers.0.weight"], fresh.member_state_dict(0)["layers.0.weight"])
+    x = torch.randn(9, 12)
+    src.eval(), dst.eval()
+    assert torch.allclose(dst(x)[2], src(x)[1], atol=1e-6)
+    # Also loads a real nn.Sequential's state (no prefix).
+    ref = OriginalClassifier(12, 5).eval()
+    dst.load_member(0, ref.state_dict())
+    assert torch.allclose(dst(x)[0], ref(x), atol=1e-5)
+
+
+def test_load_member_rejects_wrong_shapes_and_missing_keys():
+    ens = make_ensemble(2, 24, 5)
+    with pytest.raises(ValueError, match="dim 24 and 5 classes"):
+        ens.load_member(0, OriginalClassifier(20, 5).state_dict())
+    with pytest.raises(ValueError, match="dim 24 and 5 classes"):
+        ens.load_member(0, OriginalClassifier(24, 7).state_dict())
+    with pytest.raises(ValueError, match="dim 24 and 5 classes"):
+        ens.load_member(0, OriginalClassifier(24, 30).state_dict())  # the wide MLP
+    sd = OriginalClassifier(24, 5).state_dict()
+    del sd["layers.5.running_var"]
+    with pytest.raises(ValueError, match="layers.5.running_var"):
+        ens.load_member(0, sd)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_shared_input_equals_repeated_input(train):
+    M, B, C = 4, 10, 14
+    a, b = make_ensemble(M, C, 5), make_ensemble(M, C, 5)
+    perturb_bn(a), perturb_bn(b)
+    a.train(train), b.train(train)
+    x = torch.randn(B, C)
+    out_shared = a(x)
+    out_rep = b(x.expand(M, B, C).contiguous())
+    assert out_shared.shape == (M, B, 5)
+    assert torch.allclose(out_shared, out_rep, atol=1e-6)
+    for j in range(2):
+        assert torch.allclose(getattr(a, f"running_mean{j}"), getattr(b, f"running_mean{j}"), atol=1e-7)

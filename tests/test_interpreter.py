@@ -1,0 +1,136 @@
+"""The whole job on real celebamask64 images with a random-weight 64 px U-Net checkpoint."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train_interpreter
+from conftest import CELEBAMASK64, manifest, require, rule_weights
+
+# Small but complete: 3 train / 2 test images, 2 members, a few short epochs.
+FAST = ["--set", "model_num=2", "--set", "max_epochs=2", "--set", "early_stop_after_epoch=0",
+        "--set", "early_stop_patience=3", "--set", "steps=[50]", "--set", "dim=[64,64,384]",
+        "--set", "training_number=3", "--set", "testing_number=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny64_checkpoint(tmp_path_factory):
+    """A guided-diffusion checkpoint of 64 px flags (random weights) with its flags beside it."""
+    m = manifest("tiny64")
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.save(rule_weights(m["keys"]), d / "tiny64.pt")
+    (d / "tiny64.json").write_text(json.dumps({"flags": m["flags"]}))
+    return d / "tiny64.pt"
+
+
+@pytest.fixture
+def data(tmp_path):
+    """Copies of a few celebamask64 images that a test may then break."""
+    src = require(CELEBAMASK64)
+    for split, n in (("train", 3), ("test", 2)):
+        out = tmp_path / split
+        out.mkdir()
+        for png in sorted((src / "real" / split).glob("*.png"))[:n]:
+            shutil.copy(png, out / png.name)
+            shutil.copy(png.with_suffix(".npy"), out / (png.stem + ".npy"))
+    return tmp_path
+
+
+def run(tmp_path, data, ckpt, *extra):
+    argv = ["--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(tmp_path / "exp"),
+            "--training_path", str(data / "train"), "--testing_path", str(data / "test"),
+            "--model_path", str(ckpt), *FAST, *extra]
+    return train_interpreter.main(argv)
+
+
+def test_end_to_end_writes_every_output(tmp_path, data, tiny64_checkpoint, capsys):
+    assert run(tmp_path, data, tiny64_checkpoint) == 0
+    out = tmp_path / "exp" / "50_4_5_6_7_8"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_flags"]["num_channels"] == 32 and cfg["model_num"] == 2  # resolved, sidecar flags
+    for i in range(2):
+        sd = torch.load(out / f"model_{i}.pth", weights_only=False)["model_state_dict"]
+        assert sd["module.layers.0.weight"].shape == (128, 384)
+    stems = sorted(p.stem for p in (data / "test").glob("*.png"))
+    for stem in stems:
+        pred = np.load(out / "predictions" / f"{stem}.npy")
+        assert pred.shape == (64, 64) and pred.max() < 19
+        assert Image.open(out / "visualizations" / f"{stem}.png").size == (64, 64)
+        assert Image.open(out / "visualizations" / f"{stem}_compare.png").size == (3 * 64 + 4, 64)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["miou"] <= metrics["miou_present"] <= 1
+    assert list(metrics["per_class_iou"])[:3] == ["background", "skin", "nose"]
+    assert set(metrics["uncertainty"]) == set(stems) and metrics["mean_uncertainty"] >= 0
+    assert {"train_features_s", "train_s", "evaluation_s", "total_s"} <= set(metrics["timings_s"])
+    assert metrics["peak_rss_mb"] > 0 and metrics["num_images"] == 2
+    assert "| **mIoU** (19 classes)" in (out / "per_class_iou.md").read_text()
+    assert "labelled training pixels" in (out / "log.txt").read_text()
+    assert not list(out.glob("**/*.tmp")) and not (out / "train_state.pt").exists()
+
+
+def test_rerun_keeps_finished_members(tmp_path, data, tiny64_checkpoint):
+    assert run(tmp_path, data, tiny64_checkpoint) == 0
+    out = tmp_path / "exp" / "50_4_5_6_7_8"
+    kept = (out / "model_0.pth").read_bytes()
+    os.remove(out / "model_1.pth")
+    assert run(tmp_path, data, tiny64_checkpoint) == 0
+    assert (out / "model_0.pth").read_bytes() == kept
+    assert (out / "model_1.pth").exists()
+    assert "members [1] remain to be trained" in (out / "log.txt").read_text()
+
+
+def _break(kind, data):
+    train = data / "train"
+    first = sorted(train.glob("*.png"))[0]
+    if kind == "missing folder":
+        shutil.rmtree(data / "test")
+    elif kind == "empty dataset":
+        for f in train.iterdir():
+            f.unlink()
+    elif kind == "label missing":
+        first.with_suffix(".npy").unlink()
+    elif kind == "label shape":
+        np.save(first.with_suffix(".npy"), np.zeros((32, 64), np.uint8))
+    elif kind == "label out of range":
+        lab = np.load(first.with_suffix(".npy"))
+        lab[0, 0] = 19
+        np.save(first.with_suffix(".npy"), lab)
+    elif kind == "non-square image":
+        Image.new("RGB", (64, 48)).save(first)
+    elif kind == "corrupt image":
+        first.write_bytes(b"not a png")
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("missing folder", "test"), ("empty dataset", "no images"), ("label missing", ".npy"),
+    ("label shape", "(32, 64)"), ("label out of range", "19"), ("non-square image", "square"),
+    ("corrupt image", "")])
+def test_bad_data_fails_with_one_clear_error_and_writes_nothing(tmp_path, data, tiny64_checkpoint,
+                                                                capsys, kind, message):
+    _break(kind, data)
+    assert run(tmp_path, data, tiny64_checkpoint) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "exp").exists()
+
+
+def test_checkpoint_not_matching_flags_names_the_flag(tmp_path, data, tiny64_checkpoint, capsys):
+    assert run(tmp_path, data, tiny64_checkpoint, "--num_channels", "64") == 2
+    err = capsys.readouterr().err
+    assert "--num_channels 32 (you gave 64)" in err
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--set", "dim=[64,64,999]"], 'set "dim": [64, 64, 384]'),
+    (["--set", "modelnum=3"], "did you mean 'model_num'"),
+    (["--set", "batch_size=\"64\""], "'batch_size' must be int"),
+    (["--model_path", "/nonexistent/x.pt"], "checkpoint not found")])
+def test_bad_config_fails_before_writing(tmp_path, data, tiny64_checkpoint, capsys, extra, message):
+    assert run(tmp_path, data, tiny64_checkpoint, *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()

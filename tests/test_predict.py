@@ -1,0 +1,174 @@
+"""Inference: native-resolution projection == full upsampling; voting; ensemble uncertainty."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddpmseg.ensemble import PixelEnsemble
+from ddpmseg.predict import (ensemble_logits, image_uncertainty, majority_vote, pixel_uncertainty,
+                             predict_image)
+from ddpmseg.train import member_generator
+
+
+def trained_looking_ensemble(M, C, K, seed=0):
+    """An ensemble with non-default BN affine params, running stats and biases."""
+    ens = PixelEnsemble(M, C, K, generators=[member_generator(seed, m) for m in range(M)])
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for w in ens.weights:
+            w.mul_(5)  # larger weights: logits of order 1, so errors would show
+        for b in ens.biases:
+            b.copy_(0.1 * torch.randn(b.shape, generator=g))
+        for j in range(2):
+            ens.bn_weight[j].copy_(1 + 0.3 * torch.randn(ens.bn_weight[j].shape, generator=g))
+            ens.bn_bias[j].copy_(0.3 * torch.randn(ens.bn_bias[j].shape, generator=g))
+            getattr(ens, f"running_mean{j}").copy_(0.2 * torch.rand(ens.bn_weight[j].shape, generator=g))
+            getattr(ens, f"running_var{j}").copy_(0.2 + torch.rand(ens.bn_weight[j].shape, generator=g))
+    return ens.eval()
+
+
+def full_upsampling_logits(ens, layers, out_hw):
+    """The original's way: upsample every (fp16-stored) map to the image size, concatenate, run the MLPs."""
+    feats = torch.cat([F.interpolate(a.half().float()[None], size=out_hw, mode="bilinear", align_corners=False)[0]
+                       for a in layers])  # [C, H, W]
+    x = feats.reshape(feats.shape[0], -1).T
+    with torch.no_grad():
+        return ens.eval()(x)
+
+
+CASES = {
+    "square": ([(8, 4, 4), (6, 8, 8), (4, 16, 16)], (16, 16)),
+    "non_square": ([(5, 3, 5), (3, 6, 10), (4, 12, 4)], (12, 20)),  # includes a map taller than wide
+    "downsample": ([(6, 32, 32), (4, 8, 8)], (16, 16)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_native_projection_equals_full_upsampling(case):
+    shapes, out_hw = CASES[case]
+    g = torch.Generator().manual_seed(1)
+    layers = [torch.randn(c, h, w, generator=g) * 3 for c, h, w in shapes]
+    ens = trained_looking_ensemble(3, sum(c for c, _, _ in shapes), 5)
+    got = ensemble_logits(ens, layers, out_hw)
+    want = full_upsampling_logits(ens, layers, out_hw)
+    assert got.shape == (3, out_hw[0] * out_hw[1], 5)
+    assert want.abs().max() > 1  # logits are not trivially small
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
+def test_native_projection_uses_fp16_rounded_maps_and_accepts_batched_maps():
+    shapes, out_hw = CASES["square"]
+    g = torch.Generator().manual_seed(2)
+    layers = [torch.randn(1, c, h, w, generator=g) * 3 + 1e-3 for c, h, w in shapes]
+    ens = trained_looking_ensemble(2, 18, 30)  # the wide MLP
+    got = ensemble_logits(ens, layers, out_hw)
+    want = full_upsampling_logits(ens, [a[0] for a in layers], out_hw)
+    assert torch.allclose(got, want, atol=1e-4)
+    assert got.shape == (2, 256, 30)
+
+
+def test_channel_mismatch_raises():
+    ens = trained_looking_ensemble(2, 10, 4)
+    with pytest.raises(ValueError, match="9 channels but the ensemble expects 10"):
+        ensemble_logits(ens, [torch.randn(5, 4, 4), torch.randn(4, 8, 8)], (8, 8))
+
+
+def logits_from_votes(votes, K):
+    """[M, P] argmax choices -> logits [M, P, K] whose argmax is exactly those votes."""
+    votes = torch.tensor(votes)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.rand(*votes.shape, K, generator=g)
+    return logits.scatter(-1, votes[..., None], 5.0)
+
+
+def test_majority_vote_hand_made():
+    votes = [  # members x pixels
+        [2, 3, 0, 1, 4],
+        [2, 1, 0, 3, 4],
+        [1, 3, 1, 0, 2],
+        [0, 1, 0, 2, 3],
+    ]
+    # pixel 0: 2,2,1,0 -> 2 (the last member says 0)
+    # pixel 1: 3,1,3,1 -> tie between 1 and 3 -> lowest class id 1
+    # pixel 2: 0,0,1,0 -> 0
+    # pixel 3: 1,3,0,2 -> four-way tie -> 0
+    # pixel 4: 4,4,2,3 -> 4 (the last member says 3)
+    logits = logits_from_votes(votes, 5)
+    assert (logits.argmax(-1) == torch.tensor(votes)).all()
+    vote = majority_vote(logits)
+    assert vote.tolist() == [2, 1, 0, 0, 4]
+    # The published fork's bug (keeping only the last member's argmax) would not give this.
+    assert vote.tolist() != logits[-1].argmax(-1).tolist()
+
+
+def test_majority_vote_single_member_and_unanimous():
+    logits = torch.randn(1, 50, 7)
+    assert torch.equal(majority_vote(logits), logits[0].argmax(-1))
+    same = logits.expand(5, 50, 7)
+    assert torch.equal(majority_vote(same), logits[0].argmax(-1))
+
+
+def test_pixel_uncertainty_zero_when_members_agree():
+    logits = torch.randn(1, 30, 6).expand(4, 30, 6) * 3
+    js = pixel_uncertainty(logits)
+    assert js.shape == (30,)
+    assert js.abs().max() < 1e-5
+    disagree = torch.randn(4, 30, 6) * 3
+    js = pixel_uncertainty(disagree)
+    assert (js > 1e-4).all()
+
+
+def test_pixel_uncertainty_hand_example():
+    def H(p):
+        return -sum(q * math.log(q) for q in p if q > 0)
+
+    # Two members, two classes: p = [0.9, 0.1] and [0.1, 0.9]; mean [0.5, 0.5].
+    p1, p2 = [0.9, 0.1], [0.1, 0.9]
+    # Pixel 2, three members, three classes.
+    q = [[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]]
+    logits_a = torch.log(torch.tensor([[p1], [p2]]))  # [2, 1, 2]
+    logits_b = torch.log(torch.tensor(q))[:, None] + torch.tensor([[[3.0]], [[-1.0]], [[0.5]]])  # shift-invariant
+    js_a = pixel_uncertainty(logits_a)
+    js_b = pixel_uncertainty(logits_b)
+    assert js_a.item() == pytest.approx(math.log(2) - H(p1), abs=1e-6)
+    assert js_a.item() == pytest.approx(0.368064, abs=1e-6)
+    mean_q = [sum(col) / 3 for col in zip(*q)]
+    assert js_b.item() == pytest.approx(H(mean_q) - sum(H(r) for r in q) / 3, abs=1e-6)
+
+
+def test_image_uncertainty_is_mean_of_top_fraction():
+    js = torch.arange(100.0)[torch.randperm(100, generator=torch.Generator().manual_seed(0))].reshape(10, 10)
+    assert image_uncertainty(js) == pytest.approx(94.5)  # top 10: 90..99
+    assert image_uncertainty(js, top_fraction=0.25) == pytest.approx(87.0)  # top 25: 75..99
+    assert image_uncertainty(js, top_fraction=1.0) == pytest.approx(49.5)
+    assert image_uncertainty(torch.tensor([0.1, 0.7, 0.3])) == pytest.approx(0.7)  # at least one pixel
+    assert isinstance(image_uncertainty(js), float)
+
+
+def test_predict_image():
+    shapes, out_hw = CASES["non_square"]
+    g = torch.Generator().manual_seed(3)
+    layers = [torch.randn(c, h, w, generator=g) * 3 for c, h, w in shapes]
+    ens = trained_looking_ensemble(5, 12, 4)
+    mask, score = predict_image(ens, layers, out_hw)
+    assert mask.shape == out_hw and mask.dtype == torch.long and mask.device.type == "cpu"
+    assert isinstance(score, float)
+    logits = full_upsampling_logits(ens, layers, out_hw)
+    assert torch.equal(mask, majority_vote(logits).reshape(out_hw))
+    assert score == pytest.approx(image_uncertainty(pixel_uncertainty(logits)), abs=1e-4)
+    assert score > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_ensemble_logits_on_cuda_equals_cpu():
+    shapes, out_hw = CASES["non_square"]
+    g = torch.Generator().manual_seed(4)
+    layers = [torch.randn(c, h, w, generator=g) * 3 for c, h, w in shapes]
+    ens = trained_looking_ensemble(3, 12, 5)
+    want = ensemble_logits(ens, layers, out_hw)
+    got = ensemble_logits(ens.cuda(), [a.cuda() for a in layers], out_hw)
+    assert got.device.type == "cuda"
+    assert torch.allclose(got.cpu(), want, atol=1e-3)
+    mask, score = predict_image(ens, [a.cuda() for a in layers], out_hw)
+    assert mask.device.type == "cpu" and isinstance(score, float)

@@ -1,0 +1,353 @@
+"""train_ensemble: original checkpoint format, early stopping, member independence, resume."""
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import ddpmseg.train as train_mod
+from ddpmseg.store import FeatureStore
+from ddpmseg.train import LabelledPixels, load_ensemble, model_path, train_ensemble
+
+H = W = 16
+K = 4
+SHAPES = [(24, 8, 8), (16, 16, 16)]  # dim 40
+
+
+def make_data(seed=0, keep=0.85):
+    """3 images of random activations; labels are a fixed linear rule of each pixel's upsampled
+    features (so they are learnable only if pixels are read at the right place); ~15% of the
+    pixels are left out of training, like ignore_label pixels."""
+    g = torch.Generator().manual_seed(seed)
+    store = FeatureStore(3, SHAPES, (H, W))
+    for i in range(3):
+        store.put(i, [torch.randn(c, h, w, generator=g) for c, h, w in SHAPES])
+    proj = torch.randn(K, store.dim, generator=g)
+    index, labels = [], []
+    for i in range(3):
+        f = store.image_features(i).reshape(store.dim, -1)
+        lab = (proj @ f).argmax(0)
+        idx = torch.nonzero(torch.rand(H * W, generator=g) < keep).squeeze(1)
+        index.append(idx + i * H * W)
+        labels.append(lab[idx])
+    return store, LabelledPixels(torch.cat(index), torch.cat(labels), (H, W))
+
+
+def make_cfg(**kw):
+    cfg = dict(batch_size=32, seed=0, number_class=K, learning_rate=1e-3, early_stop_after_epoch=1,
+               early_stop_patience=2, max_epochs=6)
+    cfg.update(kw)
+    return cfg
+
+
+def quiet(_msg):
+    pass
+
+
+class OriginalClassifier(nn.Module):
+    def __init__(self, dim, num_classes):
+        super().__init__()
+        h1, h2 = (128, 32) if num_classes < 30 else (256, 128)
+        self.layers = nn.Sequential(nn.Linear(dim, h1), nn.ReLU(), nn.BatchNorm1d(h1), nn.Linear(h1, h2), nn.ReLU(),
+                                    nn.BatchNorm1d(h2), nn.Linear(h2, num_classes))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def load_sd(exp_dir, m):
+    return torch.load(model_path(exp_dir, m), weights_only=False)["model_state_dict"]
+
+
+def assert_same_weights(sd_a, sd_b, atol=1e-5):
+    assert sd_a.keys() == sd_b.keys()
+    for k in sd_a:
+        assert torch.allclose(sd_a[k].float(), sd_b[k].float(), atol=atol), (k, (sd_a[k] - sd_b[k]).abs().max())
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_data()
+
+
+def all_features(store, pixels):
+    img, ys, xs = pixels.coords(torch.arange(len(pixels.labels)))
+    return store.pixels(img, ys, xs)
+
+
+def test_coords_inverts_flat_index():
+    px = LabelledPixels(torch.tensor([0, 5, 23, 24, 3 * 24 + 4 * 6 - 1]), torch.zeros(5, dtype=torch.long), (4, 6))
+    img, ys, xs = px.coords(torch.arange(5))
+    assert img.tolist() == [0, 0, 0, 1, 3]
+    assert ys.tolist() == [0, 0, 3, 0, 3]
+    assert xs.tolist() == [0, 5, 5, 0, 5]
+
+
+def test_original_checkpoint_format_and_learning(data, tmp_path):
+    store, px = data
+    cfg = make_cfg()
+    stats = train_ensemble(store, px, cfg, str(tmp_path), [0, 1, 2], log=quiet)
+    assert set(stats) == {0, 1, 2}
+    assert not (tmp_path / train_mod.STATE_FILE).exists()
+    expected_keys = {f"module.{k}" for k in OriginalClassifier(store.dim, K).state_dict()}
+    assert "module.layers.0.weight" in expected_keys
+    x = all_features(store, px)
+    for m in range(3):
+        ckpt = torch.load(model_path(str(tmp_path), m), weights_only=False)
+        sd = ckpt["model_state_dict"]
+        assert set(sd) == expected_keys
+        assert sd["module.layers.0.weight"].shape == (128, store.dim)  # nn.Linear [out, in] layout
+        assert sd["module.layers.6.weight"].shape == (K, 32)
+        # Loads strictly into the original's nn.DataParallel(pixel_classifier).
+        ref = nn.DataParallel(OriginalClassifier(store.dim, K))
+        ref.load_state_dict(sd, strict=True)
+        ref.eval()
+        with torch.no_grad():
+            acc = (ref(x).argmax(1) == px.labels).float().mean().item()
+        assert acc > 0.85, f"member {m} did not learn the labels: accuracy {acc:.2f}"
+    # Members are different models (own init and own shuffling).
+    assert not torch.allclose(load_sd(tmp_path, 0)["module.layers.0.weight"],
+                              load_sd(tmp_path, 1)["module.layers.0.weight"], atol=1e-3)
+
+
+def original_stopping(losses, n_batches, after, patience, max_epochs):
+    """train_interpreter.py's loop on one member's per-iteration batch losses."""
+    best, count, it = 1e7, 0, 0
+    for epoch in range(max_epochs):
+        for _ in range(n_batches):
+            loss = losses[it]
+            it += 1
+            if epoch > after:
+                if loss < best:
+                    best, count = loss, 0
+                else:
+                    count += 1
+                if count > patience:
+                    return it, "early_stop", best
+    return it, "max_epochs", best
+
+
+class RecordingF:
+    """Stands in for torch.nn.functional inside ddpmseg.train and records each batch's member losses."""
+
+    def __init__(self, M):
+        self.M, self.losses = M, []
+
+    def cross_entropy(self, *args, **kwargs):
+        out = F.cross_entropy(*args, **kwargs)
+        self.losses.append(out.detach().reshape(self.M, -1).mean(1).tolist())
+        return out
+
+
+@pytest.mark.parametrize("after,patience", [(1, 2), (0, 0), (2, 4)])
+def test_early_stopping_follows_the_original_rule(data, tmp_path, monkeypatch, after, patience):
+    store, px = data
+    cfg = make_cfg(early_stop_after_epoch=after, early_stop_patience=patience, max_epochs=8)
+    n_batches = len(px.labels) // cfg["batch_size"]
+    rec = RecordingF(3)
+    monkeypatch.setattr(train_mod, "F", rec)
+    stats = train_ensemble(store, px, cfg, str(tmp_path), [0, 1, 2], log=quiet)
+    iterations = []
+    for m in range(3):
+        losses = [row[m] for row in rec.losses]
+        it, reason, best = original_stopping(losses, n_batches, after, patience, cfg["max_epochs"])
+        assert stats[m]["stopped"] == reason == "early_stop"
+        assert stats[m]["iterations"] == it
+        assert stats[m]["best_batch_loss"] == pytest.approx(best)
+        assert stats[m]["epochs"] == -(-it // n_batches)
+        # Nobody stops while the epoch index is <= early_stop_after_epoch.
+        assert it > (after + 1) * n_batches + patience
+        assert it < cfg["max_epochs"] * n_batches
+        # The file is the member at the moment it stopped (one BN update per iteration).
+        sd = load_sd(tmp_path, m)
+        assert int(sd["module.layers.2.num_batches_tracked"]) == it
+        assert int(sd["module.layers.5.num_batches_tracked"]) == it
+        iterations.append(it)
+    assert len(rec.losses) == max(iterations)  # training ends when the last member stops
+    if (after, patience) == (1, 2):
+        assert len(set(iterations)) > 1  # members stop independently
+
+
+class FlatLossF:
+    """Every batch loss is exactly 1.0 (gradients unchanged): a tie is no improvement."""
+
+    @staticmethod
+    def cross_entropy(*args, **kwargs):
+        out = F.cross_entropy(*args, **kwargs)
+        return out - out.detach() + 1.0
+
+
+def test_equal_batch_loss_counts_as_no_improvement(data, tmp_path, monkeypatch):
+    store, px = data
+    cfg = make_cfg(early_stop_after_epoch=1, early_stop_patience=5, max_epochs=8)
+    n_batches = len(px.labels) // cfg["batch_size"]
+    monkeypatch.setattr(train_mod, "F", FlatLossF)
+    stats = train_ensemble(store, px, cfg, str(tmp_path), [0, 1], log=quiet)
+    for m in (0, 1):  # best = 1.0 on the first counted batch, then 6 ties > patience 5
+        assert stats[m]["stopped"] == "early_stop"
+        assert stats[m]["iterations"] == 2 * n_batches + 1 + 6
+        assert stats[m]["best_batch_loss"] == 1.0
+
+
+def test_max_epochs_caps_training(data, tmp_path):
+    store, px = data
+    cfg = make_cfg(early_stop_patience=10_000, max_epochs=3)
+    n_batches = len(px.labels) // cfg["batch_size"]
+    stats = train_ensemble(store, px, cfg, str(tmp_path), [0, 2], log=quiet)
+    assert set(stats) == {0, 2}
+    for m in (0, 2):
+        assert stats[m]["stopped"] == "max_epochs"
+        assert stats[m]["iterations"] == 3 * n_batches  # drop_last: N // batch_size batches per epoch
+        assert stats[m]["epochs"] == 3
+        assert int(load_sd(tmp_path, m)["module.layers.2.num_batches_tracked"]) == 3 * n_batches
+    assert not os.path.exists(model_path(str(tmp_path), 1))
+
+
+def test_each_member_reshuffles_every_epoch_with_drop_last(data, tmp_path, monkeypatch):
+    """Like a DataLoader(shuffle=True, drop_last=True) per member: every epoch is N // B batches of
+    distinct labelled pixels in a fresh order, and the members' orders differ."""
+    store, px = data
+    cfg = make_cfg(max_epochs=3, early_stop_patience=10_000)
+    M, B, N = 2, cfg["batch_size"], len(px.labels)
+    n_batches = N // B
+    assert N % B  # so drop_last matters
+    seen = []
+    orig = store.pixels
+
+    def pixels(img, ys, xs):
+        seen.append((img * H * W + ys * W + xs).reshape(M, B))
+        return orig(img, ys, xs)
+
+    monkeypatch.setattr(store, "pixels", pixels)
+    train_ensemble(store, px, cfg, str(tmp_path), [0, 1], log=quiet)
+    order = torch.stack(seen, 1).reshape(M, 3, n_batches * B)  # [member, epoch, pixels in visiting order]
+    labelled = set(px.index.tolist())
+    for m in range(M):
+        for e in range(3):
+            assert len(set(order[m, e].tolist())) == n_batches * B  # no pixel twice in an epoch
+            assert set(order[m, e].tolist()) <= labelled
+        assert not torch.equal(order[m, 0], order[m, 1]) and not torch.equal(order[m, 1], order[m, 2])
+    assert not torch.equal(order[0, 0], order[1, 0])
+
+
+def test_max_steps_budget(data, tmp_path):
+    store, px = data
+    stats = train_ensemble(store, px, make_cfg(early_stop_patience=10_000), str(tmp_path), [0, 1], log=quiet,
+                           max_steps=13)
+    for m in (0, 1):
+        assert stats[m]["stopped"] == "max_steps" and stats[m]["iterations"] == 13
+        assert int(load_sd(tmp_path, m)["module.layers.2.num_batches_tracked"]) == 13
+
+
+def test_member_independent_of_its_companions(data, tmp_path):
+    store, px = data
+    cfg = make_cfg()
+    os.makedirs(tmp_path / "a"), os.makedirs(tmp_path / "b")
+    together = train_ensemble(store, px, cfg, str(tmp_path / "a"), [0, 1, 2], log=quiet)
+    alone = train_ensemble(store, px, cfg, str(tmp_path / "b"), [1], log=quiet)
+    assert alone[1]["iterations"] == together[1]["iterations"]
+    assert alone[1]["stopped"] == together[1]["stopped"]
+    assert_same_weights(load_sd(tmp_path / "a", 1), load_sd(tmp_path / "b", 1))
+    assert not os.path.exists(model_path(str(tmp_path / "b"), 0))
+    # Another seed gives another member 1.
+    os.makedirs(tmp_path / "c")
+    train_ensemble(store, px, make_cfg(seed=1), str(tmp_path / "c"), [1], log=quiet)
+    assert not torch.allclose(load_sd(tmp_path / "c", 1)["module.layers.0.weight"],
+                              load_sd(tmp_path / "b", 1)["module.layers.0.weight"], atol=1e-3)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def counting_pixels(store, monkeypatch, fail_at=None):
+    """Count store.pixels calls (one per iteration); raise on call number ``fail_at``."""
+    calls = [0]
+    orig = store.pixels
+
+    def pixels(*args):
+        calls[0] += 1
+        if fail_at is not None and calls[0] == fail_at:
+            raise Interrupted
+        return orig(*args)
+
+    monkeypatch.setattr(store, "pixels", pixels)
+    return calls
+
+
+@pytest.mark.parametrize("boundary", [False, True])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, boundary):
+    """Snapshot mid-epoch (epoch 2) or exactly at an epoch boundary; kill; rerun; same members."""
+    store, px = make_data()
+    cfg = make_cfg(early_stop_after_epoch=2, early_stop_patience=3, max_epochs=6)
+    n_batches = len(px.labels) // cfg["batch_size"]
+    every = n_batches if boundary else 7
+    snapshot = 2 * n_batches if boundary else (2 * n_batches + 5) // 7 * 7
+    assert snapshot > n_batches and (boundary or snapshot % n_batches)
+    monkeypatch.setattr(train_mod, "SAVE_EVERY", every)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    os.makedirs(full), os.makedirs(cut)
+    ref = train_ensemble(store, px, cfg, str(full), [0, 1, 2], log=quiet)
+
+    with monkeypatch.context() as mp:
+        counting_pixels(store, mp, fail_at=snapshot + 4)
+        with pytest.raises(Interrupted):
+            train_ensemble(store, px, cfg, str(cut), [0, 1, 2], log=quiet)
+    st = torch.load(cut / train_mod.STATE_FILE, weights_only=False)
+    assert st["step"] == snapshot
+    assert not any(os.path.exists(model_path(str(cut), m)) for m in range(3))
+
+    lines = []
+    calls = counting_pixels(store, monkeypatch)
+    resumed = train_ensemble(store, px, cfg, str(cut), [0, 1, 2], log=lines.append)
+    assert any(f"resumed training of members [0, 1, 2] at iteration {snapshot}" in s for s in lines)
+    assert calls[0] == max(s["iterations"] for s in ref.values()) - snapshot  # continued, not restarted
+    assert not (cut / train_mod.STATE_FILE).exists()
+    for m in range(3):
+        assert resumed[m]["iterations"] == ref[m]["iterations"]
+        assert resumed[m]["stopped"] == ref[m]["stopped"]
+        assert resumed[m]["best_batch_loss"] == pytest.approx(ref[m]["best_batch_loss"])
+        assert_same_weights(load_sd(cut, m), load_sd(full, m))
+
+
+def test_stale_state_for_other_members_is_ignored(tmp_path, monkeypatch):
+    store, px = make_data()
+    cfg = make_cfg(max_epochs=3, early_stop_patience=10_000)
+    monkeypatch.setattr(train_mod, "SAVE_EVERY", 5)
+    with monkeypatch.context() as mp:
+        counting_pixels(store, mp, fail_at=12)
+        with pytest.raises(Interrupted):
+            train_ensemble(store, px, cfg, str(tmp_path), [0, 1], log=quiet)
+    assert (tmp_path / train_mod.STATE_FILE).exists()
+    lines = []
+    train_ensemble(store, px, cfg, str(tmp_path), [1], log=lines.append)
+    assert any("ignoring" in s for s in lines)
+    os.makedirs(tmp_path / "fresh")
+    train_ensemble(store, px, cfg, str(tmp_path / "fresh"), [1], log=quiet)
+    assert_same_weights(load_sd(tmp_path, 1), load_sd(tmp_path / "fresh", 1))
+
+
+def test_fewer_pixels_than_one_batch_raises(data, tmp_path):
+    store, px = data
+    small = LabelledPixels(px.index[:31], px.labels[:31], px.hw)
+    with pytest.raises(ValueError, match="31 labelled training pixels, fewer than one batch of 32"):
+        train_ensemble(store, small, make_cfg(), str(tmp_path), [0], log=quiet)
+
+
+def test_load_ensemble_round_trip(data, tmp_path):
+    store, px = data
+    train_ensemble(store, px, make_cfg(max_epochs=2), str(tmp_path), [0, 1, 2], log=quiet)
+    ens = load_ensemble(str(tmp_path), 3, store.dim, K)
+    assert not ens.training
+    x = all_features(store, px)[:200]
+    with torch.no_grad():
+        logits = ens(x)
+        for m in range(3):
+            ref = nn.DataParallel(OriginalClassifier(store.dim, K))
+            ref.load_state_dict(load_sd(tmp_path, m), strict=True)
+            assert torch.allclose(logits[m], ref.eval()(x), atol=1e-5)
+            assert_same_weights({f"module.{k}": v for k, v in ens.member_state_dict(m).items()},
+                                load_sd(tmp_path, m), atol=0)
+    with pytest.raises(ValueError, match="dim 41"):
+        load_ensemble(str(tmp_path), 3, store.dim + 1, K)
