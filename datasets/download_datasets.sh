@@ -4,7 +4,7 @@
 # Resumable: an interrupted download stays in datasets.tar.gz.part and a rerun continues it.
 # Atomic: the archive is extracted into a temporary folder and the dataset folders are moved
 # into place only after tar succeeds; the archive is removed afterwards.
-# DDPMSEG_DOWNLOAD_BASE overrides the server (tests serve files from 127.0.0.1).
+# DDPMSEG_DOWNLOAD_BASE overrides the server (see scripts/download_lib.sh).
 set -euo pipefail
 
 if [ $# -ne 0 ]; then
@@ -12,24 +12,14 @@ if [ $# -ne 0 ]; then
     "bedroom_28, ffhq_34, cat_15, horse_21, celeba_19, ade_bedroom_30)" >&2
   exit 2
 fi
-command -v curl >/dev/null || { echo "error: curl is required but not installed" >&2; exit 1; }
-
-base=${DDPMSEG_DOWNLOAD_BASE:-https://storage.yandexcloud.net/yandex-research/ddpm-segmentation}
-url=${base%/}/datasets.tar.gz
 dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+source "$dir/../scripts/download_lib.sh"
+url=${DOWNLOAD_BASE%/}/datasets.tar.gz
 tarball=$dir/datasets.tar.gz
 
 # A complete archive left by an earlier run (e.g. one whose extraction failed) is reused.
 if [ ! -f "$tarball" ]; then
-  # -C - resumes $tarball.part with a Range request; -f turns HTTP errors into failures;
-  # --speed-* give up on a stalled transfer (a rerun resumes it). -w prints the HTTP status:
-  # 416 on a resume means the .part already holds the whole file (as wget -c assumes).
-  if ! status=$(curl -fL --progress-bar --connect-timeout 30 --speed-limit 1024 --speed-time 60 \
-      -w '%{http_code}' -C - -o "$tarball.part" "$url") && [ "$status" != 416 ]; then
-    echo "error: download of $url failed; the partial file $tarball.part (if any) is kept: rerun to resume" >&2
-    exit 1
-  fi
-  mv -f "$tarball.part" "$tarball"
+  fetch "$url" "$tarball"
 fi
 
 # Extract beside the targets (same filesystem, so the moves below are renames).

@@ -156,25 +156,23 @@ class QKVAttentionLegacy(nn.Module):
         super().__init__()
         self.n_heads = n_heads
 
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+    def split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """[B, 3*H*ch, T] -> q, k, v, each [B*H, ch, T]."""
         bs, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
-        q, k, v = qkv.reshape(bs * self.n_heads, 3 * ch, length).split(ch, dim=1)
-        return _attend(q, k, v).reshape(bs, -1, length)
+        return qkv.reshape(bs * self.n_heads, 3 * ch, length).split(ch, dim=1)
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        return _attend(*self.split(qkv)).reshape(qkv.shape[0], -1, qkv.shape[2])
 
 
-class QKVAttention(nn.Module):
+class QKVAttention(QKVAttentionLegacy):
     """Attention over a packed qkv tensor laid out q|k|v first, then heads within each."""
 
-    def __init__(self, n_heads: int):
-        super().__init__()
-        self.n_heads = n_heads
-
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+    def split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, ...]:
         bs, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
-        q, k, v = (t.reshape(bs * self.n_heads, ch, length) for t in qkv.chunk(3, dim=1))
-        return _attend(q, k, v).reshape(bs, -1, length)
+        return tuple(t.reshape(bs * self.n_heads, ch, length) for t in qkv.chunk(3, dim=1))
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,7 @@ def server():
 def repo(tmp_path):
     """A scratch repository root holding copies of the two scripts."""
     root = tmp_path / "repo"
-    for rel in (CKPT_SCRIPT, DATA_SCRIPT):
+    for rel in (CKPT_SCRIPT, DATA_SCRIPT, "scripts/download_lib.sh"):
         (root / rel).parent.mkdir(parents=True)
         shutil.copy2(REPO / rel, root / rel)
     return root
