@@ -36,11 +36,6 @@ class BilinearIndex:
         self.y0, self.y1, self.wy = source_coords(out_hw[0], in_hw[0])
         self.x0, self.x1, self.wx = source_coords(out_hw[1], in_hw[1])
 
-    def to(self, device: torch.device | str) -> "BilinearIndex":
-        for k in ("y0", "y1", "wy", "x0", "x1", "wx"):
-            setattr(self, k, getattr(self, k).to(device))
-        return self
-
     def gather(self, maps: torch.Tensor, img: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
                out: torch.Tensor | None = None) -> torch.Tensor:
         """maps [N, h, w, C] (any float dtype) -> float32 [B, C] at output pixels (img, ys, xs).

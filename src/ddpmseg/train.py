@@ -91,8 +91,8 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
         stats[m] = {"epochs": -(-step // n_batches), "iterations": step, "stopped": reason,
                     "best_batch_loss": best[j]}
         torch_save_atomic({"model_state_dict": {f"module.{k}": v.cpu() for k, v in ens.member_state_dict(j).items()},
-                      "dim": store.dim, "number_class": cfg["number_class"], "stats": stats[m]},
-                     model_path(exp_dir, m))
+                           "dim": store.dim, "number_class": cfg["number_class"], "stats": stats[m]},
+                          model_path(exp_dir, m))
 
     ens.train()
     desc = f"members {members[0]}-{members[-1]}"
@@ -122,16 +122,17 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
                     patience_count[j] += 1
                 if patience_count[j] > cfg["early_stop_patience"]:
                     finish(j, "early_stop")
+        # ">=": a run resumed from a snapshot taken with a larger budget still stops.
         for limit, reason in ((cfg["max_epochs"] * n_batches, "max_epochs"), (max_steps, "max_steps")):
-            if step == limit:
+            if limit is not None and step >= limit:
                 for j in range(M):
                     if active[j]:
                         finish(j, reason)
         if step % SAVE_EVERY == 0 and any(active):
             torch_save_atomic({"members": members, "num_pixels": N, "ensemble": ens.state_dict(),
-                          "optimizer": opt.state_dict(), "step": step, "best": best,
-                          "count": patience_count, "active": active, "gen_states": epoch_gen_states,
-                          "stats": stats}, state_path)
+                               "optimizer": opt.state_dict(), "step": step, "best": best,
+                               "count": patience_count, "active": active, "gen_states": epoch_gen_states,
+                               "stats": stats}, state_path)
         bar.update(1)
         bar.set_postfix(epoch=epoch, active=sum(active), loss=f"{losses.mean().item():.3f}", refresh=False)
     bar.close()
