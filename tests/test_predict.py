@@ -1,4 +1,4 @@
-"""Inference: native-resolution projection == full upsampling; voting; ensemble uncertainty."""
+"""Inference: native-resolution projection == full upsampling; voting modes; uncertainty; flipped views."""
 import math
 
 import pytest
@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpmseg.ensemble import PixelEnsemble
-from ddpmseg.predict import (ensemble_logits, image_uncertainty, majority_vote, pixel_uncertainty,
-                             predict_image)
+from ddpmseg.predict import VOTING_MODES, Votes, ensemble_logits, image_uncertainty, predict_image, view_logits
 from ddpmseg.train import member_generator
 
 
@@ -80,6 +79,14 @@ def logits_from_votes(votes, K):
     g = torch.Generator().manual_seed(0)
     logits = torch.rand(*votes.shape, K, generator=g)
     return logits.scatter(-1, votes[..., None], 5.0)
+
+
+def majority_vote(logits):
+    return Votes.of(logits).mask("hard")
+
+
+def pixel_uncertainty(logits):
+    return Votes.of(logits).uncertainty()
 
 
 def test_majority_vote_hand_made():
@@ -158,6 +165,62 @@ def test_predict_image():
     assert torch.equal(mask, majority_vote(logits).reshape(out_hw))
     assert score == pytest.approx(image_uncertainty(pixel_uncertainty(logits)), abs=1e-4)
     assert score > 0
+
+
+def test_soft_votings_hand_example():
+    # One pixel, three members, three classes. Member probabilities:
+    p = torch.tensor([[0.50, 0.50, 0.00001], [0.45, 0.10, 0.45], [0.02, 0.49, 0.49]])
+    logits = torch.log(p)[:, None]  # [3, 1, 3]
+    votes = Votes.of(logits)
+    # argmaxes 0, 0, 1 (first maximum) -> hard 0
+    assert votes.mask("hard").item() == 0
+    # mean p = [0.3233, 0.3633, 0.3133] -> soft_prob 1
+    assert votes.mask("soft_prob").item() == 1
+    # mean log p: class 2 is ruined by the near-zero of member 0; class 1 beats class 0 -> soft 1
+    assert (torch.log(p).mean(0).argmax().item(), votes.mask("soft").item()) == (1, 1)
+    # last member: its argmax (classes 1 and 2 tie -> first) is 1
+    assert votes.mask("last_member").item() == 1
+    w = torch.exp((p * torch.log(p)).sum(1))  # exp(-entropy)
+    assert votes.mask("weighted").item() == (w[:, None] * p).sum(0).argmax().item()
+
+
+def test_voting_modes_differ_on_random_ensembles():
+    """Every mode is a different rule: on many disagreeing pixels each pair of modes disagrees somewhere."""
+    logits = torch.randn(5, 2000, 6, generator=torch.Generator().manual_seed(0)) * 2
+    votes = Votes.of(logits)
+    masks = {m: votes.mask(m) for m in VOTING_MODES}
+    for a in VOTING_MODES:
+        for b in VOTING_MODES:
+            if a < b:
+                assert not torch.equal(masks[a], masks[b]), (a, b)
+    assert torch.equal(masks["last_member"], logits[-1].argmax(-1))
+    assert torch.equal(masks["soft"], torch.log_softmax(logits, -1).mean(0).argmax(-1))
+    assert torch.equal(masks["soft_prob"], torch.softmax(logits, -1).mean(0).argmax(-1))
+    with pytest.raises(ValueError, match="unknown voting mode 'mean'"):
+        votes.mask("mean")
+
+
+def test_votes_added_in_groups_equal_votes_added_at_once():
+    logits = torch.randn(6, 300, 5, generator=torch.Generator().manual_seed(1)) * 2
+    once = Votes.of(logits)
+    groups = Votes(300, 5)
+    for part in logits.split([2, 3, 1]):
+        groups.add(part)
+    for mode in VOTING_MODES:
+        assert torch.equal(once.mask(mode), groups.mask(mode)), mode
+    assert torch.allclose(once.uncertainty(), groups.uncertainty(), atol=1e-6)
+
+
+def test_flipped_view_is_mapped_back():
+    """Predicting on a mirrored input and flipping the logits back gives the unmirrored prediction."""
+    shapes, out_hw = CASES["non_square"]
+    g = torch.Generator().manual_seed(5)
+    layers = [torch.randn(c, h, w, generator=g) for c, h, w in shapes]
+    ens = trained_looking_ensemble(3, 12, 4)
+    want = ensemble_logits(ens, layers, out_hw)
+    got = view_logits(ens, [a.flip(-1) for a in layers], out_hw, flipped=True)
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(view_logits(ens, [a.flip(-1) for a in layers], out_hw), want, atol=1e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ddpmseg.train as train_mod
+from ddpmseg.config import DEFAULTS, REQUIRED
 from ddpmseg.store import FeatureStore
 from ddpmseg.train import LabelledPixels, load_ensemble, model_path, train_ensemble
 
@@ -35,8 +36,9 @@ def make_data(seed=0, keep=0.85):
 
 
 def make_cfg(**kw):
-    cfg = dict(batch_size=32, seed=0, number_class=K, learning_rate=1e-3, early_stop_after_epoch=1,
-               early_stop_patience=2, max_epochs=6)
+    """The config defaults (the original method) with a tiny problem's sizes."""
+    cfg = {k: d for k, (_, d) in DEFAULTS.items() if d is not REQUIRED}
+    cfg.update(batch_size=32, seed=0, number_class=K, early_stop_after_epoch=1, early_stop_patience=2, max_epochs=6)
     cfg.update(kw)
     return cfg
 
@@ -276,11 +278,15 @@ def counting_pixels(store, monkeypatch, fail_at=None):
     return calls
 
 
-@pytest.mark.parametrize("boundary", [False, True])
-def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, boundary):
+@pytest.mark.parametrize("boundary,variant", [
+    (False, {}), (True, {}),
+    # Dropout masks, the decoupled trunk and AdamW's state must all resume where they were.
+    (False, {"dropout": 0.4, "regularizer": "etf_decoupled", "optimizer": "adamw", "weight_decay": 1e-2}),
+])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, boundary, variant):
     """Snapshot mid-epoch (epoch 2) or exactly at an epoch boundary; kill; rerun; same members."""
     store, px = make_data()
-    cfg = make_cfg(early_stop_after_epoch=2, early_stop_patience=3, max_epochs=6)
+    cfg = make_cfg(early_stop_after_epoch=2, early_stop_patience=3, max_epochs=6, **variant)
     n_batches = len(px.labels) // cfg["batch_size"]
     every = n_batches if boundary else 7
     snapshot = 2 * n_batches if boundary else (2 * n_batches + 5) // 7 * 7
@@ -351,3 +357,71 @@ def test_load_ensemble_round_trip(data, tmp_path):
                                 load_sd(tmp_path, m), atol=0)
     with pytest.raises(ValueError, match="dim 41"):
         load_ensemble(str(tmp_path), 3, store.dim + 1, K)
+
+
+# --- method variants: each must change the trained members (or, where published, provably not) ---
+
+def train_variant(data, tmp_path, name, members=(0, 1), **kw):
+    """Members trained for a fixed 40 iterations (no early stopping), so variants compare step for step."""
+    store, px = data
+    os.makedirs(tmp_path / name)
+    train_ensemble(store, px, make_cfg(early_stop_patience=10_000, **kw), str(tmp_path / name), list(members),
+                   log=quiet, max_steps=40)
+    return {m: load_sd(tmp_path / name, m) for m in members}
+
+
+def differs(sd_a, sd_b):
+    return any(not torch.allclose(sd_a[k].float(), sd_b[k].float(), atol=1e-6) for k in sd_a)
+
+
+def test_etf_regularizer_changes_the_classifier_and_beta_zero_does_not(data, tmp_path):
+    plain = train_variant(data, tmp_path, "plain")
+    etf = train_variant(data, tmp_path, "etf", regularizer="etf")
+    zero = train_variant(data, tmp_path, "zero", regularizer="etf", etf_beta=0.0)
+    for m in (0, 1):
+        assert differs(etf[m], plain[m])
+        assert_same_weights(zero[m], plain[m], atol=0)  # the ETF term is the only difference
+    saved = torch.load(tmp_path / "etf" / "etf_matrix.pt", weights_only=True)
+    assert saved.shape == (32, K)
+
+
+def test_etf_alpha_weights_the_classifier_loss(data, tmp_path):
+    etf = train_variant(data, tmp_path, "etf", regularizer="etf")
+    heavier = train_variant(data, tmp_path, "alpha", regularizer="etf", etf_alpha=3.0)
+    assert differs(heavier[0], etf[0])
+
+
+def test_decoupled_etf_cannot_change_the_classifier(data, tmp_path):
+    """The published regularizer trains its own trunk: the saved classifier equals beta = 0's exactly."""
+    plain = train_variant(data, tmp_path, "plain")
+    decoupled = train_variant(data, tmp_path, "decoupled", regularizer="etf_decoupled", etf_beta=5.0)
+    for m in (0, 1):
+        assert_same_weights(decoupled[m], plain[m], atol=0)
+    assert (tmp_path / "decoupled" / "etf_matrix.pt").exists()
+
+
+def test_dropout_changes_training_reproducibly_and_per_member(data, tmp_path):
+    plain = train_variant(data, tmp_path, "plain")
+    drop = train_variant(data, tmp_path, "drop", members=(0, 1, 2), dropout=0.4)
+    again = train_variant(data, tmp_path, "again", members=(0, 1, 2), dropout=0.4)
+    alone = train_variant(data, tmp_path, "alone", members=(1,), dropout=0.4)
+    assert differs(drop[0], plain[0])
+    for m in (0, 1, 2):
+        assert_same_weights(drop[m], again[m], atol=0)
+    assert_same_weights(alone[1], drop[1], atol=1e-6)  # a member's masks are its own
+
+
+def test_adamw_weight_decay_changes_the_weights(data, tmp_path):
+    adam = train_variant(data, tmp_path, "adam")
+    adamw = train_variant(data, tmp_path, "adamw", optimizer="adamw", weight_decay=0.5)
+    assert differs(adamw[0], adam[0])
+    # Decoupled decay shrinks the weights; Adam's normalised step alone would not.
+    assert adamw[0]["module.layers.0.weight"].norm() < adam[0]["module.layers.0.weight"].norm()
+
+
+def test_epoch_size_sets_the_batches_per_epoch(data, tmp_path):
+    store, px = data
+    n = len(px.labels)
+    stats = train_ensemble(store, px, make_cfg(max_epochs=2, early_stop_patience=10_000), str(tmp_path), [0],
+                           log=quiet, epoch_size=n // 2)
+    assert stats[0]["stopped"] == "max_epochs" and stats[0]["iterations"] == 2 * ((n // 2) // 32)

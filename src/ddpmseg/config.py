@@ -65,6 +65,32 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "feature_store": ((str,), "ram"),
     # "auto" = CUDA when available, else CPU.
     "device": ((str,), "auto"),
+    # --- method variants of the follow-up work; every default is the original method ---
+    # "etf": CE on the classifier's own penultimate features projected on a fixed simplex ETF;
+    # "etf_decoupled": the published code's separate trunk, which cannot affect the classifier.
+    "regularizer": ((str,), "none"),
+    # Loss = etf_alpha * CE(classifier) + etf_beta * CE(ETF logits) (published: 1 and 0.4).
+    "etf_alpha": ((float,), 1.0),
+    "etf_beta": ((float,), 0.4),
+    # How member (and test-time view) predictions merge: see ddpmseg.predict.VOTING_MODES.
+    "voting": ((str,), "hard"),
+    # Also score every voting mode on the same ensemble (metrics.json "by_voting").
+    "report_all_votings": ((bool,), False),
+    # "adamw" decouples weight decay from the gradient (coursework: AdamW, weight decay 1e-4).
+    "optimizer": ((str,), "adam"),
+    "weight_decay": ((float,), 0.0),
+    # Dropout after each hidden ReLU, before BatchNorm (coursework: 0.4); 0 = none, as published.
+    "dropout": ((float,), 0.0),
+    # Augmented copies of each training image (image and mask transformed jointly, see
+    # ddpmseg.augment); their features go into the same store. 0 = none, as published.
+    "augmentation_copies": ((int,), 0),
+    # Probability of each transform in the augmentation pipeline (coursework: 0.4).
+    "augmentation_p": ((float,), 0.4),
+    # "original": an epoch is as many batches as the un-augmented images give (coursework), so
+    # augmentation adds variety, not iterations; "all": an epoch is a pass over every copy.
+    "epoch_pixels": ((str,), "original"),
+    # Extra test-time views merged with the original by the configured voting (ddpmseg.augment.TTA_VIEWS).
+    "tta": ((list,), []),
 }
 
 # Keys of the original configs that its code never read; accepted so published files load.
@@ -74,6 +100,10 @@ CHOICES = {
     "model_type": ("ddpm",),
     "upsample_mode": ("bilinear",),
     "feature_store": ("ram", "disk"),
+    "regularizer": ("none", "etf", "etf_decoupled"),
+    "voting": ("hard", "soft", "soft_prob", "weighted", "last_member"),
+    "optimizer": ("adam", "adamw"),
+    "epoch_pixels": ("original", "all"),
 }
 
 
@@ -156,17 +186,26 @@ def validate(cfg: dict, where: str = "config") -> dict:
             raise ConfigError(f"{where}: '{key}' must be >= 1, got {out[key]}")
     if not 0.0 < out["uncertainty_top_fraction"] <= 1.0:
         raise ConfigError(f"{where}: 'uncertainty_top_fraction' must be in (0, 1]")
+    for key, lo, hi in (("dropout", 0.0, 0.99), ("augmentation_p", 0.0, 1.0)):
+        if not lo <= out[key] <= hi:
+            raise ConfigError(f"{where}: '{key}' must be in [{lo}, {hi}], got {out[key]}")
+    for key in ("etf_alpha", "etf_beta", "weight_decay", "augmentation_copies"):
+        if out[key] < 0:
+            raise ConfigError(f"{where}: '{key}' must be >= 0, got {out[key]}")
+    from .augment import TTA_VIEWS  # here, not at the top: augment imports torchvision
+
+    bad = [v for v in out["tta"] if v not in TTA_VIEWS]
+    if bad or len(set(map(str, out["tta"]))) != len(out["tta"]):
+        raise ConfigError(f"{where}: 'tta' must list distinct views from {list(TTA_VIEWS)}, got {out['tta']!r}")
     return out
 
 
-def load_config(path: str, overrides: dict[str, Any] | None = None) -> dict:
-    """Load an experiment JSON, apply ``overrides`` (already typed values), and validate.
-
-    Relative paths inside the file are kept as written: like the original, they are
-    relative to the directory the command runs in (the repository root).
-    """
+def _read_json(path: str, chain: tuple[str, ...] = ()) -> dict:
+    """One config file with its ``"base"`` chain merged in (the file's own keys win)."""
     if not os.path.isfile(path):
-        raise ConfigError(f"experiment config not found: {path}")
+        raise ConfigError(f"experiment config not found: {path}" + (f" (the base of {chain[-1]})" if chain else ""))
+    if os.path.realpath(path) in map(os.path.realpath, chain):
+        raise ConfigError(f"{path}: 'base' chain loops: {' -> '.join(chain + (path,))}")
     try:
         with open(path) as f:
             cfg = json.load(f)
@@ -174,6 +213,23 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> dict:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: top level must be a JSON object")
+    base = cfg.pop("base", None)
+    if base is None:
+        return cfg
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be the path of another config, got {base!r}")
+    # A base path is relative to the file that names it, so configs can be moved as a folder.
+    return {**_read_json(os.path.join(os.path.dirname(path), base), chain + (path,)), **cfg}
+
+
+def load_config(path: str, overrides: dict[str, Any] | None = None) -> dict:
+    """Load an experiment JSON, apply ``overrides`` (already typed values), and validate.
+
+    A file may start from another with ``"base": "ddpm.json"`` (relative to the file) and
+    list only the keys it changes. Other relative paths are kept as written: like the
+    original, they are relative to the directory the command runs in (the repository root).
+    """
+    cfg = _read_json(path)
     cfg.update(overrides or {})
     return validate(cfg, where=path)
 

@@ -4,7 +4,8 @@ Each member is the original pixel classifier
     Linear(C, h1) -> ReLU -> BatchNorm1d(h1) -> Linear(h1, h2) -> ReLU -> BatchNorm1d(h2) -> Linear(h2, K)
 with (h1, h2) = (128, 32) for K < 30 classes and (256, 128) otherwise. Stacking the members'
 weights along a leading axis turns M small matmuls into one batched matmul; members never
-share parameters, so summing their losses gives each exactly its own gradients.
+share parameters, so summing their losses gives each exactly its own gradients. Optional
+dropout (the coursework variant) sits after each hidden ReLU, before its BatchNorm.
 """
 from __future__ import annotations
 
@@ -27,10 +28,15 @@ class PixelEnsemble(nn.Module):
     """M independent MLPs. Inputs are [M, B, C] (one batch per member) or [B, C] (shared)."""
 
     def __init__(self, num_members: int, dim: int, num_classes: int,
-                 generators: Sequence[torch.Generator] | None = None):
+                 generators: Sequence[torch.Generator] | None = None, dropout: float = 0.0):
         super().__init__()
         self.num_members, self.dim, self.num_classes = num_members, dim, num_classes
+        self.dropout = dropout
+        # The trainer sets one seeded generator per member (on the ensemble's device), so a
+        # member's masks are reproducible and do not depend on its companions.
+        self.dropout_generators: list[torch.Generator] | None = None
         h1, h2 = hidden_sizes(num_classes)
+        self.feature_dim = h2  # width of the penultimate features (the ETF regularizer's input)
         sizes = [(dim, h1), (h1, h2), (h2, num_classes)]
         M = num_members
         # Weights are [M, in, out] (x @ W); saved per member in nn.Linear's [out, in] layout.
@@ -67,21 +73,39 @@ class PixelEnsemble(nn.Module):
         h = (h - mean[:, None]) * torch.rsqrt(var[:, None] + BN_EPS)
         return h * self.bn_weight[j][:, None] + self.bn_bias[j][:, None]
 
+    def _drop(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.dropout == 0:
+            return h
+        if self.dropout_generators is None:
+            u = torch.rand(h.shape, device=h.device)
+        else:
+            u = torch.stack([torch.rand(h.shape[1:], generator=g, device=h.device) for g in self.dropout_generators])
+        return h * (u >= self.dropout) / (1 - self.dropout)
+
+    def penultimate(self, first: torch.Tensor) -> torch.Tensor:
+        """First-layer pre-activations [M, B, h1] -> the features the last Linear reads [M, B, h2]."""
+        h = self._bn(self._drop(F.relu(first)), 0)
+        return self._bn(self._drop(F.relu(torch.baddbmm(self.biases[1][:, None], h, self.weights[1]))), 1)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """The last Linear: penultimate features [M, B, h2] -> logits [M, B, K]."""
+        return torch.baddbmm(self.biases[2][:, None], features, self.weights[2])
+
     def hidden(self, first: torch.Tensor) -> torch.Tensor:
         """Everything after the first Linear: first-layer pre-activations [M, B, h1] -> logits."""
-        h = self._bn(F.relu(first), 0)
-        h = self._bn(F.relu(torch.baddbmm(self.biases[1][:, None], h, self.weights[1])), 1)
-        return torch.baddbmm(self.biases[2][:, None], h, self.weights[2])
+        return self.head(self.penultimate(first))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [M, B, C] or [B, C] -> logits [M, B, K]."""
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """x [M, B, C] or [B, C] -> logits [M, B, K] (and the penultimate features if asked)."""
         if self.training:
             self.num_batches_tracked += 1
         if x.dim() == 2:
             first = torch.matmul(x, self.weights[0]) + self.biases[0][:, None]
         else:
             first = torch.baddbmm(self.biases[0][:, None], x, self.weights[0])
-        return self.hidden(first)
+        features = self.penultimate(first)
+        logits = self.head(features)
+        return (logits, features) if with_features else logits
 
     # --- per-member export/import in the original pixel_classifier layout -------------------
     def member_state_dict(self, m: int) -> dict[str, torch.Tensor]:

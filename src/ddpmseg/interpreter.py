@@ -2,7 +2,9 @@
 
 Everything that can be wrong with the inputs (config, dataset folders, checkpoint vs flags,
 feature size) is checked before the experiment folder is touched, so a bad run leaves
-nothing half-written. Training resumes: finished ensemble members are kept.
+nothing half-written. Training resumes: finished ensemble members are kept. A finished run
+can be evaluated again with other inference settings (voting, test-time views) from its
+saved config alone: ``evaluate_run``.
 """
 from __future__ import annotations
 
@@ -20,16 +22,20 @@ from guided_diffusion.checkpoint import load_model_and_diffusion
 from guided_diffusion.script_util import model_and_diffusion_defaults
 
 from .atomic import write_json_atomic, write_text_atomic
-from .config import ConfigError, save_config
+from .augment import augment_pair, copy_seed, tta_view, view_seed
+from .config import ConfigError, save_config, validate
 from .data import ImageLabelDataset, drop_small_regions
 from .features import FeatureExtractorDDPM, shared_noise
 from .metrics import IoUAccumulator, iou_table_markdown
-from .predict import predict_image
+from .predict import VOTING_MODES, Votes, image_uncertainty, view_logits
 from .report import save_prediction
 from .store import FeatureStore
 from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
 
 EXCLUDED = -1  # training-label marker for pixels no member trains on
+# Config keys that only change inference: the ones evaluate_run may override.
+INFERENCE_KEYS = ("voting", "report_all_votings", "tta", "testing_path", "testing_number", "device",
+                  "uncertainty_top_fraction")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,10 +85,12 @@ class Run:
         self.timings: dict[str, float] = {}
 
     # -- checks before anything is written ------------------------------------------------
-    def validate_inputs(self) -> None:
+    def validate_inputs(self, train: bool = True) -> None:
+        """Open the datasets (the training set only if ``train``) and the U-Net; check the feature size."""
         c = self.cfg
         ds_kw = dict(resolution=self.size, number_class=c["number_class"], ignore_label=c["ignore_label"])
-        self.train_set = ImageLabelDataset(c["training_path"], num_images=c["training_number"], **ds_kw)
+        if train:
+            self.train_set = ImageLabelDataset(c["training_path"], num_images=c["training_number"], **ds_kw)
         self.test_set = ImageLabelDataset(c["testing_path"], num_images=c["testing_number"], **ds_kw)
         model, diffusion = load_model_and_diffusion(c["model_path"], self.flags, self.device)
         self.extractor = FeatureExtractorDDPM(steps=c["steps"], blocks=c["blocks"],
@@ -90,41 +98,65 @@ class Run:
                                               model=model, diffusion=diffusion)
         torch.manual_seed(c["seed"])
         self.noise = shared_noise(c["seed"], self.size, self.device) if c["share_noise"] else None
-        first = self.first_train_features = self.features(self.train_set[0]["image"])
+        first = self.features((self.train_set if train else self.test_set)[0]["image"])
+        self.first_train_features = first if train else None
         self.layer_shapes = [tuple(a.shape[1:]) for a in first]
         dim = sum(s[0] for s in self.layer_shapes)
         if dim != c["dim"][2]:
             raise ConfigError(
                 f"'dim' says {c['dim'][2]} feature channels, but steps {c['steps']} x blocks {c['blocks']} of "
                 f"this U-Net give {dim}: set \"dim\": [{self.size}, {self.size}, {dim}]")
-        self.log(f"train {len(self.train_set)} images, test {len(self.test_set)} images, "
-                 f"{len(self.layer_shapes)} activation maps, {dim} features per pixel, device {self.device}")
+        self.log((f"train {len(self.train_set)} images, " if train else "") +
+                 f"test {len(self.test_set)} images, {len(self.layer_shapes)} activation maps, "
+                 f"{dim} features per pixel, device {self.device}")
 
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:
         return self.extractor(image[None], noise=self.noise)
 
     # -- stages ------------------------------------------------------------------------------
+    def training_images(self):
+        """(name, image, label) of every training image, then of its augmented copies, in store order.
+
+        Copy k of image i is drawn from its own seed, so a resumed run rebuilds the same store.
+        """
+        c = self.cfg
+        fill = EXCLUDED if c["ignore_label"] is None else c["ignore_label"]
+        for k in range(c["augmentation_copies"] + 1):
+            for i in range(len(self.train_set)):
+                item = self.train_set[i]
+                if k == 0:
+                    yield item["stem"], item["image"], item["label"]
+                else:
+                    image, label = augment_pair(item["image"], item["label"], copy_seed(c["seed"], i, k),
+                                                c["augmentation_p"], fill)
+                    yield f"{item['stem']} (augmented copy {k})", image, label
+
     def build_training_store(self, exp_dir: str) -> tuple[FeatureStore, LabelledPixels]:
         c, t0 = self.cfg, time.time()
         location = os.path.join(exp_dir, "feature_store") if c["feature_store"] == "disk" else None
-        store = FeatureStore(len(self.train_set), self.layer_shapes, self.hw, location=location)
+        num_images = len(self.train_set) * (1 + c["augmentation_copies"])
+        store = FeatureStore(num_images, self.layer_shapes, self.hw, location=location)
         index, labels = [], []
+        self.original_pixels = 0  # labelled pixels of the un-augmented images (the "original" epoch)
         fill = EXCLUDED if c["ignore_label"] is None else c["ignore_label"]
-        for i in tqdm(range(len(self.train_set)), desc="training features", unit="img", dynamic_ncols=True):
-            item = self.train_set[i]
-            store.put(i, self.first_train_features if i == 0 else self.features(item["image"]))
-            label, dropped = drop_small_regions(item["label"].numpy(), c["ignore_label"], c["min_region_pixels"],
+        images = tqdm(self.training_images(), total=num_images, desc="training features", unit="img",
+                      dynamic_ncols=True)
+        for i, (name, image, label) in enumerate(images):
+            store.put(i, self.first_train_features if i == 0 else self.features(image))
+            label, dropped = drop_small_regions(label.numpy(), c["ignore_label"], c["min_region_pixels"],
                                                 fill=EXCLUDED)
             for cls, n in dropped:
-                self.log(f"{item['stem']}: class {cls} has only {n} pixels; excluded from training")
+                self.log(f"{name}: class {cls} has only {n} pixels; excluded from training")
             flat = label.reshape(-1).astype(np.int64)
             keep = np.flatnonzero((flat != fill) & (flat != EXCLUDED))
             index.append(torch.from_numpy(keep + i * self.size * self.size))
             labels.append(torch.from_numpy(flat[keep]))
+            if i < len(self.train_set):
+                self.original_pixels += len(keep)
         pixels = LabelledPixels(torch.cat(index), torch.cat(labels), self.hw)
         self.timings["train_features_s"] = time.time() - t0
-        self.log(f"feature store: {store.nbytes / 2**20:.1f} MiB ({'disk' if location else 'RAM'}, float16, "
-                 f"native resolution); {len(pixels.labels):,} labelled training pixels")
+        self.log(f"feature store: {num_images} images, {store.nbytes / 2**20:.1f} MiB ({'disk' if location else 'RAM'}, "
+                 f"float16, native resolution); {len(pixels.labels):,} labelled training pixels")
         return store, pixels
 
     def train(self, exp_dir: str) -> dict:
@@ -137,24 +169,43 @@ class Run:
             self.log(f"resuming: members {todo} remain to be trained")
         store, pixels = self.build_training_store(exp_dir)
         t0 = time.time()
-        stats = train_ensemble(store, pixels, c, exp_dir, todo, device=str(self.device), log=self.log)
+        epoch_size = self.original_pixels if c["epoch_pixels"] == "original" else None
+        stats = train_ensemble(store, pixels, c, exp_dir, todo, device=str(self.device), log=self.log,
+                               epoch_size=epoch_size)
         self.timings["train_s"] = time.time() - t0
         store.close()
         return stats
 
-    def evaluate(self, exp_dir: str) -> dict:
+    def votes(self, ens, image: torch.Tensor, image_index: int) -> Votes:
+        """The ensemble's votes on one test image and on each configured test-time view of it."""
+        c = self.cfg
+        votes = Votes(self.size * self.size, c["number_class"], self.device)
+        votes.add(view_logits(ens, self.features(image), self.hw))
+        for j, view in enumerate(c["tta"]):
+            seen, flipped = tta_view(image, view, view_seed(c["seed"], image_index, j))
+            votes.add(view_logits(ens, self.features(seen), self.hw, flipped))
+        return votes
+
+    def evaluate(self, models_dir: str, out_dir: str) -> dict:
+        """Score the ensemble in ``models_dir`` on the test set; predictions go to ``out_dir``."""
         c, t0 = self.cfg, time.time()
-        ens = load_ensemble(exp_dir, c["model_num"], c["dim"][2], c["number_class"], str(self.device))
-        iou = IoUAccumulator(c["number_class"], c["ignore_label"], c["class_names"])
+        ens = load_ensemble(models_dir, c["model_num"], c["dim"][2], c["number_class"], str(self.device))
+        modes = VOTING_MODES if c["report_all_votings"] else (c["voting"],)
+        ious = {m: IoUAccumulator(c["number_class"], c["ignore_label"], c["class_names"]) for m in modes}
         uncertainties = {}
         for i in tqdm(range(len(self.test_set)), desc="evaluation", unit="img", dynamic_ncols=True):
             item = self.test_set[i]
-            pred, uncertainties[item["stem"]] = predict_image(
-                ens, self.features(item["image"]), self.hw, c["uncertainty_top_fraction"])
-            iou.update(pred, item["label"])
-            save_prediction(exp_dir, item["stem"], pred, image=item["image"], gt=item["label"], palette=c["palette"])
+            votes = self.votes(ens, item["image"], i)
+            for mode, iou in ious.items():
+                iou.update(votes.mask(mode).reshape(self.hw).cpu(), item["label"])
+            pred = votes.mask(c["voting"]).reshape(self.hw).cpu()
+            uncertainties[item["stem"]] = image_uncertainty(votes.uncertainty(), c["uncertainty_top_fraction"])
+            save_prediction(out_dir, item["stem"], pred, image=item["image"], gt=item["label"], palette=c["palette"])
         self.timings["evaluation_s"] = time.time() - t0
-        result = iou.result()
+        result = ious[c["voting"]].result()
+        if c["report_all_votings"]:
+            result["by_voting"] = {m: {k: v for k, v in iou.result().items() if k.startswith("miou")}
+                                   for m, iou in ious.items()}
         result["mean_uncertainty"] = float(np.mean(list(uncertainties.values())))
         result["uncertainty"] = uncertainties
         return result
@@ -182,6 +233,22 @@ class RunLog:
             f.writelines(line + "\n" for line in self.lines)
 
 
+def write_metrics(run: Run, result: dict, out_dir: str, t_start: float, **extra: Any) -> dict:
+    """metrics.json and per_class_iou.md of a finished evaluation; returns the metrics."""
+    cfg = run.cfg
+    if run.device.type == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    run.timings["total_s"] = time.time() - t_start
+    metrics = {"miou": result.pop("miou"), "miou_present": result.pop("miou_present"), "voting": cfg["voting"],
+               "tta": cfg["tta"], **result, **extra, "timings_s": run.timings, "peak_rss_mb": peak_rss_mb(),
+               "exp_dir": out_dir, "device": str(run.device)}
+    write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
+    write_text_atomic(os.path.join(out_dir, "per_class_iou.md"), iou_table_markdown(metrics, cfg["class_names"]))
+    run.log(f"mIoU {100 * metrics['miou']:.2f} (classes present: {100 * metrics['miou_present']:.2f}, "
+            f"{cfg['voting']} voting), mean uncertainty {metrics['mean_uncertainty']:.4f}; outputs in {out_dir}")
+    return metrics
+
+
 def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> dict:
     """Extract features, train (or resume) the ensemble, evaluate; returns the metrics dict."""
     t_start = time.time()
@@ -193,15 +260,35 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
     log.attach(os.path.join(exp_dir, "log.txt"))
     save_config({**cfg, "model_flags": model_flags}, os.path.join(exp_dir, "config.json"))
     member_stats = run.train(exp_dir)
-    result = run.evaluate(exp_dir)
-    if cfg["device"] != "cpu" and torch.cuda.is_available():
-        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    run.timings["total_s"] = time.time() - t_start
-    metrics = {"miou": result.pop("miou"), "miou_present": result.pop("miou_present"),
-               **result, "members": member_stats, "timings_s": run.timings, "peak_rss_mb": peak_rss_mb(),
-               "exp_dir": exp_dir, "device": str(run.device)}
-    write_json_atomic(os.path.join(exp_dir, "metrics.json"), metrics)
-    write_text_atomic(os.path.join(exp_dir, "per_class_iou.md"), iou_table_markdown(metrics, cfg["class_names"]))
-    log(f"mIoU {100 * metrics['miou']:.2f} (classes present: {100 * metrics['miou_present']:.2f}), "
-        f"mean uncertainty {metrics['mean_uncertainty']:.4f}; outputs in {exp_dir}")
-    return metrics
+    result = run.evaluate(exp_dir, exp_dir)
+    return write_metrics(run, result, exp_dir, t_start, members=member_stats)
+
+
+def evaluate_run(run_dir: str, overrides: dict[str, Any], out_dir: str, log: RunLog | None = None) -> dict:
+    """Evaluate the trained ensemble in ``run_dir`` again, from its ``config.json`` alone, with
+    ``overrides`` of inference-only keys; everything goes to ``out_dir``."""
+    t_start = time.time()
+    saved = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(saved):
+        raise ConfigError(f"{run_dir} has no config.json: give the folder of a finished train_interpreter.py run")
+    training_keys = sorted(set(overrides) - set(INFERENCE_KEYS))
+    if training_keys:
+        raise ConfigError(f"{training_keys} change the trained ensemble, so evaluation cannot override them; "
+                          f"train a new run instead (evaluation may override {', '.join(INFERENCE_KEYS)})")
+    with open(saved) as f:
+        cfg = validate({**json.load(f), **overrides}, where=saved)
+    missing = [m for m in range(cfg["model_num"]) if not os.path.exists(model_path(run_dir, m))]
+    if missing:
+        raise ConfigError(f"{run_dir} lacks ensemble members {missing}; finish training it first")
+    log = log or RunLog()
+    run = Run(cfg, cfg["model_flags"], log)
+    run.validate_inputs(train=False)
+    os.makedirs(out_dir, exist_ok=True)
+    log.attach(os.path.join(out_dir, "log.txt"))
+    save_config(cfg, os.path.join(out_dir, "config.json"))
+    result = run.evaluate(run_dir, out_dir)
+    trained = {}
+    if os.path.isfile(os.path.join(run_dir, "metrics.json")):
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            trained = json.load(f).get("timings_s", {})
+    return write_metrics(run, result, out_dir, t_start, trained_in=run_dir, training_timings_s=trained)

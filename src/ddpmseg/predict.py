@@ -42,22 +42,75 @@ def ensemble_logits(ens: PixelEnsemble, layers: Sequence[torch.Tensor], out_hw: 
     return ens.hidden(first + ens.biases[0][:, None])
 
 
-def majority_vote(logits: torch.Tensor) -> torch.Tensor:
-    """Per-pixel most frequent member argmax [M, P, K] -> [P]; ties go to the lowest class id."""
-    votes = logits.argmax(-1)  # [M, P]
-    counts = torch.zeros(logits.shape[1], logits.shape[2], dtype=torch.long, device=logits.device)
-    counts.scatter_add_(1, votes.T, torch.ones_like(votes.T))
-    return counts.argmax(1)
+# How the members' (and test-time views') predictions become one label per pixel.
+VOTING_MODES = (
+    "hard",         # majority of the argmax labels (the original; ties go to the lowest class id)
+    "soft",         # argmax of the mean log-probability, i.e. of the geometric mean (the ETF paper)
+    "soft_prob",    # argmax of the mean probability
+    "weighted",     # mean probability, each member weighted by exp(-its entropy) at that pixel
+    "last_member",  # the published ETF code's "hard voting" bug: the last member alone (for comparison)
+)
 
 
-def pixel_uncertainty(logits: torch.Tensor) -> torch.Tensor:
-    """Ensemble mutual information per pixel: H(mean_m p_m) - mean_m H(p_m), natural log."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    p = logp.exp()
-    member_entropy = -(p * logp).sum(-1).mean(0)
-    mean_p = p.mean(0)
-    mean_entropy = -(mean_p * torch.log(mean_p.clamp_min(1e-30))).sum(-1)
-    return mean_entropy - member_entropy
+class Votes:
+    """Running per-pixel sums over members and views, from which every voting mode follows.
+
+    Folding logits in ``add`` a group at a time keeps memory at a few [P, K] tensors however
+    many members and test-time views there are.
+    """
+
+    def __init__(self, num_pixels: int, num_classes: int, device: str | torch.device = "cpu"):
+        P, K = num_pixels, num_classes
+        self.counts = torch.zeros(P, K, device=device)
+        self.sum_logp, self.sum_p, self.sum_wp = (torch.zeros(P, K, device=device) for _ in range(3))
+        self.sum_entropy = torch.zeros(P, device=device)
+        self.n = 0
+        self.last: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, logits: torch.Tensor) -> "Votes":
+        """The votes of one group of logits [M, P, K]."""
+        votes = cls(logits.shape[1], logits.shape[2], logits.device)
+        votes.add(logits)
+        return votes
+
+    def add(self, logits: torch.Tensor) -> None:
+        """Fold in logits [M, P, K] of M members (or one view of the whole ensemble)."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        p = logp.exp()
+        entropy = -(p * logp).sum(-1)  # [M, P]
+        labels = logits.argmax(-1)
+        self.counts.scatter_add_(1, labels.T, torch.ones_like(labels.T, dtype=self.counts.dtype))
+        self.sum_logp += logp.sum(0)
+        self.sum_p += p.sum(0)
+        self.sum_wp += (torch.exp(-entropy)[..., None] * p).sum(0)
+        self.sum_entropy += entropy.sum(0)
+        self.n += logits.shape[0]
+        self.last = labels[-1]
+
+    def mask(self, mode: str = "hard") -> torch.Tensor:
+        """The label of every pixel [P] under voting ``mode`` (see VOTING_MODES)."""
+        if mode == "last_member":
+            return self.last
+        scores = {"hard": self.counts, "soft": self.sum_logp, "soft_prob": self.sum_p, "weighted": self.sum_wp}
+        if mode not in scores:
+            raise ValueError(f"unknown voting mode {mode!r}; choose from {VOTING_MODES}")
+        return scores[mode].argmax(1)  # argmax takes the first maximum: ties go to the lowest id
+
+    def uncertainty(self) -> torch.Tensor:
+        """Mutual information per pixel: H(mean_m p_m) - mean_m H(p_m), natural log."""
+        mean_p = self.sum_p / self.n
+        return -(mean_p * torch.log(mean_p.clamp_min(1e-30))).sum(-1) - self.sum_entropy / self.n
+
+
+def view_logits(ens: PixelEnsemble, layers: Sequence[torch.Tensor], out_hw: tuple[int, int],
+                flipped: bool = False) -> torch.Tensor:
+    """``ensemble_logits`` of one (test-time) view, mapped back to the original image if it was flipped."""
+    logits = ensemble_logits(ens, layers, out_hw)
+    if not flipped:
+        return logits
+    M, _, K = logits.shape
+    return logits.reshape(M, *out_hw, K).flip(2).reshape(M, -1, K)
 
 
 def image_uncertainty(js: torch.Tensor, top_fraction: float = 0.1) -> float:
@@ -67,8 +120,7 @@ def image_uncertainty(js: torch.Tensor, top_fraction: float = 0.1) -> float:
 
 
 def predict_image(ens: PixelEnsemble, layers: Sequence[torch.Tensor], out_hw: tuple[int, int],
-                  top_fraction: float = 0.1) -> tuple[torch.Tensor, float]:
-    """(majority-vote mask [H, W] on the CPU, image uncertainty score)."""
-    logits = ensemble_logits(ens, layers, out_hw)
-    mask = majority_vote(logits).reshape(out_hw).cpu()
-    return mask, image_uncertainty(pixel_uncertainty(logits), top_fraction)
+                  top_fraction: float = 0.1, voting: str = "hard") -> tuple[torch.Tensor, float]:
+    """(mask [H, W] on the CPU under ``voting``, image uncertainty score) of one image."""
+    votes = Votes.of(ensemble_logits(ens, layers, out_hw))
+    return votes.mask(voting).reshape(out_hw).cpu(), image_uncertainty(votes.uncertainty(), top_fraction)

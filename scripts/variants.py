@@ -1,0 +1,185 @@
+"""Run the method variants of issue #5 over several seeds and write docs/RESULTS.md from their metrics.
+
+    python scripts/variants.py --dataset celebamask64 --out runs/variants --seeds 0 1 2 3 4
+
+Each (variant, seed) is one train_interpreter.py or evaluate.py process whose folder holds its
+config.json and metrics.json; finished ones (metrics.json present) are skipped, so the command
+resumes. The table is then built from those files alone (``--table-only`` rebuilds it without
+running anything): no number in it is typed by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TTA_VIEWS = ["hflip", "color_jitter", "grayscale", "color_jitter_hflip"]
+REGULARISATION = {"augmentation_copies": 4, "optimizer": "adamw", "weight_decay": 1e-4, "dropout": 0.4}
+
+# Trained runs: name -> (experiment config, overrides).
+TRAINED = {
+    "ddpm": ("ddpm.json", {"report_all_votings": True}),
+    "etf": ("etf.json", {}),
+    "etf_decoupled": ("etf.json", {"regularizer": "etf_decoupled"}),
+    "etf_reg": ("etf.json", REGULARISATION),
+}
+# Re-evaluations of a trained run: name -> (trained run, inference overrides).
+EVALUATED = {
+    "etf_tta": ("etf", {"tta": TTA_VIEWS}),
+    "etf_reg_tta": ("etf_reg", {"tta": TTA_VIEWS}),
+}
+# Table rows: (label, run, voting whose mIoU is read, what it is).
+ROWS = [
+    ("DDPM (last member)", "ddpm", "last_member",
+     "the published ETF code's \"hard voting\", which returns the last member's mask"),
+    ("DDPM", "ddpm", "hard", "the original method: majority vote of 10 MLPs"),
+    ("DDPM_V", "ddpm", "soft", "soft voting (mean log-probability)"),
+    ("DDPM_E (published, decoupled)", "etf_decoupled", "hard",
+     "the published ETF regularizer: a separate trunk that cannot affect the classifier"),
+    ("DDPM_E", "etf", "hard", "ETF regularizer on the classifier's own penultimate features"),
+    ("DDPM_VE", "etf", "soft", "ETF + soft voting (`experiments/<dataset>/etf.json`)"),
+    ("DDPM_VE + aug/AdamW/dropout", "etf_reg", "soft",
+     "+ 4 augmented copies per image, AdamW (wd 1e-4), dropout 0.4"),
+    ("DDPM_VE + TTA", "etf_tta", "soft", f"+ test-time views {', '.join(TTA_VIEWS)} (the same ensembles as DDPM_VE)"),
+    ("all together", "etf_reg_tta", "soft", "ETF + soft voting + aug/AdamW/dropout + TTA"),
+]
+
+
+def run_dir(out: str, seed: int, name: str) -> str:
+    """A run's folder; ``out`` is relative to the repository root, like every path in the configs."""
+    return os.path.join(REPO, out, f"seed{seed}", name)
+
+
+def metrics_path(folder: str) -> str | None:
+    """metrics.json of a run folder: the trainer writes it one level down, in <steps>_<blocks>/."""
+    found = glob.glob(os.path.join(folder, "metrics.json")) + glob.glob(os.path.join(folder, "*", "metrics.json"))
+    return found[0] if found else None
+
+
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+
+
+# Runs that only add a comparison row go after every other run of every seed.
+LAST = ("etf_decoupled",)
+
+
+def run_all(dataset: str, out: str, seeds: list[int]) -> None:
+    order = [n for n in TRAINED if n not in LAST]
+    for seed in seeds:
+        for name in order:
+            run_trained(dataset, out, seed, name)
+        for name, (source, overrides) in EVALUATED.items():
+            folder = run_dir(out, seed, name)
+            if metrics_path(folder):
+                continue
+            trained = os.path.dirname(metrics_path(run_dir(out, seed, source)))
+            sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+            run([sys.executable, "evaluate.py", "--run", trained, "--out", folder, *sets])
+    for seed in seeds:
+        for name in LAST:
+            run_trained(dataset, out, seed, name)
+
+
+def run_trained(dataset: str, out: str, seed: int, name: str) -> None:
+    config, overrides = TRAINED[name]
+    folder = run_dir(out, seed, name)
+    if metrics_path(folder):
+        return
+    sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    run([sys.executable, "train_interpreter.py", "--exp", f"experiments/{dataset}/{config}",
+         "--exp_dir", folder, "--seed", str(seed), *sets])
+
+
+def load(out: str, seed: int, name: str) -> dict | None:
+    path = metrics_path(run_dir(out, seed, name))
+    if path is None:
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def training_seconds(m: dict) -> float:
+    """Feature extraction + ensemble training of the run that trained these members."""
+    t = m.get("training_timings_s", m["timings_s"])
+    return t.get("train_features_s", 0.0) + t.get("train_s", 0.0)
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.2f}" if values else "–"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(dataset: str, out: str, seeds: list[int]) -> str:
+    """The markdown of docs/RESULTS.md, from the metrics.json files under ``out``."""
+    lines = [
+        "# Results: method variants",
+        "",
+        "Generated by `scripts/variants.py` from the runs' `metrics.json` files; do not edit by hand.",
+        f"Reproduce with `python scripts/variants.py --dataset {dataset} --out {out} "
+        f"--seeds {' '.join(map(str, seeds))}`.",
+        "",
+        f"Dataset **{dataset}**. mIoU (%, the original's dataset-level definition) as mean ± sample std",
+        "over seeds; each seed changes the members' initialisation and shuffling, the shared noise,",
+        "the ETF frame, the augmentation draws and the test-time views. Training time is feature",
+        "extraction plus ensemble training of the run that trained the members, mean over seeds.",
+        "",
+        "| variant | mIoU | seeds | training time (s) | evaluation time (s) | run | voting |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    devices = set()
+    for label, name, voting, _ in ROWS:
+        found = [m for m in (load(out, s, name) for s in seeds) if m is not None]
+        mious = [100 * (m["by_voting"][voting]["miou"] if "by_voting" in m else m["miou"]) for m in found
+                 if "by_voting" in m or m["voting"] == voting]
+        devices.update(m["device"] for m in found)
+        train_t = mean_std([training_seconds(m) for m in found]).split(" ±")[0]
+        eval_t = mean_std([m["timings_s"]["evaluation_s"] for m in found]).split(" ±")[0]
+        lines.append(f"| {label} | {mean_std(mious)} | {len(mious)} | {train_t} | {eval_t} | `{name}` | {voting} |")
+    lines += ["", "What each row is:", ""]
+    lines += [f"- **{label}**: {what}." for label, _, _, what in ROWS]
+    lines += ["", "Runs (`<out>/seed<N>/<run>`), each a command of this repository:", ""]
+    for name, (config, overrides) in TRAINED.items():
+        sets = " ".join(f"--set '{k}={json.dumps(v)}'" for k, v in overrides.items())
+        lines.append(f"- `{name}`: `python train_interpreter.py --exp experiments/{dataset}/{config} "
+                     f"--exp_dir <out>/seed<N>/{name} --seed <N> {sets}`".replace("  ", " ").rstrip())
+    for name, (source, overrides) in EVALUATED.items():
+        sets = " ".join(f"--set '{k}={json.dumps(v)}'" for k, v in overrides.items())
+        lines.append(f"- `{name}`: `python evaluate.py --run <out>/seed<N>/{source}/<steps>_<blocks> "
+                     f"--out <out>/seed<N>/{name} {sets}`")
+    lines += ["", f"Machine: {', '.join(sorted(devices)) or '–'}, {os.cpu_count()} CPU cores ({platform.machine()}), "
+              f"torch {torch.__version__}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="celebamask64", help="a folder of experiments/ with ddpm.json and etf.json")
+    p.add_argument("--out", default="runs/variants", help="where the runs go (relative to the repository root)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--table", default="docs/RESULTS.md", help="the markdown file to write")
+    p.add_argument("--table-only", action="store_true", help="only rebuild the table from existing runs")
+    args = p.parse_args(argv)
+    if not os.path.isfile(os.path.join(REPO, "experiments", args.dataset, "etf.json")):
+        p.error(f"experiments/{args.dataset}/etf.json does not exist")
+    if not args.table_only:
+        run_all(args.dataset, args.out, args.seeds)
+    from ddpmseg.atomic import write_text_atomic
+
+    write_text_atomic(os.path.join(REPO, args.table), table(args.dataset, args.out, args.seeds))
+    print(f"wrote {args.table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
