@@ -34,6 +34,7 @@ TRAINED = {
 # Re-evaluations of a trained run: name -> (trained run, inference overrides).
 EVALUATED = {
     "etf_tta": ("etf", {"tta": TTA_VIEWS}),
+    "etf_tta_flip": ("etf", {"tta": ["hflip"]}),
     "etf_reg_tta": ("etf_reg", {"tta": TTA_VIEWS}),
 }
 # Table rows: (label, run, voting whose mIoU is read, what it is).
@@ -49,6 +50,7 @@ ROWS = [
     ("DDPM_VE + aug/AdamW/dropout", "etf_reg", "soft",
      "+ 4 augmented copies per image, AdamW (wd 1e-4), dropout 0.4"),
     ("DDPM_VE + TTA", "etf_tta", "soft", f"+ test-time views {', '.join(TTA_VIEWS)} (the same ensembles as DDPM_VE)"),
+    ("DDPM_VE + TTA (mirror only)", "etf_tta_flip", "soft", "+ the mirrored view alone (the same ensembles)"),
     ("all together", "etf_reg_tta", "soft", "ETF + soft voting + aug/AdamW/dropout + TTA"),
 ]
 

@@ -38,6 +38,9 @@ def write_json(path, obj) -> str:
 def test_minimal_config_gets_the_documented_defaults():
     cfg = validate(minimal())
     assert set(cfg) == set(config.DEFAULTS)
+    # The variants are off by default: a config without them is the original method.
+    assert (cfg["regularizer"], cfg["voting"], cfg["optimizer"], cfg["dropout"], cfg["augmentation_copies"],
+            cfg["tta"]) == ("none", "hard", "adam", 0.0, 0, [])
     assert cfg["ignore_label"] == 255
     assert cfg["steps"] == [50, 150, 250] and cfg["blocks"] == [5, 6, 7, 8, 12]
     assert cfg["model_num"] == 10 and cfg["batch_size"] == 64 and cfg["seed"] == 0
@@ -125,6 +128,17 @@ def test_legacy_max_training_is_accepted_and_dropped():
         ({"model_num": 0}, "'model_num' must be >= 1"),
         ({"uncertainty_top_fraction": 0.0}, "'uncertainty_top_fraction' must be in"),
         ({"uncertainty_top_fraction": 1.5}, "'uncertainty_top_fraction' must be in"),
+        ({"regularizer": "center"}, "'regularizer' must be one of \\['none', 'etf', 'etf_decoupled'\\]"),
+        ({"voting": "mean"}, "'voting' must be one of"),
+        ({"optimizer": "sgd"}, "'optimizer' must be one of"),
+        ({"epoch_pixels": "some"}, "'epoch_pixels' must be one of"),
+        ({"dropout": 1.0}, "'dropout' must be in"),
+        ({"augmentation_p": -0.1}, "'augmentation_p' must be in"),
+        ({"etf_beta": -1}, "'etf_beta' must be >= 0"),
+        ({"augmentation_copies": -1}, "'augmentation_copies' must be >= 0"),
+        ({"tta": ["hflip", "vflip"]}, "'tta' must list distinct views from"),
+        ({"tta": ["hflip", "hflip"]}, "'tta' must list distinct views from"),
+        ({"tta": [1]}, "'tta' must list distinct views from"),
     ],
 )
 def test_value_checks(changes, match):
@@ -188,6 +202,28 @@ def test_load_config_applies_overrides_and_validates(tmp_path):
         load_config(path, {"model_nums": 2})
     with pytest.raises(ConfigError, match="'model_num' must be int"):
         load_config(path, dict([parse_override("model_num=two")]))
+
+
+def test_base_config_is_merged_with_the_file_winning(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write_json(tmp_path / "ddpm.json", with_(model_num=3))
+    write_json(tmp_path / "sub" / "mid.json", {"base": "../ddpm.json", "voting": "soft", "model_num": 4})
+    path = write_json(tmp_path / "sub" / "etf.json", {"base": "mid.json", "regularizer": "etf", "model_num": 5})
+    cfg = load_config(path, {"seed": 2})
+    assert (cfg["regularizer"], cfg["voting"], cfg["model_num"], cfg["seed"]) == ("etf", "soft", 5, 2)
+    assert "base" not in cfg and cfg["exp_dir"] == "runs/x"
+
+
+def test_base_config_errors(tmp_path):
+    path = write_json(tmp_path / "a.json", {"base": "missing.json"})
+    with pytest.raises(ConfigError, match=r"experiment config not found: .*missing.json \(the base of .*a.json\)"):
+        load_config(path)
+    write_json(tmp_path / "b.json", {"base": "c.json"})
+    write_json(tmp_path / "c.json", {"base": "b.json"})
+    with pytest.raises(ConfigError, match="'base' chain loops: .*b.json -> .*c.json -> .*b.json"):
+        load_config(str(tmp_path / "b.json"))
+    with pytest.raises(ConfigError, match="'base' must be the path of another config, got 3"):
+        load_config(write_json(tmp_path / "d.json", {"base": 3}))
 
 
 def test_load_config_missing_file(tmp_path):

@@ -28,6 +28,18 @@ def load(ds: str) -> dict:
 
 def test_every_dataset_has_an_experiment():
     assert [p.parent.name for p in EXPERIMENTS] == sorted([*ORIGINAL, "celebamask64"])
+    assert sorted(p.parent.name for p in (REPO / "experiments").glob("*/etf.json")) == sorted([*ORIGINAL,
+                                                                                            "celebamask64"])
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.parent.name)
+def test_etf_config_is_ddpm_plus_the_etf_method(path):
+    """etf.json = the dataset's ddpm.json + ETF regularizer (alpha 1, beta 0.4) + soft voting."""
+    ddpm, etf = load_config(str(path)), load_config(str(path.with_name("etf.json")))
+    changed = {k for k in ddpm if ddpm[k] != etf[k]}
+    assert changed == {"exp_dir", "regularizer", "voting", "report_all_votings"}
+    assert (etf["regularizer"], etf["etf_alpha"], etf["etf_beta"], etf["voting"]) == ("etf", 1.0, 0.4, "soft")
+    assert etf["exp_dir"] == f"pixel_classifiers/{path.parent.name}/etf"
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.parent.name)

@@ -221,6 +221,9 @@ def test_flipped_view_is_mapped_back():
     got = view_logits(ens, [a.flip(-1) for a in layers], out_hw, flipped=True)
     assert torch.allclose(got, want, atol=1e-4)
     assert not torch.allclose(view_logits(ens, [a.flip(-1) for a in layers], out_hw), want, atol=1e-2)
+    # With left/right class pairs, the mirrored view's scores for each pair are exchanged back.
+    swapped = view_logits(ens, [a.flip(-1) for a in layers], out_hw, flipped=True, flip_pairs=[(0, 2)])
+    assert torch.allclose(swapped, want[..., [2, 1, 0, 3]], atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

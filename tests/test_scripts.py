@@ -1,17 +1,23 @@
-"""scripts/ddpm/train_interpreter.sh: its MODEL_FLAGS build the released checkpoints' layout."""
-import re
+"""scripts/ddpm: the model flags build the released checkpoints' layout; train_etf.sh runs on CPU."""
+import json
+import os
 import subprocess
+import sys
 
+import pytest
 import torch
 
-from conftest import REPO, manifest
+from conftest import CELEBAMASK64, FACES_CKPT, REPO, manifest, require
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults, str2bool
 
-SCRIPT = REPO / "scripts" / "ddpm" / "train_interpreter.sh"
+SCRIPTS = REPO / "scripts" / "ddpm"
+SCRIPT = SCRIPTS / "train_interpreter.sh"
 
 
-def script_model_flags() -> dict:
-    text = re.search(r'MODEL_FLAGS="(--[^"]+)"', SCRIPT.read_text(), re.S).group(1).split()
+def script_model_flags(dataset: str = "bedroom_28") -> dict:
+    r = subprocess.run(["bash", "-c", f'source "{SCRIPTS / "model_flags.sh"}" && model_flags {dataset}'],
+                       capture_output=True, text=True, check=True)
+    text = r.stdout.split()
     defaults = model_and_diffusion_defaults()
     flags = {}
     for key, value in zip(text[::2], text[1::2]):
@@ -31,6 +37,35 @@ def test_model_flags_match_the_lsun_ffhq_checkpoints():
     assert {k: list(v.shape) for k, v in model.state_dict().items()} == m["keys"]
 
 
-def test_unknown_dataset_prints_usage():
-    r = subprocess.run(["bash", str(SCRIPT), "nope"], capture_output=True, text=True, timeout=30)
+def test_celebamask64_takes_its_flags_from_its_config():
+    assert script_model_flags("celebamask64") == {}
+
+
+@pytest.mark.parametrize("script", ["train_interpreter.sh", "train_etf.sh"])
+def test_unknown_dataset_prints_usage(script):
+    r = subprocess.run(["bash", str(SCRIPTS / script), "nope"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "usage:" in r.stderr and "bedroom_28" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["celebamask64"], ["celebamask64", "out"], ["celebamask64", "out", "gpu0"]])
+def test_train_etf_needs_a_result_dir_and_a_gpu_number(args):
+    r = subprocess.run(["bash", str(SCRIPTS / "train_etf.sh"), *args], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "<result dir> <GPU num>" in r.stderr
+
+
+def test_train_etf_runs_celebamask64_on_cpu(tmp_path):
+    """The issue's command, shortened with extra options: ETF + soft voting, outputs in the result dir."""
+    require(CELEBAMASK64), require(FACES_CKPT)
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    quick = ["--set", "model_num=2", "--set", "max_epochs=1", "--set", "training_number=4",
+             "--set", "testing_number=2"]
+    r = subprocess.run(["bash", str(SCRIPTS / "train_etf.sh"), "celebamask64", "result", "0", *quick],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "result" / "50_150_250_4_5_6_7_8"
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["regularizer"], cfg["voting"], cfg["device"]) == ("etf", "soft", "auto")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["voting"] == "soft" and metrics["device"] == "cpu"
+    assert metrics["by_voting"]["soft"]["miou"] == metrics["miou"]
+    assert (out / "etf_matrix.pt").exists() and (out / "model_1.pth").exists()

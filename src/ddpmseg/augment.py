@@ -9,6 +9,8 @@ copy k of image i is the same however many copies are made.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -23,7 +25,8 @@ ROTATION_DEGREES = 90.0
 HOLES = (2, 4)
 HOLE_FRACTION = (40 / 256, 60 / 256)
 
-# Extra test-time views; "hflip" is geometric and undone on the prediction, the rest are photometric.
+# Extra test-time views; "hflip" is geometric and undone on the prediction (left/right classes
+# swapped back), the rest are photometric.
 TTA_VIEWS = ("hflip", "color_jitter", "grayscale", "color_jitter_hflip")
 
 
@@ -49,21 +52,47 @@ class CoarseDropout(v2.Transform):
     def transform(self, inpt, params: dict):
         if not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
             return inpt
-        out = inpt.clone()
+        out = inpt.as_subclass(torch.Tensor).clone()
         fill = self.fill_label if isinstance(inpt, tv_tensors.Mask) else 0
         for y, x, bh, bw in params["boxes"]:
             out[..., y:y + bh, x:x + bw] = fill
-        return out
+        # Plain tensor ops drop the Image/Mask type; re-wrap so later transforms still see a mask.
+        return tv_tensors.wrap(out, like=inpt)
 
 
-def training_pipeline(size: int, p: float, fill_label: int) -> v2.Compose:
+def swap_classes(mask: torch.Tensor, pairs: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``mask`` with the two ids of every pair exchanged (e.g. left eye <-> right eye)."""
+    out = mask.clone()
+    for a, b in pairs:
+        out[mask == a], out[mask == b] = b, a
+    return out
+
+
+class HorizontalFlipSwap(v2.Transform):
+    """Mirror image and mask; in the mask, left/right classes (``pairs``) trade ids, because the
+    mirrored left eye is a right eye. Without the swap, flips teach contradictory labels."""
+
+    def __init__(self, pairs: Sequence[Sequence[int]] = ()):
+        super().__init__()
+        self.pairs = [tuple(p) for p in pairs]
+
+    def transform(self, inpt, params: dict):
+        if not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+            return inpt
+        out = inpt.as_subclass(torch.Tensor).flip(-1)
+        if isinstance(inpt, tv_tensors.Mask):
+            out = swap_classes(out, self.pairs)
+        return tv_tensors.wrap(out, like=inpt)
+
+
+def training_pipeline(size: int, p: float, fill_label: int, flip_pairs: Sequence[Sequence[int]] = ()) -> v2.Compose:
     """The coursework's transforms, each applied with probability ``p``, on [0, 1] images."""
     fill = {tv_tensors.Image: 0.0, tv_tensors.Mask: fill_label}
     maybe = lambda t: v2.RandomApply([t], p=p)  # noqa: E731
     return v2.Compose([
         maybe(v2.ColorJitter(**JITTER)),
         v2.RandomGrayscale(p=p),
-        v2.RandomHorizontalFlip(p=p),
+        maybe(HorizontalFlipSwap(flip_pairs)),
         maybe(CoarseDropout(fill_label)),
         maybe(v2.RandomResizedCrop(size, scale=CROP_SCALE, antialias=True)),
         maybe(v2.RandomRotation(ROTATION_DEGREES, fill=fill)),
@@ -73,13 +102,13 @@ def training_pipeline(size: int, p: float, fill_label: int) -> v2.Compose:
     ])
 
 
-def augment_pair(image: torch.Tensor, label: torch.Tensor, seed: int, p: float,
-                 fill_label: int) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_pair(image: torch.Tensor, label: torch.Tensor, seed: int, p: float, fill_label: int,
+                 flip_pairs: Sequence[Sequence[int]] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """One augmented copy of (image [3, H, W] in [-1, 1], label [H, W] int64), drawn from ``seed``.
 
-    The global torch RNG is left as it was.
+    ``flip_pairs`` are the class ids a mirror swaps. The global torch RNG is left as it was.
     """
-    pipeline = training_pipeline(image.shape[-1], p, fill_label)
+    pipeline = training_pipeline(image.shape[-1], p, fill_label, flip_pairs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         img, mask = pipeline(tv_tensors.Image((image + 1) / 2), tv_tensors.Mask(label))

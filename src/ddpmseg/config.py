@@ -65,6 +65,9 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "feature_store": ((str,), "ram"),
     # "auto" = CUDA when available, else CPU.
     "device": ((str,), "auto"),
+    # Pairs of class ids that a mirror exchanges (left/right eye, brow, ear): horizontal flips in
+    # augmentation and test-time views swap them, or they would teach and vote the wrong side.
+    "hflip_class_pairs": ((list,), []),
     # --- method variants of the follow-up work; every default is the original method ---
     # "etf": CE on the classifier's own penultimate features projected on a fixed simplex ETF;
     # "etf_decoupled": the published code's separate trunk, which cannot affect the classifier.
@@ -192,6 +195,12 @@ def validate(cfg: dict, where: str = "config") -> dict:
     for key in ("etf_alpha", "etf_beta", "weight_decay", "augmentation_copies"):
         if out[key] < 0:
             raise ConfigError(f"{where}: '{key}' must be >= 0, got {out[key]}")
+    pairs = out["hflip_class_pairs"]
+    ids = [i for p in pairs if isinstance(p, list) for i in p]
+    if not all(isinstance(p, list) and len(p) == 2 for p in pairs) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < k for i in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"{where}: 'hflip_class_pairs' must be [a, b] pairs of distinct class ids 0..{k - 1}, "
+                          f"got {pairs!r}")
     from .augment import TTA_VIEWS  # here, not at the top: augment imports torchvision
 
     bad = [v for v in out["tta"] if v not in TTA_VIEWS]

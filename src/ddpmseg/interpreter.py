@@ -34,8 +34,8 @@ from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
 
 EXCLUDED = -1  # training-label marker for pixels no member trains on
 # Config keys that only change inference: the ones evaluate_run may override.
-INFERENCE_KEYS = ("voting", "report_all_votings", "tta", "testing_path", "testing_number", "device",
-                  "uncertainty_top_fraction")
+INFERENCE_KEYS = ("voting", "report_all_votings", "tta", "hflip_class_pairs", "testing_path", "testing_number",
+                  "device", "uncertainty_top_fraction")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,7 +128,7 @@ class Run:
                     yield item["stem"], item["image"], item["label"]
                 else:
                     image, label = augment_pair(item["image"], item["label"], copy_seed(c["seed"], i, k),
-                                                c["augmentation_p"], fill)
+                                                c["augmentation_p"], fill, c["hflip_class_pairs"])
                     yield f"{item['stem']} (augmented copy {k})", image, label
 
     def build_training_store(self, exp_dir: str) -> tuple[FeatureStore, LabelledPixels]:
@@ -183,7 +183,7 @@ class Run:
         votes.add(view_logits(ens, self.features(image), self.hw))
         for j, view in enumerate(c["tta"]):
             seen, flipped = tta_view(image, view, view_seed(c["seed"], image_index, j))
-            votes.add(view_logits(ens, self.features(seen), self.hw, flipped))
+            votes.add(view_logits(ens, self.features(seen), self.hw, flipped, c["hflip_class_pairs"]))
         return votes
 
     def evaluate(self, models_dir: str, out_dir: str) -> dict:

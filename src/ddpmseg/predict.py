@@ -104,13 +104,17 @@ class Votes:
 
 
 def view_logits(ens: PixelEnsemble, layers: Sequence[torch.Tensor], out_hw: tuple[int, int],
-                flipped: bool = False) -> torch.Tensor:
-    """``ensemble_logits`` of one (test-time) view, mapped back to the original image if it was flipped."""
+                flipped: bool = False, flip_pairs: Sequence[Sequence[int]] = ()) -> torch.Tensor:
+    """``ensemble_logits`` of one (test-time) view, mapped back to the original image if it was
+    mirrored: pixels flipped back, and the scores of left/right classes (``flip_pairs``) exchanged."""
     logits = ensemble_logits(ens, layers, out_hw)
     if not flipped:
         return logits
     M, _, K = logits.shape
-    return logits.reshape(M, *out_hw, K).flip(2).reshape(M, -1, K)
+    order = list(range(K))
+    for a, b in flip_pairs:
+        order[a], order[b] = b, a
+    return logits.reshape(M, *out_hw, K).flip(2).reshape(M, -1, K)[..., order]
 
 
 def image_uncertainty(js: torch.Tensor, top_fraction: float = 0.1) -> float:

@@ -1,0 +1,134 @@
+"""Joint image + mask augmentation and the test-time views, on real celebamask64 images."""
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from conftest import CELEBAMASK64, require
+from ddpmseg.augment import (TTA_VIEWS, CoarseDropout, HorizontalFlipSwap, augment_pair, copy_seed, swap_classes,
+                             tta_view, view_seed)
+from ddpmseg.data import ImageLabelDataset
+
+FILL = -1
+
+
+@pytest.fixture(scope="module")
+def sample():
+    ds = ImageLabelDataset(str(require(CELEBAMASK64) / "real" / "train"), resolution=64, num_images=2,
+                           number_class=19, ignore_label=None)
+    return ds[0]["image"], ds[0]["label"]
+
+
+def test_copies_are_reproducible_and_distinct(sample):
+    image, label = sample
+    a = augment_pair(image, label, 5, 0.4, FILL)
+    b = augment_pair(image, label, 5, 0.4, FILL)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    outs = [augment_pair(image, label, s, 0.4, FILL) for s in range(6)]
+    assert len({o[0].sum().item() for o in outs}) == 6  # six seeds, six different copies
+
+
+def test_augmentation_leaves_the_global_rng_alone(sample):
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    augment_pair(*sample, 1, 1.0, FILL)
+    assert torch.equal(torch.rand(3), want)
+
+
+def test_probability_zero_is_the_identity(sample):
+    image, label = sample
+    img, lab = augment_pair(image, label, 3, 0.0, FILL)
+    assert torch.allclose(img, image, atol=1e-6) and torch.equal(lab, label)
+
+
+def test_masks_keep_their_classes_and_invented_pixels_get_the_fill(sample):
+    image, label = sample
+    classes = set(label.unique().tolist())
+    filled = 0
+    for s in range(8):
+        img, lab = augment_pair(image, label, copy_seed(0, 0, s + 1), 1.0, FILL)
+        assert img.shape == image.shape and lab.shape == label.shape and lab.dtype == torch.int64
+        assert -1.0 <= img.min() and img.max() <= 1.0
+        # Nearest-neighbour resampling: no label value that was not there (or the fill) appears.
+        assert set(lab.unique().tolist()) <= classes | {FILL}
+        filled += int((lab == FILL).sum())
+    assert filled > 0  # rotation corners and dropout holes are excluded from training
+
+
+def test_coarse_dropout_blacks_out_the_image_where_the_mask_gets_the_fill():
+    torch.manual_seed(0)
+    img = tv_tensors.Image(torch.rand(3, 64, 64) * 0.5 + 0.5)  # no black pixel to begin with
+    mask = tv_tensors.Mask(torch.zeros(64, 64, dtype=torch.int64))
+    out_img, out_mask = CoarseDropout(fill_label=255)(img, mask)
+    holes = out_mask == 255
+    assert holes.any()
+    assert torch.equal((out_img == 0).all(0), holes)
+    side = np.sqrt(holes.sum().item() / 2)  # at least 2 holes of 10..15 px at 64 px
+    assert 40 / 256 * 64 * 0.9 <= side
+
+
+def test_tta_views(sample):
+    image, _ = sample
+    for j, view in enumerate(TTA_VIEWS):
+        seen, flipped = tta_view(image, view, view_seed(0, 0, j))
+        assert seen.shape == image.shape and flipped == view.endswith("hflip")
+        assert not torch.allclose(seen, image, atol=1e-3)
+        assert torch.equal(seen, tta_view(image, view, view_seed(0, 0, j))[0])
+    flipped_only, _ = tta_view(image, "hflip", 0)
+    assert torch.allclose(flipped_only, image.flip(-1), atol=1e-6)
+    gray, _ = tta_view(image, "grayscale", 0)
+    assert torch.allclose(gray[0], gray[1]) and torch.allclose(gray[1], gray[2])
+    with pytest.raises(ValueError, match="unknown test-time view 'vflip'"):
+        tta_view(image, "vflip", 0)
+
+
+def test_mirror_swaps_left_and_right_classes():
+    """A mirrored left eye is a right eye: the flip exchanges the paired ids, and only those."""
+    image = tv_tensors.Image(torch.rand(3, 8, 8))
+    mask = torch.zeros(8, 8, dtype=torch.int64)
+    mask[:, :2], mask[:, 2:4], mask[0, 7] = 4, 5, 255  # left eye, right eye, an ignored pixel
+    out_img, out_mask = HorizontalFlipSwap([(4, 5), (6, 7)])(image, tv_tensors.Mask(mask))
+    assert torch.equal(out_img, image.flip(-1))
+    want = mask.flip(-1).clone()
+    want[mask.flip(-1) == 4], want[mask.flip(-1) == 5] = 5, 4
+    assert torch.equal(out_mask, want)
+    assert (out_mask[:, 6:] == 5).all() and (out_mask[:, 4:6] == 4).all() and out_mask[0, 0] == 255
+    assert torch.equal(swap_classes(swap_classes(mask, [(4, 5)]), [(4, 5)]), mask)
+
+
+def test_augmented_copies_swap_sides_when_mirrored(sample):
+    """Over many copies, l_eye (4) pixels only ever land on the side where the l_eye was or became r_eye."""
+    image, label = sample
+    left_x = torch.nonzero(label == 4)[:, 1].float().mean()
+    right_x = torch.nonzero(label == 5)[:, 1].float().mean()
+    pairs = [(4, 5), (6, 7), (8, 9)]
+    for s in range(10):
+        _, lab = augment_pair(image, label, copy_seed(0, 0, s + 1), 0.4, FILL, pairs)
+        if (lab == 4).any() and (lab == 5).any():
+            # the class-4 region stays on class 4's side of the face (true for unmirrored and mirrored copies)
+            lx, rx = torch.nonzero(lab == 4)[:, 1].float().mean(), torch.nonzero(lab == 5)[:, 1].float().mean()
+            assert (lx < rx) == (left_x < right_x)
+
+
+def test_custom_transforms_keep_the_mask_a_mask():
+    """Later transforms only move what they recognise as a mask: the custom ones must hand one back."""
+    image = tv_tensors.Image(torch.rand(3, 16, 16))
+    mask = tv_tensors.Mask(torch.zeros(16, 16, dtype=torch.int64))
+    for t in (HorizontalFlipSwap([(0, 1)]), CoarseDropout(fill_label=9)):
+        img, m = t(image, mask)
+        assert type(img) is tv_tensors.Image and type(m) is tv_tensors.Mask
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_image_and_mask_stay_aligned(seed):
+    """Image = its own label (black = class 0, white = class 1): after every transform at p = 1 the
+    brightness still tells the classes apart pixel by pixel, so geometry moved both alike."""
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    label = ((xx + 2 * yy) % 40 < 20).long()  # diagonal stripes: any misplacement shows
+    image = label.float().expand(3, 64, 64) * 2 - 1
+    img, lab = augment_pair(image, label, copy_seed(seed, 0, 1), 1.0, FILL)
+    kept = lab != FILL
+    brightness = img.mean(0)[kept]
+    corr = torch.corrcoef(torch.stack([brightness, lab[kept].float()]))[0, 1]
+    assert corr > 0.9, corr
