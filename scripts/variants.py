@@ -122,7 +122,11 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def table(dataset: str, out: str, seeds: list[int]) -> str:
+def mean_seconds(values: list[float]) -> str:
+    return f"{statistics.mean(values):.0f}" if values else "–"
+
+
+def table(dataset: str, out: str, seeds: list[int], note: str = "") -> str:
     """The markdown of docs/RESULTS.md, from the metrics.json files under ``out``."""
     lines = [
         "# Results: method variants",
@@ -145,8 +149,8 @@ def table(dataset: str, out: str, seeds: list[int]) -> str:
         mious = [100 * (m["by_voting"][voting]["miou"] if "by_voting" in m else m["miou"]) for m in found
                  if "by_voting" in m or m["voting"] == voting]
         devices.update(m["device"] for m in found)
-        train_t = mean_std([training_seconds(m) for m in found]).split(" ±")[0]
-        eval_t = mean_std([m["timings_s"]["evaluation_s"] for m in found]).split(" ±")[0]
+        train_t = mean_seconds([training_seconds(m) for m in found])
+        eval_t = mean_seconds([m["timings_s"]["evaluation_s"] for m in found])
         lines.append(f"| {label} | {mean_std(mious)} | {len(mious)} | {train_t} | {eval_t} | `{name}` | {voting} |")
     lines += ["", "What each row is:", ""]
     lines += [f"- **{label}**: {what}." for label, _, _, what in ROWS]
@@ -160,7 +164,7 @@ def table(dataset: str, out: str, seeds: list[int]) -> str:
         lines.append(f"- `{name}`: `python evaluate.py --run <out>/seed<N>/{source}/<steps>_<blocks> "
                      f"--out <out>/seed<N>/{name} {sets}`")
     lines += ["", f"Machine: {', '.join(sorted(devices)) or '–'}, {os.cpu_count()} CPU cores ({platform.machine()}), "
-              f"torch {torch.__version__}."]
+              f"torch {torch.__version__}." + (f" {note}" if note else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -171,6 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--table", default="docs/RESULTS.md", help="the markdown file to write")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from existing runs")
+    p.add_argument("--note", default="", help="how the runs were made (e.g. several at a time), for the table")
     args = p.parse_args(argv)
     if not os.path.isfile(os.path.join(REPO, "experiments", args.dataset, "etf.json")):
         p.error(f"experiments/{args.dataset}/etf.json does not exist")
@@ -178,7 +183,7 @@ def main(argv=None) -> int:
         run_all(args.dataset, args.out, args.seeds)
     from ddpmseg.atomic import write_text_atomic
 
-    write_text_atomic(os.path.join(REPO, args.table), table(args.dataset, args.out, args.seeds))
+    write_text_atomic(os.path.join(REPO, args.table), table(args.dataset, args.out, args.seeds, args.note))
     print(f"wrote {args.table}")
     return 0
 

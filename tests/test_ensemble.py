@@ -199,3 +199,24 @@ def test_shared_input_equals_repeated_input(train):
     assert torch.allclose(out_shared, out_rep, atol=1e-6)
     for j in range(2):
         assert torch.allclose(getattr(a, f"running_mean{j}"), getattr(b, f"running_mean{j}"), atol=1e-7)
+
+
+def test_dropout_is_inverted_dropout_in_training_and_off_in_eval():
+    """The coursework's Dropout(p) after each hidden ReLU: zeros with probability p, survivors
+    scaled by 1/(1-p) so the expectation is unchanged; eval mode is the plain MLP."""
+    M, B, C, p = 3, 4000, 8, 0.4
+    ens = PixelEnsemble(M, C, 5, dropout=p)
+    ens.dropout_generators = [torch.Generator().manual_seed(m) for m in range(M)]
+    h = torch.rand(M, B, 16) + 0.5
+    ens.train()
+    out = ens._drop(h)
+    zero = out == 0
+    assert abs(zero.float().mean().item() - p) < 0.02
+    assert torch.allclose(out[~zero], (h / (1 - p))[~zero])
+    assert not torch.equal(zero[0], zero[1])  # each member draws its own mask
+    ens.eval()
+    assert torch.equal(ens._drop(h), h)
+    plain = PixelEnsemble(M, C, 5)
+    plain.load_state_dict(ens.state_dict())
+    x = torch.randn(M, 10, C)
+    assert torch.equal(ens(x), plain.eval()(x))

@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+import evaluate
 import train_interpreter
 from conftest import CELEBAMASK64, manifest, require, rule_weights
+from ddpmseg.predict import VOTING_MODES
 
 # Small but complete: 3 train / 2 test images, 2 members, a few short epochs.
 FAST = ["--set", "model_num=2", "--set", "max_epochs=2", "--set", "early_stop_after_epoch=0",
@@ -41,6 +43,7 @@ def data(tmp_path):
 
 
 def run(tmp_path, data, ckpt, *extra):
+    """train_interpreter.py on the small data; ``extra`` may name another ``--exp`` (argparse keeps the last)."""
     argv = ["--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(tmp_path / "exp"),
             "--training_path", str(data / "train"), "--testing_path", str(data / "test"),
             "--model_path", str(ckpt), *FAST, *extra]
@@ -134,3 +137,56 @@ def test_bad_config_fails_before_writing(tmp_path, data, tiny64_checkpoint, caps
     assert run(tmp_path, data, tiny64_checkpoint, *extra) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "exp").exists()
+
+
+def test_variants_end_to_end(tmp_path, data, tiny64_checkpoint):
+    """ETF + augmentation + AdamW + dropout train; every voting mode is scored on the same ensemble."""
+    assert run(tmp_path, data, tiny64_checkpoint, "--exp", "experiments/celebamask64/etf.json",
+               "--set", "augmentation_copies=2", "--set", "optimizer=\"adamw\"", "--set", "weight_decay=1e-4",
+               "--set", "dropout=0.4") == 0
+    out = tmp_path / "exp" / "50_4_5_6_7_8"
+    log = (out / "log.txt").read_text()
+    assert "feature store: 9 images" in log  # 3 training images + 2 augmented copies of each
+    assert (out / "etf_matrix.pt").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["voting"] == "soft" and set(metrics["by_voting"]) == set(VOTING_MODES)
+    assert metrics["by_voting"]["soft"]["miou"] == metrics["miou"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["regularizer"], cfg["augmentation_copies"], cfg["hflip_class_pairs"]) == ("etf", 2, [[4, 5], [6, 7],
+                                                                                                     [8, 9]])
+
+
+def test_evaluate_again_with_test_time_views(tmp_path, data, tiny64_checkpoint, capsys):
+    assert run(tmp_path, data, tiny64_checkpoint) == 0
+    trained = tmp_path / "exp" / "50_4_5_6_7_8"
+    before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    assert evaluate.main(["--run", str(trained), "--set", 'tta=["hflip","grayscale"]', "--set", "voting=soft"]) == 0
+    out = trained / "eval_tta-hflip,grayscale_voting-soft"
+    metrics = json.loads((out / "metrics.json").read_text())
+    plain = json.loads((trained / "metrics.json").read_text())
+    assert metrics["tta"] == ["hflip", "grayscale"] and metrics["trained_in"] == str(trained)
+    assert metrics["training_timings_s"] == plain["timings_s"]
+    assert metrics["uncertainty"] != plain["uncertainty"]  # the extra views took part in the vote
+    assert len(list((out / "predictions").glob("*.npy"))) == 2
+    assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before  # the run is untouched
+    # Without overrides the evaluation reproduces the run's own numbers.
+    assert evaluate.main(["--run", str(trained), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["miou"] == plain["miou"] and again["uncertainty"] == pytest.approx(plain["uncertainty"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "dropout=0.2"], "['dropout'] change the trained ensemble"),
+    (["--set", "voting=\"mean\""], "'voting' must be one of"),
+])
+def test_evaluate_rejects_what_it_cannot_do(tmp_path, data, tiny64_checkpoint, capsys, args, message):
+    assert run(tmp_path, data, tiny64_checkpoint) == 0
+    trained = tmp_path / "exp" / "50_4_5_6_7_8"
+    assert evaluate.main(["--run", str(trained), "--out", str(tmp_path / "e"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_evaluate_needs_a_finished_run(tmp_path, capsys):
+    assert evaluate.main(["--run", str(tmp_path)]) == 2
+    assert "has no config.json" in capsys.readouterr().err

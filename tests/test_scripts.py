@@ -57,8 +57,8 @@ def test_train_etf_runs_celebamask64_on_cpu(tmp_path):
     """The issue's command, shortened with extra options: ETF + soft voting, outputs in the result dir."""
     require(CELEBAMASK64), require(FACES_CKPT)
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    quick = ["--set", "model_num=2", "--set", "max_epochs=1", "--set", "training_number=4",
-             "--set", "testing_number=2"]
+    quick = ["--set", "model_num=2", "--set", "max_epochs=1", "--set", "training_number=2",
+             "--set", "testing_number=1"]
     r = subprocess.run(["bash", str(SCRIPTS / "train_etf.sh"), "celebamask64", "result", "0", *quick],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

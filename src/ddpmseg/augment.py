@@ -4,8 +4,9 @@ The training pipeline is the HSE coursework's (albumentations there), rebuilt on
 torchvision.transforms.v2 so that the image and its label map go through one call and every
 geometric transform moves both alike: masks are resampled with nearest neighbour, and pixels
 that a transform invents (rotation corners, crop borders, dropout holes) get ``fill_label``,
-which the trainer skips. Every copy is drawn from its own seed, so a run is reproducible and
-copy k of image i is the same however many copies are made.
+which the trainer skips. A mirror also exchanges left/right classes (``flip_pairs``). Every
+copy is drawn from its own seed, so a run is reproducible and copy k of image i is the same
+however many copies are made.
 """
 from __future__ import annotations
 

@@ -155,8 +155,9 @@ class Run:
                 self.original_pixels += len(keep)
         pixels = LabelledPixels(torch.cat(index), torch.cat(labels), self.hw)
         self.timings["train_features_s"] = time.time() - t0
-        self.log(f"feature store: {num_images} images, {store.nbytes / 2**20:.1f} MiB ({'disk' if location else 'RAM'}, "
-                 f"float16, native resolution); {len(pixels.labels):,} labelled training pixels")
+        where = "disk" if location else "RAM"
+        self.log(f"feature store: {num_images} images, {store.nbytes / 2**20:.1f} MiB ({where}, float16, "
+                 f"native resolution); {len(pixels.labels):,} labelled training pixels")
         return store, pixels
 
     def train(self, exp_dir: str) -> dict:

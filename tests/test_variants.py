@@ -1,0 +1,55 @@
+"""scripts/variants.py: the results table is computed from the runs' metrics.json files."""
+import importlib.util
+import json
+
+import pytest
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("variants", REPO / "scripts" / "variants.py")
+variants = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(variants)
+
+
+def write_metrics(folder, miou_by_voting, train_s=100.0, evaluated=False):
+    folder.mkdir(parents=True)
+    m = {"miou": miou_by_voting["soft"], "voting": "soft", "device": "cpu",
+         "by_voting": {k: {"miou": v} for k, v in miou_by_voting.items()},
+         "timings_s": {"evaluation_s": 20.0}}
+    if evaluated:
+        m["training_timings_s"] = {"train_features_s": 5.0, "train_s": train_s}
+    else:
+        m["timings_s"].update(train_features_s=5.0, train_s=train_s)
+    (folder / "metrics.json").write_text(json.dumps(m))
+
+
+def test_table_reads_each_row_from_its_run_and_voting(tmp_path, monkeypatch):
+    monkeypatch.setattr(variants, "REPO", str(tmp_path))
+    votes = {"hard": 0.30, "soft": 0.32, "soft_prob": 0.31, "weighted": 0.31, "last_member": 0.25}
+    for seed, shift in ((0, 0.0), (1, 0.02)):
+        base = tmp_path / "runs" / f"seed{seed}"
+        write_metrics(base / "ddpm" / "50_150", {k: v + shift for k, v in votes.items()}, train_s=100 + 10 * seed)
+        write_metrics(base / "etf_tta", {k: v + shift + 0.05 for k, v in votes.items()}, train_s=200, evaluated=True)
+    text = variants.table("celebamask64", "runs", [0, 1])
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert rows["DDPM"][1:4] == ["31.00 ± 1.41", "2", "110"]  # hard: 30, 32; 5 s features + 100/110 s training
+    assert rows["DDPM_V"][1] == "33.00 ± 1.41"
+    assert rows["DDPM (last member)"][1] == "26.00 ± 1.41"
+    assert rows["DDPM_VE + TTA"][1:4] == ["38.00 ± 1.41", "2", "205"]  # training time of the trained run
+    assert rows["DDPM_VE"][1:3] == ["–", "0"]  # no runs yet: nothing is made up
+    assert "python scripts/variants.py --dataset celebamask64 --out runs --seeds 0 1" in text
+
+
+def test_table_only_writes_the_markdown(tmp_path, monkeypatch):
+    monkeypatch.setattr(variants, "REPO", str(tmp_path))
+    (tmp_path / "experiments" / "celebamask64").mkdir(parents=True)
+    (tmp_path / "experiments" / "celebamask64" / "etf.json").write_text("{}")
+    assert variants.main(["--out", "runs", "--seeds", "0", "--table", "RESULTS.md", "--table-only"]) == 0
+    assert (tmp_path / "RESULTS.md").read_text().startswith("# Results: method variants")
+
+
+def test_unknown_dataset_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(variants, "REPO", str(tmp_path))
+    with pytest.raises(SystemExit):
+        variants.main(["--dataset", "nope", "--table-only"])
+    assert "experiments/nope/etf.json does not exist" in capsys.readouterr().err
