@@ -157,8 +157,9 @@ def table(dataset: str, out: str, seeds: list[int], note: str = "") -> str:
     lines += ["", "Runs (`<out>/seed<N>/<run>`), each a command of this repository:", ""]
     for name, (config, overrides) in TRAINED.items():
         sets = " ".join(f"--set '{k}={json.dumps(v)}'" for k, v in overrides.items())
-        lines.append(f"- `{name}`: `python train_interpreter.py --exp experiments/{dataset}/{config} "
-                     f"--exp_dir <out>/seed<N>/{name} --seed <N> {sets}`".replace("  ", " ").rstrip())
+        command = (f"python train_interpreter.py --exp experiments/{dataset}/{config} "
+                   f"--exp_dir <out>/seed<N>/{name} --seed <N> {sets}").rstrip()
+        lines.append(f"- `{name}`: `{command}`")
     for name, (source, overrides) in EVALUATED.items():
         sets = " ".join(f"--set '{k}={json.dumps(v)}'" for k, v in overrides.items())
         lines.append(f"- `{name}`: `python evaluate.py --run <out>/seed<N>/{source}/<steps>_<blocks> "
