@@ -12,10 +12,8 @@ import json
 import os
 import sys
 
-from guided_diffusion.checkpoint import CheckpointError
-from ddpmseg.config import ConfigError, parse_override
-from ddpmseg.data import DataError
-from ddpmseg.interpreter import evaluate_run
+from ddpmseg.config import parse_override
+from ddpmseg.interpreter import INPUT_ERRORS, evaluate_run
 
 
 def default_out(run_dir: str, overrides: dict) -> str:
@@ -36,7 +34,7 @@ def main(argv=None) -> int:
     try:
         overrides = dict(parse_override(s) for s in args.set)
         evaluate_run(args.run, overrides, args.out or default_out(args.run, overrides))
-    except (ConfigError, DataError, CheckpointError) as e:
+    except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

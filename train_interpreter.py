@@ -9,11 +9,9 @@ silently replace the checkpoint's architecture. See README.md for the outputs.
 import argparse
 import sys
 
-from guided_diffusion.checkpoint import CheckpointError
 from guided_diffusion.script_util import model_and_diffusion_defaults, str2bool
-from ddpmseg.config import ConfigError, load_config, parse_override
-from ddpmseg.data import DataError
-from ddpmseg.interpreter import resolve_model_flags, run_interpreter
+from ddpmseg.config import load_config, parse_override
+from ddpmseg.interpreter import INPUT_ERRORS, resolve_model_flags, run_interpreter
 
 PATH_KEYS = ("exp_dir", "training_path", "testing_path", "model_path")
 
@@ -43,7 +41,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.exp, overrides)
         cli_flags = {k: getattr(args, k) for k in model_and_diffusion_defaults() if getattr(args, k) is not None}
         run_interpreter(cfg, resolve_model_flags(cfg, cli_flags))
-    except (ConfigError, DataError, CheckpointError) as e:
+    except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -66,6 +66,16 @@ def metrics_path(folder: str) -> str | None:
     return found[0] if found else None
 
 
+def set_args(overrides: dict) -> list[str]:
+    """``--set key=<JSON value>`` arguments for train_interpreter.py / evaluate.py."""
+    return [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
+def shell_set_args(overrides: dict) -> str:
+    """The same arguments as the table prints them, quoted for a shell."""
+    return " ".join(f"--set '{k}={json.dumps(v)}'" for k, v in overrides.items())
+
+
 def run(cmd: list[str]) -> None:
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
@@ -85,8 +95,7 @@ def run_all(dataset: str, out: str, seeds: list[int]) -> None:
             if metrics_path(folder):
                 continue
             trained = os.path.dirname(metrics_path(run_dir(out, seed, source)))
-            sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
-            run([sys.executable, "evaluate.py", "--run", trained, "--out", folder, *sets])
+            run([sys.executable, "evaluate.py", "--run", trained, "--out", folder, *set_args(overrides)])
     for seed in seeds:
         for name in LAST:
             run_trained(dataset, out, seed, name)
@@ -97,9 +106,8 @@ def run_trained(dataset: str, out: str, seed: int, name: str) -> None:
     folder = run_dir(out, seed, name)
     if metrics_path(folder):
         return
-    sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     run([sys.executable, "train_interpreter.py", "--exp", f"experiments/{dataset}/{config}",
-         "--exp_dir", folder, "--seed", str(seed), *sets])
+         "--exp_dir", folder, "--seed", str(seed), *set_args(overrides)])
 
 
 def load(out: str, seed: int, name: str) -> dict | None:
@@ -156,12 +164,12 @@ def table(dataset: str, out: str, seeds: list[int], note: str = "") -> str:
     lines += [f"- **{label}**: {what}." for label, _, _, what in ROWS]
     lines += ["", "Runs (`<out>/seed<N>/<run>`), each a command of this repository:", ""]
     for name, (config, overrides) in TRAINED.items():
-        sets = " ".join(f"--set '{k}={json.dumps(v)}'" for k, v in overrides.items())
+        sets = shell_set_args(overrides)
         command = (f"python train_interpreter.py --exp experiments/{dataset}/{config} "
                    f"--exp_dir <out>/seed<N>/{name} --seed <N> {sets}").rstrip()
         lines.append(f"- `{name}`: `{command}`")
     for name, (source, overrides) in EVALUATED.items():
-        sets = " ".join(f"--set '{k}={json.dumps(v)}'" for k, v in overrides.items())
+        sets = shell_set_args(overrides)
         lines.append(f"- `{name}`: `python evaluate.py --run <out>/seed<N>/{source}/<steps>_<blocks> "
                      f"--out <out>/seed<N>/{name} {sets}`")
     lines += ["", f"Machine: {', '.join(sorted(devices)) or '–'}, {os.cpu_count()} CPU cores ({platform.machine()}), "

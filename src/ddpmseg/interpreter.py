@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from guided_diffusion.checkpoint import load_model_and_diffusion
+from guided_diffusion.checkpoint import CheckpointError, load_model_and_diffusion
 from guided_diffusion.script_util import model_and_diffusion_defaults
 
 from .atomic import write_json_atomic, write_text_atomic
 from .augment import augment_pair, copy_seed, tta_view, view_seed
 from .config import ConfigError, save_config, validate
-from .data import ImageLabelDataset, drop_small_regions
+from .data import DataError, ImageLabelDataset, drop_small_regions
 from .features import FeatureExtractorDDPM, shared_noise
 from .metrics import IoUAccumulator, iou_table_markdown
 from .predict import VOTING_MODES, Votes, image_uncertainty, view_logits
@@ -33,6 +33,8 @@ from .store import FeatureStore
 from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
 
 EXCLUDED = -1  # training-label marker for pixels no member trains on
+# Errors that mean the user's input is wrong: the command-line tools print them as one line.
+INPUT_ERRORS = (ConfigError, DataError, CheckpointError)
 # Config keys that only change inference: the ones evaluate_run may override.
 INFERENCE_KEYS = ("voting", "report_all_votings", "tta", "hflip_class_pairs", "testing_path", "testing_number",
                   "device", "uncertainty_top_fraction")
@@ -82,6 +84,9 @@ class Run:
         self.device = resolve_device(cfg["device"])
         self.size = cfg["dim"][0]
         self.hw = (self.size, self.size)
+        # Training-label value of pixels no member trains on: the ignore label, or EXCLUDED when
+        # every class is scored. Augmentation fills the pixels it invents with it.
+        self.fill = EXCLUDED if cfg["ignore_label"] is None else cfg["ignore_label"]
         self.timings: dict[str, float] = {}
 
     # -- checks before anything is written ------------------------------------------------
@@ -120,7 +125,6 @@ class Run:
         Copy k of image i is drawn from its own seed, so a resumed run rebuilds the same store.
         """
         c = self.cfg
-        fill = EXCLUDED if c["ignore_label"] is None else c["ignore_label"]
         for k in range(c["augmentation_copies"] + 1):
             for i in range(len(self.train_set)):
                 item = self.train_set[i]
@@ -128,7 +132,7 @@ class Run:
                     yield item["stem"], item["image"], item["label"]
                 else:
                     image, label = augment_pair(item["image"], item["label"], copy_seed(c["seed"], i, k),
-                                                c["augmentation_p"], fill, c["hflip_class_pairs"])
+                                                c["augmentation_p"], self.fill, c["hflip_class_pairs"])
                     yield f"{item['stem']} (augmented copy {k})", image, label
 
     def build_training_store(self, exp_dir: str) -> tuple[FeatureStore, LabelledPixels]:
@@ -137,8 +141,6 @@ class Run:
         num_images = len(self.train_set) * (1 + c["augmentation_copies"])
         store = FeatureStore(num_images, self.layer_shapes, self.hw, location=location)
         index, labels = [], []
-        self.original_pixels = 0  # labelled pixels of the un-augmented images (the "original" epoch)
-        fill = EXCLUDED if c["ignore_label"] is None else c["ignore_label"]
         images = tqdm(self.training_images(), total=num_images, desc="training features", unit="img",
                       dynamic_ncols=True)
         for i, (name, image, label) in enumerate(images):
@@ -148,11 +150,9 @@ class Run:
             for cls, n in dropped:
                 self.log(f"{name}: class {cls} has only {n} pixels; excluded from training")
             flat = label.reshape(-1).astype(np.int64)
-            keep = np.flatnonzero((flat != fill) & (flat != EXCLUDED))
+            keep = np.flatnonzero((flat != self.fill) & (flat != EXCLUDED))
             index.append(torch.from_numpy(keep + i * self.size * self.size))
             labels.append(torch.from_numpy(flat[keep]))
-            if i < len(self.train_set):
-                self.original_pixels += len(keep)
         pixels = LabelledPixels(torch.cat(index), torch.cat(labels), self.hw)
         self.timings["train_features_s"] = time.time() - t0
         where = "disk" if location else "RAM"
@@ -170,7 +170,9 @@ class Run:
             self.log(f"resuming: members {todo} remain to be trained")
         store, pixels = self.build_training_store(exp_dir)
         t0 = time.time()
-        epoch_size = self.original_pixels if c["epoch_pixels"] == "original" else None
+        # The un-augmented images come first in the store, so their pixels have the lowest indices.
+        original_pixels = int((pixels.index < len(self.train_set) * self.size * self.size).sum())
+        epoch_size = original_pixels if c["epoch_pixels"] == "original" else None
         stats = train_ensemble(store, pixels, c, exp_dir, todo, device=str(self.device), log=self.log,
                                epoch_size=epoch_size)
         self.timings["train_s"] = time.time() - t0

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .atomic import torch_save_atomic
 from .ensemble import PixelEnsemble
 from .etf import load_or_create_etf
-from .seeding import generator
+from .seeding import derived_seed, generator
 from .store import FeatureStore
 
 STATE_FILE = "train_state.pt"
@@ -57,7 +57,7 @@ def member_generator(seed: int, member: int) -> torch.Generator:
 
 def device_generator(seed: int, member: int, stream: int, device: str) -> torch.Generator:
     """A member's stream for random numbers drawn on ``device`` (dropout masks)."""
-    return torch.Generator(device=device).manual_seed(generator(seed, member, stream).initial_seed())
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, member, stream))
 
 
 def make_optimizer(params: list, cfg: dict) -> torch.optim.Optimizer:
