@@ -12,8 +12,9 @@ import json
 import os
 import sys
 
+from ddpmseg.cli import run_cli
 from ddpmseg.config import parse_override
-from ddpmseg.interpreter import INPUT_ERRORS, evaluate_run
+from ddpmseg.interpreter import evaluate_run
 
 
 def default_out(run_dir: str, overrides: dict) -> str:
@@ -31,13 +32,12 @@ def main(argv=None) -> int:
                    help="override an inference key; the value is parsed as JSON if it can be (repeatable)")
     p.add_argument("--out", default=None, help="output folder (default: <run>/eval_<overrides>)")
     args = p.parse_args(argv)
-    try:
+
+    def job() -> None:
         overrides = dict(parse_override(s) for s in args.set)
         evaluate_run(args.run, overrides, args.out or default_out(args.run, overrides))
-    except INPUT_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

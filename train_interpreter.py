@@ -9,9 +9,9 @@ silently replace the checkpoint's architecture. See README.md for the outputs.
 import argparse
 import sys
 
-from guided_diffusion.script_util import model_and_diffusion_defaults, str2bool
+from ddpmseg.cli import add_model_flag_args, passed_model_flags, run_cli
 from ddpmseg.config import load_config, parse_override
-from ddpmseg.interpreter import INPUT_ERRORS, resolve_model_flags, run_interpreter
+from ddpmseg.interpreter import resolve_model_flags, run_interpreter
 
 PATH_KEYS = ("exp_dir", "training_path", "testing_path", "model_path")
 
@@ -24,27 +24,22 @@ def parse_args(argv=None):
         p.add_argument(f"--{key}", default=None, help=f"overrides the config's {key}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key; the value is parsed as JSON if it can be (repeatable)")
-    flags = p.add_argument_group("guided-diffusion model flags (override the config's model_flags)")
-    for key, default in model_and_diffusion_defaults().items():
-        kind = str2bool if isinstance(default, bool) else type(default)
-        flags.add_argument(f"--{key}", type=kind, default=None, help=f"(guided-diffusion default: {default})")
+    add_model_flag_args(p, "guided-diffusion model flags (override the config's model_flags)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+
+    def job() -> None:
         overrides = dict(parse_override(s) for s in args.set)
         overrides.update({k: getattr(args, k) for k in PATH_KEYS if getattr(args, k) is not None})
         if args.seed is not None:
             overrides["seed"] = args.seed
         cfg = load_config(args.exp, overrides)
-        cli_flags = {k: getattr(args, k) for k in model_and_diffusion_defaults() if getattr(args, k) is not None}
-        run_interpreter(cfg, resolve_model_flags(cfg, cli_flags))
-    except INPUT_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        run_interpreter(cfg, resolve_model_flags(cfg, passed_model_flags(args)))
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

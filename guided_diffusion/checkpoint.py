@@ -6,6 +6,7 @@ parameters can be read back from the state dict itself, so a mismatch error name
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any, Mapping
@@ -157,6 +158,19 @@ def _norm(key: str, value: Any, image_size: int | None) -> Any:
     if key == "attention_resolutions":
         return tuple(sorted(int(r) for r in str(value).split(",") if r.strip()))
     return value
+
+
+def sidecar_flags(model_path: str) -> dict[str, Any]:
+    """The "flags" of ``<checkpoint>.json`` beside ``model_path`` ({} if there is none): our
+    trainer writes one for every model and EMA file, so a checkpoint carries its architecture."""
+    sidecar = os.path.splitext(model_path)[0] + ".json"
+    if not os.path.isfile(sidecar):
+        return {}
+    try:
+        with open(sidecar) as f:
+            return dict(json.load(f).get("flags", {}))
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{sidecar} (the flags of {model_path}) is not a JSON object with \"flags\": {e}") from None
 
 
 def load_model_and_diffusion(model_path: str, flags: Mapping[str, Any], device: str | torch.device = "cpu"):

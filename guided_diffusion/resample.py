@@ -32,11 +32,13 @@ class ScheduleSampler(ABC):
     def weights(self) -> np.ndarray:
         """Unnormalised positive weight per timestep."""
 
-    def sample(self, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw timesteps (int64) and their importance weights (float32) for one batch."""
+    def sample(self, batch_size: int, device,
+               rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw timesteps (int64) and their importance weights (float32) for one batch, from
+        ``rng`` when given (reproducible training), else from NumPy's global RNG (the original)."""
         w = self.weights()
         p = w / np.sum(w)
-        indices = np.random.choice(len(p), size=(batch_size,), p=p)
+        indices = (rng if rng is not None else np.random).choice(len(p), size=(batch_size,), p=p)
         weights = 1 / (len(p) * p[indices])
         return (
             torch.from_numpy(indices).long().to(device),

@@ -69,3 +69,33 @@ def tiny_model_and_diffusion():
         return model.eval(), diffusion
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny64_checkpoint(tmp_path_factory):
+    """A guided-diffusion checkpoint of 64 px flags (random weights) with its flags beside it."""
+    m = manifest("tiny64")
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.save(rule_weights(m["keys"]), d / "tiny64.pt")
+    (d / "tiny64.json").write_text(json.dumps({"flags": m["flags"]}))
+    return d / "tiny64.pt"
+
+
+# A small but complete interpreter run: 3 train / 2 test images, 2 members, short epochs.
+FAST_INTERPRETER = ["--set", "model_num=2", "--set", "max_epochs=2", "--set", "early_stop_after_epoch=0",
+                    "--set", "early_stop_patience=3", "--set", "steps=[50]", "--set", "dim=[64,64,384]",
+                    "--set", "training_number=3", "--set", "testing_number=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_interpreter_run(tmp_path_factory, tiny64_checkpoint):
+    """The folder of a finished train_interpreter.py run on celebamask64 with the tiny U-Net."""
+    import train_interpreter
+
+    data = require(CELEBAMASK64) / "real"
+    exp = tmp_path_factory.mktemp("interpreter") / "exp"
+    argv = ["--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(exp), "--training_path",
+            str(data / "train"), "--testing_path", str(data / "test"), "--model_path", str(tiny64_checkpoint),
+            *FAST_INTERPRETER]
+    assert train_interpreter.main(argv) == 0
+    return exp / "50_4_5_6_7_8"

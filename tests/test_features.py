@@ -71,3 +71,12 @@ def test_bad_blocks_and_steps_are_rejected(tiny_model_and_diffusion):
 def test_shared_noise_is_seeded():
     assert torch.equal(shared_noise(0, 8), shared_noise(0, 8))
     assert not torch.equal(shared_noise(0, 8), shared_noise(1, 8))
+
+
+def test_rgb_position_features_are_colour_then_x_then_y():
+    from ddpmseg.features import RGBPositionFeatures
+
+    img = torch.rand(2, 3, 4, 6) * 2 - 1
+    (feat,) = RGBPositionFeatures()(img)
+    assert feat.shape == (2, 5, 4, 6) and torch.equal(feat[:, :3], img)
+    assert torch.allclose(feat[0, 3, 0], torch.linspace(-1, 1, 6)) and torch.allclose(feat[1, 4, :, 0], torch.linspace(-1, 1, 4))

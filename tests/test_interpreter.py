@@ -10,23 +10,8 @@ from PIL import Image
 
 import evaluate
 import train_interpreter
-from conftest import CELEBAMASK64, manifest, require, rule_weights
+from conftest import CELEBAMASK64, FAST_INTERPRETER as FAST, require
 from ddpmseg.predict import VOTING_MODES
-
-# Small but complete: 3 train / 2 test images, 2 members, a few short epochs.
-FAST = ["--set", "model_num=2", "--set", "max_epochs=2", "--set", "early_stop_after_epoch=0",
-        "--set", "early_stop_patience=3", "--set", "steps=[50]", "--set", "dim=[64,64,384]",
-        "--set", "training_number=3", "--set", "testing_number=2"]
-
-
-@pytest.fixture(scope="module")
-def tiny64_checkpoint(tmp_path_factory):
-    """A guided-diffusion checkpoint of 64 px flags (random weights) with its flags beside it."""
-    m = manifest("tiny64")
-    d = tmp_path_factory.mktemp("ckpt")
-    torch.save(rule_weights(m["keys"]), d / "tiny64.pt")
-    (d / "tiny64.json").write_text(json.dumps({"flags": m["flags"]}))
-    return d / "tiny64.pt"
 
 
 @pytest.fixture

@@ -69,3 +69,26 @@ def test_train_etf_runs_celebamask64_on_cpu(tmp_path):
     assert metrics["voting"] == "soft" and metrics["device"] == "cpu"
     assert metrics["by_voting"]["soft"]["miou"] == metrics["miou"]
     assert (out / "etf_matrix.pt").exists() and (out / "model_1.pth").exists()
+
+
+def test_train_ddpm_sh_trains_with_the_given_flags(tmp_path):
+    """The released architecture is the default; a --model_flags file replaces it."""
+    data = require(CELEBAMASK64) / "unlabeled"
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    flags = tmp_path / "tiny.json"
+    flags.write_text(json.dumps({"image_size": 32, "channel_mult": "1,2", "num_channels": 32, "num_res_blocks": 1,
+                                 "attention_resolutions": "8"}))
+    r = subprocess.run(["bash", str(SCRIPTS / "train_ddpm.sh"), str(data), str(tmp_path / "run"), "1",
+                        "--model_flags", str(flags), "--batch_size", "2", "--max_steps", "1", "--grid_size", "1",
+                        "--sample_respacing", "ddim2"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    side = json.loads((tmp_path / "run" / "ema_0.9999_000001.json").read_text())
+    assert side["flags"]["image_size"] == 32 and side["lr"] == 1e-4  # image_train.py's lr from the script
+
+
+def test_datasetddpm_scripts_print_usage():
+    r = subprocess.run(["bash", str(REPO / "scripts/datasetDDPM/generate_dataset.sh"), "nope"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "usage:" in r.stderr
+    r = subprocess.run(["bash", str(SCRIPTS / "train_ddpm.sh")], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "<image folder> <log dir>" in r.stderr

@@ -18,6 +18,8 @@ REQUIRED = object()
 DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # --- the original keys (ddpm-segmentation experiments/*/ddpm.json) ---
     "exp_dir": ((str,), REQUIRED),
+    # "ddpm": U-Net features; "rgb_xy": each pixel's colour and position only, the
+    # no-context baseline that shows what the U-Net features add.
     "model_type": ((str,), "ddpm"),
     "category": ((str,), REQUIRED),
     "number_class": ((int,), REQUIRED),
@@ -94,19 +96,30 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "epoch_pixels": ((str,), "original"),
     # Extra test-time views merged with the original by the configured voting (ddpmseg.augment.TTA_VIEWS).
     "tta": ((list,), []),
+    # --- DatasetDDPM's DeepLab stage (train_deeplab.py); every default is the published run ---
+    # DeepLab input side; null = the config's dim H (datasetDDPM.json used 256, its dim).
+    "deeplab_res": ((int, type(None)), None),
+    # torchvision DeepLabV3 backbone; the published run used ResNet-101.
+    "deeplab_backbone": ((str,), "resnet101"),
+    # Start from ImageNet backbone weights, as torchvision 0.11's default did for the published run.
+    "deeplab_pretrained_backbone": ((bool,), True),
+    # Which synthetic samples the uncertainty filter drops: see ddpmseg.synthetic.keep_by_uncertainty.
+    "uncertainty_filter": ((str,), "most_uncertain"),
 }
 
 # Keys of the original configs that its code never read; accepted so published files load.
 IGNORED_LEGACY_KEYS = {"max_training"}
 
 CHOICES = {
-    "model_type": ("ddpm",),
+    "model_type": ("ddpm", "rgb_xy"),
     "upsample_mode": ("bilinear",),
     "feature_store": ("ram", "disk"),
     "regularizer": ("none", "etf", "etf_decoupled"),
     "voting": ("hard", "soft", "soft_prob", "weighted", "last_member"),
     "optimizer": ("adam", "adamw"),
     "epoch_pixels": ("original", "all"),
+    "deeplab_backbone": ("resnet101", "resnet50", "mobilenet_v3_large"),
+    "uncertainty_filter": ("most_uncertain", "published"),
 }
 
 

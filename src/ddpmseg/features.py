@@ -47,11 +47,14 @@ class FeatureExtractorDDPM:
             raise ValueError(f"steps {bad_t} out of range 0..{diffusion.num_timesteps - 1}")
         self.input_activations = input_activations
         self._acts: list[torch.Tensor] = []
+        self._active = False
         for b in self.blocks:
             model.output_blocks[b].register_forward_hook(self._hook(last=b == self.blocks[-1]))
 
     def _hook(self, last: bool):
         def hook(module, inputs, output):
+            if not self._active:  # the same U-Net may also be sampling (DatasetDDPM)
+                return
             value = inputs[0] if self.input_activations else output
             self._acts.append(value.detach().float())
             if last:
@@ -68,10 +71,13 @@ class FeatureExtractorDDPM:
             tt = torch.full((img.shape[0],), t, dtype=torch.long, device=self.device)
             x_t = self.diffusion.q_sample(img, tt, noise=noise)
             self._acts = []
+            self._active = True
             try:
                 self.model(x_t, self.diffusion._scale_timesteps(tt))
             except _StopForward:
                 pass
+            finally:
+                self._active = False
             activations.extend(self._acts)
         return activations
 
@@ -95,3 +101,17 @@ def shared_noise(seed: int, size: int, device: str | torch.device = "cpu") -> to
     seeded with ``seed`` (a CUDA generator gives a different stream than the CPU one)."""
     g = torch.Generator(device=device).manual_seed(seed)
     return torch.randn(1, 3, size, size, generator=g, device=device)
+
+
+class RGBPositionFeatures:
+    """The no-context baseline: each pixel's colour and (x, y) position, all in [-1, 1].
+
+    Same interface as FeatureExtractorDDPM (one [N, 5, H, W] activation at full resolution),
+    so the store, the ensemble and evaluation run unchanged on it.
+    """
+
+    def __call__(self, img: torch.Tensor, noise: torch.Tensor | None = None) -> list[torch.Tensor]:
+        n, _, h, w = img.shape
+        ys = torch.linspace(-1, 1, h, device=img.device).view(1, 1, h, 1).expand(n, 1, h, w)
+        xs = torch.linspace(-1, 1, w, device=img.device).view(1, 1, 1, w).expand(n, 1, h, w)
+        return [torch.cat([img.float(), xs, ys], dim=1)]

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from guided_diffusion.checkpoint import CheckpointError, load_model_and_diffusion
+from guided_diffusion.checkpoint import CheckpointError, load_model_and_diffusion, sidecar_flags
 from guided_diffusion.script_util import model_and_diffusion_defaults
 
 from .atomic import write_json_atomic, write_text_atomic
 from .augment import augment_pair, copy_seed, tta_view, view_seed
 from .config import ConfigError, save_config, validate
 from .data import DataError, ImageLabelDataset, drop_small_regions
-from .features import FeatureExtractorDDPM, shared_noise
+from .features import FeatureExtractorDDPM, RGBPositionFeatures, shared_noise
 from .metrics import IoUAccumulator, iou_table_markdown
 from .predict import VOTING_MODES, Votes, image_uncertainty, view_logits
 from .report import save_prediction
@@ -52,10 +52,7 @@ def resolve_model_flags(cfg: dict, cli_flags: dict[str, Any] | None = None) -> d
     working resolution ``dim[0]``, as in the original."""
     defaults = model_and_diffusion_defaults()
     flags = dict(defaults)
-    sidecar = os.path.splitext(cfg["model_path"])[0] + ".json"
-    if os.path.isfile(sidecar):
-        with open(sidecar) as f:
-            flags.update(json.load(f).get("flags", {}))
+    flags.update(sidecar_flags(cfg["model_path"]))
     flags.update(cfg["model_flags"])
     flags.update(cli_flags or {})
     unknown = sorted(set(flags) - set(defaults))
@@ -97,10 +94,13 @@ class Run:
         if train:
             self.train_set = ImageLabelDataset(c["training_path"], num_images=c["training_number"], **ds_kw)
         self.test_set = ImageLabelDataset(c["testing_path"], num_images=c["testing_number"], **ds_kw)
-        model, diffusion = load_model_and_diffusion(c["model_path"], self.flags, self.device)
-        self.extractor = FeatureExtractorDDPM(steps=c["steps"], blocks=c["blocks"],
-                                              input_activations=c["input_activations"], device=self.device,
-                                              model=model, diffusion=diffusion)
+        if c["model_type"] == "rgb_xy":
+            self.extractor = RGBPositionFeatures()
+        else:
+            model, diffusion = load_model_and_diffusion(c["model_path"], self.flags, self.device)
+            self.extractor = FeatureExtractorDDPM(steps=c["steps"], blocks=c["blocks"],
+                                                  input_activations=c["input_activations"], device=self.device,
+                                                  model=model, diffusion=diffusion)
         torch.manual_seed(c["seed"])
         self.noise = shared_noise(c["seed"], self.size, self.device) if c["share_noise"] else None
         first = self.features((self.train_set if train else self.test_set)[0]["image"])
@@ -255,6 +255,10 @@ def write_metrics(run: Run, result: dict, out_dir: str, t_start: float, **extra:
 def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> dict:
     """Extract features, train (or resume) the ensemble, evaluate; returns the metrics dict."""
     t_start = time.time()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Every rank would repeat the whole job and write the same files at once.
+        raise ConfigError("train_interpreter.py runs in one process; launch it with python, not torchrun "
+                          "(train_ddpm.py, sample.py and generate_dataset.py are the multi-process tools)")
     log = log or RunLog()
     run = Run(cfg, model_flags, log)
     run.validate_inputs()
@@ -267,10 +271,9 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
     return write_metrics(run, result, exp_dir, t_start, members=member_stats)
 
 
-def evaluate_run(run_dir: str, overrides: dict[str, Any], out_dir: str, log: RunLog | None = None) -> dict:
-    """Evaluate the trained ensemble in ``run_dir`` again, from its ``config.json`` alone, with
-    ``overrides`` of inference-only keys; everything goes to ``out_dir``."""
-    t_start = time.time()
+def load_trained_run(run_dir: str, overrides: dict[str, Any], log: Callable[[str], None]) -> Run:
+    """The finished run in ``run_dir``, from its ``config.json`` alone, with ``overrides`` of
+    inference-only keys; its test set and U-Net are opened and checked."""
     saved = os.path.join(run_dir, "config.json")
     if not os.path.isfile(saved):
         raise ConfigError(f"{run_dir} has no config.json: give the folder of a finished train_interpreter.py run")
@@ -283,9 +286,18 @@ def evaluate_run(run_dir: str, overrides: dict[str, Any], out_dir: str, log: Run
     missing = [m for m in range(cfg["model_num"]) if not os.path.exists(model_path(run_dir, m))]
     if missing:
         raise ConfigError(f"{run_dir} lacks ensemble members {missing}; finish training it first")
-    log = log or RunLog()
     run = Run(cfg, cfg["model_flags"], log)
     run.validate_inputs(train=False)
+    return run
+
+
+def evaluate_run(run_dir: str, overrides: dict[str, Any], out_dir: str, log: RunLog | None = None) -> dict:
+    """Evaluate the trained ensemble in ``run_dir`` again with ``overrides`` of inference-only
+    keys; everything goes to ``out_dir``."""
+    t_start = time.time()
+    log = log or RunLog()
+    run = load_trained_run(run_dir, overrides, log)
+    cfg = run.cfg
     os.makedirs(out_dir, exist_ok=True)
     log.attach(os.path.join(out_dir, "log.txt"))
     save_config(cfg, os.path.join(out_dir, "config.json"))

@@ -1,6 +1,7 @@
 """Writing results: predicted masks and colour visualisations (all written atomically)."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Sequence
 
@@ -37,10 +38,16 @@ def colorize_mask(mask: np.ndarray | torch.Tensor, palette: Sequence[Sequence[in
     return out
 
 
+def to_uint8_images(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """[N,3,H,W] images in [-1,1] as uint8 [N,H,W,3]: (x+1)*127.5, clamped, truncated like the
+    original (and guided-diffusion's image_sample)."""
+    x = torch.as_tensor(images).detach().cpu().float()
+    return ((x + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def to_uint8_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
-    """A [3,H,W] image in [-1,1] as uint8 [H,W,3]: (x+1)*127.5, clamped, truncated like the original."""
-    x = torch.as_tensor(image).detach().cpu().float()
-    return ((x + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    """One [3,H,W] image in [-1,1] as uint8 [H,W,3] (see to_uint8_images)."""
+    return to_uint8_images(torch.as_tensor(image)[None])[0]
 
 
 def side_by_side(panels: Sequence[np.ndarray]) -> np.ndarray:
@@ -77,3 +84,23 @@ def save_prediction(exp_dir: str, stem: str, pred: np.ndarray | torch.Tensor,
             raise ValueError(f"{stem}: image, ground truth and prediction sizes differ: "
                              f"{[p.shape[:2] for p in panels]}")
         _write_png_atomic(os.path.join(vis_dir, stem + "_compare.png"), side_by_side(panels))
+
+
+def image_grid(images: np.ndarray, ncol: int | None = None, gap: int = 2) -> np.ndarray:
+    """Tile uint8 [N,H,W,3] images into one RGB grid (white gaps), ``ncol`` columns
+    (default: as square as possible)."""
+    n, h, w, _ = images.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    grid = np.full((nrow * (h + gap) - gap, ncol * (w + gap) - gap, 3), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, ncol)
+        grid[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = img
+    return grid
+
+
+def synthetic_grid(images: np.ndarray, masks: np.ndarray, palette: Sequence[Sequence[int]],
+                   pairs: int = 16) -> np.ndarray:
+    """The first ``pairs`` synthetic samples as sample | coloured mask pairs, four per row."""
+    tiles = [side_by_side([img, colorize_mask(m, palette)]) for img, m in zip(images[:pairs], masks[:pairs])]
+    return image_grid(np.stack(tiles), ncol=4)

@@ -1,0 +1,70 @@
+"""DatasetDDPM: sample images from the run's DDPM and label them with its trained ensemble.
+
+    python generate_dataset.py --run_dir pixel_classifiers/<ds>/ddpm/<steps_blocks> --num_samples 10000 --batch_size 100
+    python generate_dataset.py --exp experiments/<ds>/ddpm.json ...     # the run folder of that config
+    torchrun --nproc_per_node=8 generate_dataset.py ...                 # batches spread over the processes
+
+The run folder is a finished train_interpreter.py run: its config.json names the U-Net, which
+both draws the samples and gives their features. Writes <out>/samples_<H>x<W>x3.npz as the
+original (arr_0 images uint8 [N,H,W,3], arr_1 masks [N,H,W], arr_2 uncertainty [N]) and
+<out>/synthetic_grid.png (sample | mask pairs). Batches are saved as they finish
+(<out>/shards/): rerunning the command after a crash draws only the missing ones.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+from ddpmseg.atomic import atomic_write
+from ddpmseg.config import load_config
+from ddpmseg.cli import add_dataclass_args, dataclass_from_args, run_cli
+from ddpmseg.distributed import init_world
+from ddpmseg.generate import SampleOptions, ensemble_labeller, generate
+from ddpmseg.interpreter import RunLog, experiment_dir, load_trained_run
+from ddpmseg.report import synthetic_grid
+from ddpmseg.sampling import sampling_diffusion
+
+# The original's SAMPLE_FLAGS (scripts/datasetDDPM/generate_dataset.sh): 1000 ancestral steps.
+DEFAULTS = {"num_samples": 10000, "batch_size": 100}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group(required=True)
+    # Not "--run": torchrun's parser would take it for an abbreviation of its --run_path.
+    where.add_argument("--run_dir", help="folder of a finished train_interpreter.py run")
+    where.add_argument("--exp", help="experiment config whose run folder to use")
+    p.add_argument("--out", default=None, help="output folder (default: the run folder, as the original)")
+    p.add_argument("--device", default="auto")
+    add_dataclass_args(p, SampleOptions, defaults=DEFAULTS)
+    return p.parse_args(argv)
+
+
+def generate_dataset(args: argparse.Namespace) -> None:
+    log = RunLog()
+    opts = dataclass_from_args(SampleOptions, args)
+    opts.validate()
+    run_dir = args.run_dir or experiment_dir(load_config(args.exp))
+    world = init_world(args.device)
+    run = load_trained_run(run_dir, {"device": str(world.device)}, log)
+    out = args.out or run_dir
+    diffusion = sampling_diffusion(run.flags, opts.timestep_respacing)
+    path = generate(out, f"samples_{run.size}x{run.size}x3.npz", run.extractor.model, diffusion, run.size, opts,
+                    world, record={"run": os.path.abspath(run_dir)}, labeller=ensemble_labeller(run, run_dir), log=log)
+    if world.is_main:
+        with np.load(path) as f:
+            images, masks, uncertainty = f["arr_0"], f["arr_1"], f["arr_2"]
+        grid = synthetic_grid(images, masks, run.cfg["palette"])
+        atomic_write(os.path.join(out, "synthetic_grid.png"), lambda f: Image.fromarray(grid).save(f, format="PNG"))
+        log(f"{len(images)} labelled samples, mean uncertainty {uncertainty.mean():.4f}: {path}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_cli(lambda: generate_dataset(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

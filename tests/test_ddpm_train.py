@@ -1,0 +1,125 @@
+"""DDPM training from scratch on real celebamask64 images with a tiny 32 px U-Net."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train_ddpm
+from conftest import CELEBAMASK64, require
+from guided_diffusion.checkpoint import load_model_and_diffusion, sidecar_flags
+from ddpmseg.ddpm_train import center_crop_arr, global_batch, latest_checkpoint
+from ddpmseg.features import FeatureExtractorDDPM
+
+TINY = ["--image_size", "32", "--channel_mult", "1,2", "--num_channels", "32", "--num_res_blocks", "1",
+        "--attention_resolutions", "8", "--learn_sigma", "True", "--dropout", "0.1",
+        "--batch_size", "4", "--grid_size", "4", "--sample_respacing", "ddim3", "--ema_rate", "0.9,0.99"]
+
+
+def train(log_dir, *extra, data=None):
+    data = data or str(require(CELEBAMASK64) / "unlabeled")
+    return train_ddpm.main(["--data_dir", data, "--log_dir", str(log_dir), *TINY, *extra])
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_checkpoints_in_the_original_naming_load_in_the_pipeline(tmp_path):
+    assert train(tmp_path, "--max_steps", "3", "--save_interval", "2", "--log_interval", "1") == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    for step in (0, 2, 3):  # the initialisation, every save_interval, the end
+        for kind in (f"model{step:06d}", f"ema_0.9_{step:06d}", f"ema_0.99_{step:06d}"):
+            assert f"{kind}.pt" in names and f"{kind}.json" in names
+        assert f"opt{step:06d}.pt" in names
+    assert "samples_000003.png" in names and Image.open(tmp_path / "samples_000003.png").size[0] > 32
+    rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(float(r["loss"]) > 0 for r in rows)
+    # A checkpoint is a plain float32 state dict whose flags sit beside it: the pipeline's
+    # loader takes it with no other input, and features come out.
+    ckpt = tmp_path / "ema_0.99_000003.pt"
+    flags = sidecar_flags(str(ckpt))
+    assert flags["image_size"] == 32 and flags["num_channels"] == 32
+    assert all(v.dtype == torch.float32 for v in weights(ckpt).values())
+    model, diffusion = load_model_and_diffusion(str(ckpt), flags)
+    acts = FeatureExtractorDDPM(steps=[50], blocks=[1, 2], model=model, diffusion=diffusion)(torch.zeros(1, 3, 32, 32))
+    assert [tuple(a.shape) for a in acts] == [(1, 64, 32, 32), (1, 32, 32, 32)]
+    # EMA really averages: the slow EMA stays closest to the initialisation.
+    init, raw = weights(tmp_path / "model000000.pt"), weights(tmp_path / "model000003.pt")
+    fast, slow = weights(tmp_path / "ema_0.9_000003.pt"), weights(tmp_path / "ema_0.99_000003.pt")
+    dist = lambda a: sum((a[k] - init[k]).norm() ** 2 for k in init) ** 0.5  # noqa: E731
+    assert 0 < dist(slow) < dist(fast) < dist(raw)
+
+
+def test_resume_continues_exactly(tmp_path):
+    assert train(tmp_path / "straight", "--max_steps", "4", "--save_interval", "2") == 0
+    assert train(tmp_path / "resumed", "--max_steps", "2", "--save_interval", "2") == 0
+    assert train(tmp_path / "resumed", "--max_steps", "4", "--save_interval", "2") == 0
+    for name in ("model000004.pt", "ema_0.99_000004.pt"):
+        a, b = weights(tmp_path / "straight" / name), weights(tmp_path / "resumed" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert "resumed from" in (tmp_path / "resumed" / "log.txt").read_text()
+    # A finished run is not trained further.
+    assert train(tmp_path / "resumed", "--max_steps", "4") == 0
+    assert latest_checkpoint(str(tmp_path / "resumed"), [0.9, 0.99]) == 4
+
+
+def test_an_incomplete_checkpoint_set_is_skipped(tmp_path):
+    assert train(tmp_path, "--max_steps", "2", "--save_interval", "1") == 0
+    (tmp_path / "opt000002.pt").unlink()  # as if the run died while saving step 2
+    assert latest_checkpoint(str(tmp_path), [0.9, 0.99]) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num_channels", "16"], "divisible"),
+    (["--batch_size", "0"], "batch_size must be positive"),
+    (["--precision", "bf16"], "needs a CUDA device"),
+    (["--ema_rate", "1.5"], "ema_rate"),
+])
+def test_bad_options_fail_with_one_message_and_write_nothing(tmp_path, capsys, extra, message):
+    assert train(tmp_path / "run", "--max_steps", "1", *extra) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_data_fails_clearly(tmp_path, capsys):
+    assert train(tmp_path / "run", "--max_steps", "1", data=str(tmp_path / "nowhere")) == 2
+    assert "image folder not found" in capsys.readouterr().err
+    few = tmp_path / "few"
+    few.mkdir()
+    Image.new("RGB", (40, 40)).save(few / "a.png")
+    assert train(tmp_path / "run", "--max_steps", "1", data=str(few)) == 2
+    assert "1 images" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_resuming_with_other_flags_is_refused(tmp_path, capsys):
+    assert train(tmp_path, "--max_steps", "1") == 0
+    assert train(tmp_path, "--max_steps", "2", "--dropout", "0.0") == 2
+    assert "another model_flags" in capsys.readouterr().err
+
+
+def test_global_batches_are_epochs_without_replacement():
+    seen = torch.cat([global_batch(s, 12, 4, seed=0)[0] for s in range(3)])
+    assert sorted(seen.tolist()) == list(range(12))  # one epoch = every image once
+    assert torch.equal(global_batch(5, 12, 4, 0)[0], global_batch(5, 12, 4, 0)[0])
+    assert not torch.equal(global_batch(3, 12, 4, 0)[0], global_batch(0, 12, 4, 0)[0])  # a new permutation
+
+
+def test_center_crop_is_guided_diffusions():
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (150, 260, 3), dtype=np.uint8))
+    out = center_crop_arr(img, 64)
+    # 150 >= 2*64: one BOX halving to 130x75, BICUBIC to short side 64, centre crop.
+    half = img.resize((130, 75), resample=Image.BOX)
+    scaled = np.asarray(half.resize((round(130 * 64 / 75), 64), resample=Image.BICUBIC))
+    left = (scaled.shape[1] - 64) // 2
+    assert out.shape == (64, 64, 3) and np.array_equal(out, scaled[:, left:left + 64])
+
+
+def test_sidecar_lists_the_training_run(tmp_path):
+    assert train(tmp_path, "--max_steps", "1") == 0
+    side = json.loads((tmp_path / "model000001.json").read_text())
+    assert side["step"] == 1 and side["batch_size"] == 4 and side["weights"] == "raw weights"

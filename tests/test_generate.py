@@ -1,0 +1,88 @@
+"""Sampling and DatasetDDPM generation: sample.py and generate_dataset.py, with resume."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import generate_dataset
+import sample
+from guided_diffusion.checkpoint import load_model_and_diffusion, sidecar_flags
+from ddpmseg.sampling import sample_batch, sampling_diffusion
+
+FAST_SAMPLING = ["--use_ddim", "True", "--timestep_respacing", "ddim2"]
+
+
+def draw(ckpt, out, *extra):
+    return sample.main(["--model_path", str(ckpt), "--out", str(out), "--num_samples", "3", "--batch_size", "2",
+                        *FAST_SAMPLING, *extra])
+
+
+def test_a_batch_depends_only_on_seed_and_index(tiny64_checkpoint):
+    flags = sidecar_flags(str(tiny64_checkpoint))
+    model, _ = load_model_and_diffusion(str(tiny64_checkpoint), flags)
+    diffusion = sampling_diffusion(flags, "ddim2")
+    a = sample_batch(model, diffusion, 2, 64, seed=0, batch_index=1, use_ddim=True)
+    torch.randn(5)  # the caller's RNG state must not matter, nor be consumed
+    state = torch.get_rng_state()
+    b = sample_batch(model, diffusion, 2, 64, seed=0, batch_index=1, use_ddim=True)
+    assert torch.equal(state, torch.get_rng_state())
+    c = sample_batch(model, diffusion, 2, 64, seed=0, batch_index=0, use_ddim=True)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (2, 3, 64, 64) and a.min() >= -1 and a.max() <= 1
+
+
+def test_sample_writes_pngs_npz_and_grid_and_resumes(tmp_path, tiny64_checkpoint):
+    out = tmp_path / "s"
+    assert draw(tiny64_checkpoint, out) == 0
+    npz = out / "samples_3x64x64x3.npz"
+    with np.load(npz) as f:
+        first = f["arr_0"]
+    assert first.shape == (3, 64, 64, 3) and first.dtype == np.uint8  # 2 batches of 2, truncated to 3
+    assert sorted(os.listdir(out / "images")) == ["000000.png", "000001.png", "000002.png"]
+    assert np.array_equal(np.asarray(Image.open(out / "images" / "000002.png")), first[2])
+    assert (out / "grid.png").is_file()
+    # A crash after batch 0: only batch 1 is drawn again, and the result is the same.
+    kept = os.path.getmtime(out / "shards" / "batch_000000.npz")
+    os.remove(out / "shards" / "batch_000001.npz")
+    os.remove(npz)
+    assert draw(tiny64_checkpoint, out) == 0
+    assert os.path.getmtime(out / "shards" / "batch_000000.npz") == kept
+    with np.load(npz) as f:
+        assert np.array_equal(f["arr_0"], first)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, tiny64_checkpoint, capsys):
+    assert draw(tiny64_checkpoint, tmp_path) == 0
+    assert draw(tiny64_checkpoint, tmp_path, "--seed", "1") == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "other settings" in err and "'seed': (0, 1)" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--timestep_respacing", "ddim5", "--use_ddim", "False"], "add --use_ddim True"),
+    (["--num_samples", "0"], "num_samples must be positive"),
+])
+def test_bad_sampling_options(tmp_path, tiny64_checkpoint, capsys, extra, message):
+    assert sample.main(["--model_path", str(tiny64_checkpoint), "--out", str(tmp_path / "o"), *extra]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_generate_dataset_labels_samples_in_the_original_format(tmp_path, tiny_interpreter_run):
+    out = tmp_path / "synthetic"
+    argv = ["--run_dir", str(tiny_interpreter_run), "--out", str(out), "--num_samples", "3", "--batch_size", "2",
+            *FAST_SAMPLING]
+    assert generate_dataset.main(argv) == 0
+    with np.load(out / "samples_64x64x3.npz") as f:
+        assert f.files == ["arr_0", "arr_1", "arr_2"]
+        images, masks, uncertainty = f["arr_0"], f["arr_1"], f["arr_2"]
+    assert images.shape == (3, 64, 64, 3) and images.dtype == np.uint8
+    assert masks.shape == (3, 64, 64) and masks.dtype == np.uint8 and masks.max() < 19
+    assert uncertainty.shape == (3,) and np.isfinite(uncertainty).all() and (uncertainty >= 0).all()
+    assert (out / "synthetic_grid.png").is_file()
+
+
+def test_generate_dataset_needs_a_finished_run(tmp_path, capsys):
+    assert generate_dataset.main(["--run_dir", str(tmp_path), "--num_samples", "1", "--batch_size", "1"]) == 2
+    assert "no config.json" in capsys.readouterr().err
