@@ -86,3 +86,27 @@ def test_generate_dataset_labels_samples_in_the_original_format(tmp_path, tiny_i
 def test_generate_dataset_needs_a_finished_run(tmp_path, capsys):
     assert generate_dataset.main(["--run_dir", str(tmp_path), "--num_samples", "1", "--batch_size", "1"]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_generate_filter_deeplab_end_to_end(tmp_path, tiny_interpreter_run):
+    """DatasetDDPM at toy size: 4 labelled samples -> drop the most uncertain quarter -> DeepLab -> real test mIoU."""
+    import json
+
+    import train_deeplab
+    from conftest import CELEBAMASK64, REPO, require
+
+    out = tmp_path / "synthetic"
+    assert generate_dataset.main(["--run_dir", str(tiny_interpreter_run), "--out", str(out), "--num_samples", "4",
+                                  "--batch_size", "2", *FAST_SAMPLING]) == 0
+    real = require(CELEBAMASK64) / "real"
+    argv = ["--exp", str(REPO / "experiments/celebamask64/ddpm.json"), "--data_path", str(out / "samples_64x64x3.npz"),
+            "--uncertainty_portion", "0.25", "--num_epoch", "1", "--batch_size", "2", "--workers", "0",
+            "--set", f"exp_dir={tmp_path / 'deeplab'}", "--set", f"training_path={real / 'train'}",
+            "--set", f"testing_path={real / 'test'}", "--set", "training_number=2", "--set", "testing_number=2",
+            "--set", "deeplab_backbone=mobilenet_v3_large", "--set", "deeplab_pretrained_backbone=false",
+            "--set", "deeplab_res=64"]
+    assert train_deeplab.main(argv) == 0
+    (metrics_path,) = (tmp_path / "deeplab").glob("*/deeplab_class_19_*/metrics.json")
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["synthetic"]["used"] == 4 and metrics["synthetic"]["kept"] == 3
+    assert 0 <= metrics["miou"] <= 1 and metrics["num_images"] == 2
