@@ -1,7 +1,7 @@
 """The offline demo: procedural data -> DDPM trained from scratch -> pixel classifiers on its
 features vs on raw RGB + (x, y) -> a small synthetic labelled set -> report.
 
-    python demo.py                      # runs/demo, about 10 minutes on 2 CPU cores, no downloads
+    python demo.py                      # runs/demo, about 7 minutes on 2 CPU cores, no downloads
     python demo.py --out DIR --seed 1   # another folder / seed; rerunning resumes
 
 Read <out>/report.md (both mIoUs, per class, stage timings) and <out>/comparison.png.
