@@ -77,6 +77,7 @@ def test_an_incomplete_checkpoint_set_is_skipped(tmp_path):
     (["--batch_size", "0"], "batch_size must be positive"),
     (["--precision", "bf16"], "needs a CUDA device"),
     (["--ema_rate", "1.5"], "ema_rate"),
+    (["--schedule_sampler", "loss"], "not one of uniform, loss-second-moment"),
 ])
 def test_bad_options_fail_with_one_message_and_write_nothing(tmp_path, capsys, extra, message):
     assert train(tmp_path / "run", "--max_steps", "1", *extra) == 2
@@ -123,3 +124,13 @@ def test_sidecar_lists_the_training_run(tmp_path):
     assert train(tmp_path, "--max_steps", "1") == 0
     side = json.loads((tmp_path / "model000001.json").read_text())
     assert side["step"] == 1 and side["batch_size"] == 4 and side["weights"] == "raw weights"
+
+
+def test_loss_aware_timesteps_resume_with_their_history(tmp_path):
+    args = ("--schedule_sampler", "loss-second-moment", "--save_interval", "1")
+    assert train(tmp_path / "straight", "--max_steps", "2", *args) == 0
+    assert train(tmp_path / "resumed", "--max_steps", "1", *args) == 0
+    assert (tmp_path / "resumed" / "train_state000001.pt").is_file()  # the sampler's loss history
+    assert train(tmp_path / "resumed", "--max_steps", "2", *args) == 0
+    a, b = weights(tmp_path / "straight" / "model000002.pt"), weights(tmp_path / "resumed" / "model000002.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)

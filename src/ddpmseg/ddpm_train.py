@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from guided_diffusion.checkpoint import check_state_dict, read_state_dict
-from guided_diffusion.resample import LossAwareSampler, create_named_schedule_sampler
+from guided_diffusion.resample import SCHEDULE_SAMPLERS, LossAwareSampler, create_named_schedule_sampler
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
 from .atomic import atomic_write, torch_save_atomic, write_json_atomic
@@ -96,6 +96,8 @@ class DDPMTrainOptions:
         for name in ("max_steps", "lr_anneal_steps", "sample_interval", "num_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.schedule_sampler not in SCHEDULE_SAMPLERS:
+            raise ConfigError(f"schedule_sampler {self.schedule_sampler!r} is not one of {', '.join(SCHEDULE_SAMPLERS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         try:
