@@ -11,20 +11,13 @@ original (arr_0 images uint8 [N,H,W,3], arr_1 masks [N,H,W], arr_2 uncertainty [
 (<out>/shards/): rerunning the command after a crash draws only the missing ones.
 """
 import argparse
-import os
 import sys
 
-import numpy as np
-from PIL import Image
-
-from ddpmseg.atomic import atomic_write
-from ddpmseg.config import load_config
 from ddpmseg.cli import add_dataclass_args, dataclass_from_args, run_cli
+from ddpmseg.config import load_config
 from ddpmseg.distributed import init_world
-from ddpmseg.generate import SampleOptions, ensemble_labeller, generate
-from ddpmseg.interpreter import RunLog, experiment_dir, load_trained_run
-from ddpmseg.report import synthetic_grid
-from ddpmseg.sampling import sampling_diffusion
+from ddpmseg.generate import SampleOptions, generate_labelled_set
+from ddpmseg.interpreter import RunLog, experiment_dir
 
 # The original's SAMPLE_FLAGS (scripts/datasetDDPM/generate_dataset.sh): 1000 ancestral steps.
 DEFAULTS = {"num_samples": 10000, "batch_size": 100}
@@ -43,22 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def generate_dataset(args: argparse.Namespace) -> None:
-    log = RunLog()
     opts = dataclass_from_args(SampleOptions, args)
-    opts.validate()
     run_dir = args.run_dir or experiment_dir(load_config(args.exp))
     world = init_world(args.device)
-    run = load_trained_run(run_dir, {"device": str(world.device)}, log)
-    out = args.out or run_dir
-    diffusion = sampling_diffusion(run.flags, opts.timestep_respacing)
-    path = generate(out, f"samples_{run.size}x{run.size}x3.npz", run.extractor.model, diffusion, run.size, opts,
-                    world, record={"run": os.path.abspath(run_dir)}, labeller=ensemble_labeller(run, run_dir), log=log)
-    if world.is_main:
-        with np.load(path) as f:
-            images, masks, uncertainty = f["arr_0"], f["arr_1"], f["arr_2"]
-        grid = synthetic_grid(images, masks, run.cfg["palette"])
-        atomic_write(os.path.join(out, "synthetic_grid.png"), lambda f: Image.fromarray(grid).save(f, format="PNG"))
-        log(f"{len(images)} labelled samples, mean uncertainty {uncertainty.mean():.4f}: {path}")
+    generate_labelled_set(run_dir, args.out or run_dir, opts, world, RunLog())
 
 
 def main(argv=None) -> int:

@@ -14,16 +14,14 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image
 
 from guided_diffusion.checkpoint import load_model_and_diffusion, sidecar_flags
 from guided_diffusion.script_util import model_and_diffusion_defaults
-from ddpmseg.atomic import atomic_write
 from ddpmseg.cli import (add_dataclass_args, add_model_flag_args, dataclass_from_args, passed_model_flags,
                          read_flags_file, run_cli)
 from ddpmseg.distributed import init_world
 from ddpmseg.generate import SampleOptions, generate
-from ddpmseg.report import image_grid
+from ddpmseg.report import image_grid, write_png_atomic
 from ddpmseg.sampling import sampling_diffusion
 
 GRID_MAX = 64  # samples shown in grid.png
@@ -63,10 +61,8 @@ def draw(args: argparse.Namespace) -> None:
         with np.load(path) as f:
             images = f["arr_0"]
         for i, img in enumerate(images):
-            atomic_write(os.path.join(args.out, "images", f"{i:06d}.png"),
-                         lambda fh, img=img: Image.fromarray(img).save(fh, format="PNG"))
-        grid = image_grid(images[:GRID_MAX])
-        atomic_write(os.path.join(args.out, "grid.png"), lambda fh: Image.fromarray(grid).save(fh, format="PNG"))
+            write_png_atomic(os.path.join(args.out, "images", f"{i:06d}.png"), img)
+        write_png_atomic(os.path.join(args.out, "grid.png"), image_grid(images[:GRID_MAX]))
         print(f"{len(images)} samples: {path}, {args.out}/images/, {args.out}/grid.png")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -37,11 +38,11 @@ from guided_diffusion.checkpoint import check_state_dict, read_state_dict
 from guided_diffusion.resample import SCHEDULE_SAMPLERS, LossAwareSampler, create_named_schedule_sampler
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
-from .atomic import atomic_write, torch_save_atomic, write_json_atomic
+from .atomic import torch_save_atomic, write_json_atomic
 from .config import ConfigError
 from .data import DataError, list_image_files
 from .distributed import World, all_reduce_sum, barrier, init_world
-from .report import image_grid, to_uint8_images
+from .report import image_grid, to_uint8_images, write_png_atomic
 from .sampling import sample_batch, sampling_diffusion
 from .seeding import derived_seed, generator
 
@@ -149,7 +150,7 @@ def random_crop_arr(img: Image.Image, size: int, rng: np.random.Generator,
 
 class UnlabelledImages(torch.utils.data.Dataset):
     """Every image under the given folders (recursively, guided-diffusion's rule), cropped to
-    ``image_size``. Items are requested as (index, crop seed) and returned as uint8 [3,S,S]."""
+    ``image_size``. Items are requested as (index, crop seed, mirror) and returned as uint8 [3,S,S]."""
 
     def __init__(self, data_dirs: list[str], image_size: int, random_crop: bool = False):
         self.paths: list[str] = []
@@ -167,8 +168,8 @@ class UnlabelledImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor:
-        index, crop_seed = item
+    def __getitem__(self, item: tuple[int, int, bool]) -> torch.Tensor:
+        index, crop_seed, mirror = item
         path = self.paths[index]
         try:
             with Image.open(path) as im:
@@ -180,7 +181,16 @@ class UnlabelledImages(torch.utils.data.Dataset):
             arr = random_crop_arr(img, self.image_size, np.random.default_rng(crop_seed))
         else:
             arr = center_crop_arr(img, self.image_size)
+        if mirror:
+            arr = arr[:, ::-1]
         return torch.from_numpy(np.array(arr)).permute(2, 0, 1)  # a writable copy
+
+
+@functools.lru_cache(maxsize=1)
+def epoch_order(epoch: int, num_images: int, seed: int) -> torch.Tensor:
+    """The seeded image permutation of ``epoch``; cached, since every step of the epoch slices it
+    (a fresh randperm of a large dataset per step would cost more than loading the batch)."""
+    return torch.randperm(num_images, generator=generator(seed, DATA_STREAM, epoch))
 
 
 def global_batch(step: int, num_images: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,16 +199,14 @@ def global_batch(step: int, num_images: int, batch_size: int, seed: int) -> tupl
     Epochs are seeded permutations without replacement (the last incomplete batch is dropped,
     as with the original's drop_last), so the batch of a step never depends on the history.
     """
-    per_epoch = num_images // batch_size
-    epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(num_images, generator=generator(seed, DATA_STREAM, epoch))
-    indices = order[position * batch_size:(position + 1) * batch_size]
+    epoch, position = divmod(step, num_images // batch_size)
+    indices = epoch_order(epoch, num_images, seed)[position * batch_size:(position + 1) * batch_size]
     flips = torch.rand(batch_size, generator=generator(seed, FLIP_STREAM, step)) < 0.5
     return indices, flips
 
 
 class _StepBatches(torch.utils.data.Sampler):
-    """This rank's (index, crop seed) lists for updates ``start``, ``start + 1``, ..."""
+    """This rank's (index, crop seed, mirror) lists for updates ``start``, ``start + 1``, ..."""
 
     def __init__(self, opts: DDPMTrainOptions, num_images: int, world: World, start: int, stop: int):
         self.opts, self.num_images, self.world, self.start, self.stop = opts, num_images, world, start, stop
@@ -208,9 +216,11 @@ class _StepBatches(torch.utils.data.Sampler):
         per_rank = self.opts.batch_size // self.world.size
         mine = slice(self.world.rank * per_rank, (self.world.rank + 1) * per_rank)
         while not self.stop or step < self.stop:
-            indices, _ = global_batch(step, self.num_images, self.opts.batch_size, self.opts.seed)
+            indices, flips = global_batch(step, self.num_images, self.opts.batch_size, self.opts.seed)
+            flips = flips & self.opts.random_flip
             positions = range(self.opts.batch_size)[mine]
-            yield [(int(indices[p]), derived_seed(self.opts.seed, CROP_STREAM, step, p)) for p in positions]
+            yield [(int(indices[p]), derived_seed(self.opts.seed, CROP_STREAM, step, p), bool(flips[p]))
+                   for p in positions]
             step += 1
 
     def __len__(self) -> int:
@@ -365,8 +375,7 @@ class DDPMTrainer:
         x = sample_batch(net, diffusion, self.opts.grid_size, self.flags["image_size"], self.opts.seed, 0,
                          use_ddim=self.opts.sample_respacing.startswith("ddim"), device=self.world.device)
         path = os.path.join(self.opts.log_dir, f"samples_{self.step:06d}.png")
-        grid = image_grid(to_uint8_images(x))
-        atomic_write(path, lambda f: Image.fromarray(grid).save(f, format="PNG"))
+        write_png_atomic(path, image_grid(to_uint8_images(x)))
         self.log(f"sample grid: {path}")
 
     # --- the loop -------------------------------------------------------------
@@ -380,10 +389,7 @@ class DDPMTrainer:
         o, w = self.opts, self.world
         per_rank = o.batch_size // w.size
         mine = slice(w.rank * per_rank, (w.rank + 1) * per_rank)
-        _, flips = global_batch(self.step, len(self.data), o.batch_size, o.seed)
-        x = images.to(w.device).float() / 127.5 - 1
-        if o.random_flip:
-            x = torch.where(flips[mine].to(w.device)[:, None, None, None], x.flip(3), x)
+        x = images.to(w.device).float() / 127.5 - 1  # already cropped and mirrored by the loader
         rng = np.random.default_rng(derived_seed(o.seed, TIMESTEP_STREAM, self.step))
         t, weights = self.sampler.sample(o.batch_size, w.device, rng)
         t, weights = t[mine], weights[mine]

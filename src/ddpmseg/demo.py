@@ -19,18 +19,16 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
-from .atomic import atomic_write, write_json_atomic, write_text_atomic
+from .atomic import write_json_atomic, write_text_atomic
 from .config import load_config
 from .data import ImageLabelDataset
 from .ddpm_train import DDPMTrainer, DDPMTrainOptions
 from .distributed import init_world
-from .generate import SampleOptions, ensemble_labeller, generate
-from .interpreter import RunLog, experiment_dir, load_trained_run, resolve_model_flags, run_interpreter
+from .generate import SampleOptions, generate_labelled_set
+from .interpreter import RunLog, experiment_dir, resolve_model_flags, run_interpreter
 from .procedural import write_dataset
-from .report import colorize_mask, side_by_side, synthetic_grid, to_uint8_image
-from .sampling import sampling_diffusion
+from .report import colorize_mask, side_by_side, to_uint8_image, write_png_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {"ddpm": "experiments/shapes64/ddpm.json", "rgb_xy": "experiments/shapes64/rgb_xy.json"}
@@ -103,10 +101,6 @@ def comparison_image(ddpm_dir: str, rgb_dir: str, test_path: str, palette, rows:
     return np.concatenate([x for line in lines for x in (line, gap)][:-1], axis=0)
 
 
-def _write_png(path: str, rgb: np.ndarray) -> None:
-    atomic_write(path, lambda f: Image.fromarray(rgb).save(f, format="PNG"))
-
-
 def report_markdown(metrics: dict, class_names: list[str]) -> str:
     d, b = metrics["ddpm"], metrics["rgb_xy"]
     lines = [
@@ -157,22 +151,12 @@ def run_demo(out: str = "runs/demo", preset_name: str = "full", seed: int = 0, d
                               lambda c=cfgs[kind]: run_interpreter(c, resolve_model_flags(c), RunLog()))
     run_dirs = {k: experiment_dir(c) for k, c in cfgs.items()}
 
-    def synthesize() -> str:
-        run = load_trained_run(run_dirs["ddpm"], {"device": str(world.device)}, RunLog())
-        opts = SampleOptions(num_samples=preset.samples, batch_size=preset.samples, use_ddim=True,
-                             timestep_respacing=preset.sample_respacing, seed=seed)
-        synth = os.path.join(out, "synthetic")
-        path = generate(synth, "samples_64x64x3.npz", run.extractor.model,
-                        sampling_diffusion(run.flags, opts.timestep_respacing), run.size, opts, world,
-                        record={"run": os.path.abspath(run_dirs["ddpm"])}, labeller=ensemble_labeller(run, run_dirs["ddpm"]),
-                        log=log)
-        with np.load(path) as f:
-            _write_png(os.path.join(synth, "synthetic_grid.png"), synthetic_grid(f["arr_0"], f["arr_1"], run.cfg["palette"]))
-        return path
-
-    stage("synthetic_dataset", synthesize)
+    synthetic = SampleOptions(num_samples=preset.samples, batch_size=preset.samples, use_ddim=True,
+                              timestep_respacing=preset.sample_respacing, seed=seed)
+    stage("synthetic_dataset", lambda: generate_labelled_set(run_dirs["ddpm"], os.path.join(out, "synthetic"),
+                                                             synthetic, world, log))
     palette = cfgs["ddpm"]["palette"]
-    _write_png(os.path.join(out, "comparison.png"),
+    write_png_atomic(os.path.join(out, "comparison.png"),
                comparison_image(run_dirs["ddpm"], run_dirs["rgb_xy"], cfgs["ddpm"]["testing_path"], palette,
                                 COMPARISON_ROWS))
     keep = ("miou", "miou_present", "per_class_iou")

@@ -26,10 +26,10 @@ from .atomic import atomic_write, write_json_atomic
 from .config import ConfigError
 from .data import DataError
 from .distributed import World, barrier
-from .interpreter import Run
+from .interpreter import Run, load_trained_run
 from .predict import image_uncertainty
-from .report import to_uint8_images
-from .sampling import sample_batch
+from .report import synthetic_grid, to_uint8_images, write_png_atomic
+from .sampling import sample_batch, sampling_diffusion
 from .train import load_ensemble
 
 # A labeller maps a batch of samples in [-1, 1] to extra arrays ("masks", "uncertainty").
@@ -149,3 +149,20 @@ def ensemble_labeller(run: Run, run_dir: str) -> Labeller:
         return {"masks": np.stack(masks), "uncertainty": np.asarray(scores, dtype=np.float64)}
 
     return label
+
+
+def generate_labelled_set(run_dir: str, out_dir: str, opts: SampleOptions, world: World,
+                          log: Callable[[str], None] = tqdm.write) -> str:
+    """DatasetDDPM from the finished interpreter run in ``run_dir``: its U-Net samples, its
+    ensemble labels; writes ``samples_<S>x<S>x3.npz`` and ``synthetic_grid.png`` to ``out_dir``."""
+    opts.validate()
+    run = load_trained_run(run_dir, {"device": str(world.device)}, log)
+    diffusion = sampling_diffusion(run.flags, opts.timestep_respacing)
+    path = generate(out_dir, f"samples_{run.size}x{run.size}x3.npz", run.extractor.model, diffusion, run.size, opts,
+                    world, record={"run": os.path.abspath(run_dir)}, labeller=ensemble_labeller(run, run_dir), log=log)
+    if world.is_main:
+        with np.load(path) as f:
+            images, masks, uncertainty = f["arr_0"], f["arr_1"], f["arr_2"]
+        write_png_atomic(os.path.join(out_dir, "synthetic_grid.png"), synthetic_grid(images, masks, run.cfg["palette"]))
+        log(f"{len(images)} labelled samples, mean uncertainty {uncertainty.mean():.4f}: {path}")
+    return path

@@ -15,7 +15,8 @@ from .atomic import atomic_write
 _GAP_PX = 2
 
 
-def _write_png_atomic(path: str, rgb: np.ndarray) -> None:
+def write_png_atomic(path: str, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 [H,W,3] array as a PNG, atomically."""
     atomic_write(path, lambda f: Image.fromarray(np.ascontiguousarray(rgb)).save(f, format="PNG"))
 
 
@@ -77,13 +78,13 @@ def save_prediction(exp_dir: str, stem: str, pred: np.ndarray | torch.Tensor,
     _write_npy_atomic(os.path.join(exp_dir, "predictions", stem + ".npy"), mask.astype(dtype))
     coloured = colorize_mask(mask, palette)
     vis_dir = os.path.join(exp_dir, "visualizations")
-    _write_png_atomic(os.path.join(vis_dir, stem + ".png"), coloured)
+    write_png_atomic(os.path.join(vis_dir, stem + ".png"), coloured)
     if image is not None and gt is not None:
         panels = [to_uint8_image(image), colorize_mask(_to_numpy(gt).squeeze(), palette), coloured]
         if len({p.shape for p in panels}) != 1:
             raise ValueError(f"{stem}: image, ground truth and prediction sizes differ: "
                              f"{[p.shape[:2] for p in panels]}")
-        _write_png_atomic(os.path.join(vis_dir, stem + "_compare.png"), side_by_side(panels))
+        write_png_atomic(os.path.join(vis_dir, stem + "_compare.png"), side_by_side(panels))
 
 
 def image_grid(images: np.ndarray, ncol: int | None = None, gap: int = 2) -> np.ndarray:
