@@ -45,3 +45,13 @@ def test_smoke_demo_runs_every_stage_and_reports_both_mious(tmp_path):
     assert demo.main(["--out", str(out), "--preset", "smoke"]) == 0
     again = json.loads((out / "metrics.json").read_text())
     assert again["ddpm"]["miou"] == metrics["ddpm"]["miou"] and again["timings_s"]["ddpm_training"] < 5
+
+
+def test_demo_into_a_folder_of_another_seed_fails_with_one_line(tmp_path, capsys):
+    from ddpmseg.procedural import write_dataset
+
+    smoke = PRESETS["smoke"]
+    write_dataset(str(tmp_path / "data"), train=smoke.train, test=smoke.test, unlabeled=smoke.unlabeled, seed=0)
+    assert demo.main(["--out", str(tmp_path), "--preset", "smoke", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "other parameters" in err and "Traceback" not in err

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import json
 import os
 import shutil
@@ -35,7 +34,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from ddpmseg.atomic import write_json_atomic
+from .atomic import write_json_atomic
+from .data import DataError
 
 CLASS_NAMES: tuple[str, ...] = ("background", "disc", "square", "triangle", "ring", "cross")
 # Distinct, colour-blind-friendly-ish colours for visualising masks (not used to render images).
@@ -305,22 +305,9 @@ def _params(train: int, test: int, unlabeled: int, size: int, seed: int) -> dict
             "unlabeled": int(unlabeled), "size": int(size), "seed": int(seed)}
 
 
-def _png_bytes(img: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    # PIL writes no timestamp into PNGs, so the same array gives byte-identical files.
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _npy_bytes(label: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, label, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _write_file(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
+class DatasetExistsError(DataError, FileExistsError):
+    """The output folder holds something other than this dataset. A DataError, so the tools
+    report it as one line, and a FileExistsError, which is what it is."""
 
 
 def _read_manifest(out_dir: str) -> dict[str, Any] | None:
@@ -335,7 +322,7 @@ def _read_manifest(out_dir: str) -> dict[str, Any] | None:
 def _check_existing(out_dir: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """The manifest of a complete dataset at out_dir with these params; None if out_dir is free.
 
-    Raises FileExistsError if out_dir holds something else (other parameters, or not ours).
+    Raises DatasetExistsError if out_dir holds something else (other parameters, or not ours).
     """
     if not os.path.exists(out_dir):
         return None
@@ -343,13 +330,13 @@ def _check_existing(out_dir: str, params: dict[str, Any]) -> dict[str, Any] | No
         return None  # an empty folder (e.g. made by a caller) is free to be replaced
     manifest = _read_manifest(out_dir)
     if manifest is None or manifest.get("params", {}).get("format") != _FORMAT:
-        raise FileExistsError(
+        raise DatasetExistsError(
             f"{out_dir} exists but is not a procedural dataset (no valid dataset.json); "
             f"choose another --out or remove it")
     if manifest["params"] != params:
         diff = {k: (manifest["params"].get(k), v) for k, v in params.items()
                 if manifest["params"].get(k) != v}
-        raise FileExistsError(
+        raise DatasetExistsError(
             f"{out_dir} holds a procedural dataset with other parameters "
             f"(recorded vs requested: {diff}); remove it or choose another --out")
     return manifest
@@ -363,7 +350,7 @@ def write_dataset(out_dir: str, train: int = DEFAULT_TRAIN, test: int = DEFAULT_
 
     Built in a temp folder beside ``out_dir`` and renamed into place at the end, so an
     interrupted run leaves no half dataset. If ``out_dir`` already holds a dataset with the same
-    parameters it is reused as is; other parameters raise FileExistsError. Returns the
+    parameters it is reused as is; other parameters raise DatasetExistsError. Returns the
     dataset.json content plus "path" and "created" (False when reused).
     """
     for name, n in (("train", train), ("test", test), ("unlabeled", unlabeled)):
@@ -392,9 +379,11 @@ def write_dataset(out_dir: str, train: int = DEFAULT_TRAIN, test: int = DEFAULT_
             for i in range(n):
                 img, label = render_sample(sample_rng(seed, split, i), size)
                 stem = os.path.join(folder, f"{i:0{width}d}")
-                _write_file(stem + ".png", _png_bytes(img))
+                # Plain writes: the whole folder is renamed into place at the end. PIL writes
+                # no timestamp into PNGs, so the same array gives byte-identical files.
+                Image.fromarray(img).save(stem + ".png")
                 if split != "unlabeled":
-                    _write_file(stem + ".npy", _npy_bytes(label))
+                    np.save(stem + ".npy", label, allow_pickle=False)
                     pixels += np.bincount(label.ravel(), minlength=NUM_CLASSES)
             if split != "unlabeled":
                 counts[split] = pixels.tolist()
