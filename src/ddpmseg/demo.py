@@ -157,8 +157,8 @@ def run_demo(out: str = "runs/demo", preset_name: str = "full", seed: int = 0, d
                                                              synthetic, world, log))
     palette = cfgs["ddpm"]["palette"]
     write_png_atomic(os.path.join(out, "comparison.png"),
-               comparison_image(run_dirs["ddpm"], run_dirs["rgb_xy"], cfgs["ddpm"]["testing_path"], palette,
-                                COMPARISON_ROWS))
+                     comparison_image(run_dirs["ddpm"], run_dirs["rgb_xy"], cfgs["ddpm"]["testing_path"], palette,
+                                      COMPARISON_ROWS))
     keep = ("miou", "miou_present", "per_class_iou")
     metrics = {
         "ddpm": {**{k: results["ddpm"][k] for k in keep}, "steps": cfgs["ddpm"]["steps"],
