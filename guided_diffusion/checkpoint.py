@@ -173,17 +173,26 @@ def sidecar_flags(model_path: str) -> dict[str, Any]:
         raise CheckpointError(f"{sidecar} (the flags of {model_path}) is not a JSON object with \"flags\": {e}") from None
 
 
-def load_model_and_diffusion(model_path: str, flags: Mapping[str, Any], device: str | torch.device = "cpu"):
+def load_model_and_diffusion(model_path: str | None, flags: Mapping[str, Any], device: str | torch.device = "cpu",
+                             seed: int = 0):
     """Build from ``flags``, load ``model_path`` strictly, move to ``device``, eval mode.
+
+    ``model_path`` None keeps the random initial weights, drawn from ``seed`` (the global RNG
+    is left as it was): the untrained-U-Net control.
 
     ``use_fp16`` converts the torso to float16 only on CUDA: CPU float16 convolutions are
     slow and gain nothing, so on CPU the model runs in float32 (and says so).
     """
     flags = dict(flags)
-    state_dict = read_state_dict(model_path)
-    model, diffusion = create_model_and_diffusion(**flags)
-    check_state_dict(model, state_dict, flags, source=model_path)
-    model.load_state_dict(state_dict, strict=True)
+    if model_path is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, diffusion = create_model_and_diffusion(**flags)
+    else:
+        state_dict = read_state_dict(model_path)
+        model, diffusion = create_model_and_diffusion(**flags)
+        check_state_dict(model, state_dict, flags, source=model_path)
+        model.load_state_dict(state_dict, strict=True)
     model.to(device)
     if flags.get("use_fp16") and torch.device(device).type == "cuda":
         model.convert_to_fp16()

@@ -16,3 +16,22 @@ fetch() {
   fi
   mv -f "$dest.part" "$dest"
 }
+
+# download_checkpoint KIND EXT DEST_DIR [NAME...]: fetch one released checkpoint of backbone KIND
+# (ddpm, mae, swav, swav_w2) to DEST_DIR/NAME.EXT, unless it is already there.
+download_checkpoint() {
+  local kind=$1 ext=$2 dir=$3
+  shift 3
+  if [ $# -ne 1 ] || [[ " lsun_bedroom ffhq lsun_cat lsun_horse " != *" $1 "* ]]; then
+    [ $# -eq 1 ] && echo "unknown checkpoint '$1'" >&2
+    echo "usage: $0 NAME   (NAME: lsun_bedroom, ffhq, lsun_cat, lsun_horse)" >&2
+    exit 2
+  fi
+  local dest=$dir/$1.$ext
+  if [ -f "$dest" ]; then
+    echo "$dest already exists; not downloading again"
+    exit 0
+  fi
+  fetch "${DOWNLOAD_BASE%/}/models/${kind}_checkpoints/$1.$ext" "$dest"
+  echo "saved $dest"
+}

@@ -25,6 +25,19 @@ def test_load_roundtrip_matches_rule_weights(tiny64_file):
     assert diffusion.num_timesteps == 1000
 
 
+def test_no_checkpoint_gives_seeded_random_weights_and_keeps_the_global_rng():
+    flags = manifest("tiny64")["flags"]
+    state = torch.random.get_rng_state()
+    a, _ = load_model_and_diffusion(None, flags, seed=1)
+    b, _ = load_model_and_diffusion(None, flags, seed=1)
+    c, _ = load_model_and_diffusion(None, flags, seed=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert not a.training
+    key = "input_blocks.1.0.in_layers.2.weight"
+    assert torch.equal(a.state_dict()[key], b.state_dict()[key])
+    assert not torch.equal(a.state_dict()[key], c.state_dict()[key])
+
+
 @pytest.mark.parametrize("name", ["lsun_256", "tiny256", "tiny64", "tiny64_heads"])
 def test_infer_flags_reads_architecture_back(name):
     m = manifest(name)

@@ -116,7 +116,13 @@ def test_legacy_max_training_is_accepted_and_dropped():
 @pytest.mark.parametrize(
     "changes, match",
     [
-        ({"model_type": "mae"}, "'model_type' must be one of"),
+        ({"model_type": "vit"}, "'model_type' must be one of"),
+        ({"model_type": "mae"}, "'mae' hooks fixed layers and adds no noise: set \"steps\": \\[\\]"),
+        ({"model_type": "swav", "steps": [], "blocks": []}, "captures block inputs, as published"),
+        ({"model_type": "mae", "steps": [], "blocks": [], "input_activations": True}, "captures block outputs"),
+        ({"random_weights": True}, "set \"model_path\": \"\" \\(or drop random_weights\\)"),
+        ({"model_path": ""}, "'model_path' is empty: name the ddpm checkpoint, or set \"random_weights\": true"),
+        ({"model_type": "rgb_xy", "model_path": "", "random_weights": True}, "'rgb_xy' has no weights"),
         ({"upsample_mode": "nearest"}, "'upsample_mode' must be one of"),
         ({"feature_store": "gpu"}, "'feature_store' must be one of"),
         ({"dim": [64, 64]}, "'dim' must be a list of 3 integers"),
@@ -144,6 +150,13 @@ def test_legacy_max_training_is_accepted_and_dropped():
 def test_value_checks(changes, match):
     with pytest.raises(ConfigError, match=match):
         validate(with_(**changes))
+
+
+@pytest.mark.parametrize("kind, inputs", [("mae", False), ("swav", True), ("swav_w2", True)])
+def test_comparison_backbones_validate_with_their_published_hooks(kind, inputs):
+    cfg = validate(with_(model_type=kind, steps=[], blocks=[], input_activations=inputs, model_path="",
+                         random_weights=True))
+    assert (cfg["model_type"], cfg["random_weights"]) == (kind, True)
 
 
 @pytest.mark.parametrize("names", [["background", "a"], ["background", "a", "b", "c"], ["background", "a", 2]])

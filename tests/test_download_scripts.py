@@ -23,6 +23,9 @@ from conftest import REPO
 CKPT_SCRIPT = "checkpoints/ddpm/download_checkpoint.sh"
 DATA_SCRIPT = "datasets/download_datasets.sh"
 CKPT_URL = "/models/ddpm_checkpoints/ffhq.pt"
+# The comparison backbones' scripts share download_lib's download_checkpoint with the DDPM one.
+BASELINE_SCRIPTS = {f"checkpoints/{kind}/download_checkpoint.sh": f"/models/{kind}_checkpoints/lsun_cat.pth"
+                    for kind in ("mae", "swav", "swav_w2")}
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="the scripts need curl")
 
@@ -78,7 +81,7 @@ def server():
 def repo(tmp_path):
     """A scratch repository root holding copies of the two scripts."""
     root = tmp_path / "repo"
-    for rel in (CKPT_SCRIPT, DATA_SCRIPT, "scripts/download_lib.sh"):
+    for rel in (CKPT_SCRIPT, *BASELINE_SCRIPTS, DATA_SCRIPT, "scripts/download_lib.sh"):
         (root / rel).parent.mkdir(parents=True)
         shutil.copy2(REPO / rel, root / rel)
     return root
@@ -106,6 +109,18 @@ def test_checkpoint_download_lands_atomically(server, repo):
     assert (repo / "checkpoints/ddpm/ffhq.pt").read_bytes() == payload
     assert listing(repo / "checkpoints/ddpm") == ["download_checkpoint.sh", "ffhq.pt"]
     assert server.requests == [(CKPT_URL, None)]
+
+
+@pytest.mark.parametrize("script", BASELINE_SCRIPTS)
+def test_baseline_checkpoints_come_from_the_original_urls(server, repo, script):
+    payload = os.urandom(5000)
+    server.files[BASELINE_SCRIPTS[script]] = payload
+    r = run(repo, script, "lsun_cat", base=server.base)
+    assert r.returncode == 0, r.stderr
+    folder = (repo / script).parent
+    assert (folder / "lsun_cat.pth").read_bytes() == payload
+    assert listing(folder) == ["download_checkpoint.sh", "lsun_cat.pth"]
+    assert run(repo, script, "lsun_church", base=server.base).returncode == 2
 
 
 def test_interrupted_checkpoint_download_resumes_with_range(server, repo):

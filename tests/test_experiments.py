@@ -43,6 +43,33 @@ def test_etf_config_is_ddpm_plus_the_etf_method(path):
     assert etf["exp_dir"] == f"pixel_classifiers/{path.parent.name}/etf"
 
 
+# model_type: (feature channels, input_activations), from the original experiments/*/<type>.json.
+BACKBONES = {"mae": (12288, False), "swav": (6720, True), "swav_w2": (13440, True)}
+# The MAE/SwAV checkpoint stem each dataset uses (fact sheet, section 2).
+BACKBONE_STEMS = {"bedroom_28": "lsun_bedroom", "ffhq_34": "ffhq", "cat_15": "lsun_cat", "horse_21": "lsun_horse",
+                  "celeba_19": "ffhq", "ade_bedroom_30": "lsun_bedroom"}
+
+
+@pytest.mark.parametrize("kind", BACKBONES)
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.parent.name)
+def test_backbone_config_is_ddpm_with_the_published_backbone(path, kind):
+    """<kind>.json = the dataset's ddpm.json with the backbone's checkpoint, feature size and hooks."""
+    ds = path.parent.name
+    ddpm, cfg = load_config(str(path)), load_config(str(path.with_name(f"{kind}.json")))
+    dim, inputs = BACKBONES[kind]
+    assert cfg["model_type"] == kind and cfg["exp_dir"] == f"pixel_classifiers/{ds}/{kind}"
+    assert cfg["dim"] == [ddpm["dim"][0], ddpm["dim"][0], dim]
+    assert cfg["steps"] == cfg["blocks"] == [] and cfg["input_activations"] is inputs
+    if ds == "celebamask64":  # no MAE/SwAV was trained on these faces: the untrained control
+        assert cfg["random_weights"] is True and cfg["model_path"] == ""
+    else:
+        assert cfg["random_weights"] is False
+        assert cfg["model_path"] == f"checkpoints/{kind}/{BACKBONE_STEMS[ds]}.pth"
+    changed = {k for k in ddpm if ddpm[k] != cfg[k]}
+    assert changed <= {"exp_dir", "model_type", "model_path", "random_weights", "dim", "steps", "blocks",
+                       "input_activations"}
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.parent.name)
 def test_experiment_validates_with_one_name_and_colour_per_class(path):
     cfg = load_config(str(path))

@@ -175,3 +175,21 @@ def test_evaluate_rejects_what_it_cannot_do(tmp_path, data, tiny64_checkpoint, c
 def test_evaluate_needs_a_finished_run(tmp_path, capsys):
     assert evaluate.main(["--run", str(tmp_path)]) == 2
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_model_flags_belong_to_ddpm_only(tmp_path, data, capsys):
+    argv = ["--exp", "experiments/celebamask64/swav.json", "--exp_dir", str(tmp_path / "exp"),
+            "--training_path", str(data / "train"), "--testing_path", str(data / "test"), "--num_channels", "64"]
+    assert train_interpreter.main(argv) == 2
+    assert "flags ['num_channels'] apply to model_type 'ddpm' only, not 'swav'" in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()
+
+
+def test_untrained_unet_control_runs_without_a_checkpoint(tmp_path, data):
+    """random_weights: the U-Net's seeded initial weights; the resolved flags still come from the config."""
+    assert run(tmp_path, data, "", "--set", "random_weights=true") == 0
+    out = tmp_path / "exp" / "50_4_5_6_7_8"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["random_weights"] is True and cfg["model_path"] == ""
+    assert cfg["model_flags"]["num_channels"] == 32
+    assert 0 <= json.loads((out / "metrics.json").read_text())["miou"] <= 1

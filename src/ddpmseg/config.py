@@ -18,8 +18,9 @@ REQUIRED = object()
 DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # --- the original keys (ddpm-segmentation experiments/*/ddpm.json) ---
     "exp_dir": ((str,), REQUIRED),
-    # "ddpm": U-Net features; "rgb_xy": each pixel's colour and position only, the
-    # no-context baseline that shows what the U-Net features add.
+    # "ddpm": U-Net features; "mae", "swav", "swav_w2": the paper's comparison backbones
+    # (ddpmseg.backbones); "rgb_xy": each pixel's colour and position only, the no-context
+    # baseline that shows what any learned features add.
     "model_type": ((str,), "ddpm"),
     "category": ((str,), REQUIRED),
     "number_class": ((int,), REQUIRED),
@@ -30,6 +31,9 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "validation_path": ((str,), ""),
     "testing_path": ((str,), REQUIRED),
     "model_path": ((str,), REQUIRED),
+    # Build the backbone with random weights drawn from ``seed`` instead of loading model_path
+    # (which must then be ""): the untrained-backbone control, and runs without a download.
+    "random_weights": ((bool,), False),
     # [H, W, C]: H, W is the working resolution; C must equal the collected feature size.
     "dim": ((list,), REQUIRED),
     "steps": ((list,), [50, 150, 250]),
@@ -111,7 +115,7 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
 IGNORED_LEGACY_KEYS = {"max_training"}
 
 CHOICES = {
-    "model_type": ("ddpm", "rgb_xy"),
+    "model_type": ("ddpm", "mae", "swav", "swav_w2", "rgb_xy"),
     "upsample_mode": ("bilinear",),
     "feature_store": ("ram", "disk"),
     "regularizer": ("none", "etf", "etf_decoupled"),
@@ -154,6 +158,32 @@ def _int_list(cfg: dict, key: str, where: str, length: int | None = None) -> Non
         raise ConfigError(f"{where}: '{key}' must be {want}, got {v!r}")
 
 
+# The comparison backbones hook fixed layers (the original's choice): block outputs of MAE's
+# last 12 encoder blocks, inputs of every other SwAV bottleneck; value of input_activations.
+BACKBONE_INPUT_ACTIVATIONS = {"mae": False, "swav": True, "swav_w2": True}
+
+
+def _check_model_type(cfg: dict, where: str) -> None:
+    """Keys that only make sense for some model types must agree with ``model_type``."""
+    kind = cfg["model_type"]
+    if kind in BACKBONE_INPUT_ACTIVATIONS:
+        if cfg["steps"] or cfg["blocks"]:
+            raise ConfigError(f"{where}: model_type '{kind}' hooks fixed layers and adds no noise: set "
+                              f"\"steps\": [] and \"blocks\": [] (got {cfg['steps']} and {cfg['blocks']})")
+        if cfg["input_activations"] != BACKBONE_INPUT_ACTIVATIONS[kind]:
+            raise ConfigError(f"{where}: model_type '{kind}' captures block "
+                              f"{'inputs' if BACKBONE_INPUT_ACTIVATIONS[kind] else 'outputs'}, as published: set "
+                              f"\"input_activations\": {str(BACKBONE_INPUT_ACTIVATIONS[kind]).lower()}")
+    if kind == "rgb_xy" and cfg["random_weights"]:
+        raise ConfigError(f"{where}: model_type 'rgb_xy' has no weights; remove 'random_weights'")
+    if cfg["random_weights"] and cfg["model_path"]:
+        raise ConfigError(f"{where}: 'random_weights' builds the backbone without a checkpoint, but 'model_path' "
+                          f"is {cfg['model_path']!r}: set \"model_path\": \"\" (or drop random_weights)")
+    if not cfg["random_weights"] and not cfg["model_path"] and kind != "rgb_xy":
+        raise ConfigError(f"{where}: 'model_path' is empty: name the {kind} checkpoint, or set "
+                          f"\"random_weights\": true for an untrained backbone")
+
+
 def validate(cfg: dict, where: str = "config") -> dict:
     """Return a complete, type-checked copy of ``cfg`` with defaults filled in."""
     unknown = sorted(set(cfg) - set(DEFAULTS) - IGNORED_LEGACY_KEYS)
@@ -181,6 +211,7 @@ def validate(cfg: dict, where: str = "config") -> dict:
     _int_list(out, "dim", where, 3)
     _int_list(out, "steps", where)
     _int_list(out, "blocks", where)
+    _check_model_type(out, where)
     if out["dim"][0] != out["dim"][1]:
         raise ConfigError(f"{where}: 'dim' must be square [S, S, C], got {out['dim']}")
     if out["number_class"] < 2:

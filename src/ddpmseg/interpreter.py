@@ -23,7 +23,8 @@ from guided_diffusion.script_util import model_and_diffusion_defaults
 
 from .atomic import write_json_atomic, write_text_atomic
 from .augment import augment_pair, copy_seed, tta_view, view_seed
-from .config import ConfigError, save_config, validate
+from .backbones import create_backbone_extractor
+from .config import BACKBONE_INPUT_ACTIVATIONS, ConfigError, save_config, validate
 from .data import DataError, ImageLabelDataset, drop_small_regions
 from .features import FeatureExtractorDDPM, RGBPositionFeatures, shared_noise
 from .metrics import IoUAccumulator, iou_table_markdown
@@ -49,7 +50,12 @@ def resolve_device(name: str) -> torch.device:
 def resolve_model_flags(cfg: dict, cli_flags: dict[str, Any] | None = None) -> dict[str, Any]:
     """U-Net flags: defaults < ``<checkpoint>.json`` "flags" beside the checkpoint (written by our
     trainer) < config ``model_flags`` < flags given on the command line. ``image_size`` is the
-    working resolution ``dim[0]``, as in the original."""
+    working resolution ``dim[0]``, as in the original. Other model types take none: {}."""
+    if cfg["model_type"] != "ddpm":
+        if cli_flags:
+            raise ConfigError(f"guided-diffusion flags {sorted(cli_flags)} apply to model_type 'ddpm' only, "
+                              f"not '{cfg['model_type']}': drop them")
+        return {}
     defaults = model_and_diffusion_defaults()
     flags = dict(defaults)
     flags.update(sidecar_flags(cfg["model_path"]))
@@ -96,8 +102,12 @@ class Run:
         self.test_set = ImageLabelDataset(c["testing_path"], num_images=c["testing_number"], **ds_kw)
         if c["model_type"] == "rgb_xy":
             self.extractor = RGBPositionFeatures()
+        elif c["model_type"] in BACKBONE_INPUT_ACTIVATIONS:
+            self.extractor = create_backbone_extractor(c["model_type"], c["model_path"] or None, self.size,
+                                                       self.device, seed=c["seed"], log=self.log)
         else:
-            model, diffusion = load_model_and_diffusion(c["model_path"], self.flags, self.device)
+            model, diffusion = load_model_and_diffusion(c["model_path"] or None, self.flags, self.device,
+                                                        seed=c["seed"])
             self.extractor = FeatureExtractorDDPM(steps=c["steps"], blocks=c["blocks"],
                                                   input_activations=c["input_activations"], device=self.device,
                                                   model=model, diffusion=diffusion)
