@@ -30,6 +30,7 @@ TRAINED = {
     "etf": ("etf.json", {}),
     "etf_decoupled": ("etf.json", {"regularizer": "etf_decoupled"}),
     "etf_reg": ("etf.json", REGULARISATION),
+    "ddps": ("ddpm.json", {"refine": {"method": "ddps"}}),
 }
 # Re-evaluations of a trained run: name -> (trained run, inference overrides).
 EVALUATED = {
@@ -37,6 +38,8 @@ EVALUATED = {
     "etf_tta_flip": ("etf", {"tta": ["hflip"]}),
     "etf_reg_tta": ("etf_reg", {"tta": TTA_VIEWS}),
 }
+# A row whose voting ends with this reads a refined run's masks before refinement.
+UNREFINED = ", unrefined"
 # Table rows: (label, run, voting whose mIoU is read, what it is).
 ROWS = [
     ("DDPM (last member)", "ddpm", "last_member",
@@ -52,6 +55,10 @@ ROWS = [
     ("DDPM_VE + TTA", "etf_tta", "soft", f"+ test-time views {', '.join(TTA_VIEWS)} (the same ensembles as DDPM_VE)"),
     ("DDPM_VE + TTA (mirror only)", "etf_tta_flip", "soft", "+ the mirrored view alone (the same ensembles)"),
     ("all together", "etf_reg_tta", "soft", "ETF + soft voting + aug/AdamW/dropout + TTA"),
+    ("DDPM, before DDPS refinement", "ddps", "hard" + UNREFINED,
+     "the DDPS run's own ensemble (the same members as DDPM), its masks before refinement"),
+    ("DDPM + DDPS refinement", "ddps", "hard",
+     "the mask-prior refiner (ddpmseg.refine, default settings) applied to that ensemble's prediction"),
 ]
 
 
@@ -82,7 +89,7 @@ def run(cmd: list[str]) -> None:
 
 
 # Runs that only add a comparison row go after every other run of every seed.
-LAST = ("etf_decoupled",)
+LAST = ("etf_decoupled", "ddps")
 
 
 def run_all(dataset: str, out: str, seeds: list[int]) -> None:
@@ -134,6 +141,13 @@ def mean_seconds(values: list[float]) -> str:
     return f"{statistics.mean(values):.0f}" if values else "–"
 
 
+def row_miou(m: dict, voting: str) -> float:
+    """A run's mIoU under ``voting``; "<voting>, unrefined" reads a refined run's ensemble alone."""
+    if voting.endswith(UNREFINED):
+        return m["refine"]["miou_before"]
+    return m["by_voting"][voting]["miou"] if "by_voting" in m else m["miou"]
+
+
 def table(dataset: str, out: str, seeds: list[int], note: str = "") -> str:
     """The markdown of docs/RESULTS.md, from the metrics.json files under ``out``."""
     lines = [
@@ -154,8 +168,8 @@ def table(dataset: str, out: str, seeds: list[int], note: str = "") -> str:
     devices = set()
     for label, name, voting, _ in ROWS:
         found = [m for m in (load(out, s, name) for s in seeds) if m is not None]
-        mious = [100 * (m["by_voting"][voting]["miou"] if "by_voting" in m else m["miou"]) for m in found
-                 if "by_voting" in m or m["voting"] == voting]
+        mious = [100 * row_miou(m, voting) for m in found
+                 if "by_voting" in m or m["voting"] == voting.removesuffix(UNREFINED)]
         devices.update(m["device"] for m in found)
         train_t = mean_seconds([training_seconds(m) for m in found])
         eval_t = mean_seconds([m["timings_s"]["evaluation_s"] for m in found])

@@ -145,11 +145,23 @@ def test_legacy_max_training_is_accepted_and_dropped():
         ({"tta": ["hflip", "vflip"]}, "'tta' must list distinct views from"),
         ({"tta": ["hflip", "hflip"]}, "'tta' must list distinct views from"),
         ({"tta": [1]}, "'tta' must list distinct views from"),
+        ({"refine": {"steps": 3}}, "'refine': 'method' must be one of \\['ddps'\\]"),
+        ({"refine": {"method": "ddps", "seed": 1}}, "the run's seed seeds the refiner"),
+        ({"refine": {"method": "ddps", "stepz": 1}}, "unknown key\\(s\\) \\['stepz'\\]"),
+        ({"refine": {"method": "ddps", "hflip": 1}}, "'hflip' must be bool"),
+        ({"refine": {"method": "ddps", "steps": 20}}, "do not fit in"),
     ],
 )
 def test_value_checks(changes, match):
     with pytest.raises(ConfigError, match=match):
         validate(with_(**changes))
+
+
+def test_refine_is_completed_with_the_refiner_defaults():
+    assert validate(minimal())["refine"] == {}
+    cfg = validate(with_(refine={"method": "ddps", "steps": 3, "learning_rate": 1}))
+    assert cfg["refine"]["steps"] == 3 and cfg["refine"]["learning_rate"] == 1.0
+    assert cfg["refine"]["num_timesteps"] == 20 and "seed" not in cfg["refine"]
 
 
 @pytest.mark.parametrize("kind, inputs", [("mae", False), ("swav", True), ("swav_w2", True)])

@@ -193,3 +193,44 @@ def test_untrained_unet_control_runs_without_a_checkpoint(tmp_path, data):
     assert cfg["random_weights"] is True and cfg["model_path"] == ""
     assert cfg["model_flags"]["num_channels"] == 32
     assert 0 <= json.loads((out / "metrics.json").read_text())["miou"] <= 1
+
+
+REFINE = {"method": "ddps", "iterations": 20, "width": 8, "folds": 2, "fold_members": 1, "steps": 3}
+
+
+def test_refinement_trains_on_out_of_fold_predictions_and_reports_before_and_after(tmp_path, data,
+                                                                                   tiny64_checkpoint):
+    assert run(tmp_path, data, tiny64_checkpoint, "--set", f"refine={json.dumps(REFINE)}") == 0
+    out = tmp_path / "exp" / "50_4_5_6_7_8"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["refine"]["method"] == "ddps" and cfg["refine"]["start_step"] is None  # resolved, defaults in
+    first = torch.load(out / "refiner_folds" / "first_predictions.pt", weights_only=True)
+    assert first.shape == (3, 19, 64, 64) and torch.allclose(first.sum(1), torch.ones(3, 64, 64), atol=1e-4)
+    assert all((out / "refiner_folds" / f"fold_{f}" / "model_0.pth").exists() for f in range(2))
+    metrics = json.loads((out / "metrics.json").read_text())
+    ref = metrics["refine"]
+    assert ref["noise_steps"] == [9, 4, 0] and len(ref["miou_by_step"]) == 3
+    assert metrics["miou"] == ref["miou_after"] == ref["miou_by_step"][-1]
+    assert 0 <= ref["miou_before"] <= 1 and set(ref["per_class_iou_before"]) == set(metrics["per_class_iou"])
+    stem = sorted(p.stem for p in (data / "test").glob("*.png"))[0]
+    # image | ground truth | ensemble | refined
+    assert Image.open(out / "visualizations" / f"{stem}_compare.png").size == (4 * 64 + 6, 64)
+    assert "refinement: mIoU" in (out / "log.txt").read_text()
+
+    # Resuming finds every member and the refiner: nothing is trained again, the numbers repeat.
+    refiner_time = (out / "refiner.pt").stat().st_mtime_ns
+    assert run(tmp_path, data, tiny64_checkpoint, "--set", f"refine={json.dumps(REFINE)}") == 0
+    assert (out / "refiner.pt").stat().st_mtime_ns == refiner_time
+    assert json.loads((out / "metrics.json").read_text())["refine"] == ref
+
+    # Re-evaluation from the saved config alone refines the same way.
+    assert evaluate.main(["--run", str(out), "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["refine"] == ref
+
+
+def test_refined_run_without_its_refiner_cannot_be_evaluated(tmp_path, data, tiny64_checkpoint, capsys):
+    assert run(tmp_path, data, tiny64_checkpoint, "--set", f"refine={json.dumps(REFINE)}") == 0
+    out = tmp_path / "exp" / "50_4_5_6_7_8"
+    (out / "refiner.pt").unlink()
+    assert evaluate.main(["--run", str(out), "--out", str(tmp_path / "again")]) == 2
+    assert "lacks refiner.pt" in capsys.readouterr().err

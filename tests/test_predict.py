@@ -238,3 +238,14 @@ def test_ensemble_logits_on_cuda_equals_cpu():
     assert torch.allclose(got.cpu(), want, atol=1e-3)
     mask, score = predict_image(ens, [a.cuda() for a in layers], out_hw)
     assert mask.device.type == "cpu" and isinstance(score, float)
+
+
+def test_probabilities_are_the_mean_over_members_and_views():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2, 5, 4, generator=g), torch.randn(3, 5, 4, generator=g)
+    votes = Votes.of(a)
+    votes.add(b)
+    expected = torch.cat([a, b]).softmax(-1).mean(0)
+    assert torch.allclose(votes.probabilities(), expected, atol=1e-6)
+    assert torch.allclose(votes.probabilities().sum(-1), torch.ones(5))
+    assert torch.equal(votes.probabilities().argmax(1), votes.mask("soft_prob"))

@@ -69,6 +69,17 @@ def test_save_prediction_files(tmp_path):
                 for n in os.listdir(tmp_path / d) if n.endswith(".tmp")]
 
 
+def test_refined_prediction_is_shown_after_the_one_it_started_from(tmp_path):
+    pal = _palette()
+    before, after = np.full((4, 4), 2), np.full((4, 4), 5)
+    save_prediction(str(tmp_path), "r", after, image=torch.zeros(3, 4, 4), gt=np.zeros((4, 4), np.int64),
+                    palette=pal, before=before)
+    assert np.array_equal(np.load(tmp_path / "predictions" / "r.npy"), after)
+    cmp_ = np.asarray(Image.open(tmp_path / "visualizations" / "r_compare.png").convert("RGB"))
+    assert cmp_.shape == (4, 4 * 4 + 3 * 2, 3)
+    assert cmp_[1, 2 * 6 + 1].tolist() == pal[2] and cmp_[1, 3 * 6 + 1].tolist() == pal[5]
+
+
 def test_npy_dtype_for_many_classes(tmp_path):
     pal = [[0, 0, 0]] * 300
     pred = np.full((4, 4), 299)

@@ -40,6 +40,21 @@ def test_table_reads_each_row_from_its_run_and_voting(tmp_path, monkeypatch):
     assert "python scripts/variants.py --dataset celebamask64 --out runs --seeds 0 1" in text
 
 
+def test_refined_run_gives_a_before_and_an_after_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(variants, "REPO", str(tmp_path))
+    for seed, (before, after) in enumerate([(0.30, 0.29), (0.32, 0.33)]):
+        folder = tmp_path / "runs" / f"seed{seed}" / "ddps" / "50_150"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({
+            "miou": after, "voting": "hard", "device": "cpu", "refine": {"miou_before": before, "miou_after": after},
+            "timings_s": {"evaluation_s": 20.0, "train_features_s": 5.0, "train_s": 100.0}}))
+    text = variants.table("celebamask64", "runs", [0, 1])
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert rows["DDPM, before DDPS refinement"][1:3] == ["31.00 ± 1.41", "2"]
+    assert rows["DDPM + DDPS refinement"][1:3] == ["31.00 ± 2.83", "2"]
+    assert "--set 'refine={\"method\": \"ddps\"}'" in text
+
+
 def test_table_only_writes_the_markdown(tmp_path, monkeypatch):
     monkeypatch.setattr(variants, "REPO", str(tmp_path))
     (tmp_path / "experiments" / "celebamask64").mkdir(parents=True)

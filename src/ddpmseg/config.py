@@ -100,6 +100,9 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "epoch_pixels": ((str,), "original"),
     # Extra test-time views merged with the original by the configured voting (ddpmseg.augment.TTA_VIEWS).
     "tta": ((list,), []),
+    # Mask-prior refinement after the ensemble (ddpmseg.refine, after DDPS): {} = none, as published;
+    # {"method": "ddps"} plus any RefineSettings field to change (the run's seed seeds it).
+    "refine": ((dict,), {}),
     # --- DatasetDDPM's DeepLab stage (train_deeplab.py); every default is the published run ---
     # DeepLab input side; null = the config's dim H (datasetDDPM.json used 256, its dim).
     "deeplab_res": ((int, type(None)), None),
@@ -246,6 +249,12 @@ def validate(cfg: dict, where: str = "config") -> dict:
         raise ConfigError(f"{where}: 'hflip_class_pairs' must be [a, b] pairs of distinct class ids 0..{k - 1}, "
                           f"got {pairs!r}")
     from .augment import TTA_VIEWS  # here, not at the top: augment imports torchvision
+    from .refine import refine_config
+
+    try:
+        out["refine"] = refine_config(out["refine"])
+    except ValueError as e:
+        raise ConfigError(f"{where}: 'refine': {e}") from None
 
     bad = [v for v in out["tta"] if v not in TTA_VIEWS]
     if bad or len(set(map(str, out["tta"]))) != len(out["tta"]):

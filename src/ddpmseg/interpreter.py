@@ -25,15 +25,20 @@ from .atomic import write_json_atomic, write_text_atomic
 from .augment import augment_pair, copy_seed, tta_view, view_seed
 from .backbones import create_backbone_extractor
 from .config import BACKBONE_INPUT_ACTIVATIONS, ConfigError, save_config, validate
+from .crossfit import out_of_fold_probabilities
 from .data import DataError, ImageLabelDataset, drop_small_regions
 from .features import FeatureExtractorDDPM, RGBPositionFeatures, shared_noise
 from .metrics import IoUAccumulator, iou_table_markdown
 from .predict import VOTING_MODES, Votes, image_uncertainty, view_logits
+from .refine import load_refiner, refine, refine_settings, save_refiner, train_refiner
 from .report import save_prediction
+from .seeding import generator
 from .store import FeatureStore
 from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
 
 EXCLUDED = -1  # training-label marker for pixels no member trains on
+REFINER_FILE = "refiner.pt"
+REFINE_NOISE_STREAM = 11  # seed-stream id of the refiner's re-noising at evaluation
 # Errors that mean the user's input is wrong: the command-line tools print them as one line.
 INPUT_ERRORS = (ConfigError, DataError, CheckpointError)
 # Config keys that only change inference: the ones evaluate_run may override.
@@ -90,6 +95,7 @@ class Run:
         # Training-label value of pixels no member trains on: the ignore label, or EXCLUDED when
         # every class is scored. Augmentation fills the pixels it invents with it.
         self.fill = EXCLUDED if cfg["ignore_label"] is None else cfg["ignore_label"]
+        self.refine = refine_settings(cfg["refine"], cfg["seed"])  # None: no mask refinement
         self.timings: dict[str, float] = {}
 
     # -- checks before anything is written ------------------------------------------------
@@ -173,21 +179,45 @@ class Run:
     def train(self, exp_dir: str) -> dict:
         c = self.cfg
         todo = [m for m in range(c["model_num"]) if not os.path.exists(model_path(exp_dir, m))]
-        if not todo:
+        refiner_todo = self.refine is not None and not os.path.exists(os.path.join(exp_dir, REFINER_FILE))
+        if not todo and not refiner_todo:
             self.log(f"all {c['model_num']} ensemble members exist in {exp_dir}; skipping training")
             return {}
-        if len(todo) < c["model_num"]:
+        if 0 < len(todo) < c["model_num"]:
             self.log(f"resuming: members {todo} remain to be trained")
         store, pixels = self.build_training_store(exp_dir)
-        t0 = time.time()
-        # The un-augmented images come first in the store, so their pixels have the lowest indices.
-        original_pixels = int((pixels.index < len(self.train_set) * self.size * self.size).sum())
-        epoch_size = original_pixels if c["epoch_pixels"] == "original" else None
-        stats = train_ensemble(store, pixels, c, exp_dir, todo, device=str(self.device), log=self.log,
-                               epoch_size=epoch_size)
-        self.timings["train_s"] = time.time() - t0
+        stats = {}
+        if todo:
+            t0 = time.time()
+            # The un-augmented images come first in the store, so their pixels have the lowest indices.
+            original_pixels = int((pixels.index < len(self.train_set) * self.size * self.size).sum())
+            epoch_size = original_pixels if c["epoch_pixels"] == "original" else None
+            stats = train_ensemble(store, pixels, c, exp_dir, todo, device=str(self.device), log=self.log,
+                                   epoch_size=epoch_size)
+            self.timings["train_s"] = time.time() - t0
+        if refiner_todo:
+            self.train_refiner(store, pixels, exp_dir)
         store.close()
         return stats
+
+    def probabilities(self, ens, image: torch.Tensor, image_index: int) -> torch.Tensor:
+        """The ensemble's mean class probabilities [K, H, W] on one image (all test-time views)."""
+        return self.votes(ens, image, image_index).probabilities().T.reshape(self.cfg["number_class"], *self.hw)
+
+    def train_refiner(self, store: FeatureStore, pixels: LabelledPixels, exp_dir: str) -> None:
+        """The mask refiner (ddpmseg.refine), trained on out-of-fold first predictions."""
+        c, s, t0 = self.cfg, self.refine, time.time()
+        n = len(self.train_set)
+        items = [self.train_set[i] for i in range(n)]
+        first = out_of_fold_probabilities(
+            store, pixels, c, n, s.folds, s.fold_members, os.path.join(exp_dir, "refiner_folds"),
+            lambda ens, i: self.probabilities(ens, items[i]["image"], i), str(self.device), self.log)
+        images = torch.stack([item["image"] for item in items])
+        labels = torch.stack([torch.as_tensor(item["label"]) for item in items]).long()
+        model, stats = train_refiner(images, first, labels, c["number_class"], self.fill, s,
+                                     flip_pairs=c["hflip_class_pairs"], device=self.device, log=self.log)
+        save_refiner(model, s, c["number_class"], os.path.join(exp_dir, REFINER_FILE))
+        self.timings["refiner_s"] = time.time() - t0
 
     def votes(self, ens, image: torch.Tensor, image_index: int) -> Votes:
         """The ensemble's votes on one test image and on each configured test-time view of it."""
@@ -204,18 +234,39 @@ class Run:
         c, t0 = self.cfg, time.time()
         ens = load_ensemble(models_dir, c["model_num"], c["dim"][2], c["number_class"], str(self.device))
         modes = VOTING_MODES if c["report_all_votings"] else (c["voting"],)
-        ious = {m: IoUAccumulator(c["number_class"], c["ignore_label"], c["class_names"]) for m in modes}
+        new_iou = lambda: IoUAccumulator(c["number_class"], c["ignore_label"], c["class_names"])  # noqa: E731
+        ious = {m: new_iou() for m in modes}
+        if self.refine is not None:
+            refiner, settings = load_refiner(os.path.join(models_dir, REFINER_FILE), self.device)
+            step_ious = [new_iou() for _ in settings.step_schedule()]
         uncertainties = {}
         for i in tqdm(range(len(self.test_set)), desc="evaluation", unit="img", dynamic_ncols=True):
             item = self.test_set[i]
             votes = self.votes(ens, item["image"], i)
             for mode, iou in ious.items():
                 iou.update(votes.mask(mode).reshape(self.hw).cpu(), item["label"])
-            pred = votes.mask(c["voting"]).reshape(self.hw).cpu()
+            pred = before = votes.mask(c["voting"]).reshape(self.hw).cpu()
+            if self.refine is not None:
+                first = votes.probabilities().T.reshape(1, c["number_class"], *self.hw)
+                _, masks = refine(refiner, item["image"][None], first, settings,
+                                  generator=generator(c["seed"], REFINE_NOISE_STREAM, i))
+                for iou, mask in zip(step_ious, masks):
+                    iou.update(mask[0], item["label"])
+                pred = masks[-1][0]
             uncertainties[item["stem"]] = image_uncertainty(votes.uncertainty(), c["uncertainty_top_fraction"])
-            save_prediction(out_dir, item["stem"], pred, image=item["image"], gt=item["label"], palette=c["palette"])
+            save_prediction(out_dir, item["stem"], pred, image=item["image"], gt=item["label"], palette=c["palette"],
+                            before=before if self.refine is not None else None)
         self.timings["evaluation_s"] = time.time() - t0
         result = ious[c["voting"]].result()
+        if self.refine is not None:
+            # The refined masks are the run's output; the ensemble's own masks stay on record.
+            before = {k: v for k, v in result.items() if k.startswith("miou") or k == "per_class_iou"}
+            result = step_ious[-1].result()
+            result["refine"] = {"method": "ddps", "miou_before": before["miou"], "miou_after": result["miou"],
+                                "miou_present_before": before["miou_present"],
+                                "per_class_iou_before": before["per_class_iou"],
+                                "noise_steps": settings.step_schedule(),
+                                "miou_by_step": [iou.result()["miou"] for iou in step_ious]}
         if c["report_all_votings"]:
             result["by_voting"] = {m: {k: v for k, v in iou.result().items() if k.startswith("miou")}
                                    for m, iou in ious.items()}
@@ -257,6 +308,9 @@ def write_metrics(run: Run, result: dict, out_dir: str, t_start: float, **extra:
                "exp_dir": out_dir, "device": str(run.device)}
     write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
     write_text_atomic(os.path.join(out_dir, "per_class_iou.md"), iou_table_markdown(metrics, cfg["class_names"]))
+    if "refine" in metrics:
+        run.log(f"refinement: mIoU {100 * metrics['refine']['miou_before']:.2f} (ensemble) -> "
+                f"{100 * metrics['refine']['miou_after']:.2f} (refined)")
     run.log(f"mIoU {100 * metrics['miou']:.2f} (classes present: {100 * metrics['miou_present']:.2f}, "
             f"{cfg['voting']} voting), mean uncertainty {metrics['mean_uncertainty']:.4f}; outputs in {out_dir}")
     return metrics
@@ -296,6 +350,9 @@ def load_trained_run(run_dir: str, overrides: dict[str, Any], log: Callable[[str
     missing = [m for m in range(cfg["model_num"]) if not os.path.exists(model_path(run_dir, m))]
     if missing:
         raise ConfigError(f"{run_dir} lacks ensemble members {missing}; finish training it first")
+    if cfg["refine"] and not os.path.exists(os.path.join(run_dir, REFINER_FILE)):
+        raise ConfigError(f"{run_dir} lacks {REFINER_FILE} (its config asks for refinement); rerun "
+                          f"train_interpreter.py on it to finish training")
     run = Run(cfg, cfg["model_flags"], log)
     run.validate_inputs(train=False)
     return run

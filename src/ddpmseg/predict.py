@@ -97,6 +97,11 @@ class Votes:
             raise ValueError(f"unknown voting mode {mode!r}; choose from {VOTING_MODES}")
         return scores[mode].argmax(1)  # argmax takes the first maximum: ties go to the lowest id
 
+    def probabilities(self) -> torch.Tensor:
+        """Mean class probability over members and views [P, K]: the soft first prediction a
+        mask refiner is conditioned on."""
+        return self.sum_p / self.n
+
     def uncertainty(self) -> torch.Tensor:
         """Mutual information per pixel: H(mean_m p_m) - mean_m H(p_m), natural log."""
         mean_p = self.sum_p / self.n

@@ -66,10 +66,11 @@ def side_by_side(panels: Sequence[np.ndarray]) -> np.ndarray:
 def save_prediction(exp_dir: str, stem: str, pred: np.ndarray | torch.Tensor,
                     image: np.ndarray | torch.Tensor | None = None,
                     gt: np.ndarray | torch.Tensor | None = None, *,
-                    palette: Sequence[Sequence[int]]) -> None:
+                    palette: Sequence[Sequence[int]], before: np.ndarray | torch.Tensor | None = None) -> None:
     """Write ``predictions/<stem>.npy``, ``visualizations/<stem>.png`` and, given the
     image ([3,H,W] in [-1,1]) and ground truth, ``visualizations/<stem>_compare.png``
-    (image | ground truth | prediction)."""
+    (image | ground truth | prediction, or image | ground truth | ``before`` | prediction when a
+    refined prediction is shown next to the one it started from)."""
     mask = _to_numpy(pred).squeeze()
     if mask.ndim != 2:
         raise ValueError(f"prediction for {stem} must squeeze to [H,W], got shape {mask.shape}")
@@ -81,6 +82,8 @@ def save_prediction(exp_dir: str, stem: str, pred: np.ndarray | torch.Tensor,
     write_png_atomic(os.path.join(vis_dir, stem + ".png"), coloured)
     if image is not None and gt is not None:
         panels = [to_uint8_image(image), colorize_mask(_to_numpy(gt).squeeze(), palette), coloured]
+        if before is not None:
+            panels.insert(2, colorize_mask(_to_numpy(before).squeeze(), palette))
         if len({p.shape for p in panels}) != 1:
             raise ValueError(f"{stem}: image, ground truth and prediction sizes differ: "
                              f"{[p.shape[:2] for p in panels]}")

@@ -1,0 +1,77 @@
+"""Out-of-fold first predictions: what the ensemble says about a training image it never saw.
+
+A mask refiner learns to correct the ensemble's mistakes, so it must train on predictions with
+the mistakes the ensemble makes on new images. On its own training images the ensemble is
+nearly perfect; instead, the training images are split into folds, a smaller ensemble is trained
+on all folds but one (the same store, the same pixels minus that fold's images and their
+augmented copies), and it predicts the held-out fold exactly as the test images are predicted.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+
+from .atomic import torch_save_atomic
+from .seeding import derived_seed, generator
+from .store import FeatureStore
+from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
+
+FOLD_SEED_STREAM = 7  # seed-stream id of the fold ensembles, apart from the main members' streams
+
+
+def fold_assignment(num_images: int, folds: int, seed: int) -> torch.Tensor:
+    """The fold of each training image [num_images]: a seeded shuffle dealt round-robin, so folds
+    differ in size by at most one and do not follow the file order."""
+    order = torch.randperm(num_images, generator=generator(seed, FOLD_SEED_STREAM))
+    fold = torch.empty(num_images, dtype=torch.long)
+    fold[order] = torch.arange(num_images) % folds
+    return fold
+
+
+def pixels_outside_fold(pixels: LabelledPixels, fold: torch.Tensor, held_out: int) -> LabelledPixels:
+    """The training pixels of every image (and augmented copy) not in fold ``held_out``.
+
+    Store slot s holds copy s // n of image s % n (n images), so ``slot % n`` is the source image.
+    """
+    H, W = pixels.hw
+    source = (pixels.index // (H * W)) % len(fold)
+    keep = fold[source] != held_out
+    return LabelledPixels(pixels.index[keep], pixels.labels[keep], pixels.hw)
+
+
+def out_of_fold_probabilities(store: FeatureStore, pixels: LabelledPixels, cfg: dict, num_images: int,
+                              folds: int, members: int, folder: str,
+                              predict: Callable[[object, int], torch.Tensor], device: str,
+                              log: Callable[[str], None] = print) -> torch.Tensor:
+    """Class probabilities [n, K, H, W] of each of the ``num_images`` training images from the
+    fold ensemble that did not train on it; ``predict(ensemble, i)`` gives image i's [K, H, W]
+    probabilities the way test images get theirs. Resumable: finished fold members and the
+    final tensor are kept in ``folder``."""
+    out_path = os.path.join(folder, "first_predictions.pt")
+    if os.path.exists(out_path):
+        return torch.load(out_path, weights_only=True)
+    fold = fold_assignment(num_images, folds, cfg["seed"])
+    H, W = pixels.hw
+    probs = torch.zeros(num_images, cfg["number_class"], H, W)
+    for f in range(folds):
+        fold_dir = os.path.join(folder, f"fold_{f}")
+        os.makedirs(fold_dir, exist_ok=True)
+        # Each fold ensemble has its own seed, so its members are not copies of the main ones.
+        fold_cfg = {**cfg, "model_num": members, "seed": derived_seed(cfg["seed"], FOLD_SEED_STREAM, f)}
+        todo = [m for m in range(members) if not os.path.exists(model_path(fold_dir, m))]
+        held_out = fold.eq(f).nonzero().flatten().tolist()
+        if todo:
+            log(f"refiner first predictions: fold {f + 1}/{folds} (images {held_out} held out), "
+                f"training {len(todo)} members")
+            train_pixels = pixels_outside_fold(pixels, fold, f)
+            # An epoch as in the main training (config "epoch_pixels"): the un-augmented pixels.
+            originals = int((train_pixels.index < num_images * H * W).sum())
+            train_ensemble(store, train_pixels, fold_cfg, fold_dir, todo, device=device, log=log,
+                           epoch_size=originals if cfg["epoch_pixels"] == "original" else None)
+        ens = load_ensemble(fold_dir, members, store.dim, cfg["number_class"], device)
+        for i in held_out:
+            probs[i] = predict(ens, i).cpu()
+    torch_save_atomic(probs, out_path)
+    return probs
