@@ -68,3 +68,28 @@ def test_unknown_dataset_is_refused(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         variants.main(["--dataset", "nope", "--table-only"])
     assert "experiments/nope/etf.json does not exist" in capsys.readouterr().err
+
+
+def test_backbone_table_reads_each_row_from_its_runs(tmp_path, monkeypatch):
+    """scripts/backbones.py: one row per backbone from the runs' metrics.json and config.json."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    monkeypatch.setitem(sys.modules, "variants", variants)
+    spec_b = importlib.util.spec_from_file_location("backbones_script", REPO / "scripts" / "backbones.py")
+    backbones = importlib.util.module_from_spec(spec_b)
+    spec_b.loader.exec_module(backbones)
+    monkeypatch.setattr(backbones, "REPO", str(tmp_path))
+    (tmp_path / "experiments").symlink_to(REPO / "experiments")
+    for seed, miou in ((0, 0.12), (1, 0.14)):
+        folder = tmp_path / "runs" / f"seed{seed}" / "swav"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"miou": miou, "device": "cpu"}))
+        (folder / "config.json").write_text(json.dumps({"dim": [64, 64, 6720]}))
+    text = backbones.table("celebamask64", "runs", [0, 1], backbones.SHORT_PROTOCOL)
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    swav = rows["SwAV ResNet-50, every other bottleneck input"]
+    assert swav[1:5] == ["random (seeded)", "6720", "13.00 ± 1.41", "2 |"]
+    assert rows["MAE ViT-L/8, last 12 blocks"][3:5] == ["not run", "0 |"]
+    assert rows["DDPM U-Net (the config's checkpoint)"][1] == "`../shared/checkpoints/faces64_ema.pt`"
+    assert "--exp experiments/celebamask64/swav.json --seed S --set 'max_epochs=1'" in text
