@@ -16,7 +16,8 @@ import os
 import sys
 
 from readme_block import replace_block
-from variants import REPO, mean_std, metrics_path, run, set_args, shell_set_args
+# The same run layout (<out>/seed<N>/<row>) and helpers as the variants table.
+from variants import REPO, load, mean_std, metrics_path, run, run_dir, set_args, shell_set_args
 
 # Applied to every row: one epoch per member instead of early stopping after 5 or more. The
 # backbones' 6720-13440 features per pixel make a full run 20-40 min per row on 2 CPU cores;
@@ -31,18 +32,6 @@ ROWS = {
     "swav": ("swav.json", {}, "SwAV ResNet-50, every other bottleneck input"),
     "swav_w2": ("swav_w2.json", {}, "SwAV ResNet-50-w2, every other bottleneck input"),
 }
-
-
-def run_dir(out: str, seed: int, name: str) -> str:
-    return os.path.join(REPO, out, f"seed{seed}", name)
-
-
-def load(out: str, seed: int, name: str) -> dict | None:
-    path = metrics_path(run_dir(out, seed, name))
-    if path is None:
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def run_all(dataset: str, out: str, seeds: list[int], names: list[str], protocol: dict) -> None:

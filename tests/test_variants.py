@@ -80,6 +80,7 @@ def test_backbone_table_reads_each_row_from_its_runs(tmp_path, monkeypatch):
     backbones = importlib.util.module_from_spec(spec_b)
     spec_b.loader.exec_module(backbones)
     monkeypatch.setattr(backbones, "REPO", str(tmp_path))
+    monkeypatch.setattr(variants, "REPO", str(tmp_path))  # its run_dir and load, which backbones.py uses
     (tmp_path / "experiments").symlink_to(REPO / "experiments")
     for seed, miou in ((0, 0.12), (1, 0.14)):
         folder = tmp_path / "runs" / f"seed{seed}" / "swav"
