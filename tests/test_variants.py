@@ -1,11 +1,13 @@
 """scripts/variants.py: the results table is computed from the runs' metrics.json files."""
 import importlib.util
 import json
+import sys
 
 import pytest
 
 from conftest import REPO
 
+sys.path.insert(0, str(REPO / "scripts"))  # the scripts import their neighbour readme_block, as when run
 spec = importlib.util.spec_from_file_location("variants", REPO / "scripts" / "variants.py")
 variants = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(variants)
@@ -46,10 +48,12 @@ def test_refined_run_gives_a_before_and_an_after_row(tmp_path, monkeypatch):
         folder = tmp_path / "runs" / f"seed{seed}" / "ddps" / "50_150"
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps({
-            "miou": after, "voting": "hard", "device": "cpu", "refine": {"miou_before": before, "miou_after": after},
+            "miou": after, "voting": "hard", "device": "cpu", "refine": {"miou_before": before, "miou_after": after, "miou_by_step": [after]},
             "timings_s": {"evaluation_s": 20.0, "train_features_s": 5.0, "train_s": 100.0}}))
     text = variants.table("celebamask64", "runs", [0, 1])
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert variants.refinement_summary("runs", [0, 1]).startswith(
+        "refinement changed test mIoU by -1.00 to +1.00 points across the 2 seeds, from 31.00 ± 1.41 to 31.00 ± 2.83")
     assert rows["DDPM, before DDPS refinement"][1:3] == ["31.00 ± 1.41", "2"]
     assert rows["DDPM + DDPS refinement"][1:3] == ["31.00 ± 2.83", "2"]
     assert "--set 'refine={\"method\": \"ddps\"}'" in text
@@ -59,7 +63,7 @@ def test_table_only_writes_the_markdown(tmp_path, monkeypatch):
     monkeypatch.setattr(variants, "REPO", str(tmp_path))
     (tmp_path / "experiments" / "celebamask64").mkdir(parents=True)
     (tmp_path / "experiments" / "celebamask64" / "etf.json").write_text("{}")
-    assert variants.main(["--out", "runs", "--seeds", "0", "--table", "RESULTS.md", "--table-only"]) == 0
+    assert variants.main(["--out", "runs", "--seeds", "0", "--table", "RESULTS.md", "--table-only", "--no_readme"]) == 0
     assert (tmp_path / "RESULTS.md").read_text().startswith("# Results: method variants")
 
 
@@ -72,9 +76,6 @@ def test_unknown_dataset_is_refused(tmp_path, monkeypatch, capsys):
 
 def test_backbone_table_reads_each_row_from_its_runs(tmp_path, monkeypatch):
     """scripts/backbones.py: one row per backbone from the runs' metrics.json and config.json."""
-    import sys
-
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
     monkeypatch.setitem(sys.modules, "variants", variants)
     spec_b = importlib.util.spec_from_file_location("backbones_script", REPO / "scripts" / "backbones.py")
     backbones = importlib.util.module_from_spec(spec_b)
