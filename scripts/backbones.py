@@ -20,7 +20,7 @@ from readme_block import replace_block
 from variants import REPO, load, mean_std, metrics_path, run, run_dir, set_args, shell_set_args
 
 # Applied to every row: one epoch per member instead of early stopping after 5 or more. The
-# backbones' 6720-13440 features per pixel make a full run 20-40 min per row on 2 CPU cores;
+# backbones' 6720-13440 features per pixel make a full run 10-15 min per row on 2 CPU cores;
 # the same budget for every row keeps the comparison fair. --full_protocol drops it (GPU).
 SHORT_PROTOCOL = {"max_epochs": 1}
 # Rows: name -> (experiment config, overrides, what it is).
