@@ -61,6 +61,14 @@ class CoarseDropout(v2.Transform):
         return tv_tensors.wrap(out, like=inpt)
 
 
+def class_permutation(num_classes: int, pairs: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Class order of a mirrored score map: class a reads b and b reads a for each pair."""
+    perm = torch.arange(num_classes)
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return perm
+
+
 def swap_classes(mask: torch.Tensor, pairs: Sequence[Sequence[int]]) -> torch.Tensor:
     """``mask`` with the two ids of every pair exchanged (e.g. left eye <-> right eye)."""
     out = mask.clone()

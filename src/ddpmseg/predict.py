@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .augment import class_permutation
 from .ensemble import PixelEnsemble
 
 
@@ -116,9 +117,7 @@ def view_logits(ens: PixelEnsemble, layers: Sequence[torch.Tensor], out_hw: tupl
     if not flipped:
         return logits
     M, _, K = logits.shape
-    order = list(range(K))
-    for a, b in flip_pairs:
-        order[a], order[b] = b, a
+    order = class_permutation(K, flip_pairs).to(logits.device)
     return logits.reshape(M, *out_hw, K).flip(2).reshape(M, -1, K)[..., order]
 
 

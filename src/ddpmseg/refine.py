@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .atomic import torch_save_atomic
-from .augment import swap_classes
+from .augment import class_permutation, swap_classes
 
 CHECKPOINT_FORMAT = "ddpmseg-refiner-v1"  # tells a refiner file apart from any other torch file
 # Floor of the first prediction's probabilities in the log-prior: ensemble votes can be exactly 0,
@@ -241,14 +241,6 @@ class MaskDenoiser(nn.Module):
         if self.prior_residual:
             logits = logits + torch.log(first_probs.clamp_min(PRIOR_FLOOR))
         return logits
-
-
-def class_permutation(num_classes: int, flip_pairs: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Channel order of a mirrored probability map: channel a reads b and b reads a for each pair."""
-    perm = torch.arange(num_classes)
-    for a, b in flip_pairs:
-        perm[a], perm[b] = b, a
-    return perm
 
 
 def hflip_sample(image: torch.Tensor, first_probs: torch.Tensor, labels: torch.Tensor,
