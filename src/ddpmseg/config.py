@@ -138,7 +138,7 @@ def _type_name(types: tuple[type, ...]) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
 
-def _check_type(key: str, value: Any, types: tuple[type, ...], where: str) -> Any:
+def check_type(key: str, value: Any, types: tuple[type, ...], where: str) -> Any:
     # JSON has one number type: accept an integer where a float is expected, never the reverse,
     # and never a bool for a number (bool is an int subclass in Python).
     if float in types and isinstance(value, int) and not isinstance(value, bool):
@@ -203,7 +203,7 @@ def validate(cfg: dict, where: str = "config") -> dict:
     out: dict[str, Any] = {}
     for key, (types, default) in DEFAULTS.items():
         if key in cfg:
-            out[key] = _check_type(key, cfg[key], types, where)
+            out[key] = check_type(key, cfg[key], types, where)
         elif default is REQUIRED:
             raise ConfigError(f"{where}: required key '{key}' is missing")
         else:
@@ -251,10 +251,7 @@ def validate(cfg: dict, where: str = "config") -> dict:
     from .augment import TTA_VIEWS  # here, not at the top: augment imports torchvision
     from .refine import refine_config
 
-    try:
-        out["refine"] = refine_config(out["refine"])
-    except ValueError as e:
-        raise ConfigError(f"{where}: 'refine': {e}") from None
+    out["refine"] = refine_config(out["refine"], where)
 
     bad = [v for v in out["tta"] if v not in TTA_VIEWS]
     if bad or len(set(map(str, out["tta"]))) != len(out["tta"]):

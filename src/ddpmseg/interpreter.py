@@ -200,9 +200,9 @@ class Run:
         store.close()
         return stats
 
-    def probabilities(self, ens, image: torch.Tensor, image_index: int) -> torch.Tensor:
-        """The ensemble's mean class probabilities [K, H, W] on one image (all test-time views)."""
-        return self.votes(ens, image, image_index).probabilities().T.reshape(self.cfg["number_class"], *self.hw)
+    def probability_map(self, votes: Votes) -> torch.Tensor:
+        """The mean class probabilities [K, H, W] of one image's votes: a refiner's first prediction."""
+        return votes.probabilities().T.reshape(self.cfg["number_class"], *self.hw)
 
     def train_refiner(self, store: FeatureStore, pixels: LabelledPixels, exp_dir: str) -> None:
         """The mask refiner (ddpmseg.refine), trained on out-of-fold first predictions."""
@@ -211,7 +211,7 @@ class Run:
         items = [self.train_set[i] for i in range(n)]
         first = out_of_fold_probabilities(
             store, pixels, c, n, s.folds, s.fold_members, os.path.join(exp_dir, "refiner_folds"),
-            lambda ens, i: self.probabilities(ens, items[i]["image"], i), str(self.device), self.log)
+            lambda ens, i: self.probability_map(self.votes(ens, items[i]["image"], i)), str(self.device), self.log)
         images = torch.stack([item["image"] for item in items])
         labels = torch.stack([torch.as_tensor(item["label"]) for item in items]).long()
         model, stats = train_refiner(images, first, labels, c["number_class"], self.fill, s,
@@ -247,8 +247,7 @@ class Run:
                 iou.update(votes.mask(mode).reshape(self.hw).cpu(), item["label"])
             pred = before = votes.mask(c["voting"]).reshape(self.hw).cpu()
             if self.refine is not None:
-                first = votes.probabilities().T.reshape(1, c["number_class"], *self.hw)
-                _, masks = refine(refiner, item["image"][None], first, settings,
+                _, masks = refine(refiner, item["image"][None], self.probability_map(votes)[None], settings,
                                   generator=generator(c["seed"], REFINE_NOISE_STREAM, i))
                 for iou, mask in zip(step_ious, masks):
                     iou.update(mask[0], item["label"])

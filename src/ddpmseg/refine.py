@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from .atomic import torch_save_atomic
 from .augment import class_permutation, swap_classes
+from .config import ConfigError, check_type
 
 CHECKPOINT_FORMAT = "ddpmseg-refiner-v1"  # tells a refiner file apart from any other torch file
 # Floor of the first prediction's probabilities in the log-prior: ensemble votes can be exactly 0,
@@ -389,29 +390,28 @@ def load_refiner(path: str, device: str | torch.device = "cpu") -> tuple[MaskDen
 REFINE_METHODS = ("ddps",)
 
 
-def refine_config(raw: dict) -> dict:
+def refine_config(raw: dict, where: str = "config") -> dict:
     """The config's ``refine`` value, checked and completed: {} stays {} (no refinement); else
-    {"method": "ddps", every RefineSettings field but seed}. ValueError says what is wrong."""
+    {"method": "ddps", every RefineSettings field but seed}. ConfigError says what is wrong."""
     if not raw:
         return {}
+    where = f"{where}: 'refine'"
     raw = dict(raw)
     method = raw.pop("method", None)
     if method not in REFINE_METHODS:
-        raise ValueError(f"'method' must be one of {list(REFINE_METHODS)}, got {method!r}")
+        raise ConfigError(f"{where}: 'method' must be one of {list(REFINE_METHODS)}, got {method!r}")
     defaults = {f.name: f.default for f in fields(RefineSettings) if f.name != "seed"}
     unknown = sorted(set(raw) - set(defaults))
     if unknown:
         why = " (the run's seed seeds the refiner)" if "seed" in unknown else ""
-        raise ValueError(f"unknown key(s) {unknown}{why}; known: {', '.join(defaults)}")
-    for key, value in raw.items():
-        want = type(defaults[key]) if defaults[key] is not None else int
-        ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            raw[key], ok = float(value), True
-        if not ok and not (key == "start_step" and value is None):
-            raise ValueError(f"'{key}' must be {want.__name__}, got {value!r}")
-    merged = {**defaults, **raw}
-    RefineSettings(**merged).validate()
+        raise ConfigError(f"{where}: unknown key(s) {unknown}{why}; known: {', '.join(defaults)}")
+    # The config's own type rules (an int is a float, a bool is no number); start_step may be null.
+    merged = {**defaults, **{k: check_type(k, v, (int, type(None)) if defaults[k] is None else (type(defaults[k]),),
+                                           where) for k, v in raw.items()}}
+    try:
+        RefineSettings(**merged).validate()
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
     return {"method": method, **merged}
 
 
