@@ -90,7 +90,7 @@ def save_prediction(exp_dir: str, stem: str, pred: np.ndarray | torch.Tensor,
         write_png_atomic(os.path.join(vis_dir, stem + "_compare.png"), side_by_side(panels))
 
 
-def image_grid(images: np.ndarray, ncol: int | None = None, gap: int = 2) -> np.ndarray:
+def image_grid(images: np.ndarray, ncol: int | None = None, gap: int = _GAP_PX) -> np.ndarray:
     """Tile uint8 [N,H,W,3] images into one RGB grid (white gaps), ``ncol`` columns
     (default: as square as possible)."""
     n, h, w, _ = images.shape
