@@ -197,6 +197,5 @@ def load_model_and_diffusion(model_path: str | None, flags: Mapping[str, Any], d
     if flags.get("use_fp16") and torch.device(device).type == "cuda":
         model.convert_to_fp16()
     elif flags.get("use_fp16"):
-        model.dtype = torch.float32
         print("note: use_fp16 ignored on CPU; the U-Net runs in float32")
     return model.eval(), diffusion

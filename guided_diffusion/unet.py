@@ -180,7 +180,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     choice, better conditioned in fp16 than scaling the product) and softmax in float32."""
     scale = 1 / math.sqrt(math.sqrt(q.shape[1]))
     weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
-    weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
+    weight = torch.softmax(weight.to(torch.promote_types(weight.dtype, torch.float32)), dim=-1).type(weight.dtype)
     return torch.einsum("bts,bcs->bct", weight, v)
 
 
@@ -268,7 +268,6 @@ class UNetModel(nn.Module):
         self.dropout, self.channel_mult = dropout, tuple(channel_mult)
         self.conv_resample, self.num_classes = conv_resample, num_classes
         self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float16 if use_fp16 else torch.float32
         self.num_heads, self.num_head_channels = num_heads, num_head_channels
         self.num_heads_upsample = num_heads_upsample
 
@@ -325,6 +324,13 @@ class UNetModel(nn.Module):
         for part in (self.input_blocks, self.middle_block, self.output_blocks):
             _convert_convs(part, torch.float16)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torso's arithmetic: its convolutions' dtype (float16 after convert_to_fp16, which
+        ``load_model`` applies for use_fp16 on CUDA; float64 after ``.double()``, used to check
+        equivalences exactly). The ``use_fp16`` argument itself only keeps the original's signature."""
+        return self.input_blocks[0][0].weight.dtype
+
     def convert_to_fp32(self) -> None:
         """Undo :meth:`convert_to_fp16`."""
         for part in (self.input_blocks, self.middle_block, self.output_blocks):
@@ -334,7 +340,7 @@ class UNetModel(nn.Module):
         """x [N, C, H, W], timesteps [N] (model-scale indices), y [N] class labels if conditional."""
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("pass y if and only if the model is class-conditional")
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(self.time_embed[0].weight.dtype))
         if self.num_classes is not None:
             emb = emb + self.label_emb(y)
         h, skips = x.type(self.dtype), []

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-# One thread: on a loaded 2-core machine, two OpenMP threads per test process oversubscribe
-# the cores and spin, making torch-heavy tests 20-40x slower; one thread is steady.
-torch.set_num_threads(1)
+# One thread unless OMP_NUM_THREADS says otherwise: on a loaded 2-core machine, two OpenMP
+# threads per test process oversubscribe the cores and spin, making torch-heavy tests 20-40x
+# slower; one thread is steady. OMP_NUM_THREADS=2 runs the suite with two, to check that no
+# tolerance holds for one thread count only.
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DDPMSEG_SHARED", REPO.parent / "shared"))

@@ -48,7 +48,9 @@ from .seeding import derived_seed, generator
 
 # Random streams of DDPM training (other modules use other numbers).
 DATA_STREAM, FLIP_STREAM, CROP_STREAM, TIMESTEP_STREAM, NOISE_STREAM, DROPOUT_STREAM = 21, 22, 23, 24, 25, 26
-PRECISIONS = ("fp32", "bf16", "fp16")
+# fp32 as published; bf16/fp16 autocast on CUDA; fp64 everywhere: float64 weights and arithmetic,
+# for checking that two ways of training (e.g. one process vs torchrun) compute the same thing.
+PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 
 
 @dataclass
@@ -77,7 +79,7 @@ class DDPMTrainOptions:
     sample_respacing: str = "ddim25"
     grid_size: int = 16
     schedule_sampler: str = "uniform"
-    # Mixed precision on CUDA; checkpoints are always float32 (the official format).
+    # Mixed precision on CUDA, or fp64 (see PRECISIONS); checkpoints are always float32 (the official format).
     precision: str = "fp32"
     random_flip: bool = True
     random_crop: bool = False
@@ -259,7 +261,7 @@ class DDPMTrainer:
         if opts.batch_size % self.world.size:
             raise ConfigError(f"batch_size {opts.batch_size} must be divisible by the number of processes "
                               f"({self.world.size}): it is the global batch, split evenly")
-        if opts.precision != "fp32" and self.world.device.type != "cuda":
+        if opts.precision in ("bf16", "fp16") and self.world.device.type != "cuda":
             raise ConfigError(f"precision {opts.precision} needs a CUDA device; on {self.world.device} use fp32")
         self.flags = {**model_and_diffusion_defaults(), **opts.model_flags}
         self.rates = ema_rates(opts.ema_rate)
@@ -273,7 +275,8 @@ class DDPMTrainer:
             self.model, self.diffusion = create_model_and_diffusion(**{**self.flags, "use_fp16": False})
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model flags: {e}") from None
-        self.model.to(self.world.device)
+        self.dtype = torch.float64 if opts.precision == "fp64" else torch.float32  # weights and loss
+        self.model.to(self.world.device, self.dtype)
         self.sampler = create_named_schedule_sampler(opts.schedule_sampler, self.diffusion)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
         self.ema = [[p.detach().clone() for p in self.model.parameters()] for _ in self.rates]
@@ -348,9 +351,9 @@ class DDPMTrainer:
                 torch_save_atomic(extra, os.path.join(folder, f"train_state{self.step:06d}.pt"))
             named = dict(zip((n for n, _ in self.model.named_parameters()), range(len(keys))))
             for rate, ema in zip(self.rates, self.ema):
-                sd = {k: ema[named[k]].detach().cpu().clone() for k in keys}
+                sd = {k: ema[named[k]].detach().cpu().float() for k in keys}
                 self._save_weights(sd, os.path.join(folder, names[f"ema_{rate}"]), f"EMA {rate}")
-            sd = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            sd = {k: v.detach().cpu().float() for k, v in self.model.state_dict().items()}
             self._save_weights(sd, os.path.join(folder, names["model"]), "raw weights")
             self.log(f"saved {names['model']} and its EMA and optimizer files")
         barrier()
@@ -367,7 +370,7 @@ class DDPMTrainer:
         """``samples_<step>.png``: a grid from the first EMA, always from the same noise."""
         if not self.world.is_main:
             return
-        net = copy.deepcopy(self.model).eval()
+        net = copy.deepcopy(self.model).float().eval()  # the samplers draw float32 noise
         with torch.no_grad():
             for p, e in zip(net.parameters(), self.ema[0]):
                 p.copy_(e)
@@ -389,13 +392,13 @@ class DDPMTrainer:
         o, w = self.opts, self.world
         per_rank = o.batch_size // w.size
         mine = slice(w.rank * per_rank, (w.rank + 1) * per_rank)
-        x = images.to(w.device).float() / 127.5 - 1  # already cropped and mirrored by the loader
+        x = images.to(w.device, self.dtype) / 127.5 - 1  # already cropped and mirrored by the loader
         rng = np.random.default_rng(derived_seed(o.seed, TIMESTEP_STREAM, self.step))
         t, weights = self.sampler.sample(o.batch_size, w.device, rng)
         t, weights = t[mine], weights[mine]
         # Drawn on the device for the whole global batch (every rank draws the same numbers).
         g = torch.Generator(device=w.device).manual_seed(derived_seed(o.seed, NOISE_STREAM, self.step))
-        noise = torch.randn((o.batch_size, *x.shape[1:]), generator=g, device=w.device)[mine]
+        noise = torch.randn((o.batch_size, *x.shape[1:]), generator=g, device=w.device)[mine].to(self.dtype)
         torch.manual_seed(derived_seed(o.seed, DROPOUT_STREAM, self.step, w.rank))
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
@@ -404,7 +407,7 @@ class DDPMTrainer:
             terms = self.diffusion.training_losses(self.ddp_model, x, t, noise=noise)
         if isinstance(self.sampler, LossAwareSampler):
             self.sampler.update_with_local_losses(t, terms["loss"].detach())
-        loss = (terms["loss"].float() * weights).mean()
+        loss = (terms["loss"].to(self.dtype) * weights).mean()
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

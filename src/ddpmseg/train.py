@@ -74,13 +74,14 @@ def model_path(exp_dir: str, member: int) -> str:
 
 def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_dir: str,
                    members: list[int], device: str = "cpu", log=print, max_steps: int | None = None,
-                   epoch_size: int | None = None) -> dict:
+                   epoch_size: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
     """Train ``members`` (indices into the ensemble) together; returns per-member stats.
 
     An epoch is ``epoch_size // batch_size`` batches from a fresh shuffle of all pixels
     (default: all of them, the original's epoch). ``max_steps`` caps the iterations (members
     still active then stop with reason "max_steps"): a compute budget for benchmarks and smoke
-    runs, not part of the published method.
+    runs, not part of the published method. ``dtype`` is the members' arithmetic: float32 as
+    published; float64 lets tests check equivalences to rounding that no CPU's kernels can move.
     """
     M, B, N = len(members), cfg["batch_size"], len(pixels.labels)
     n_batches = min(N, epoch_size or N) // B
@@ -88,17 +89,17 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
         raise ValueError(f"only {N} labelled training pixels, fewer than one batch of {B}")
     seed, K, regularizer = cfg["seed"], cfg["number_class"], cfg["regularizer"]
     gens = [member_generator(seed, m) for m in members]
-    ens = PixelEnsemble(M, store.dim, K, generators=gens, dropout=cfg["dropout"]).to(device)
+    ens = PixelEnsemble(M, store.dim, K, generators=gens, dropout=cfg["dropout"]).to(device, dtype)
     nets = [ens]
     params = list(ens.parameters())
     etf = None
     if regularizer != "none":
-        etf = load_or_create_etf(exp_dir, ens.feature_dim, K, seed).to(device)
+        etf = load_or_create_etf(exp_dir, ens.feature_dim, K, seed).to(device, dtype)
     if regularizer == "etf_decoupled":
         # The published regularizer: its own trunk (the classifier minus its last Linear) and its own
         # init stream, so the classifier trains exactly as it would with etf_beta = 0.
         trunk = PixelEnsemble(M, store.dim, K, generators=[generator(seed, m, TRUNK_STREAM) for m in members],
-                              dropout=cfg["dropout"]).to(device)
+                              dropout=cfg["dropout"]).to(device, dtype)
         nets.append(trunk)
         params += [p for n, p in trunk.named_parameters() if not n.endswith(".2")]
     for net, stream in zip(nets, (DROPOUT_STREAM, TRUNK_DROPOUT_STREAM)):
@@ -151,7 +152,7 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
             perms = [torch.randperm(N, generator=g) for g in gens]
         idx = torch.stack([p[pos * B:(pos + 1) * B] for p in perms])  # [M, B]
         img, ys, xs = pixels.coords(idx.reshape(-1))
-        x = store.pixels(img, ys, xs).reshape(M, B, store.dim).to(device, non_blocking=True)
+        x = store.pixels(img, ys, xs).reshape(M, B, store.dim).to(device, dtype, non_blocking=True)
         y = pixels.labels[idx].to(device)
         logits, features = ens(x, with_features=True)
         losses = per_member_ce(logits, y)  # the classifier's loss: what early stopping watches
