@@ -42,8 +42,8 @@ REFINE_NOISE_STREAM = 11  # seed-stream id of the refiner's re-noising at evalua
 # Errors that mean the user's input is wrong: the command-line tools print them as one line.
 INPUT_ERRORS = (ConfigError, DataError, CheckpointError)
 # Config keys that only change inference: the ones evaluate_run may override.
-INFERENCE_KEYS = ("voting", "report_all_votings", "tta", "hflip_class_pairs", "testing_path", "testing_number",
-                  "device", "uncertainty_top_fraction")
+INFERENCE_KEYS = ("voting", "report_all_votings", "tta", "hflip_class_pairs", "testing_path", "testing_masks_path",
+                  "testing_number", "device", "uncertainty_top_fraction")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,10 +102,13 @@ class Run:
     def validate_inputs(self, train: bool = True) -> None:
         """Open the datasets (the training set only if ``train``) and the U-Net; check the feature size."""
         c = self.cfg
-        ds_kw = dict(resolution=self.size, number_class=c["number_class"], ignore_label=c["ignore_label"])
+        ds_kw = dict(resolution=self.size, number_class=c["number_class"], ignore_label=c["ignore_label"],
+                     palette=c["palette"])
         if train:
-            self.train_set = ImageLabelDataset(c["training_path"], num_images=c["training_number"], **ds_kw)
-        self.test_set = ImageLabelDataset(c["testing_path"], num_images=c["testing_number"], **ds_kw)
+            self.train_set = ImageLabelDataset(c["training_path"], num_images=c["training_number"],
+                                               masks_dir=c["training_masks_path"], **ds_kw)
+        self.test_set = ImageLabelDataset(c["testing_path"], num_images=c["testing_number"],
+                                          masks_dir=c["testing_masks_path"], **ds_kw)
         if c["model_type"] == "rgb_xy":
             self.extractor = RGBPositionFeatures()
         elif c["model_type"] in BACKBONE_INPUT_ACTIVATIONS:
