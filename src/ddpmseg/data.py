@@ -85,22 +85,24 @@ def image_transform(resolution: int) -> transforms.Compose:
     return transforms.Compose([transforms.Resize(resolution), transforms.ToTensor(), transforms.Lambda(_to_signed)])
 
 
-def load_rgb(path: str) -> Image.Image:
-    """The RGB picture an image viewer shows for ``path``: EXIF orientation applied, 16-bit grey
-    scaled to 8 bits, transparency composited over white, CMYK/grey/palette converted to RGB.
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The RGB picture an image viewer shows: EXIF orientation applied, 16-bit grey scaled to 8 bits,
+    transparency composited over white, CMYK/grey/palette converted to RGB."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I"):  # 16-bit (or 32-bit int) grey: 0..65535 -> 0..255
+        grey = np.asarray(img, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
 
-    The pixels are fully decoded here, so a truncated file fails now and not mid-run.
-    """
+
+def load_rgb(path: str) -> Image.Image:
+    """``to_rgb`` of the image file ``path``, fully decoded, so a truncated file fails now and not mid-run."""
     with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode.startswith("I"):  # 16-bit (or 32-bit int) grey: 0..65535 -> 0..255
-            grey = np.asarray(img, dtype=np.float64) / 257.0
-            return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB")
-        return img.convert("RGB")
+        return to_rgb(img)
 
 
 def read_mask(path: str, palette: list | None = None) -> np.ndarray:
