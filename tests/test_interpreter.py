@@ -48,7 +48,8 @@ def test_end_to_end_writes_every_output(tmp_path, data, tiny64_checkpoint, capsy
         pred = np.load(out / "predictions" / f"{stem}.npy")
         assert pred.shape == (64, 64) and pred.max() < 19
         assert Image.open(out / "visualizations" / f"{stem}.png").size == (64, 64)
-        assert Image.open(out / "visualizations" / f"{stem}_compare.png").size == (3 * 64 + 4, 64)
+        width, height = Image.open(out / "visualizations" / f"{stem}_compare.png").size
+        assert width == 3 * 64 + 4 and height > 64 + 14  # panels, a title line above, a class legend below
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["miou"] <= metrics["miou_present"] <= 1
     assert list(metrics["per_class_iou"])[:3] == ["background", "skin", "nose"]

@@ -262,7 +262,7 @@ class Run:
                 pred = masks[-1][0]
             uncertainties[item["stem"]] = image_uncertainty(votes.uncertainty(), c["uncertainty_top_fraction"])
             save_prediction(out_dir, item["stem"], pred, image=item["image"], gt=item["label"], palette=c["palette"],
-                            before=before if self.refine is not None else None)
+                            before=before if self.refine is not None else None, class_names=c["class_names"])
         self.timings["evaluation_s"] = time.time() - t0
         result = ious[c["voting"]].result()
         if self.refine is not None:
