@@ -125,7 +125,7 @@ def _labels_found(images: str, masks: str, palette: list | None) -> np.ndarray:
 
 def _feature_width(cfg: dict, flags: dict, log: Callable[[str], None]) -> int:
     """Channels per pixel that the U-Net gives for cfg's steps and blocks, from a forward pass."""
-    run = Run({**cfg, "dim": [cfg["dim"][0], cfg["dim"][0], 1]}, flags, log)
+    run = Run(cfg, flags, log)
     try:
         run.open_backbone()
     except ValueError as e:  # blocks or steps this U-Net does not have
