@@ -70,7 +70,7 @@ def _folder(tmp_path):
 
 def test_segment_folder_outputs_resume_and_unreadable_file(tmp_path, tiny_interpreter_run, capsys):
     folder, sizes = _folder(tmp_path)
-    out = tmp_path / "out"
+    out = folder / "segmented"  # inside the input folder: a rerun must not take its own PNGs as inputs
     assert segment.main(["--run", str(tiny_interpreter_run), "--images", str(folder), "--out", str(out)]) == 0
     err = capsys.readouterr()
     assert "warning:" in err.out + err.err and "broken.png" in err.out + err.err

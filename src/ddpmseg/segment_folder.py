@@ -40,13 +40,15 @@ def uncertainty_image(uncertainty: np.ndarray) -> np.ndarray:
     return np.rint(rgb).astype(np.uint8)
 
 
-def list_inputs(sources: list[str]) -> dict[str, str]:
+def list_inputs(sources: list[str], out_dir: str | None = None) -> dict[str, str]:
     """Output stem -> image path for folders (searched recursively; stem = path below the folder)
-    and files given by name (stem = file name without extension)."""
+    and files given by name (stem = file name without extension). Files under ``out_dir`` are not
+    inputs: an output folder inside an input folder must not feed a rerun its own PNGs."""
     found: dict[str, str] = {}
+    out = os.path.join(os.path.realpath(out_dir), "") if out_dir else None
     for src in sources:
         if os.path.isdir(src):
-            paths = sorted(list_image_files(src))
+            paths = sorted(p for p in list_image_files(src) if not (out and os.path.realpath(p).startswith(out)))
             if not paths:
                 raise DataError(f"no images in {src}: files count as images when their name ends in "
                                 f".{', .'.join(IMAGE_EXTENSIONS)} (any case), searched recursively")
@@ -89,7 +91,7 @@ def segment_images(segmenter: Segmenter, sources: list[str], out_dir: str,
                    warn: Callable[[str], None] = tqdm.write) -> dict[str, int]:
     """Segment every image of ``sources`` into ``out_dir``; returns counts of segmented, skipped
     (finished before) and unreadable images. Raises DataError when nothing could be segmented."""
-    inputs = list_inputs(sources)
+    inputs = list_inputs(sources, out_dir)
     names, k = segmenter.class_names, len(segmenter.class_names)
     columns = ["stem", "file", "width", "height", "uncertainty"] + [f"fraction_{n}" for n in names]
     csv_path = os.path.join(out_dir, CSV_NAME)
