@@ -54,6 +54,9 @@ def test_non_square_image_is_segmented_at_its_own_size(tiny_interpreter_run):
     assert out.probabilities.shape == (19, 64, 150)
     assert np.allclose(out.probabilities.sum(0), 1, atol=1e-5)  # window means and bilinear weights sum to 1
     assert np.array_equal(out.mask, out.probabilities.argmax(0)) and (out.uncertainty >= -1e-6).all()
+    lean = seg.predict(wide, probabilities=False)  # one class map at a time: the same mask and uncertainty
+    assert lean.probabilities is None and np.array_equal(lean.mask, out.mask)
+    assert np.array_equal(lean.uncertainty, out.uncertainty) and lean.score == out.score
 
 
 def _folder(tmp_path):

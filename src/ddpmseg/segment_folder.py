@@ -105,7 +105,7 @@ def segment_images(segmenter: Segmenter, sources: list[str], out_dir: str,
             warn(f"warning: {path}: cannot be read as an image ({type(e).__name__}: {e}); skipped")
             counts["unreadable"] += 1
             continue
-        seg = segmenter.predict(image)
+        seg = segmenter.predict(image, probabilities=False)
         base = os.path.join(out_dir, stem)
         write_mask_png(base + ".png", seg.mask, k)
         coloured = colorize_mask(seg.mask, segmenter.palette).astype(np.float64)

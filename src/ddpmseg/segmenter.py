@@ -36,7 +36,8 @@ WINDOW_OVERLAP = 0.5
 class Segmentation:
     """One image's result, all at the image's own size (H, W)."""
     mask: np.ndarray           # [H, W] int64 class ids: argmax of ``probabilities``
-    probabilities: np.ndarray  # [K, H, W] float32 class distribution under the run's voting (or refiner)
+    probabilities: np.ndarray | None  # [K, H, W] float32 class distribution under the run's voting (or
+    # refiner); None when predict(..., probabilities=False) spared the K full-size maps
     uncertainty: np.ndarray    # [H, W] float32 members' mutual information per pixel, in nats
     score: float               # the image's uncertainty: mean of its top uncertainty_top_fraction pixels
 
@@ -93,8 +94,12 @@ class Segmenter:
         return probs.float().cpu(), votes.uncertainty().reshape(run.hw).float().cpu()
 
     @torch.no_grad()
-    def predict(self, image: Image.Image) -> Segmentation:
-        """Segment one PIL image (any mode, size and aspect; EXIF orientation is applied)."""
+    def predict(self, image: Image.Image, probabilities: bool = True) -> Segmentation:
+        """Segment one PIL image (any mode, size and aspect; EXIF orientation is applied).
+
+        ``probabilities=False`` resizes one class map at a time and keeps only the running argmax,
+        so a large photo needs a few [H, W] maps instead of K of them (same mask).
+        """
         rgb = to_rgb(image)
         width, height = rgb.size
         x = self.transform(rgb)
@@ -108,8 +113,17 @@ class Segmenter:
             unc_sum[top:top + size, left:left + size] += unc
             cover[top:top + size, left:left + size] += 1
         probs, unc = prob_sum / cover, unc_sum / cover
-        if (h, w) != (height, width):
-            probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-            unc = F.interpolate(unc[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-        return Segmentation(mask=probs.argmax(0).numpy(), probabilities=probs.numpy(), uncertainty=unc.numpy(),
-                            score=image_uncertainty(unc, self.cfg["uncertainty_top_fraction"]))
+        full_size = (lambda m: m) if (h, w) == (height, width) else (
+            lambda m: F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False))
+        unc = full_size(unc[None, None])[0, 0]
+        if probabilities:
+            probs = full_size(probs[None])[0]
+            mask = probs.argmax(0)
+        else:
+            best, mask = full_size(probs[None, :1])[0, 0], torch.zeros(height, width, dtype=torch.long)
+            for c in range(1, k):
+                p = full_size(probs[None, c:c + 1])[0, 0]
+                mask[p > best] = c  # strictly greater: ties keep the lower id, as argmax does
+                best = torch.maximum(best, p)
+        return Segmentation(mask=mask.numpy(), probabilities=probs.numpy() if probabilities else None,
+                            uncertainty=unc.numpy(), score=image_uncertainty(unc, self.cfg["uncertainty_top_fraction"]))
