@@ -133,3 +133,9 @@ def test_two_folder_layout_errors(tmp_path, breakage, message):
     with pytest.raises(DataError) as e:
         ImageLabelDataset(str(tmp_path / "d"), 64, number_class=19, ignore_label=None, palette=palette)
     assert message in str(e.value)
+
+
+def test_masks_folder_may_be_the_images_folder_with_npy_labels():
+    folder = require(CELEBAMASK64) / "real" / "train"
+    ds = ImageLabelDataset(str(folder), 64, number_class=19, ignore_label=None, masks_dir=str(folder))
+    assert len(ds) == 20 and np.array_equal(ds[0]["label"].numpy(), np.load(folder / f"{ds[0]['stem']}.npy"))

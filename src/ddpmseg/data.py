@@ -177,13 +177,13 @@ def _stem_key(path: str, root: str) -> str:
     return os.path.splitext(os.path.relpath(path, root))[0]
 
 
-def _mask_index(masks_dir: str) -> dict[str, list[str]]:
-    """Mask candidates below ``masks_dir`` by stem key (JPEGs included, to reject them by name)."""
+def _mask_index(masks_dir: str, extensions: tuple[str, ...]) -> dict[str, list[str]]:
+    """Files below ``masks_dir`` with one of ``extensions``, by stem key."""
     found: dict[str, list[str]] = {}
     for root, dirs, files in os.walk(masks_dir):
         dirs.sort()
         for name in sorted(files):
-            if "." in name and name.rsplit(".", 1)[-1].lower() in MASK_EXTENSIONS + ("jpg", "jpeg"):
+            if "." in name and name.rsplit(".", 1)[-1].lower() in extensions:
                 path = os.path.join(root, name)
                 found.setdefault(_stem_key(path, masks_dir), []).append(path)
     return found
@@ -253,7 +253,9 @@ class ImageLabelDataset(torch.utils.data.Dataset):
                     f"(<stem>.npy beside <stem>.png):{_listing(missing)}\n"
                     f"Add the labels, or remove the unlabelled images from the folder.")
             return {p: label_path(p) for p in self.image_paths}
-        masks = _mask_index(self.masks_dir)
+        # JPEGs are listed to be rejected by name; in the images' own folder only .npy files are masks.
+        same = os.path.realpath(self.masks_dir) == os.path.realpath(self.data_dir)
+        masks = _mask_index(self.masks_dir, ("npy",) if same else MASK_EXTENSIONS + ("jpg", "jpeg"))
         stems = {_stem_key(p, self.data_dir) for p in all_paths}
         orphans = [p for key, found in masks.items() if key not in stems for p in found]
         if orphans:
