@@ -9,7 +9,6 @@ of folders of links to the user's files, so the config keeps the folder-per-spli
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 import random
