@@ -95,6 +95,10 @@ def test_segment_folder_outputs_resume_and_unreadable_file(tmp_path, tiny_interp
     assert segment.main(["--run", str(tiny_interpreter_run), "--images", str(folder), "--out", str(out)]) == 0
     assert "already done 3" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing segmented again
+    # a folder segmented with other classes cannot be resumed: its rows would be taken as done
+    (out / "segments.csv").write_text("stem,file,width,height,uncertainty,fraction_sky\n")
+    assert segment.main(["--run", str(tiny_interpreter_run), "--images", str(folder), "--out", str(out)]) == 2
+    assert "written for other classes" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", ["empty", "only_unreadable", "missing"])

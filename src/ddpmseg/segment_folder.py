@@ -65,11 +65,17 @@ def list_inputs(sources: list[str], out_dir: str | None = None) -> dict[str, str
     return found
 
 
-def _read_rows(path: str) -> dict[str, dict[str, str]]:
+def _read_rows(path: str, columns: list[str]) -> dict[str, dict[str, str]]:
+    """The rows of an earlier run into the same folder; its columns must be these (same classes)."""
     if not os.path.isfile(path):
         return {}
     with open(path, newline="") as f:
-        return {row["stem"]: row for row in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        rows = {row["stem"]: row for row in reader} if reader.fieldnames == columns else None
+    if rows is None:
+        raise DataError(f"{path} was written for other classes ({reader.fieldnames}), so its images cannot count "
+                        f"as done; segment into another --out folder")
+    return rows
 
 
 def _write_rows(path: str, rows: dict[str, dict], columns: list[str]) -> None:
@@ -95,7 +101,7 @@ def segment_images(segmenter: Segmenter, sources: list[str], out_dir: str,
     names, k = segmenter.class_names, len(segmenter.class_names)
     columns = ["stem", "file", "width", "height", "uncertainty"] + [f"fraction_{n}" for n in names]
     csv_path = os.path.join(out_dir, CSV_NAME)
-    rows = _read_rows(csv_path)
+    rows = _read_rows(csv_path, columns)
     todo = {s: p for s, p in inputs.items() if s not in rows}
     counts = {"segmented": 0, "skipped": len(inputs) - len(todo), "unreadable": 0}
     for stem, path in tqdm(todo.items(), desc="segmenting", unit="img", dynamic_ncols=True):
