@@ -113,3 +113,22 @@ def test_segment_exits_2_when_nothing_can_be_segmented(tmp_path, tiny_interprete
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and err.strip().splitlines()[-1].startswith("error:")
     assert not (tmp_path / "out").exists()
+
+
+def test_refined_run_with_test_time_views_segments_as_evaluation_did(tmp_path, tiny64_checkpoint):
+    """A run with a refiner and a random test-time view: window 0 draws the same view and refiner noise as
+    evaluation's test image 0, so that image's mask is the evaluation's."""
+    import train_interpreter
+    from conftest import FAST_INTERPRETER
+
+    data = require(CELEBAMASK64) / "real"
+    refine = {"method": "ddps", "iterations": 20, "width": 8, "folds": 2, "fold_members": 1, "steps": 3}
+    assert train_interpreter.main([
+        "--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(tmp_path / "exp"), "--training_path",
+        str(data / "train"), "--testing_path", str(data / "test"), "--model_path", str(tiny64_checkpoint),
+        *FAST_INTERPRETER, "--set", f"refine={json.dumps(refine)}", "--set", 'tta=["color_jitter_hflip"]']) == 0
+    run = tmp_path / "exp" / "50_4_5_6_7_8"
+    first = _test_images(1)[0]
+    out = Segmenter.from_run(str(run)).predict(Image.open(first))
+    assert np.array_equal(out.mask, np.load(run / "predictions" / f"{first.stem}.npy"))
+    assert np.allclose(out.probabilities.sum(0), 1, atol=1e-5)  # the refiner's softmax
