@@ -2,9 +2,9 @@
 
     python evaluate.py --run <run folder> [--set voting=soft] [--set 'tta=["hflip"]'] [--out DIR]
 
-The run folder's config.json is the only input; only inference keys (voting,
-report_all_votings, tta, testing_path, testing_number, device, uncertainty_top_fraction) may
-be overridden. Outputs (config.json, metrics.json, predictions, visualizations) go to --out,
+The run folder's config.json is the only input; only inference keys (voting, report_all_votings,
+tta, hflip_class_pairs, testing_path, testing_masks_path, testing_number, device,
+uncertainty_top_fraction) may be overridden. Outputs (config.json, metrics.json, predictions, visualizations) go to --out,
 by default a sub-folder of the run named after the overrides.
 """
 import argparse

@@ -13,7 +13,7 @@ from ddpmseg.cli import add_model_flag_args, passed_model_flags, run_cli
 from ddpmseg.config import load_config, parse_override
 from ddpmseg.interpreter import resolve_model_flags, run_interpreter
 
-PATH_KEYS = ("exp_dir", "training_path", "testing_path", "model_path")
+PATH_KEYS = ("exp_dir", "training_path", "training_masks_path", "testing_path", "testing_masks_path", "model_path")
 
 
 def parse_args(argv=None):

@@ -75,7 +75,8 @@ def test_run_writes_every_output(resumed):
     assert cfg["deeplab_backbone"] == "mobilenet_v3_large" and cfg["training_number"] == 2
     stems = sorted(p.stem for p in (require(CELEBAMASK64) / "real" / "test").glob("*.png"))[:2]
     for stem in stems:
-        assert Image.open(folder / "visualizations" / f"{stem}_compare.png").size == (3 * 64 + 4, 64)
+        width, height = Image.open(folder / "visualizations" / f"{stem}_compare.png").size
+        assert width == 3 * 64 + 4 and height > 64 + 14  # panels, a title line above, a class legend below
         pred = np.load(folder / "predictions" / f"{stem}.npy")
         assert pred.shape == (64, 64) and pred.max() < 19
     assert "| **mIoU** (19 classes)" in (folder / "per_class_iou.md").read_text()

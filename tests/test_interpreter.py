@@ -48,7 +48,8 @@ def test_end_to_end_writes_every_output(tmp_path, data, tiny64_checkpoint, capsy
         pred = np.load(out / "predictions" / f"{stem}.npy")
         assert pred.shape == (64, 64) and pred.max() < 19
         assert Image.open(out / "visualizations" / f"{stem}.png").size == (64, 64)
-        assert Image.open(out / "visualizations" / f"{stem}_compare.png").size == (3 * 64 + 4, 64)
+        width, height = Image.open(out / "visualizations" / f"{stem}_compare.png").size
+        assert width == 3 * 64 + 4 and height > 64 + 14  # panels, a title line above, a class legend below
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["miou"] <= metrics["miou_present"] <= 1
     assert list(metrics["per_class_iou"])[:3] == ["background", "skin", "nose"]
@@ -213,8 +214,9 @@ def test_refinement_trains_on_out_of_fold_predictions_and_reports_before_and_aft
     assert metrics["miou"] == ref["miou_after"] == ref["miou_by_step"][-1]
     assert 0 <= ref["miou_before"] <= 1 and set(ref["per_class_iou_before"]) == set(metrics["per_class_iou"])
     stem = sorted(p.stem for p in (data / "test").glob("*.png"))[0]
-    # image | ground truth | ensemble | refined
-    assert Image.open(out / "visualizations" / f"{stem}_compare.png").size == (4 * 64 + 6, 64)
+    # image | ground truth | ensemble | refined, a title line above, a class legend below
+    width, height = Image.open(out / "visualizations" / f"{stem}_compare.png").size
+    assert width == 4 * 64 + 6 and height > 64 + 14
     assert "refinement: mIoU" in (out / "log.txt").read_text()
 
     # Resuming finds every member and the refiner: nothing is trained again, the numbers repeat.

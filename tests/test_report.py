@@ -100,3 +100,21 @@ def test_failed_rename_leaves_nothing(tmp_path, monkeypatch):
         save_prediction(str(tmp_path), "x", np.zeros((4, 4), int), palette=[[0, 0, 0]] * 2)
     assert os.listdir(tmp_path) == ["predictions"]
     assert os.listdir(tmp_path / "predictions") == []
+
+
+def test_compare_figure_has_column_titles_and_a_legend_of_the_classes_shown(tmp_path):
+    pal = _palette()
+    names = [f"class{i}" for i in range(len(pal))]
+    pred, gt = np.full((64, 64), 13), np.zeros((64, 64), np.int64)
+    save_prediction(str(tmp_path), "t", pred, image=torch.zeros(3, 64, 64), gt=gt, palette=pal, class_names=names)
+    fig = np.asarray(Image.open(tmp_path / "visualizations" / "t_compare.png").convert("RGB"))
+    title_px, panels_px = 14, 64
+    assert fig.shape[1] == 3 * 64 + 4 and fig.shape[0] > title_px + panels_px
+    band = fig[:title_px]
+    for x0 in (0, 66, 132):  # each column has dark title text above it
+        assert (band[:, x0:x0 + 64].sum(-1) < 200).any()
+    assert fig[title_px + 10, 140].tolist() == pal[13]  # the panels moved down by the title line
+    legend = fig[title_px + panels_px:]
+    colours = {tuple(c) for c in legend.reshape(-1, 3).tolist()}
+    assert tuple(pal[0]) in colours and tuple(pal[13]) in colours  # swatches of the two classes shown
+    assert not any(tuple(pal[c]) in colours for c in (1, 2, 5))    # and of no other class

@@ -30,6 +30,10 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # Read by DatasetDDPM's DeepLab stage only; the interpreter never uses it.
     "validation_path": ((str,), ""),
     "testing_path": ((str,), REQUIRED),
+    # --- additions: masks in their own folder (ddpmseg.data.resolve_folders); "" = .npy labels beside
+    # the images, or the images/ + masks/ sub-folders of the dataset folder when it has both ---
+    "training_masks_path": ((str,), ""),
+    "testing_masks_path": ((str,), ""),
     "model_path": ((str,), REQUIRED),
     # Build the backbone with random weights drawn from ``seed`` instead of loading model_path
     # (which must then be ""): the untrained-backbone control, and runs without a download.

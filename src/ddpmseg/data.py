@@ -1,4 +1,5 @@
-"""Image/label folders in the ddpm-segmentation layout: ``<stem>.png`` beside ``<stem>.npy``.
+"""Image/label folders: the ddpm-segmentation layout (``<stem>.png`` beside ``<stem>.npy``) or two
+folders ``images/`` + ``masks/`` with the same stems, masks as ``.npy`` or PNG (see ``read_mask``).
 
 Everything about a folder is checked when the dataset is built, so that a broken dataset
 fails in seconds, before features are extracted or anything is written to the experiment dir.
@@ -10,11 +11,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms
 
-# guided-diffusion's `_list_image_files_recursively` decides by the last name suffix only.
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
+# Decided by the last name suffix only, like guided-diffusion's `_list_image_files_recursively`
+# (its jpg, jpeg, png, gif), plus the other formats cameras and labelling tools write.
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff")
+# Lossless formats a mask may have in a masks/ folder; a lossy JPEG would blur class colours and ids.
+MASK_EXTENSIONS = ("npy", "png", "bmp", "tif", "tiff")
+# Single-channel image modes whose pixel values are the class ids themselves.
+_ID_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
 # How many offending files a message names before it says "and N more".
 _MAX_LISTED = 5
 
@@ -71,10 +77,116 @@ def _to_signed(x: torch.Tensor) -> torch.Tensor:
     return 2 * x - 1
 
 
-def _read_image(path: str) -> Image.Image:
-    # convert() forces a full decode, so a truncated file fails here and not mid-run.
+def image_transform(resolution: int) -> transforms.Compose:
+    """PIL RGB image -> float32 [3, h, w] in [-1, 1], the short side scaled to ``resolution``.
+
+    torchvision's default Resize is bilinear with antialias, as the original's 'ddpm' transform.
+    """
+    return transforms.Compose([transforms.Resize(resolution), transforms.ToTensor(), transforms.Lambda(_to_signed)])
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The RGB picture an image viewer shows: EXIF orientation applied, 16-bit grey scaled to 8 bits,
+    transparency composited over white, CMYK/grey/palette converted to RGB."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I"):  # 16-bit (or 32-bit int) grey: 0..65535 -> 0..255
+        grey = np.asarray(img, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str) -> Image.Image:
+    """``to_rgb`` of the image file ``path``, fully decoded, so a truncated file fails now and not mid-run."""
     with Image.open(path) as img:
-        return img.convert("RGB")
+        return to_rgb(img)
+
+
+def read_mask(path: str, palette: list | None = None) -> np.ndarray:
+    """Class ids [H, W] of one mask file: ``.npy`` (integer array); a single-channel image (L, P, I;16,
+    1) whose values are the ids; or an RGB(A) image whose colours are ``palette`` entries (class id =
+    index; alpha ignored). A colour not in the palette is an error that names it and its pixel count:
+    a nearest colour would silently relabel anti-aliased edges or a mistyped colour.
+    """
+    if path.lower().endswith(".npy"):
+        try:
+            return np.load(path, allow_pickle=False)
+        except Exception as e:  # truncated, pickled or not-an-npy files
+            raise DataError(f"{path}: cannot be read as a .npy array ({type(e).__name__}: {e}); "
+                            f"write it with np.save") from None
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            mode = img.mode
+            pixels = np.asarray(img.convert("RGB") if mode == "RGBA" else img)
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise DataError(f"{path}: cannot be read as a mask image ({type(e).__name__}: {e}); "
+                        f"replace or remove the file") from None
+    if mode in _ID_MODES:
+        return pixels.astype(np.int64) if mode == "1" else pixels
+    if mode not in ("RGB", "RGBA"):
+        raise DataError(f"{path}: mask mode {mode} is neither class ids (L, P or I;16 PNG) nor RGB colours; "
+                        f"save it as one of these")
+    return _colours_to_ids(path, pixels, palette)
+
+
+def _colours_to_ids(path: str, rgb: np.ndarray, palette: list | None) -> np.ndarray:
+    if not palette:
+        raise DataError(f"{path}: an RGB mask needs the class colours: set 'palette' in the config "
+                        f"(new_experiment.py: 'name R G B' lines in --classes)")
+    codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    pal = [(int(r) << 16) | (int(g) << 8) | int(b) for r, g, b in palette]
+    if len(set(pal)) != len(pal):
+        raise DataError(f"{path}: the config's palette gives two classes the same colour, so RGB masks "
+                        f"are ambiguous; make every class colour distinct")
+    colours, inverse, counts = np.unique(codes.ravel(), return_inverse=True, return_counts=True)
+    class_of = {c: k for k, c in enumerate(pal)}
+    unknown = [(int(n), int(c)) for c, n in zip(colours, counts) if int(c) not in class_of]
+    if unknown:
+        unknown.sort(reverse=True)
+        named = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255}) on {n} pixels" for n, c in unknown[:_MAX_LISTED])
+        more = f" and {len(unknown) - _MAX_LISTED} more colours" if len(unknown) > _MAX_LISTED else ""
+        raise DataError(f"{path}: colour(s) not in the palette: {named}{more}; paint those pixels with a class "
+                        f"colour, or add the colour to the palette (masks must be saved without anti-aliasing)")
+    ids = np.array([class_of[int(c)] for c in colours], dtype=np.int64)
+    return ids[inverse].reshape(codes.shape)
+
+
+def resolve_folders(data_dir: str, masks_dir: str = "") -> tuple[str, str | None]:
+    """(images folder, masks folder or None for ``.npy`` labels beside the images).
+
+    ``masks_dir`` names the masks folder explicitly; otherwise a dataset folder holding exactly
+    ``images/`` and ``masks/`` sub-folders is the two-folder layout.
+    """
+    if masks_dir:
+        if not os.path.isdir(masks_dir):
+            raise DataError(f"masks folder not found: {masks_dir} (check the *_masks_path in the config; "
+                            f"relative paths are resolved from {os.getcwd()})")
+        return data_dir, masks_dir
+    images, masks = os.path.join(data_dir, "images"), os.path.join(data_dir, "masks")
+    if os.path.isdir(images) and os.path.isdir(masks):
+        return images, masks
+    return data_dir, None
+
+
+def _stem_key(path: str, root: str) -> str:
+    """An image's or mask's path below its folder, without the extension: what pairs them."""
+    return os.path.splitext(os.path.relpath(path, root))[0]
+
+
+def _mask_index(masks_dir: str, extensions: tuple[str, ...]) -> dict[str, list[str]]:
+    """Files below ``masks_dir`` with one of ``extensions``, by stem key."""
+    found: dict[str, list[str]] = {}
+    for root, dirs, files in os.walk(masks_dir):
+        dirs.sort()
+        for name in sorted(files):
+            if "." in name and name.rsplit(".", 1)[-1].lower() in extensions:
+                path = os.path.join(root, name)
+                found.setdefault(_stem_key(path, masks_dir), []).append(path)
+    return found
 
 
 def _check_label(path: str, label: np.ndarray, hw: tuple[int, int],
@@ -101,7 +213,8 @@ def _check_label(path: str, label: np.ndarray, hw: tuple[int, int],
 
 
 class ImageLabelDataset(torch.utils.data.Dataset):
-    """The first ``num_images`` sorted images of a folder, with their ``.npy`` labels.
+    """The first ``num_images`` sorted images of a folder, with their labels: ``.npy`` files beside
+    them, or the masks in ``masks_dir`` (or in ``<data_dir>/masks`` beside ``<data_dir>/images``).
 
     Items are dicts: "image" float32 [3,S,S] in [-1,1], "label" int64 [S,S] raw class ids
     (ignore pixels keep ignore_label; absent when require_labels=False), "path", "stem".
@@ -109,10 +222,11 @@ class ImageLabelDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_dir: str, resolution: int, num_images: int = -1,
                  number_class: int | None = None, ignore_label: int | None = None,
-                 require_labels: bool = True) -> None:
+                 require_labels: bool = True, masks_dir: str = "", palette: list | None = None) -> None:
         if not os.path.isdir(data_dir):
             raise DataError(f"dataset folder not found: {data_dir} (check the path in the config; "
                             f"relative paths are resolved from {os.getcwd()})")
+        data_dir, self.masks_dir = resolve_folders(data_dir, masks_dir)
         paths = sorted(list_image_files(data_dir))
         if not paths:
             raise DataError(f"no images in {data_dir}: files count as images when their name ends "
@@ -122,26 +236,53 @@ class ImageLabelDataset(torch.utils.data.Dataset):
         self.image_paths = paths[:num_images] if num_images > 0 else paths
         self.resolution = resolution
         self.require_labels = require_labels
-        # torchvision's default Resize is bilinear with antialias, as the original's 'ddpm' transform.
-        self.transform = transforms.Compose([
-            transforms.Resize(resolution),
-            transforms.ToTensor(),
-            transforms.Lambda(_to_signed),
-        ])
+        self.palette = palette
+        self.transform = image_transform(resolution)
+        self.label_paths: dict[str, str] = {}
+        if require_labels:
+            self.label_paths = self._find_labels(paths)
         self._validate(number_class, ignore_label)
 
-    def _validate(self, number_class: int | None, ignore_label: int | None) -> None:
-        if self.require_labels:
+    def _find_labels(self, all_paths: list[str]) -> dict[str, str]:
+        """The label file of each used image; every mask must belong to an image of the folder."""
+        if self.masks_dir is None:
             missing = [label_path(p) for p in self.image_paths if not os.path.isfile(label_path(p))]
             if missing:
                 raise DataError(
                     f"{len(missing)} of {len(self.image_paths)} images have no label file "
                     f"(<stem>.npy beside <stem>.png):{_listing(missing)}\n"
                     f"Add the labels, or remove the unlabelled images from the folder.")
+            return {p: label_path(p) for p in self.image_paths}
+        # JPEGs are listed to be rejected by name; in the images' own folder only .npy files are masks.
+        same = os.path.realpath(self.masks_dir) == os.path.realpath(self.data_dir)
+        masks = _mask_index(self.masks_dir, ("npy",) if same else MASK_EXTENSIONS + ("jpg", "jpeg"))
+        stems = {_stem_key(p, self.data_dir) for p in all_paths}
+        orphans = [p for key, found in masks.items() if key not in stems for p in found]
+        if orphans:
+            raise DataError(f"{len(orphans)} mask(s) in {self.masks_dir} have no image of the same stem in "
+                            f"{self.data_dir}:{_listing(orphans)}\nRename them to their image's stem, "
+                            f"or remove them.")
+        found, problems = {}, []
+        for p in self.image_paths:
+            candidates = masks.get(_stem_key(p, self.data_dir), [])
+            if len(candidates) != 1:
+                problems.append(f"{p}: " + (f"no mask <stem>.{{{','.join(MASK_EXTENSIONS)}}} in {self.masks_dir}"
+                                            if not candidates else f"several masks {candidates}; keep one"))
+            elif candidates[0].lower().endswith((".jpg", ".jpeg")):
+                problems.append(f"{candidates[0]}: JPEG is lossy and blurs class colours; export the mask "
+                                f"as PNG")
+            else:
+                found[p] = candidates[0]
+        if problems:
+            raise DataError(f"{len(problems)} of {len(self.image_paths)} images have no usable mask:"
+                            f"{_listing(problems)}")
+        return found
+
+    def _validate(self, number_class: int | None, ignore_label: int | None) -> None:
         problems: list[str] = []
         for path in self.image_paths:
             try:
-                width, height = _read_image(path).size
+                width, height = load_rgb(path).size
             except Exception as e:  # PIL raises many types for corrupt files
                 problems.append(f"{path}: cannot be read as an image ({type(e).__name__}: {e}); "
                                 f"replace or remove the file")
@@ -152,12 +293,11 @@ class ImageLabelDataset(torch.utils.data.Dataset):
                 continue
             if not self.require_labels:
                 continue
-            lpath = label_path(path)
+            lpath = self.label_paths[path]
             try:
-                label = np.load(lpath, allow_pickle=False)
-            except Exception as e:  # truncated, pickled or not-an-npy files
-                problems.append(f"{lpath}: cannot be read as a .npy array ({type(e).__name__}: {e}); "
-                                f"write it with np.save")
+                label = read_mask(lpath, self.palette)
+            except DataError as e:
+                problems.append(str(e))
                 continue
             problem = _check_label(lpath, label, (height, width), number_class, ignore_label)
             if problem:
@@ -172,12 +312,12 @@ class ImageLabelDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         path = self.image_paths[i]
         item: dict[str, Any] = {
-            "image": self.transform(_read_image(path)),
+            "image": self.transform(load_rgb(path)),
             "path": path,
             "stem": os.path.splitext(os.path.basename(path))[0],
         }
         if self.require_labels:
-            label = np.load(label_path(path), allow_pickle=False).astype(np.int64)
+            label = read_mask(self.label_paths[path], self.palette).astype(np.int64)
             item["label"] = torch.from_numpy(nearest_resize(label, self.resolution))
         return item
 

@@ -40,7 +40,7 @@ from guided_diffusion.script_util import create_model_and_diffusion, model_and_d
 
 from .atomic import torch_save_atomic, write_json_atomic
 from .config import ConfigError
-from .data import DataError, list_image_files
+from .data import DataError, list_image_files, load_rgb
 from .distributed import World, all_reduce_sum, barrier, init_world
 from .report import image_grid, to_uint8_images, write_png_atomic
 from .sampling import sample_batch, sampling_diffusion
@@ -174,8 +174,7 @@ class UnlabelledImages(torch.utils.data.Dataset):
         index, crop_seed, mirror = item
         path = self.paths[index]
         try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
+            img = load_rgb(path)  # as a viewer shows it: EXIF orientation, 16-bit, alpha over white
         except Exception as e:  # PIL raises many types for corrupt files
             raise DataError(f"{path}: cannot be read as an image ({type(e).__name__}: {e}); "
                             f"replace or remove it") from None

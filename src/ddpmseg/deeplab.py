@@ -345,7 +345,7 @@ class DeepLabRun:
             iou.update(pred, batch["label"])
             for j, stem in enumerate(batch["stem"] if out_dir else []):
                 save_prediction(out_dir, stem, pred[j], image=batch["image"][j], gt=batch["label"][j],
-                                palette=c["palette"])
+                                palette=c["palette"], class_names=c["class_names"])
         return iou.result()
 
     def select_epoch(self) -> tuple[int, dict[int, float], dict[int, float]]:

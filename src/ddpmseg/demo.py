@@ -28,7 +28,7 @@ from .distributed import init_world
 from .generate import SampleOptions, generate_labelled_set
 from .interpreter import RunLog, experiment_dir, resolve_model_flags, run_interpreter
 from .procedural import write_dataset
-from .report import colorize_mask, side_by_side, to_uint8_image, write_png_atomic
+from .report import annotate, colorize_mask, panel_spans, side_by_side, to_uint8_image, write_png_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {"ddpm": "experiments/shapes64/ddpm.json", "rgb_xy": "experiments/shapes64/rgb_xy.json"}
@@ -87,8 +87,9 @@ def interpreter_config(kind: str, out: str, preset: DemoPreset, seed: int, devic
     return load_config(os.path.join(REPO, CONFIGS[kind]), overrides)
 
 
-def comparison_image(ddpm_dir: str, rgb_dir: str, test_path: str, palette, rows: int) -> np.ndarray:
-    """Rows of image | ground truth | DDPM-feature prediction | RGB+xy prediction."""
+def comparison_image(ddpm_dir: str, rgb_dir: str, test_path: str, palette, rows: int,
+                     class_names: list[str]) -> np.ndarray:
+    """Rows of image | ground truth | DDPM-feature prediction | RGB+xy prediction, titled, with a legend."""
     test = ImageLabelDataset(test_path, resolution=64)
     lines = []
     for i in range(min(rows, len(test))):
@@ -98,7 +99,9 @@ def comparison_image(ddpm_dir: str, rgb_dir: str, test_path: str, palette, rows:
                   *(colorize_mask(p, palette) for p in preds)]
         lines.append(side_by_side(panels))
     gap = np.full((2, lines[0].shape[1], 3), 255, dtype=np.uint8)
-    return np.concatenate([x for line in lines for x in (line, gap)][:-1], axis=0)
+    figure = np.concatenate([x for line in lines for x in (line, gap)][:-1], axis=0)
+    titles = zip(panel_spans([p.shape[1] for p in panels]), ["image", "ground truth", "DDPM", "RGB+xy"])
+    return annotate(figure, list(titles), list(zip(class_names, palette)))
 
 
 def report_markdown(metrics: dict, class_names: list[str]) -> str:
@@ -158,7 +161,7 @@ def run_demo(out: str = "runs/demo", preset_name: str = "full", seed: int = 0, d
     palette = cfgs["ddpm"]["palette"]
     write_png_atomic(os.path.join(out, "comparison.png"),
                      comparison_image(run_dirs["ddpm"], run_dirs["rgb_xy"], cfgs["ddpm"]["testing_path"], palette,
-                                      COMPARISON_ROWS))
+                                      COMPARISON_ROWS, cfgs["ddpm"]["class_names"]))
     keep = ("miou", "miou_present", "per_class_iou")
     metrics = {
         "ddpm": {**{k: results["ddpm"][k] for k in keep}, "steps": cfgs["ddpm"]["steps"],

@@ -163,6 +163,7 @@ def generate_labelled_set(run_dir: str, out_dir: str, opts: SampleOptions, world
     if world.is_main:
         with np.load(path) as f:
             images, masks, uncertainty = f["arr_0"], f["arr_1"], f["arr_2"]
-        write_png_atomic(os.path.join(out_dir, "synthetic_grid.png"), synthetic_grid(images, masks, run.cfg["palette"]))
+        grid = synthetic_grid(images, masks, run.cfg["palette"], class_names=run.cfg["class_names"])
+        write_png_atomic(os.path.join(out_dir, "synthetic_grid.png"), grid)
         log(f"{len(images)} labelled samples, mean uncertainty {uncertainty.mean():.4f}: {path}")
     return path

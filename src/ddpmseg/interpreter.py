@@ -42,8 +42,8 @@ REFINE_NOISE_STREAM = 11  # seed-stream id of the refiner's re-noising at evalua
 # Errors that mean the user's input is wrong: the command-line tools print them as one line.
 INPUT_ERRORS = (ConfigError, DataError, CheckpointError)
 # Config keys that only change inference: the ones evaluate_run may override.
-INFERENCE_KEYS = ("voting", "report_all_votings", "tta", "hflip_class_pairs", "testing_path", "testing_number",
-                  "device", "uncertainty_top_fraction")
+INFERENCE_KEYS = ("voting", "report_all_votings", "tta", "hflip_class_pairs", "testing_path", "testing_masks_path",
+                  "testing_number", "device", "uncertainty_top_fraction")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -102,10 +102,29 @@ class Run:
     def validate_inputs(self, train: bool = True) -> None:
         """Open the datasets (the training set only if ``train``) and the U-Net; check the feature size."""
         c = self.cfg
-        ds_kw = dict(resolution=self.size, number_class=c["number_class"], ignore_label=c["ignore_label"])
+        ds_kw = dict(resolution=self.size, number_class=c["number_class"], ignore_label=c["ignore_label"],
+                     palette=c["palette"])
         if train:
-            self.train_set = ImageLabelDataset(c["training_path"], num_images=c["training_number"], **ds_kw)
-        self.test_set = ImageLabelDataset(c["testing_path"], num_images=c["testing_number"], **ds_kw)
+            self.train_set = ImageLabelDataset(c["training_path"], num_images=c["training_number"],
+                                               masks_dir=c["training_masks_path"], **ds_kw)
+        self.test_set = ImageLabelDataset(c["testing_path"], num_images=c["testing_number"],
+                                          masks_dir=c["testing_masks_path"], **ds_kw)
+        self.open_backbone()
+        first = self.features((self.train_set if train else self.test_set)[0]["image"])
+        self.first_train_features = first if train else None
+        self.layer_shapes = [tuple(a.shape[1:]) for a in first]
+        dim = sum(s[0] for s in self.layer_shapes)
+        if dim != c["dim"][2]:
+            raise ConfigError(
+                f"'dim' says {c['dim'][2]} feature channels, but steps {c['steps']} x blocks {c['blocks']} of "
+                f"this U-Net give {dim}: set \"dim\": [{self.size}, {self.size}, {dim}]")
+        self.log((f"train {len(self.train_set)} images, " if train else "") +
+                 f"test {len(self.test_set)} images, {len(self.layer_shapes)} activation maps, "
+                 f"{dim} features per pixel, device {self.device}")
+
+    def open_backbone(self) -> None:
+        """The feature extractor of this config and its shared noise (no dataset needed)."""
+        c = self.cfg
         if c["model_type"] == "rgb_xy":
             self.extractor = RGBPositionFeatures()
         elif c["model_type"] in BACKBONE_INPUT_ACTIVATIONS:
@@ -119,17 +138,6 @@ class Run:
                                                   model=model, diffusion=diffusion)
         torch.manual_seed(c["seed"])
         self.noise = shared_noise(c["seed"], self.size, self.device) if c["share_noise"] else None
-        first = self.features((self.train_set if train else self.test_set)[0]["image"])
-        self.first_train_features = first if train else None
-        self.layer_shapes = [tuple(a.shape[1:]) for a in first]
-        dim = sum(s[0] for s in self.layer_shapes)
-        if dim != c["dim"][2]:
-            raise ConfigError(
-                f"'dim' says {c['dim'][2]} feature channels, but steps {c['steps']} x blocks {c['blocks']} of "
-                f"this U-Net give {dim}: set \"dim\": [{self.size}, {self.size}, {dim}]")
-        self.log((f"train {len(self.train_set)} images, " if train else "") +
-                 f"test {len(self.test_set)} images, {len(self.layer_shapes)} activation maps, "
-                 f"{dim} features per pixel, device {self.device}")
 
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:
         return self.extractor(image[None], noise=self.noise)
@@ -254,7 +262,7 @@ class Run:
                 pred = masks[-1][0]
             uncertainties[item["stem"]] = image_uncertainty(votes.uncertainty(), c["uncertainty_top_fraction"])
             save_prediction(out_dir, item["stem"], pred, image=item["image"], gt=item["label"], palette=c["palette"],
-                            before=before if self.refine is not None else None)
+                            before=before if self.refine is not None else None, class_names=c["class_names"])
         self.timings["evaluation_s"] = time.time() - t0
         result = ious[c["voting"]].result()
         if self.refine is not None:
@@ -334,9 +342,9 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
     return write_metrics(run, result, exp_dir, t_start, members=member_stats)
 
 
-def load_trained_run(run_dir: str, overrides: dict[str, Any], log: Callable[[str], None]) -> Run:
-    """The finished run in ``run_dir``, from its ``config.json`` alone, with ``overrides`` of
-    inference-only keys; its test set and U-Net are opened and checked."""
+def load_trained_config(run_dir: str, overrides: dict[str, Any]) -> dict:
+    """The validated ``config.json`` of the finished run in ``run_dir`` with ``overrides`` of
+    inference-only keys; its ensemble members (and refiner) must exist."""
     saved = os.path.join(run_dir, "config.json")
     if not os.path.isfile(saved):
         raise ConfigError(f"{run_dir} has no config.json: give the folder of a finished train_interpreter.py run")
@@ -352,6 +360,13 @@ def load_trained_run(run_dir: str, overrides: dict[str, Any], log: Callable[[str
     if cfg["refine"] and not os.path.exists(os.path.join(run_dir, REFINER_FILE)):
         raise ConfigError(f"{run_dir} lacks {REFINER_FILE} (its config asks for refinement); rerun "
                           f"train_interpreter.py on it to finish training")
+    return cfg
+
+
+def load_trained_run(run_dir: str, overrides: dict[str, Any], log: Callable[[str], None]) -> Run:
+    """The finished run in ``run_dir``, from its ``config.json`` alone, with ``overrides`` of
+    inference-only keys; its test set and U-Net are opened and checked."""
+    cfg = load_trained_config(run_dir, overrides)
     run = Run(cfg, cfg["model_flags"], log)
     run.validate_inputs(train=False)
     return run

@@ -98,6 +98,19 @@ class Votes:
             raise ValueError(f"unknown voting mode {mode!r}; choose from {VOTING_MODES}")
         return scores[mode].argmax(1)  # argmax takes the first maximum: ties go to the lowest id
 
+    def distribution(self, mode: str = "hard") -> torch.Tensor:
+        """Per-pixel class distribution [P, K] whose argmax is ``mask(mode)``: vote shares (hard), the
+        normalised geometric (soft), arithmetic (soft_prob) or entropy-weighted mean, the last member's
+        one-hot vote. Averaging it over overlapping windows keeps the meaning of the voting mode."""
+        if mode == "last_member":
+            return torch.nn.functional.one_hot(self.last, self.counts.shape[1]).float()
+        if mode == "soft":
+            return torch.softmax(self.sum_logp / self.n, dim=1)
+        scores = {"hard": self.counts, "soft_prob": self.sum_p, "weighted": self.sum_wp}
+        if mode not in scores:
+            raise ValueError(f"unknown voting mode {mode!r}; choose from {VOTING_MODES}")
+        return scores[mode] / scores[mode].sum(1, keepdim=True)
+
     def probabilities(self) -> torch.Tensor:
         """Mean class probability over members and views [P, K]: the soft first prediction a
         mask refiner is conditioned on."""

@@ -7,12 +7,18 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_write
 
 # White separator between the panels of a comparison image.
 _GAP_PX = 2
+# Text of column titles and legends: PIL's bundled font at 10 px fits "ground truth" over a 64 px panel.
+_FONT_PX = 10
+_LINE_PX = _FONT_PX + 4
+_SWATCH_PX = 9
+# Space between legend entries on a row.
+_ENTRY_GAP_PX = 8
 
 
 def write_png_atomic(path: str, rgb: np.ndarray) -> None:
@@ -63,14 +69,67 @@ def side_by_side(panels: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def panel_spans(widths: Sequence[int], gap: int = _GAP_PX) -> list[tuple[int, int]]:
+    """(first x, end x) of panels of ``widths`` joined left to right with ``gap`` between them."""
+    spans, x = [], 0
+    for w in widths:
+        spans.append((x, x + w))
+        x += w + gap
+    return spans
+
+
+def class_legend(masks: Sequence[np.ndarray | torch.Tensor], palette: Sequence[Sequence[int]],
+                 class_names: Sequence[str]) -> list[tuple[str, Sequence[int]]]:
+    """(name, colour) of every class that occurs in ``masks``, in class-id order."""
+    present = set()
+    for m in masks:
+        present.update(int(c) for c in np.unique(_to_numpy(m)))
+    return [(class_names[c], palette[c]) for c in sorted(present) if 0 <= c < len(class_names)]
+
+
+def annotate(figure: np.ndarray, titles: Sequence[tuple[tuple[int, int], str]] = (),
+             legend: Sequence[tuple[str, Sequence[int]]] = ()) -> np.ndarray:
+    """``figure`` (RGB uint8) with column ``titles`` ((x0, x1), text) centred above it and a legend of
+    ``(name, colour)`` swatches in rows below it, all drawn with PIL on white."""
+    font = ImageFont.load_default(size=_FONT_PX)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries = [(name, tuple(int(v) for v in colour), _SWATCH_PX + 3 + int(measure.textlength(name, font=font)))
+               for name, colour in legend]
+    height, width = figure.shape[:2]
+    width = max([width] + [w for _, _, w in entries])
+    rows: list[list[tuple[int, tuple]]] = []
+    x = width  # forces a first row
+    for entry in entries:
+        if x + entry[2] > width:
+            rows.append([])
+            x = 0
+        rows[-1].append((x, entry))
+        x += entry[2] + _ENTRY_GAP_PX
+    top = _LINE_PX if titles else 0
+    canvas = Image.new("RGB", (width, top + height + (len(rows) * _LINE_PX + 2 if rows else 0)), (255, 255, 255))
+    canvas.paste(Image.fromarray(np.ascontiguousarray(figure)), (0, top))
+    draw = ImageDraw.Draw(canvas)
+    for (x0, x1), text in titles:
+        draw.text(((x0 + x1) / 2, top / 2), text, fill=(0, 0, 0), font=font, anchor="mm")
+    for r, row in enumerate(rows):
+        y = top + height + 2 + r * _LINE_PX
+        for x, (name, colour, _) in row:
+            # A grey outline keeps a white or very light class colour visible on the white page.
+            draw.rectangle([x, y + 2, x + _SWATCH_PX - 1, y + 1 + _SWATCH_PX], fill=colour, outline=(128, 128, 128))
+            draw.text((x + _SWATCH_PX + 3, y + _LINE_PX / 2), name, fill=(0, 0, 0), font=font, anchor="lm")
+    return np.asarray(canvas)
+
+
 def save_prediction(exp_dir: str, stem: str, pred: np.ndarray | torch.Tensor,
                     image: np.ndarray | torch.Tensor | None = None,
                     gt: np.ndarray | torch.Tensor | None = None, *,
-                    palette: Sequence[Sequence[int]], before: np.ndarray | torch.Tensor | None = None) -> None:
+                    palette: Sequence[Sequence[int]], before: np.ndarray | torch.Tensor | None = None,
+                    class_names: Sequence[str] | None = None) -> None:
     """Write ``predictions/<stem>.npy``, ``visualizations/<stem>.png`` and, given the
     image ([3,H,W] in [-1,1]) and ground truth, ``visualizations/<stem>_compare.png``
     (image | ground truth | prediction, or image | ground truth | ``before`` | prediction when a
-    refined prediction is shown next to the one it started from)."""
+    refined prediction is shown next to the one it started from); given ``class_names``, the
+    comparison has column titles and a legend of the classes it shows."""
     mask = _to_numpy(pred).squeeze()
     if mask.ndim != 2:
         raise ValueError(f"prediction for {stem} must squeeze to [H,W], got shape {mask.shape}")
@@ -81,13 +140,19 @@ def save_prediction(exp_dir: str, stem: str, pred: np.ndarray | torch.Tensor,
     vis_dir = os.path.join(exp_dir, "visualizations")
     write_png_atomic(os.path.join(vis_dir, stem + ".png"), coloured)
     if image is not None and gt is not None:
-        panels = [to_uint8_image(image), colorize_mask(_to_numpy(gt).squeeze(), palette), coloured]
-        if before is not None:
-            panels.insert(2, colorize_mask(_to_numpy(before).squeeze(), palette))
+        masks = [_to_numpy(gt).squeeze(), mask] if before is None else [_to_numpy(gt).squeeze(),
+                                                                           _to_numpy(before).squeeze(), mask]
+        panels = [to_uint8_image(image)] + [colorize_mask(m, palette) for m in masks]
         if len({p.shape for p in panels}) != 1:
             raise ValueError(f"{stem}: image, ground truth and prediction sizes differ: "
                              f"{[p.shape[:2] for p in panels]}")
-        write_png_atomic(os.path.join(vis_dir, stem + "_compare.png"), side_by_side(panels))
+        figure = side_by_side(panels)
+        if class_names is not None:
+            titles = ["image", "ground truth", "prediction"] if before is None else [
+                "image", "ground truth", "ensemble", "refined"]
+            figure = annotate(figure, list(zip(panel_spans([p.shape[1] for p in panels]), titles)),
+                              class_legend(masks, palette, class_names))
+        write_png_atomic(os.path.join(vis_dir, stem + "_compare.png"), figure)
 
 
 def image_grid(images: np.ndarray, ncol: int | None = None, gap: int = _GAP_PX) -> np.ndarray:
@@ -104,7 +169,16 @@ def image_grid(images: np.ndarray, ncol: int | None = None, gap: int = _GAP_PX) 
 
 
 def synthetic_grid(images: np.ndarray, masks: np.ndarray, palette: Sequence[Sequence[int]],
-                   pairs: int = 16) -> np.ndarray:
-    """The first ``pairs`` synthetic samples as sample | coloured mask pairs, four per row."""
+                   pairs: int = 16, class_names: Sequence[str] | None = None) -> np.ndarray:
+    """The first ``pairs`` synthetic samples as sample | coloured mask pairs, four per row; given
+    ``class_names``, with column titles and a legend of the classes shown."""
     tiles = [side_by_side([img, colorize_mask(m, palette)]) for img, m in zip(images[:pairs], masks[:pairs])]
-    return image_grid(np.stack(tiles), ncol=4)
+    ncol = 4
+    grid = image_grid(np.stack(tiles), ncol=ncol)
+    if class_names is None:
+        return grid
+    w = images.shape[2]
+    spans = panel_spans([w] * 2 * min(ncol, len(tiles)))
+    # Tiles of two panels sit _GAP_PX apart, like the panels inside a tile: one span rule serves both.
+    titles = [(span, "sample" if i % 2 == 0 else "labels") for i, span in enumerate(spans)]
+    return annotate(grid, titles, class_legend(list(masks[:pairs]), palette, class_names))

@@ -1,0 +1,43 @@
+"""Write a new experiment config from your folders of images and masks, checked as training checks it.
+
+    python new_experiment.py --name NAME --images DIR --masks DIR --model_path CKPT [--classes FILE]
+        [--test_images DIR [--test_masks DIR] | --test_fraction 0.3] [--steps 50 150 250] [--blocks 5 6 7 8 12]
+        [MODEL_FLAGS] [--force]
+
+--classes FILE: one class per line, "name" or "name R G B" (its colour in RGB masks); without it the
+classes are class_0.. up to the largest id in the masks. Without --steps/--blocks, those of the
+closest published config. MODEL_FLAGS (guided-diffusion's) are needed only when the checkpoint has no
+<checkpoint>.json beside it. Writes experiments/NAME/ddpm.json and prints the command that trains it.
+"""
+import argparse
+import sys
+
+from ddpmseg.cli import add_model_flag_args, passed_model_flags, run_cli
+from ddpmseg.new_experiment import DEFAULT_TEST_FRACTION, new_experiment
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="experiment name: experiments/NAME, pixel_classifiers/NAME")
+    p.add_argument("--images", required=True, help="folder of training images")
+    p.add_argument("--masks", required=True, help="folder of their masks (same stems): .npy or PNG")
+    p.add_argument("--model_path", required=True, help="guided-diffusion checkpoint")
+    p.add_argument("--classes", default=None, help="class file: one 'name' or 'name R G B' per line")
+    p.add_argument("--test_images", default=None, help="folder of test images (default: split --images)")
+    p.add_argument("--test_masks", default=None, help="folder of the test masks")
+    p.add_argument("--test_fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                   help=f"share of --images held out for testing when no --test_images (default {DEFAULT_TEST_FRACTION})")
+    p.add_argument("--steps", type=int, nargs="+", default=None, help="diffusion steps (default: closest published)")
+    p.add_argument("--blocks", type=int, nargs="+", default=None, help="decoder blocks (default: closest published)")
+    p.add_argument("--seed", type=int, default=0, help="the run's seed, also the test split's (default 0)")
+    p.add_argument("--force", action="store_true", help="replace an existing experiments/NAME")
+    add_model_flag_args(p, "guided-diffusion model flags (override the checkpoint's .json sidecar)")
+    args = p.parse_args(argv)
+    return run_cli(lambda: new_experiment(
+        args.name, args.images, args.masks, args.model_path, classes=args.classes, test_images=args.test_images,
+        test_masks=args.test_masks, test_fraction=args.test_fraction, steps=args.steps, blocks=args.blocks,
+        model_flags=passed_model_flags(args), seed=args.seed, force=args.force))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""segment.py's job: a Segmenter over many image files, with resumable, atomically written outputs.
+
+Per image ``<stem>``: ``<stem>.png`` (class ids, mode L; I;16 above 256 classes), ``<stem>_overlay.png``
+(the image with the coloured mask at 50 %), ``<stem>_uncertainty.png`` (UNCERTAINTY_COLOURS); one
+``segments.csv`` row (image uncertainty, pixel fraction of each class). The CSV is rewritten after
+every image, so an image counts as finished once it has a row: a rerun skips it.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .atomic import atomic_write, write_text_atomic
+from .data import DataError, IMAGE_EXTENSIONS, list_image_files, load_rgb
+from .report import colorize_mask, write_png_atomic
+from .segmenter import Segmenter
+
+CSV_NAME = "segments.csv"
+# Uncertainty colour map, 0 -> UNCERTAINTY_TOP nats: black, purple, orange, pale yellow (a magma-like
+# ramp: brightness grows with uncertainty, readable in grey print). ln 2 is the mutual information
+# when confident members split evenly between two classes, so yellow means "the ensemble disagrees".
+UNCERTAINTY_COLOURS = np.array([[0, 0, 4], [120, 28, 109], [237, 105, 37], [252, 255, 164]], dtype=np.float64)
+UNCERTAINTY_TOP = float(np.log(2))
+# The coloured mask covers the overlay's image at this opacity.
+OVERLAY_ALPHA = 0.5
+
+
+def uncertainty_image(uncertainty: np.ndarray) -> np.ndarray:
+    """RGB uint8 [H, W, 3] of per-pixel uncertainty (nats) on the UNCERTAINTY_COLOURS ramp."""
+    t = np.clip(uncertainty / UNCERTAINTY_TOP, 0, 1) * (len(UNCERTAINTY_COLOURS) - 1)
+    low = np.minimum(np.floor(t).astype(np.int64), len(UNCERTAINTY_COLOURS) - 2)
+    frac = (t - low)[..., None]
+    rgb = UNCERTAINTY_COLOURS[low] * (1 - frac) + UNCERTAINTY_COLOURS[low + 1] * frac
+    return np.rint(rgb).astype(np.uint8)
+
+
+def list_inputs(sources: list[str], out_dir: str | None = None) -> dict[str, str]:
+    """Output stem -> image path for folders (searched recursively; stem = path below the folder)
+    and files given by name (stem = file name without extension). Files under ``out_dir`` are not
+    inputs: an output folder inside an input folder must not feed a rerun its own PNGs."""
+    found: dict[str, str] = {}
+    out = os.path.join(os.path.realpath(out_dir), "") if out_dir else None
+    for src in sources:
+        if os.path.isdir(src):
+            paths = sorted(p for p in list_image_files(src) if not (out and os.path.realpath(p).startswith(out)))
+            if not paths:
+                raise DataError(f"no images in {src}: files count as images when their name ends in "
+                                f".{', .'.join(IMAGE_EXTENSIONS)} (any case), searched recursively")
+            pairs = [(os.path.splitext(os.path.relpath(p, src))[0], p) for p in paths]
+        elif os.path.isfile(src):
+            pairs = [(os.path.splitext(os.path.basename(src))[0], src)]
+        else:
+            raise DataError(f"--images {src}: no such file or folder")
+        for stem, path in pairs:
+            if stem in found:
+                raise DataError(f"{found[stem]} and {path} would both be written as {stem}.png; "
+                                f"rename one, or segment them into different --out folders")
+            found[stem] = path
+    return found
+
+
+def _read_rows(path: str, columns: list[str]) -> dict[str, dict[str, str]]:
+    """The rows of an earlier run into the same folder; its columns must be these (same classes)."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = {row["stem"]: row for row in reader} if reader.fieldnames == columns else None
+    if rows is None:
+        raise DataError(f"{path} was written for other classes ({reader.fieldnames}), so its images cannot count "
+                        f"as done; segment into another --out folder")
+    return rows
+
+
+def _write_rows(path: str, rows: dict[str, dict], columns: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[stem] for stem in sorted(rows))
+    write_text_atomic(path, buf.getvalue())
+
+
+def write_mask_png(path: str, mask: np.ndarray, num_classes: int) -> None:
+    """Class ids as a single-channel PNG: mode L (8-bit) up to 256 classes, else I;16."""
+    img = Image.fromarray(mask.astype(np.uint8)) if num_classes <= 256 else Image.fromarray(
+        mask.astype(np.uint16), "I;16")
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+def segment_images(segmenter: Segmenter, sources: list[str], out_dir: str,
+                   warn: Callable[[str], None] = tqdm.write) -> dict[str, int]:
+    """Segment every image of ``sources`` into ``out_dir``; returns counts of segmented, skipped
+    (finished before) and unreadable images. Raises DataError when nothing could be segmented."""
+    inputs = list_inputs(sources, out_dir)
+    names, k = segmenter.class_names, len(segmenter.class_names)
+    columns = ["stem", "file", "width", "height", "uncertainty"] + [f"fraction_{n}" for n in names]
+    csv_path = os.path.join(out_dir, CSV_NAME)
+    rows = _read_rows(csv_path, columns)
+    todo = {s: p for s, p in inputs.items() if s not in rows}
+    counts = {"segmented": 0, "skipped": len(inputs) - len(todo), "unreadable": 0}
+    for stem, path in tqdm(todo.items(), desc="segmenting", unit="img", dynamic_ncols=True):
+        try:
+            image = load_rgb(path)
+        except Exception as e:  # PIL raises many types for unreadable files
+            warn(f"warning: {path}: cannot be read as an image ({type(e).__name__}: {e}); skipped")
+            counts["unreadable"] += 1
+            continue
+        seg = segmenter.predict(image, probabilities=False)
+        base = os.path.join(out_dir, stem)
+        write_mask_png(base + ".png", seg.mask, k)
+        coloured = colorize_mask(seg.mask, segmenter.palette).astype(np.float64)
+        overlay = (1 - OVERLAY_ALPHA) * np.asarray(image, dtype=np.float64) + OVERLAY_ALPHA * coloured
+        write_png_atomic(base + "_overlay.png", np.rint(overlay).astype(np.uint8))
+        write_png_atomic(base + "_uncertainty.png", uncertainty_image(seg.uncertainty))
+        fractions = np.bincount(seg.mask.ravel(), minlength=k) / seg.mask.size
+        rows[stem] = {"stem": stem, "file": path, "width": image.width, "height": image.height,
+                      "uncertainty": f"{seg.score:.6f}",
+                      **{f"fraction_{n}": f"{v:.6f}" for n, v in zip(names, fractions)}}
+        _write_rows(csv_path, rows, columns)  # last: the row marks the image finished
+        counts["segmented"] += 1
+    if not counts["segmented"] and not counts["skipped"]:
+        raise DataError(f"none of the {len(inputs)} images could be read; nothing was segmented")
+    return counts

@@ -1,0 +1,129 @@
+"""A trained run applied to new, unlabelled images of any size and aspect ratio.
+
+    seg = Segmenter.from_run("pixel_classifiers/x/50_150_250_5_6_7_8_12").predict(Image.open("a.jpg"))
+
+The image is scaled (as in training) so that its short side is the working resolution S; square
+S x S windows that overlap along the long side each get the run's full inference (members, test-time
+views, voting, refiner); their per-pixel class distributions and uncertainties are averaged where
+windows overlap and resized bilinearly to the image's own size. For a square image of size S this
+is exactly the evaluation path (one window, no resizing): same features, votes and masks.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .data import image_transform, to_rgb
+from .interpreter import REFINE_NOISE_STREAM, REFINER_FILE, Run, load_trained_config
+from .predict import image_uncertainty
+from .refine import load_refiner, refine
+from .seeding import generator
+from .train import load_ensemble
+
+# Neighbouring windows share half their width: every pixel away from the two ends is seen by two
+# windows, so no window's border (where a U-Net has the least context) decides a pixel alone.
+WINDOW_OVERLAP = 0.5
+
+
+@dataclass
+class Segmentation:
+    """One image's result, all at the image's own size (H, W)."""
+    mask: np.ndarray           # [H, W] int64 class ids: argmax of ``probabilities``
+    probabilities: np.ndarray | None  # [K, H, W] float32 class distribution under the run's voting (or
+    # refiner); None when predict(..., probabilities=False) spared the K full-size maps
+    uncertainty: np.ndarray    # [H, W] float32 members' mutual information per pixel, in nats
+    score: float               # the image's uncertainty: mean of its top uncertainty_top_fraction pixels
+
+
+def window_starts(length: int, size: int, overlap: float = WINDOW_OVERLAP) -> list[int]:
+    """Start offsets of ``size``-wide windows covering ``length`` pixels, evenly spaced, first at 0 and
+    last at ``length - size``, neighbours overlapping by at least ``overlap`` of a window."""
+    if length <= size:
+        return [0]
+    count = math.ceil((length - size) / (size * (1 - overlap))) + 1
+    return [round(i * (length - size) / (count - 1)) for i in range(count)]
+
+
+class Segmenter:
+    """The ensemble (and refiner) of one finished run, ready to segment PIL images."""
+
+    def __init__(self, run: Run, ensemble, refiner=None, refine_settings=None):
+        self.run, self.ensemble = run, ensemble
+        self.refiner, self.refine_settings = refiner, refine_settings
+        self.cfg = run.cfg
+        self.transform = image_transform(run.size)
+
+    @classmethod
+    def from_run(cls, run_dir: str, overrides: dict[str, Any] | None = None,
+                 log: Callable[[str], None] = lambda msg: None) -> "Segmenter":
+        """The run in ``run_dir`` from its ``config.json``, with ``overrides`` of inference-only keys
+        (e.g. ``{"voting": "soft", "tta": ["hflip"]}``). Its test set is not needed."""
+        cfg = load_trained_config(run_dir, overrides or {})
+        run = Run(cfg, cfg["model_flags"], log)
+        run.open_backbone()
+        ens = load_ensemble(run_dir, cfg["model_num"], cfg["dim"][2], cfg["number_class"], str(run.device))
+        refiner, settings = (load_refiner(os.path.join(run_dir, REFINER_FILE), run.device) if run.refine is not None
+                             else (None, None))
+        return cls(run, ens, refiner, settings)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.cfg["class_names"]
+
+    @property
+    def palette(self) -> list[list[int]]:
+        return self.cfg["palette"]
+
+    def window(self, crop: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class distribution [K, S, S], uncertainty [S, S]) of one working-resolution window; ``index``
+        seeds its random test-time views and refiner noise as a test image index does in evaluation."""
+        run, c = self.run, self.cfg
+        votes = run.votes(self.ensemble, crop, index)
+        probs = votes.distribution(c["voting"]).T.reshape(c["number_class"], *run.hw)
+        if self.refiner is not None:
+            probs, _ = refine(self.refiner, crop[None], run.probability_map(votes)[None], self.refine_settings,
+                              generator=generator(c["seed"], REFINE_NOISE_STREAM, index))
+            probs = probs[0]
+        return probs.float().cpu(), votes.uncertainty().reshape(run.hw).float().cpu()
+
+    @torch.no_grad()
+    def predict(self, image: Image.Image, probabilities: bool = True) -> Segmentation:
+        """Segment one PIL image (any mode, size and aspect; EXIF orientation is applied).
+
+        ``probabilities=False`` resizes one class map at a time and keeps only the running argmax,
+        so a large photo needs a few [H, W] maps instead of K of them (same mask).
+        """
+        rgb = to_rgb(image)
+        width, height = rgb.size
+        x = self.transform(rgb)
+        _, h, w = x.shape
+        size, k = self.run.size, self.cfg["number_class"]
+        prob_sum, unc_sum, cover = torch.zeros(k, h, w), torch.zeros(h, w), torch.zeros(h, w)
+        tops, lefts = window_starts(h, size), window_starts(w, size)
+        for i, (top, left) in enumerate((t, l) for t in tops for l in lefts):
+            probs, unc = self.window(x[:, top:top + size, left:left + size], i)
+            prob_sum[:, top:top + size, left:left + size] += probs
+            unc_sum[top:top + size, left:left + size] += unc
+            cover[top:top + size, left:left + size] += 1
+        probs, unc = prob_sum / cover, unc_sum / cover
+        full_size = (lambda m: m) if (h, w) == (height, width) else (
+            lambda m: F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False))
+        unc = full_size(unc[None, None])[0, 0]
+        if probabilities:
+            probs = full_size(probs[None])[0]
+            mask = probs.argmax(0)
+        else:
+            best, mask = full_size(probs[None, :1])[0, 0], torch.zeros(height, width, dtype=torch.long)
+            for c in range(1, k):
+                p = full_size(probs[None, c:c + 1])[0, 0]
+                mask[p > best] = c  # strictly greater: ties keep the lower id, as argmax does
+                best = torch.maximum(best, p)
+        return Segmentation(mask=mask.numpy(), probabilities=probs.numpy() if probabilities else None,
+                            uncertainty=unc.numpy(), score=image_uncertainty(unc, self.cfg["uncertainty_top_fraction"]))

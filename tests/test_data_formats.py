@@ -1,0 +1,141 @@
+"""ddpmseg.data's image and mask formats, on real celebamask64 files converted as users have them."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import CELEBAMASK64, require
+from ddpmseg.data import DataError, ImageLabelDataset, load_rgb, read_mask
+
+
+@pytest.fixture(scope="module")
+def face():
+    """(RGB uint8 [64, 64, 3], class ids uint8 [64, 64], palette) of the first celebamask64 training image."""
+    folder = require(CELEBAMASK64) / "real" / "train"
+    png = sorted(folder.glob("*.png"))[0]
+    palette = json.loads((require(CELEBAMASK64) / "classes.json").read_text())["palette_rgb"]
+    return np.array(Image.open(png).convert("RGB")), np.load(png.with_suffix(".npy")), palette
+
+
+@pytest.mark.parametrize("ext", ["png", "webp", "bmp", "tif"])
+def test_lossless_formats_load_the_same_pixels(tmp_path, face, ext):
+    rgb = face[0]
+    path = tmp_path / f"x.{ext}"
+    Image.fromarray(rgb).save(path, **({"lossless": True} if ext == "webp" else {}))
+    assert np.array_equal(np.array(load_rgb(str(path))), rgb)
+
+
+def test_grey_16bit_rgba_cmyk_and_exif_load_as_a_viewer_shows_them(tmp_path, face):
+    rgb = face[0]
+    grey = np.array(Image.fromarray(rgb).convert("L"))
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    assert np.array_equal(np.array(load_rgb(str(tmp_path / "grey.png"))), np.repeat(grey[..., None], 3, 2))
+    # 16-bit grey: value g*257 is the 16-bit spelling of 8-bit g
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    assert np.array_equal(np.array(load_rgb(str(tmp_path / "grey16.png")))[..., 0], grey)
+    # transparency shows the white page behind it; opaque pixels keep their colour
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:10] = 0
+    Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "rgba.png")
+    got = np.array(load_rgb(str(tmp_path / "rgba.png")))
+    assert (got[:10] == 255).all() and np.array_equal(got[10:], rgb[10:])
+    cmyk = Image.fromarray(rgb).convert("CMYK")
+    cmyk.save(tmp_path / "cmyk.tif")
+    assert np.array_equal(np.array(load_rgb(str(tmp_path / "cmyk.tif"))), np.array(cmyk.convert("RGB")))
+    # EXIF orientation 6 = "rotate 90 degrees clockwise to display": stored pixels are turned the other way
+    shown = Image.fromarray(rgb[:, :40])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    shown.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.jpg", exif=exif, quality=100)
+    loaded = load_rgb(str(tmp_path / "turned.jpg"))
+    assert loaded.size == (40, 64)
+    assert np.abs(np.array(loaded).astype(int) - rgb[:, :40]).mean() < 3  # JPEG noise only, not a turned face
+
+
+def test_every_mask_format_gives_the_npy_ids(tmp_path, face):
+    _, ids, palette = face
+    Image.fromarray(ids).save(tmp_path / "l.png")
+    Image.fromarray(ids.astype(np.uint16)).save(tmp_path / "i16.png")
+    p = Image.fromarray(ids, "P")
+    p.putpalette([v for c in palette for v in c])
+    p.save(tmp_path / "p.png")
+    Image.fromarray(np.asarray(palette, np.uint8)[ids]).save(tmp_path / "rgb.png")
+    np.save(tmp_path / "ids.npy", ids)
+    for name in ("l.png", "i16.png", "p.png", "rgb.png", "ids.npy"):
+        assert np.array_equal(read_mask(str(tmp_path / name), palette), ids), name
+
+
+def test_unknown_colour_names_file_colour_and_pixel_count(tmp_path, face):
+    _, ids, palette = face
+    rgb = np.asarray(palette, np.uint8)[ids]
+    rgb[0, :3] = (1, 2, 3)
+    Image.fromarray(rgb).save(tmp_path / "m.png")
+    with pytest.raises(DataError) as e:
+        read_mask(str(tmp_path / "m.png"), palette)
+    assert "m.png" in str(e.value) and "(1, 2, 3) on 3 pixels" in str(e.value)
+    with pytest.raises(DataError, match="needs the class colours"):
+        read_mask(str(tmp_path / "m.png"), None)
+
+
+def _two_folders(root, n=3, split="train"):
+    """images/*.jpg + masks/*.png (RGB palette colours) of the first n celebamask64 images of ``split``."""
+    src = require(CELEBAMASK64) / "real" / split
+    palette = json.loads((require(CELEBAMASK64) / "classes.json").read_text())["palette_rgb"]
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for png in sorted(src.glob("*.png"))[:n]:
+        Image.open(png).convert("RGB").save(root / "images" / f"{png.stem}.jpg", quality=95)
+        Image.fromarray(np.asarray(palette, np.uint8)[np.load(png.with_suffix(".npy"))]).save(
+            root / "masks" / f"{png.stem}.png")
+    return palette
+
+
+def test_two_folder_layout_reads_jpegs_and_rgb_masks(tmp_path, face):
+    palette = _two_folders(tmp_path / "d")
+    src = require(CELEBAMASK64) / "real" / "train"
+    for ds in (ImageLabelDataset(str(tmp_path / "d"), 64, number_class=19, ignore_label=None, palette=palette),
+               ImageLabelDataset(str(tmp_path / "d" / "images"), 64, number_class=19, ignore_label=None,
+                                 palette=palette, masks_dir=str(tmp_path / "d" / "masks"))):
+        assert len(ds) == 3
+        for i in range(3):
+            item = ds[i]
+            assert np.array_equal(item["label"].numpy(), np.load(src / f"{item['stem']}.npy"))
+
+
+@pytest.mark.parametrize("breakage,message", [
+    ("orphan", "have no image of the same stem"),
+    ("missing", "no mask"),
+    ("jpeg_mask", "JPEG is lossy"),
+    ("size", "does not match the image's (H, W) (64, 64)"),
+    ("colour", "on 1 pixels"),
+])
+def test_two_folder_layout_errors(tmp_path, breakage, message):
+    palette = _two_folders(tmp_path / "d")
+    masks = sorted((tmp_path / "d" / "masks").glob("*.png"))
+    if breakage == "orphan":
+        shutil.move(masks[0], masks[0].with_name("not_an_image_stem.png"))
+    elif breakage == "missing":
+        masks[1].unlink()
+    elif breakage == "jpeg_mask":
+        Image.open(masks[1]).save(masks[1].with_suffix(".jpg"))
+        masks[1].unlink()
+    elif breakage == "size":
+        Image.open(masks[1]).resize((48, 64), Image.Resampling.NEAREST).save(masks[1])
+    else:
+        rgb = np.array(Image.open(masks[2]))
+        rgb[5, 5] = (9, 9, 9)
+        Image.fromarray(rgb).save(masks[2])
+    with pytest.raises(DataError) as e:
+        ImageLabelDataset(str(tmp_path / "d"), 64, number_class=19, ignore_label=None, palette=palette)
+    assert message in str(e.value)
+
+
+def test_masks_folder_may_be_the_images_folder_with_npy_labels():
+    folder = require(CELEBAMASK64) / "real" / "train"
+    ds = ImageLabelDataset(str(folder), 64, number_class=19, ignore_label=None, masks_dir=str(folder))
+    assert len(ds) == 20 and np.array_equal(ds[0]["label"].numpy(), np.load(folder / f"{ds[0]['stem']}.npy"))

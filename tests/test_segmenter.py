@@ -1,0 +1,134 @@
+"""Segmenter and segment.py on a finished tiny run: parity with evaluation, any size, resume, bad files."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import segment
+from conftest import CELEBAMASK64, require
+from ddpmseg.predict import VOTING_MODES, Votes
+from ddpmseg.segmenter import Segmenter, window_starts
+
+
+def test_window_starts_cover_the_long_side_with_overlap():
+    assert window_starts(64, 64) == [0] and window_starts(40, 64) == [0]
+    assert window_starts(96, 64) == [0, 32]
+    starts = window_starts(150, 64)
+    assert starts[0] == 0 and starts[-1] == 150 - 64
+    assert all(b - a <= 32 for a, b in zip(starts, starts[1:]))  # neighbours share >= half a window
+
+
+def test_distribution_argmax_is_the_voting_mask():
+    logits = torch.randn(5, 300, 7, generator=torch.Generator().manual_seed(0))
+    votes = Votes.of(logits)
+    for mode in VOTING_MODES:
+        dist = votes.distribution(mode)
+        assert torch.allclose(dist.sum(1), torch.ones(300))  # float32 sums of <= 7 terms
+        assert torch.equal(dist.argmax(1), votes.mask(mode)), mode
+
+
+def _test_images(n=2):
+    return sorted((require(CELEBAMASK64) / "real" / "test").glob("*.png"))[:n]
+
+
+def test_square_image_at_working_size_gives_the_evaluation_mask(tiny_interpreter_run):
+    seg = Segmenter.from_run(str(tiny_interpreter_run))
+    for png in _test_images():
+        out = seg.predict(Image.open(png))
+        # one window, no resizing: the same features and votes as evaluation's
+        assert np.array_equal(out.mask, np.load(tiny_interpreter_run / "predictions" / f"{png.stem}.npy"))
+    metrics = json.loads((tiny_interpreter_run / "metrics.json").read_text())
+    assert out.score == pytest.approx(metrics["uncertainty"][png.stem], rel=1e-5)  # float32 sums, same order
+
+
+def test_non_square_image_is_segmented_at_its_own_size(tiny_interpreter_run):
+    seg = Segmenter.from_run(str(tiny_interpreter_run), {"voting": "soft"})
+    wide = Image.open(_test_images(1)[0]).convert("RGB").resize((150, 64))
+    out = seg.predict(wide)
+    assert out.mask.shape == (64, 150) and out.uncertainty.shape == (64, 150)
+    assert out.probabilities.shape == (19, 64, 150)
+    assert np.allclose(out.probabilities.sum(0), 1, atol=1e-5)  # window means and bilinear weights sum to 1
+    assert np.array_equal(out.mask, out.probabilities.argmax(0)) and (out.uncertainty >= -1e-6).all()
+    lean = seg.predict(wide, probabilities=False)  # one class map at a time: the same mask and uncertainty
+    assert lean.probabilities is None and np.array_equal(lean.mask, out.mask)
+    assert np.array_equal(lean.uncertainty, out.uncertainty) and lean.score == out.score
+
+
+def _folder(tmp_path):
+    """Face crops of other sizes and aspects, one unreadable file among them."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    face = Image.open(_test_images(1)[0]).convert("RGB")
+    sizes = {"tall.jpg": (48, 100), "wide.png": (130, 64), "big.webp": (96, 96)}
+    for name, size in sizes.items():
+        face.resize(size).save(folder / name)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    return folder, {name.split(".")[0]: size for name, size in sizes.items()}
+
+
+def test_segment_folder_outputs_resume_and_unreadable_file(tmp_path, tiny_interpreter_run, capsys):
+    folder, sizes = _folder(tmp_path)
+    out = folder / "segmented"  # inside the input folder: a rerun must not take its own PNGs as inputs
+    assert segment.main(["--run", str(tiny_interpreter_run), "--images", str(folder), "--out", str(out)]) == 0
+    err = capsys.readouterr()
+    assert "warning:" in err.out + err.err and "broken.png" in err.out + err.err
+    for stem, size in sizes.items():
+        mask = Image.open(out / f"{stem}.png")
+        assert mask.mode == "L" and mask.size == size
+        assert Image.open(out / f"{stem}_overlay.png").size == size
+        assert Image.open(out / f"{stem}_uncertainty.png").size == size
+    with open(out / "segments.csv") as f:
+        rows = {r["stem"]: r for r in csv.DictReader(f)}
+    assert set(rows) == set(sizes)
+    for stem, row in rows.items():
+        fractions = [float(v) for k, v in row.items() if k.startswith("fraction_")]
+        assert len(fractions) == 19 and sum(fractions) == pytest.approx(1, abs=1e-5)  # 6-decimal rounding
+        counts = np.bincount(np.asarray(Image.open(out / f"{stem}.png")).ravel(), minlength=19)
+        assert float(row["fraction_skin"]) == pytest.approx(counts[1] / counts.sum(), abs=1e-6)
+    assert not list(out.glob("**/.*.tmp"))
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert segment.main(["--run", str(tiny_interpreter_run), "--images", str(folder), "--out", str(out)]) == 0
+    assert "already done 3" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing segmented again
+    # a folder segmented with other classes cannot be resumed: its rows would be taken as done
+    (out / "segments.csv").write_text("stem,file,width,height,uncertainty,fraction_sky\n")
+    assert segment.main(["--run", str(tiny_interpreter_run), "--images", str(folder), "--out", str(out)]) == 2
+    assert "written for other classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["empty", "only_unreadable", "missing"])
+def test_segment_exits_2_when_nothing_can_be_segmented(tmp_path, tiny_interpreter_run, capsys, case):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if case == "only_unreadable":
+        (folder / "a.jpg").write_bytes(b"nope")
+    target = folder if case != "missing" else tmp_path / "typo"
+    assert segment.main(["--run", str(tiny_interpreter_run), "--images", str(target), "--out",
+                         str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and err.strip().splitlines()[-1].startswith("error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_refined_run_with_test_time_views_segments_as_evaluation_did(tmp_path, tiny64_checkpoint):
+    """A run with a refiner and a random test-time view: window 0 draws the same view and refiner noise as
+    evaluation's test image 0, so that image's mask is the evaluation's."""
+    import train_interpreter
+    from conftest import FAST_INTERPRETER
+
+    data = require(CELEBAMASK64) / "real"
+    refine = {"method": "ddps", "iterations": 20, "width": 8, "folds": 2, "fold_members": 1, "steps": 3}
+    assert train_interpreter.main([
+        "--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(tmp_path / "exp"), "--training_path",
+        str(data / "train"), "--testing_path", str(data / "test"), "--model_path", str(tiny64_checkpoint),
+        *FAST_INTERPRETER, "--set", f"refine={json.dumps(refine)}", "--set", 'tta=["color_jitter_hflip"]']) == 0
+    run = tmp_path / "exp" / "50_4_5_6_7_8"
+    first = _test_images(1)[0]
+    out = Segmenter.from_run(str(run)).predict(Image.open(first))
+    assert np.array_equal(out.mask, np.load(run / "predictions" / f"{first.stem}.npy"))
+    assert np.allclose(out.probabilities.sum(0), 1, atol=1e-5)  # the refiner's softmax
