@@ -49,6 +49,10 @@ from .seeding import derived_seed, generator
 # Random streams of DDPM training (other modules use other numbers).
 DATA_STREAM, FLIP_STREAM, CROP_STREAM, TIMESTEP_STREAM, NOISE_STREAM, DROPOUT_STREAM = 21, 22, 23, 24, 25, 26
 PRECISIONS = ("fp32", "bf16", "fp16")
+# Options a resumed run may change: where it runs, how long, and what it reports. Any other change
+# would continue the trajectory of one configuration with another, so resuming refuses it.
+RESUME_MAY_CHANGE = ("log_dir", "max_steps", "log_interval", "save_interval", "sample_interval",
+                     "sample_respacing", "grid_size", "device", "num_workers")
 
 
 @dataclass
@@ -294,12 +298,16 @@ class DDPMTrainer:
             return
         with open(path) as f:
             saved = json.load(f)
-        for key in ("model_flags", "data_dirs", "batch_size", "seed"):
-            mine = self.flags if key == "model_flags" else getattr(self.opts, key)
-            theirs = {**model_and_diffusion_defaults(), **saved[key]} if key == "model_flags" else saved[key]
-            if mine != theirs:
-                raise ConfigError(f"{self.opts.log_dir} holds a run with another {key} ({theirs} vs {mine}); "
-                                  f"resume it with the same options or choose a new --log_dir")
+        now = json.loads(json.dumps(dataclasses.asdict(self.opts)))  # tuples and lists as the saved file has them
+        defaults = model_and_diffusion_defaults()
+        saved_flags, flags = {**defaults, **saved.get("model_flags", {})}, self.flags
+        differ = [f"model_flags.{k}: {saved_flags.get(k)!r} -> {flags.get(k)!r}"
+                  for k in sorted(set(saved_flags) | set(flags)) if saved_flags.get(k) != flags.get(k)]
+        differ += [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+                   if k not in RESUME_MAY_CHANGE and k != "model_flags" and saved.get(k) != now.get(k)]
+        if differ:
+            raise ConfigError(f"{self.opts.log_dir} holds a run with other options (saved -> now: {'; '.join(differ)}); "
+                              f"resume it with the saved options or choose a new --log_dir")
 
     def resume(self) -> None:
         """Load the latest complete checkpoint set of ``log_dir``, if any."""
