@@ -12,7 +12,7 @@ import torchvision
 from PIL import Image
 
 import train_deeplab
-from conftest import CELEBAMASK64, REPO, require
+from conftest import CELEBAMASK64, REPO, recomputed_iou, require
 from ddpmseg.config import CHOICES, ConfigError, validate
 from ddpmseg.deeplab import BACKBONES, build_deeplab
 
@@ -66,6 +66,8 @@ def resumed(tmp_path_factory, npz):
 def test_run_writes_every_output(resumed):
     folder, metrics, _, _ = resumed
     assert np.isfinite(metrics["miou"]) and 0 <= metrics["miou"] <= metrics["miou_present"] <= 1
+    # The folder's predictions are those of the rerun (resumed[2]): its metrics are their IoU.
+    assert resumed[2]["miou"] == pytest.approx(recomputed_iou(folder)["miou"], abs=1e-12)
     assert list(metrics["per_class_iou"])[:2] == ["background", "skin"] and metrics["num_images"] == 2
     assert set(metrics["validation_miou"]) == {"0", "1"} and metrics["best_epoch"] in (0, 1)
     assert metrics["best_validation_miou"] == max(metrics["validation_miou"].values())

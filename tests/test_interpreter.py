@@ -51,6 +51,7 @@ def test_end_to_end_writes_every_output(tmp_path, data, tiny64_checkpoint, capsy
         assert Image.open(out / "visualizations" / f"{stem}_compare.png").size == (3 * 64 + 4, 64)
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["miou"] <= metrics["miou_present"] <= 1
+    assert metrics["miou"] == pytest.approx(recomputed_iou(out)["miou"], abs=1e-12)
     assert list(metrics["per_class_iou"])[:3] == ["background", "skin", "nose"]
     assert set(metrics["uncertainty"]) == set(stems) and metrics["mean_uncertainty"] >= 0
     assert {"train_features_s", "train_s", "evaluation_s", "total_s"} <= set(metrics["timings_s"])
@@ -192,7 +193,8 @@ def test_untrained_unet_control_runs_without_a_checkpoint(tmp_path, data):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["random_weights"] is True and cfg["model_path"] == ""
     assert cfg["model_flags"]["num_channels"] == 32
-    assert 0 <= json.loads((out / "metrics.json").read_text())["miou"] <= 1
+    miou = json.loads((out / "metrics.json").read_text())["miou"]
+    assert 0 <= miou <= 1 and miou == pytest.approx(recomputed_iou(out)["miou"], abs=1e-12)
 
 
 REFINE = {"method": "ddps", "iterations": 20, "width": 8, "folds": 2, "fold_members": 1, "steps": 3}
