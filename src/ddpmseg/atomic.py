@@ -29,7 +29,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
         # Also on KeyboardInterrupt: leave neither a half file nor a stray temp behind.
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(e, OSError) and e.filename is None:
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
             # A failed write (a full disk: ENOSPC) names no file; say which output it was.
             raise OSError(e.errno, e.strerror, path) from e
         raise
