@@ -324,6 +324,7 @@ def refuse_changed_config(exp_dir: str, cfg: dict) -> None:
         return
     with open(path) as f:
         saved = json.load(f)
+    cfg = json.loads(json.dumps(cfg))  # tuples and lists as the saved file has them
 
     def same(key: str) -> bool:
         a, b = saved.get(key), cfg.get(key)
