@@ -252,7 +252,7 @@ def _colour_coded(root, split: str, n: int, palette) -> str:
 
 @pytest.fixture(scope="module")
 def colour_run(tmp_path_factory):
-    """A finished rgb_xy run on the colour-coded faces: (run folder, config, metrics)."""
+    """A finished rgb_xy run on the colour-coded faces: (run folder, metrics)."""
     root = tmp_path_factory.mktemp("colour")
     cfg = json.loads(open("experiments/celebamask64/ddpm.json").read())
     argv = ["--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(root / "exp"),
@@ -263,7 +263,7 @@ def colour_run(tmp_path_factory):
             "--set", "max_epochs=4", "--set", "min_region_pixels=0", "--set", "device=cpu"]
     assert train_interpreter.main(argv) == 0
     run_dir = root / "exp"
-    return run_dir, json.loads((run_dir / "config.json").read_text()), json.loads((run_dir / "metrics.json").read_text())
+    return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_a_learnable_signal_is_learnt(colour_run):
@@ -271,13 +271,13 @@ def test_a_learnable_signal_is_learnt(colour_run):
     perfectly; a wiring fault (labels off by a slot, features of another image, a wrong vote)
     cannot reach this floor. Measured: 1.00 over the 16 classes present (seed 0); with the labels of
     each training image stored against another image's features it drops to 0.17."""
-    _, _, metrics = colour_run
+    _, metrics = colour_run
     assert metrics["miou_present"] >= 0.95, metrics["per_class_iou"]
 
 
 def test_metrics_equal_the_iou_of_the_saved_predictions(colour_run):
     """metrics.json is recomputed from predictions/*.npy and the test labels (conftest.recomputed_iou)."""
-    run_dir, _, metrics = colour_run
+    run_dir, metrics = colour_run
     want = recomputed_iou(run_dir)
     assert abs(metrics["miou"] - want["miou"]) < 1e-12
     assert abs(metrics["miou_present"] - want["miou_present"]) < 1e-12
