@@ -173,6 +173,15 @@ def sidecar_flags(model_path: str) -> dict[str, Any]:
         raise CheckpointError(f"{sidecar} (the flags of {model_path}) is not a JSON object with \"flags\": {e}") from None
 
 
+def _create(flags: Mapping[str, Any]):
+    """create_model_and_diffusion, with flags it cannot build from (e.g. a width GroupNorm cannot split)
+    reported as a CheckpointError instead of a traceback from deep inside the U-Net."""
+    try:
+        return create_model_and_diffusion(**flags)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot build a U-Net from these model flags: {e}") from None
+
+
 def load_model_and_diffusion(model_path: str | None, flags: Mapping[str, Any], device: str | torch.device = "cpu",
                              seed: int = 0):
     """Build from ``flags``, load ``model_path`` strictly, move to ``device``, eval mode.
@@ -187,10 +196,10 @@ def load_model_and_diffusion(model_path: str | None, flags: Mapping[str, Any], d
     if model_path is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model, diffusion = create_model_and_diffusion(**flags)
+            model, diffusion = _create(flags)
     else:
         state_dict = read_state_dict(model_path)
-        model, diffusion = create_model_and_diffusion(**flags)
+        model, diffusion = _create(flags)
         check_state_dict(model, state_dict, flags, source=model_path)
         model.load_state_dict(state_dict, strict=True)
     model.to(device)

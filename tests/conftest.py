@@ -101,3 +101,26 @@ def tiny_interpreter_run(tmp_path_factory, tiny64_checkpoint):
             *FAST_INTERPRETER]
     assert train_interpreter.main(argv) == 0
     return exp / "50_4_5_6_7_8"
+
+
+def recomputed_iou(run_dir: Path) -> dict:
+    """A finished run's IoU by the definition, from its predictions/*.npy and the test labels its
+    config.json names (intersections and unions summed over images; absent classes count 0):
+    float64 with the same divisions as ddpmseg.metrics, so equal to its numbers to 1e-12."""
+    import numpy as np
+
+    cfg = json.loads((run_dir / "config.json").read_text())
+    names = sorted(p for p in os.listdir(cfg["testing_path"]) if p.endswith(".npy"))[:cfg["testing_number"]]
+    assert sorted(os.listdir(run_dir / "predictions")) == names
+    K = cfg["number_class"]
+    inter, union = np.zeros(K), np.zeros(K)
+    for name in names:
+        pred, gt = np.load(run_dir / "predictions" / name), np.load(os.path.join(cfg["testing_path"], name))
+        assert pred.shape == gt.shape
+        for c in range(K):
+            inter[c] += np.sum((pred == c) & (gt == c))
+            union[c] += np.sum((pred == c) | (gt == c))
+    iou = inter / (1e-8 + union)
+    scored = [c for c in range(K) if c != cfg["ignore_label"]]
+    return {"miou": iou[scored].mean(), "miou_present": iou[[c for c in scored if union[c] > 0]].mean(),
+            "per_class_iou": [iou[c] for c in scored], "class_names": [cfg["class_names"][c] for c in scored]}

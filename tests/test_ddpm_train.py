@@ -10,7 +10,7 @@ from PIL import Image
 import train_ddpm
 from conftest import CELEBAMASK64, require
 from guided_diffusion.checkpoint import load_model_and_diffusion, sidecar_flags
-from ddpmseg.ddpm_train import center_crop_arr, global_batch, latest_checkpoint
+from ddpmseg.ddpm_train import center_crop_arr, global_batch, latest_checkpoint, random_crop_arr
 from ddpmseg.features import FeatureExtractorDDPM
 
 TINY = ["--image_size", "32", "--channel_mult", "1,2", "--num_channels", "32", "--num_res_blocks", "1",
@@ -99,7 +99,7 @@ def test_bad_data_fails_clearly(tmp_path, capsys):
 def test_resuming_with_other_flags_is_refused(tmp_path, capsys):
     assert train(tmp_path, "--max_steps", "1") == 0
     assert train(tmp_path, "--max_steps", "2", "--dropout", "0.0") == 2
-    assert "another model_flags" in capsys.readouterr().err
+    assert "model_flags.dropout: 0.1 -> 0.0" in capsys.readouterr().err
 
 
 def test_global_batches_are_epochs_without_replacement():
@@ -134,3 +134,62 @@ def test_loss_aware_timesteps_resume_with_their_history(tmp_path):
     assert train(tmp_path / "resumed", "--max_steps", "2", *args) == 0
     a, b = weights(tmp_path / "straight" / "model000002.pt"), weights(tmp_path / "resumed" / "model000002.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ema_files_hold_the_exponential_average_of_the_raw_weights(tmp_path):
+    """ema_r_t = r * ema_r_(t-1) + (1 - r) * model_t, from ema_r_0 = model_0, for each rate and step:
+    recomputed in float64 from the saved float32 files. The trainer's float32 lerp rounds a few
+    times, each within 2^-24 of the operands' magnitude, hence the bound 2^-21 * (|ema| + |model|)."""
+    assert train(tmp_path, "--max_steps", "2", "--save_interval", "1") == 0
+    for rate in (0.9, 0.99):
+        prev = {k: v.double() for k, v in weights(tmp_path / "model000000.pt").items()}
+        assert all(torch.equal(v.double(), prev[k]) for k, v in weights(tmp_path / f"ema_{rate}_000000.pt").items())
+        for step in (1, 2):
+            raw = {k: v.double() for k, v in weights(tmp_path / f"model{step:06d}.pt").items()}
+            ema = {k: v.double() for k, v in weights(tmp_path / f"ema_{rate}_{step:06d}.pt").items()}
+            assert ema.keys() == raw.keys()
+            for k in raw:
+                want = rate * prev[k] + (1 - rate) * raw[k]
+                assert ((ema[k] - want).abs() <= 2**-21 * (prev[k].abs() + raw[k].abs())).all(), (rate, step, k)
+            moved = sum(int(not torch.equal(raw[k], prev[k])) for k in raw)
+            assert moved > 0  # the raw weights did change, so the average was tested on real updates
+            prev = ema
+
+
+def test_lr_anneals_linearly_to_zero_and_training_stops_there(tmp_path):
+    """With --lr_anneal_steps 3, update s (0, 1, 2) uses lr * (1 - s / 3), as the original; the
+    optimizer file of step s + 1 records the rate of the update that made it (exact floats)."""
+    assert train(tmp_path, "--lr", "0.001", "--lr_anneal_steps", "3", "--save_interval", "1") == 0
+    for s in range(3):
+        lr = torch.load(tmp_path / f"opt{s + 1:06d}.pt", weights_only=True)["param_groups"][0]["lr"]
+        assert lr == 0.001 * (1 - s / 3)
+    assert latest_checkpoint(str(tmp_path), [0.9, 0.99]) == 3  # no update at lr 0
+
+
+def test_random_crop_is_a_window_of_a_randomly_resized_image(tmp_path):
+    """guided-diffusion's random crop: the short side resized to a length in [size, ceil(size / 0.8)],
+    then a size x size window. Each crop is found by exhaustive search among all those windows
+    (BICUBIC resizes made here), and different seeds use several lengths and positions."""
+    from ddpmseg.ddpm_train import UnlabelledImages
+
+    rng = np.random.default_rng(0)
+    src = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))  # 40 x 30 (W x H)
+    size = 16
+    candidates = {}
+    for short in range(size, -(-size * 10 // 8) + 1):
+        big = np.asarray(src.resize((round(40 * short / 30), short), resample=Image.BICUBIC))
+        for top in range(big.shape[0] - size + 1):
+            for left in range(big.shape[1] - size + 1):
+                candidates.setdefault(big[top:top + size, left:left + size].tobytes(), (short, top, left))
+    found = set()
+    for seed in range(40):
+        crop = random_crop_arr(src, size, np.random.default_rng(seed))
+        assert crop.shape == (size, size, 3) and crop.tobytes() in candidates, seed
+        found.add(candidates[crop.tobytes()])
+    assert len({short for short, _, _ in found}) >= 3 and len(found) >= 20
+    # The training set applies it per (image, crop seed), and mirrors after cropping.
+    src.save(tmp_path / "a.png")
+    data = UnlabelledImages([str(tmp_path)], size, random_crop=True)
+    want = random_crop_arr(src, size, np.random.default_rng(7))
+    assert np.array_equal(data[(0, 7, False)].permute(1, 2, 0).numpy(), want)
+    assert np.array_equal(data[(0, 7, True)].permute(1, 2, 0).numpy(), want[:, ::-1])

@@ -1,6 +1,7 @@
 """train_deeplab.py end to end on CPU: a synthetic .npz built from real celebamask64 images."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import torchvision
 from PIL import Image
 
 import train_deeplab
-from conftest import CELEBAMASK64, REPO, require
+from conftest import CELEBAMASK64, REPO, recomputed_iou, require
 from ddpmseg.config import CHOICES, ConfigError, validate
 from ddpmseg.deeplab import BACKBONES, build_deeplab
 
@@ -65,6 +66,8 @@ def resumed(tmp_path_factory, npz):
 def test_run_writes_every_output(resumed):
     folder, metrics, _, _ = resumed
     assert np.isfinite(metrics["miou"]) and 0 <= metrics["miou"] <= metrics["miou_present"] <= 1
+    # The folder's predictions are those of the rerun (resumed[2]): its metrics are their IoU.
+    assert resumed[2]["miou"] == pytest.approx(recomputed_iou(folder)["miou"], abs=1e-12)
     assert list(metrics["per_class_iou"])[:2] == ["background", "skin"] and metrics["num_images"] == 2
     assert set(metrics["validation_miou"]) == {"0", "1"} and metrics["best_epoch"] in (0, 1)
     assert metrics["best_validation_miou"] == max(metrics["validation_miou"].values())
@@ -199,3 +202,99 @@ def test_shell_script(tmp_path, npz):
     metrics = json.loads((tmp_path / "50_150_250_4_5_6_7_8" / "deeplab_class_19_checkpoint_50000_filter_out_0.100000"
                           / "metrics.json").read_text())
     assert metrics["synthetic"]["kept"] == 18 and metrics["settings"]["data_path"] == npz
+
+
+def _deeplab_run(exp_dir, npz, *extra):
+    """The DeepLabRun that ``run(exp_dir, npz, *extra)`` would build, for method-level checks."""
+    from ddpmseg.config import load_config, parse_override
+    from ddpmseg.deeplab import DeepLabRun, DeepLabSettings
+
+    args = train_deeplab.parse_args(["--exp", str(REPO / "experiments/celebamask64/ddpm.json"), "--data_path", npz,
+                                     *FAST, *extra])
+    real = require(CELEBAMASK64) / "real"
+    overrides = dict(parse_override(s) for s in args.set)
+    cfg = load_config(args.exp, {**overrides, "exp_dir": str(exp_dir), "training_path": str(real / "train"),
+                                 "testing_path": str(real / "test")})
+    settings = DeepLabSettings(**{k: getattr(args, k) for k in DeepLabSettings.__dataclass_fields__})
+    return DeepLabRun(cfg, settings, log=lambda m: None)
+
+
+def test_the_filter_keeps_the_least_uncertain_of_the_first_max_data_samples(tmp_path, npz):
+    """--max_data 10 --uncertainty_portion 0.2: the 8 least uncertain of the first 10 samples train."""
+    dl = _deeplab_run(tmp_path, npz)
+    kept = dl.load_synthetic()
+    with np.load(npz) as f:
+        uncertainty = f["arr_2"][:10]
+    assert sorted(kept.indices.tolist()) == sorted(np.argsort(uncertainty)[:8].tolist())
+    assert uncertainty[kept.indices].max() <= np.sort(uncertainty)[7]
+
+
+def test_masks_and_predictions_change_resolution_as_published(tmp_path, npz):
+    """deeplab_res 128 with 64 px data: inputs are resized to 128, masks nearest-resized to 128
+    (exactly mask[i // 2, j // 2] for this 2x ratio); predictions come back to 64 px by bilinear
+    upsampling of the logits (align_corners=False) before the argmax, checked against a hand
+    interpolation of a 2 x 2 logit map."""
+    from ddpmseg.deeplab import predict
+
+    dl = _deeplab_run(tmp_path, npz, "--set", "deeplab_res=128")
+    data = dl.load_synthetic()
+    with np.load(npz) as f:
+        mask = f["arr_1"][data.indices[0]]
+    image, label = data[0]
+    assert image.shape == (3, 128, 128)
+    assert np.array_equal(label.numpy(), mask[np.arange(128)[:, None] // 2, np.arange(128)[None, :] // 2])
+    assert dl.res == 128 and dl.size == 64
+
+    logits = torch.tensor([[[0.0, 2.0], [0.0, 0.0]], [[0.4, 0.4], [0.4, 0.4]]])[None]  # [1, K=2, 2, 2]
+
+    def lerp_axis(n_out, n_in):
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
+        lo = np.floor(src).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+
+    lo, hi, w = lerp_axis(4, 2)
+    z = logits[0].double().numpy()
+    rows = z[:, lo, :] * (1 - w)[None, :, None] + z[:, hi, :] * w[None, :, None]
+    up = rows[:, :, lo] * (1 - w)[None, None, :] + rows[:, :, hi] * w[None, None, :]
+    got = predict(lambda x: {"out": logits}, torch.zeros(1, 3, 2, 2), 4)
+    assert np.array_equal(got[0].numpy(), up.argmax(0))
+    nearest_then_argmax = z.argmax(0)[np.arange(4)[:, None] // 2, np.arange(4)[None, :] // 2]
+    assert not np.array_equal(up.argmax(0), nearest_then_argmax)  # the two paths differ here
+
+
+def test_the_earliest_best_epoch_is_tested(resumed, tmp_path, npz):
+    """Epoch 1 gets epoch 0's weights (a validation tie) and epoch 2 a head that scores 0:
+    the earliest of the tied best, epoch 0, is selected, as the original, and the test mIoU is that
+    of epoch 0's weights, recomputed here (DeepLab forward, argmax, IoU summed over the test images;
+    same float32 forward on the same machine, so the same masks)."""
+    from ddpmseg.deeplab import build_deeplab, input_transform
+    from ddpmseg.metrics import IoUAccumulator
+
+    exp = tmp_path / "exp"
+    shutil.copytree(resumed[0].parents[1], exp)
+    folder = exp / "50_150_250_4_5_6_7_8" / FOLDER
+    first = torch.load(folder / "deeplab_epoch_0.pth", weights_only=True)
+    torch.save({**first, "epoch": 1}, folder / "deeplab_epoch_1.pth")
+    # Epoch 2's head says class 3 (eye_g, absent from these images) everywhere: IoU 0 on every class.
+    worse = {k: v.clone() for k, v in first["model_state_dict"].items()}
+    worse["classifier.4.weight"].zero_()
+    worse["classifier.4.bias"].fill_(-10.0)[3] = 10.0
+    torch.save({**first, "epoch": 2, "model_state_dict": worse}, folder / "deeplab_epoch_2.pth")
+    assert run(exp, npz, "--num_epoch", "3") == 0
+    metrics = json.loads((folder / "metrics.json").read_text())
+    val = metrics["validation_miou"]
+    assert metrics["trained_epochs"] == [] and val["0"] == val["1"] > val["2"] and metrics["best_epoch"] == 0
+
+    def test_miou(state: dict) -> float:
+        model = build_deeplab("mobilenet_v3_large", 19, pretrained_backbone=False)
+        model.load_state_dict(state)
+        model.eval()
+        iou = IoUAccumulator(19, None)
+        for png in sorted((require(CELEBAMASK64) / "real" / "test").glob("*.png"))[:2]:
+            with torch.no_grad():
+                logits = model(input_transform(64)(Image.open(png).convert("RGB"))[None])["out"]
+            iou.update(logits.argmax(1)[0], np.load(png.with_suffix(".npy")))
+        return iou.result()["miou"]
+
+    assert metrics["miou"] == pytest.approx(test_miou(first["model_state_dict"]), abs=1e-12)
+    assert test_miou(worse) == 0 < metrics["miou"]  # so testing another epoch would show

@@ -1,10 +1,11 @@
 """The offline demo, every stage at toy size (the 'smoke' preset), and its configs."""
 import json
 
+import pytest
 from PIL import Image
 
 import demo
-from conftest import REPO
+from conftest import REPO, recomputed_iou
 from ddpmseg.config import load_config
 from ddpmseg.demo import DEMO_FLAGS, PRESETS, ddpm_checkpoint
 from ddpmseg.procedural import CLASS_NAMES, PALETTE
@@ -29,6 +30,10 @@ def test_smoke_demo_runs_every_stage_and_reports_both_mious(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     for kind in ("ddpm", "rgb_xy"):
         assert 0 <= metrics[kind]["miou"] <= 1 and len(metrics[kind]["per_class_iou"]) == len(CLASS_NAMES)
+        # The report's numbers are its run's, and they are the IoU of that run's saved predictions.
+        run_dir = out / "pixel_classifiers" / ("ddpm/50_150_250_1_2_3_4" if kind == "ddpm" else "rgb_xy")
+        assert metrics[kind]["run"] == str(run_dir)
+        assert metrics[kind]["miou"] == pytest.approx(recomputed_iou(run_dir)["miou"], abs=1e-12)
     assert metrics["ddpm_beats_baseline"] == (metrics["ddpm"]["miou"] > metrics["rgb_xy"]["miou"])
     assert set(metrics["timings_s"]) == {"dataset", "ddpm_training", "interpreter_ddpm", "interpreter_rgb_xy",
                                          "synthetic_dataset", "total"}

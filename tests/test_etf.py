@@ -33,3 +33,44 @@ def test_experiment_saves_and_reuses_its_frame(tmp_path):
     assert torch.equal(load_or_create_etf(str(tmp_path), 32, 19, seed=7), first)
     with pytest.raises(ValueError, match=r"\(32, 19\) frame but this run needs \(128, 34\)"):
         load_or_create_etf(str(tmp_path), 128, 34, seed=0)
+
+
+def _hand_features(ens, m: int, x: torch.Tensor) -> torch.Tensor:
+    """Member ``m``'s penultimate features, from its weights in the original nn.Sequential layout
+    (Linear, ReLU, BatchNorm1d, Linear, ReLU, BatchNorm1d), in training mode (batch statistics)."""
+    sd = ens.member_state_dict(m)
+    h1, h2 = sd["layers.0.weight"].shape[0], sd["layers.3.weight"].shape[0]
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[-1], h1), torch.nn.ReLU(), torch.nn.BatchNorm1d(h1),
+                              torch.nn.Linear(h1, h2), torch.nn.ReLU(), torch.nn.BatchNorm1d(h2)).double().train()
+    net.load_state_dict({k.replace("layers.", ""): v for k, v in sd.items() if not k.startswith("layers.6")})
+    return net(x)
+
+
+def _cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean of log(sum exp z) - z[y], written out."""
+    return (z.exp().sum(1).log() - z[torch.arange(len(y)), y]).mean()
+
+
+def test_etf_loss_equals_a_hand_computation():
+    """loss = alpha * CE(logits) + beta * CE(penultimate @ E), each member on its own batch. Float64
+    throughout, so the only differences are summation orders: 1e-12 holds on any machine."""
+    from ddpmseg.ensemble import PixelEnsemble
+    from ddpmseg.train import member_losses
+
+    M, B, C, K = 3, 16, 12, 5
+    g = torch.Generator().manual_seed(0)
+    ens = PixelEnsemble(M, C, K, generators=[torch.Generator().manual_seed(m) for m in range(M)]).double().train()
+    x, y = torch.randn(M, B, C, generator=g, dtype=torch.float64), torch.randint(0, K, (M, B), generator=g)
+    E = simplex_etf(32, K, seed=0).double()
+    logits, features = ens(x, with_features=True)
+    cfg = {"etf_alpha": 0.7, "etf_beta": 0.4}
+    ce, total = member_losses(logits, features, y, E, cfg)
+    for m in range(M):
+        f = _hand_features(ens, m, x[m])
+        head_w, head_b = ens.member_state_dict(m)["layers.6.weight"], ens.member_state_dict(m)["layers.6.bias"]
+        want_ce = _cross_entropy(f @ head_w.T + head_b, y[m])
+        want = 0.7 * want_ce + 0.4 * _cross_entropy(f @ E, y[m])
+        assert abs(ce[m].item() - want_ce.item()) < 1e-12 and abs(total[m].item() - want.item()) < 1e-12
+    # Without a frame the minimised loss is the classifier's own.
+    ce_only, total_only = member_losses(logits, features, y, None, cfg)
+    assert torch.equal(ce_only, ce) and torch.equal(total_only, ce)

@@ -39,7 +39,7 @@ def test_block_order_and_early_exit_do_not_change_values(tiny_model_and_diffusio
     model, diffusion = tiny_model_and_diffusion("tiny256")
     shuffled = FeatureExtractorDDPM(steps=fx["steps"], blocks=fx["blocks"][::-1], model=model, diffusion=diffusion)
     out = shuffled(fx["image"], noise=fx["noise"])
-    assert all(torch.equal(a, b) for a, b in zip(ref, out))
+    assert len(out) == len(ref) and all(torch.equal(a, b) for a, b in zip(ref, out, strict=True))
     # The hooks stop the U-Net after the last hooked block; a full forward of a fresh copy
     # of the model gives the same maps.
     fresh, _ = tiny_model_and_diffusion("tiny256")
@@ -49,7 +49,7 @@ def test_block_order_and_early_exit_do_not_change_values(tiny_model_and_diffusio
     t = torch.tensor([fx["steps"][0]])
     with torch.no_grad():
         fresh(diffusion.q_sample(fx["image"], t, noise=fx["noise"]), t)
-    assert all(torch.equal(a, b) for a, b in zip(acts, ref[:len(fx["blocks"])]))
+    assert len(acts) == len(fx["blocks"]) and all(torch.equal(a, b) for a, b in zip(acts, ref[:len(acts)], strict=True))
 
 
 def test_input_activations_hook_block_inputs(tiny_model_and_diffusion):

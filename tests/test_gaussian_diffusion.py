@@ -293,3 +293,120 @@ def test_schedule_samplers():
     ts, weights = sampler.sample(64, "cpu")
     assert ts.dtype == torch.int64 and weights.dtype == torch.float32
     np.testing.assert_allclose(weights.numpy(), 1 / (10 * expected[ts.numpy()]), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- values vs independent numbers
+class _Reference:
+    """The improved-DDPM formulas written out again in float64 numpy from the betas alone, with the
+    model of ``_learned_model``: the numbers the class must reproduce (learned-range variance)."""
+
+    def __init__(self, betas):
+        b = np.asarray(betas, dtype=np.float64)
+        self.b, self.abar = b, np.cumprod(1 - b)
+        self.abar_prev, self.abar_next = np.append(1.0, self.abar[:-1]), np.append(self.abar[1:], 0.0)
+        post_var = b * (1 - self.abar_prev) / (1 - self.abar)
+        self.post_logvar = np.log(np.append(post_var[1], post_var[1:]))  # clipped: no log(0) at t = 0
+        self.c1 = b * np.sqrt(self.abar_prev) / (1 - self.abar)
+        self.c2 = (1 - self.abar_prev) * np.sqrt(1 - b) / (1 - self.abar)
+
+    def posterior(self, x0, xt, t):
+        return self.c1[t] * x0 + self.c2[t] * xt, self.post_logvar[t]
+
+    def p_mean_var(self, x, t, clip=True):
+        eps, v = 0.3 * x + 0.001 * t, np.tanh(x)
+        x0 = np.sqrt(1 / self.abar[t]) * x - np.sqrt(1 / self.abar[t] - 1) * eps
+        x0 = np.clip(x0, -1, 1) if clip else x0
+        frac = (v + 1) / 2
+        logvar = frac * np.log(self.b[t]) + (1 - frac) * self.post_logvar[t]
+        return self.posterior(x0, x, t)[0], logvar, x0
+
+    def eps_from_x0(self, x, t, x0):
+        return (np.sqrt(1 / self.abar[t]) * x - x0) / np.sqrt(1 / self.abar[t] - 1)
+
+
+def _learned_model(x, t):
+    """eps = 0.3 x + 0.001 t and variance channels tanh(x): every output depends on x and t."""
+    return torch.cat([0.3 * x + 0.001 * t.float().view(-1, 1, 1, 1), torch.tanh(x)], dim=1)
+
+
+def _kl_bits(m1, lv1, m2, lv2):
+    kl = 0.5 * (-1 + lv2 - lv1 + np.exp(lv1 - lv2) + (m1 - m2) ** 2 * np.exp(-lv2))
+    return kl.reshape(len(kl), -1).mean(1) / np.log(2)
+
+
+def _decoder_nll_bits(x, mean, logvar):
+    cdf = lambda v: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3)))  # noqa: E731
+    inv_std = np.exp(-0.5 * logvar)
+    up, lo = cdf(inv_std * (x - mean + 1 / 255)), cdf(inv_std * (x - mean - 1 / 255))
+    logp = np.where(x < -0.999, np.log(np.maximum(up, 1e-12)),
+                    np.where(x > 0.999, np.log(np.maximum(1 - lo, 1e-12)), np.log(np.maximum(up - lo, 1e-12))))
+    return -logp.reshape(len(x), -1).mean(1) / np.log(2)
+
+
+# The class evaluates these formulas in float32 (its coefficient tables are cast to float32) on
+# operands of order 1, so it differs from the float64 numbers by a few float32 roundings (~1e-6);
+# rtol 1e-4 / atol 1e-5 holds on any machine, while a wrong coefficient moves values by > 1e-2.
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def test_bits_per_dim_loop_equals_independent_numbers():
+    """calc_bpd_loop: per-step KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) in bits, the decoder NLL at
+    t = 0, the prior term and their total, from the same noise draws (one randn per step, T-1 down to 0)."""
+    T = 4
+    d = _diffusion(T, ModelVarType.LEARNED_RANGE, schedule="cosine")
+    ref = _Reference(get_named_beta_schedule("cosine", T))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 256, (2, 3, 4, 4), generator=g).float() / 127.5 - 1  # 8-bit values, both ends too
+    x0[0, 0, 0, :2] = torch.tensor([-1.0, 1.0])
+    torch.manual_seed(5)
+    out = d.calc_bpd_loop(_learned_model, x0)
+    torch.manual_seed(5)
+    noises = [torch.randn_like(x0).double().numpy() for _ in range(T)]
+    x = x0.double().numpy()
+    vb, xstart_mse = np.zeros((2, T)), np.zeros((2, T))
+    for j, t in enumerate(range(T - 1, -1, -1)):
+        xt = np.sqrt(ref.abar[t]) * x + np.sqrt(1 - ref.abar[t]) * noises[j]
+        mean, logvar, px0 = ref.p_mean_var(xt, t)
+        true_mean, true_logvar = ref.posterior(x, xt, t)
+        # Column j is step T-1-j: the loop order, as guided-diffusion stacks them.
+        vb[:, j] = _decoder_nll_bits(x, mean, logvar) if t == 0 else _kl_bits(true_mean, true_logvar, mean, logvar)
+        xstart_mse[:, j] = ((px0 - x) ** 2).reshape(2, -1).mean(1)
+    prior = _kl_bits(np.sqrt(ref.abar[-1]) * x, np.log(1 - ref.abar[-1]), 0.0, 0.0)
+    np.testing.assert_allclose(out["vb"].numpy(), vb, **TOL)
+    np.testing.assert_allclose(out["xstart_mse"].numpy(), xstart_mse, **TOL)
+    np.testing.assert_allclose(out["prior_bpd"].numpy(), prior, **TOL)
+    np.testing.assert_allclose(out["total_bpd"].numpy(), vb.sum(1) + prior, **TOL)
+
+
+def test_condition_mean_and_score_and_ddim_inversion_equal_independent_numbers():
+    """Classifier guidance, ancestral (mean + variance * grad) and DDIM (eps - sqrt(1 - abar) * grad,
+    then x_0 and the posterior mean again), and the DDIM inversion step x_t -> x_{t+1}."""
+    T, t_val = 10, 6
+    d = _diffusion(T, ModelVarType.LEARNED_RANGE, schedule="cosine")
+    ref = _Reference(get_named_beta_schedule("cosine", T))
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    t = torch.full((2,), t_val)
+    cond_fn = lambda x, t: -0.5 * x + 0.01 * t.float().view(-1, 1, 1, 1)  # noqa: E731  a stand-in gradient
+    xn = x.double().numpy()
+    grad = -0.5 * xn + 0.01 * t_val
+    mean, logvar, x0 = ref.p_mean_var(xn, t_val)
+    out = d.p_mean_variance(_learned_model, x, t)
+    np.testing.assert_allclose(d.condition_mean(cond_fn, out, x, t).numpy(), mean + np.exp(logvar) * grad, **TOL)
+
+    eps = ref.eps_from_x0(xn, t_val, x0) - np.sqrt(1 - ref.abar[t_val]) * grad
+    guided_x0 = np.sqrt(1 / ref.abar[t_val]) * xn - np.sqrt(1 / ref.abar[t_val] - 1) * eps
+    scored = d.condition_score(cond_fn, out, x, t)
+    np.testing.assert_allclose(scored["pred_xstart"].numpy(), guided_x0, **TOL)
+    np.testing.assert_allclose(scored["mean"].numpy(), ref.posterior(guided_x0, xn, t_val)[0], **TOL)
+
+    # The ancestral step uses the guided mean: same noise draw, independent numbers.
+    torch.manual_seed(3)
+    sample = d.p_sample(_learned_model, x, t, cond_fn=cond_fn)["sample"]
+    torch.manual_seed(3)
+    noise = torch.randn_like(x).double().numpy()
+    np.testing.assert_allclose(sample.numpy(), mean + np.exp(logvar) * grad + np.exp(0.5 * logvar) * noise, **TOL)
+
+    step = d.ddim_reverse_sample(_learned_model, x, t)
+    want = x0 * np.sqrt(ref.abar_next[t_val]) + np.sqrt(1 - ref.abar_next[t_val]) * ref.eps_from_x0(xn, t_val, x0)
+    np.testing.assert_allclose(step["sample"].numpy(), want, **TOL)
+    np.testing.assert_allclose(step["pred_xstart"].numpy(), x0, **TOL)

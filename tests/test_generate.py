@@ -110,3 +110,52 @@ def test_generate_filter_deeplab_end_to_end(tmp_path, tiny_interpreter_run):
     metrics = json.loads(metrics_path.read_text())
     assert metrics["synthetic"]["used"] == 4 and metrics["synthetic"]["kept"] == 3
     assert 0 <= metrics["miou"] <= 1 and metrics["num_images"] == 2
+
+
+def test_datasetddpm_masks_and_uncertainty_are_what_the_run_predicts(tmp_path, tiny_interpreter_run):
+    """Each saved sample (3, drawn in batches of 2) is labelled from its own float sample: recomputed
+    here from the same batch seeds, with the run's U-Net features upsampled (bilinear) to full size,
+    each member's logits in float64, the hard vote (ties to the lowest id) and the mean of the top
+    10% of per-pixel mutual information. The run computes in float32 with the upsampling after the
+    first layer (ddpmseg.predict), so a pixel may differ only where two members' classes are within
+    1e-3 in logit (an exact tie in float64 is impossible to reproduce across orders); uncertainty
+    agrees to 1e-4 relative."""
+    import torch.nn.functional as F
+
+    from ddpmseg.interpreter import load_trained_run
+    from ddpmseg.report import to_uint8_images
+    from ddpmseg.train import load_ensemble
+
+    out = tmp_path / "gen"
+    assert generate_dataset.main(["--run_dir", str(tiny_interpreter_run), "--out", str(out), "--num_samples", "3",
+                                  "--batch_size", "2", *FAST_SAMPLING, "--device", "cpu"]) == 0
+    with np.load(out / "samples_64x64x3.npz") as f:
+        images, masks, uncertainty = f["arr_0"], f["arr_1"], f["arr_2"]
+    assert images.shape == (3, 64, 64, 3) and masks.shape == (3, 64, 64) and uncertainty.shape == (3,)
+
+    run = load_trained_run(str(tiny_interpreter_run), {"device": "cpu"}, lambda m: None)
+    c = run.cfg
+    diffusion = sampling_diffusion(run.flags, "ddim2")
+    x = torch.cat([sample_batch(run.extractor.model, diffusion, 2, 64, c["seed"], k, use_ddim=True)
+                   for k in range(2)])[:3]
+    assert np.array_equal(images, to_uint8_images(x))
+    ens = load_ensemble(str(tiny_interpreter_run), c["model_num"], c["dim"][2], c["number_class"]).double()
+    for i in range(3):
+        layers = run.features(x[i])
+        feats = torch.cat([F.interpolate(a.half().double(), size=(64, 64), mode="bilinear", align_corners=False)
+                           for a in layers], dim=1)[0].reshape(c["dim"][2], -1).T
+        with torch.no_grad():
+            logits = ens(feats)  # [M, P, K]
+        labels = logits.argmax(-1)
+        counts = torch.zeros(labels.shape[1], c["number_class"], dtype=torch.long)
+        counts.scatter_add_(1, labels.T, torch.ones_like(labels.T))
+        want = counts.argmax(1).reshape(64, 64).numpy()
+        top2 = logits.topk(2, dim=-1).values
+        near_tie = ((top2[..., 0] - top2[..., 1]) < 1e-3).any(0).reshape(64, 64).numpy()
+        assert np.array_equal(masks[i][~near_tie], want[~near_tie]) and near_tie.mean() < 0.01
+        p = logits.softmax(-1)
+        mean_p = p.mean(0)
+        mi = -(mean_p * mean_p.log()).sum(-1) + (p * p.log()).sum(-1).mean(0)
+        top = mi.topk(int(mi.numel() * c["uncertainty_top_fraction"])).values.mean().item()
+        assert uncertainty[i] == pytest.approx(top, rel=1e-4)
+    assert len(set(uncertainty.tolist())) == 3 and len(np.unique(masks)) > 2  # not a constant labelling

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import CELEBAMASK64, FACES_CKPT, REPO, manifest, require
+from conftest import CELEBAMASK64, FACES_CKPT, REPO, manifest, recomputed_iou, require
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults, str2bool
 
 SCRIPTS = REPO / "scripts" / "ddpm"
@@ -117,6 +117,7 @@ def test_swav_runs_end_to_end_on_celebamask64_with_random_weights(tmp_path):
     assert (cfg["model_type"], cfg["random_weights"], cfg["model_flags"]) == ("swav", True, {})
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 < metrics["miou"] <= 1.0
+    assert metrics["miou"] == pytest.approx(recomputed_iou(out)["miou"], abs=1e-12)
     log = (out / "log.txt").read_text()
     assert "swav: random weights (seed 0)" in log and "9 activation maps, 6720 features per pixel" in log
     assert len(list((out / "predictions").glob("*.npy"))) == 2

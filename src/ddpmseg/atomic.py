@@ -25,10 +25,13 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         # Also on KeyboardInterrupt: leave neither a half file nor a stray temp behind.
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            # A failed write (a full disk: ENOSPC) names no file; say which output it was.
+            raise OSError(e.errno, e.strerror, path) from e
         raise
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import sys
 from typing import Any, Callable, Iterable
@@ -42,12 +43,31 @@ def read_flags_file(path: str) -> dict[str, Any]:
     return dict(loaded.get("flags", loaded))
 
 
+# Failures of the machine, not of the code (a full disk, a read-only or blocked path), with what to do:
+# they are bad input like a wrong config, so they get one line too. Other OSErrors keep their traceback.
+OS_ERROR_HINTS = {
+    errno.ENOSPC: "free disk space or write the outputs elsewhere",
+    errno.EDQUOT: "free space in your quota or write the outputs elsewhere",
+    errno.EACCES: "you may not write there; choose another output folder",
+    errno.EPERM: "you may not write there; choose another output folder",
+    errno.EROFS: "the filesystem is read-only; choose another output folder",
+    errno.ENOTDIR: "a file stands where a folder is needed; move it or choose another path",
+    errno.EEXIST: "a file stands where a folder is needed; move it or choose another path",
+    errno.EISDIR: "a folder stands where a file is needed; move it or choose another path",
+}
+
+
 def run_cli(job: Callable[[], object]) -> int:
     """Run ``job``; a wrong input becomes one ``error: ...`` line and exit status 2."""
     try:
         job()
     except INPUT_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in OS_ERROR_HINTS:
+            raise
+        print(f"error: {e.filename or 'an output file'}: {e.strerror} ({OS_ERROR_HINTS[e.errno]})", file=sys.stderr)
         return 2
     finally:
         close_world()  # a torchrun job leaves its process group cleanly, even after an error

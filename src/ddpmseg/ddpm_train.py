@@ -51,6 +51,10 @@ DATA_STREAM, FLIP_STREAM, CROP_STREAM, TIMESTEP_STREAM, NOISE_STREAM, DROPOUT_ST
 # fp32 as published; bf16/fp16 autocast on CUDA; fp64 everywhere: float64 weights and arithmetic,
 # for checking that two ways of training (e.g. one process vs torchrun) compute the same thing.
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
+# Options a resumed run may change: where it runs, how long, and what it reports. Any other change
+# would continue the trajectory of one configuration with another, so resuming refuses it.
+RESUME_MAY_CHANGE = ("log_dir", "max_steps", "log_interval", "save_interval", "sample_interval",
+                     "sample_respacing", "grid_size", "device", "num_workers")
 
 
 @dataclass
@@ -296,12 +300,16 @@ class DDPMTrainer:
             return
         with open(path) as f:
             saved = json.load(f)
-        for key in ("model_flags", "data_dirs", "batch_size", "seed"):
-            mine = self.flags if key == "model_flags" else getattr(self.opts, key)
-            theirs = {**model_and_diffusion_defaults(), **saved[key]} if key == "model_flags" else saved[key]
-            if mine != theirs:
-                raise ConfigError(f"{self.opts.log_dir} holds a run with another {key} ({theirs} vs {mine}); "
-                                  f"resume it with the same options or choose a new --log_dir")
+        now = json.loads(json.dumps(dataclasses.asdict(self.opts)))  # tuples and lists as the saved file has them
+        defaults = model_and_diffusion_defaults()
+        saved_flags, flags = {**defaults, **saved.get("model_flags", {})}, self.flags
+        differ = [f"model_flags.{k}: {saved_flags.get(k)!r} -> {flags.get(k)!r}"
+                  for k in sorted(set(saved_flags) | set(flags)) if saved_flags.get(k) != flags.get(k)]
+        differ += [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+                   if k not in RESUME_MAY_CHANGE and k != "model_flags" and saved.get(k) != now.get(k)]
+        if differ:
+            raise ConfigError(f"{self.opts.log_dir} holds a run with other options (saved -> now: {'; '.join(differ)}); "
+                              f"resume it with the saved options or choose a new --log_dir")
 
     def resume(self) -> None:
         """Load the latest complete checkpoint set of ``log_dir``, if any."""

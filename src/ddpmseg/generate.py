@@ -157,6 +157,9 @@ def generate_labelled_set(run_dir: str, out_dir: str, opts: SampleOptions, world
     ensemble labels; writes ``samples_<S>x<S>x3.npz`` and ``synthetic_grid.png`` to ``out_dir``."""
     opts.validate()
     run = load_trained_run(run_dir, {"device": str(world.device)}, log)
+    if run.cfg["model_type"] != "ddpm":
+        raise ConfigError(f"{run_dir} is a model_type '{run.cfg['model_type']}' run, which has no DDPM to draw "
+                          f"samples from: give the folder of a model_type 'ddpm' run")
     diffusion = sampling_diffusion(run.flags, opts.timestep_respacing)
     path = generate(out_dir, f"samples_{run.size}x{run.size}x3.npz", run.extractor.model, diffusion, run.size, opts,
                     world, record={"run": os.path.abspath(run_dir)}, labeller=ensemble_labeller(run, run_dir), log=log)

@@ -323,6 +323,30 @@ def write_metrics(run: Run, result: dict, out_dir: str, t_start: float, **extra:
     return metrics
 
 
+def refuse_changed_config(exp_dir: str, cfg: dict) -> None:
+    """A run folder holds one run: continuing it with other training keys would mix ensemble
+    members (or a feature store) of two configs, so refuse, naming the keys that differ.
+    Inference keys may change: evaluation reruns in full on every resume."""
+    path = os.path.join(exp_dir, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    cfg = json.loads(json.dumps(cfg))  # tuples and lists as the saved file has them
+
+    def same(key: str) -> bool:
+        a, b = saved.get(key), cfg.get(key)
+        if key.endswith("_path") and isinstance(a, str) and isinstance(b, str) and a and b:
+            return os.path.realpath(a) == os.path.realpath(b)  # one folder, written two ways
+        return a == b
+
+    differ = sorted(k for k in set(saved) | set(cfg) if k not in (*INFERENCE_KEYS, "exp_dir") and not same(k))
+    if differ:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} -> {cfg.get(k)!r}" for k in differ)
+        raise ConfigError(f"{exp_dir} holds a run with another config: {', '.join(differ)} differ "
+                          f"(saved -> now: {shown}); rerun with the saved values, or set another exp_dir")
+
+
 def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> dict:
     """Extract features, train (or resume) the ensemble, evaluate; returns the metrics dict."""
     t_start = time.time()
@@ -334,9 +358,11 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
     run = Run(cfg, model_flags, log)
     run.validate_inputs()
     exp_dir = experiment_dir(cfg)
+    resolved = {**cfg, "model_flags": model_flags}
+    refuse_changed_config(exp_dir, resolved)
     os.makedirs(exp_dir, exist_ok=True)
+    save_config(resolved, os.path.join(exp_dir, "config.json"))
     log.attach(os.path.join(exp_dir, "log.txt"))
-    save_config({**cfg, "model_flags": model_flags}, os.path.join(exp_dir, "config.json"))
     member_stats = run.train(exp_dir)
     result = run.evaluate(exp_dir, exp_dir)
     return write_metrics(run, result, exp_dir, t_start, members=member_stats)
@@ -380,8 +406,8 @@ def evaluate_run(run_dir: str, overrides: dict[str, Any], out_dir: str, log: Run
     run = load_trained_run(run_dir, overrides, log)
     cfg = run.cfg
     os.makedirs(out_dir, exist_ok=True)
-    log.attach(os.path.join(out_dir, "log.txt"))
     save_config(cfg, os.path.join(out_dir, "config.json"))
+    log.attach(os.path.join(out_dir, "log.txt"))
     result = run.evaluate(run_dir, out_dir)
     trained = {}
     if os.path.isfile(os.path.join(run_dir, "metrics.json")):

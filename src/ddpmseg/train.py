@@ -155,12 +155,9 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
         x = store.pixels(img, ys, xs).reshape(M, B, store.dim).to(device, dtype, non_blocking=True)
         y = pixels.labels[idx].to(device)
         logits, features = ens(x, with_features=True)
-        losses = per_member_ce(logits, y)  # the classifier's loss: what early stopping watches
-        total = losses
-        if etf is not None:
-            if regularizer == "etf_decoupled":
-                features = nets[1](x, with_features=True)[1]
-            total = cfg["etf_alpha"] * losses + cfg["etf_beta"] * per_member_ce(features @ etf, y)
+        if regularizer == "etf_decoupled":
+            features = nets[1](x, with_features=True)[1]
+        losses, total = member_losses(logits, features, y, etf, cfg)
         opt.zero_grad(set_to_none=True)
         total.sum().backward()
         opt.step()
@@ -200,6 +197,16 @@ def per_member_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of each member: logits [M, B, K], labels [M, B] -> [M]."""
     M, B, K = logits.shape
     return F.cross_entropy(logits.reshape(M * B, K), y.reshape(-1), reduction="none").reshape(M, B).mean(1)
+
+
+def member_losses(logits: torch.Tensor, features: torch.Tensor, y: torch.Tensor, etf: torch.Tensor | None,
+                  cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the classifier's cross-entropy [M]: what early stopping watches, the loss minimised [M]):
+    with an ETF frame, ``etf_alpha * CE(logits) + etf_beta * CE(features @ etf)``."""
+    losses = per_member_ce(logits, y)
+    if etf is None:
+        return losses, losses
+    return losses, cfg["etf_alpha"] * losses + cfg["etf_beta"] * per_member_ce(features @ etf, y)
 
 
 def load_ensemble(exp_dir: str, num_members: int, dim: int, num_classes: int, device: str = "cpu") -> PixelEnsemble:
