@@ -43,6 +43,7 @@ from .config import ConfigError
 from .data import DataError, list_image_files
 from .distributed import World, all_reduce_sum, barrier, init_world
 from .report import image_grid, to_uint8_images, write_png_atomic
+from .safeload import load_plain
 from .sampling import sample_batch, sampling_diffusion
 from .seeding import derived_seed, generator
 
@@ -314,10 +315,10 @@ class DDPMTrainer:
             ema_state = read_state_dict(path[f"ema_{rate}"])
             for p, (name, _) in zip(ema, self.model.named_parameters()):
                 p.copy_(ema_state[name])
-        self.opt.load_state_dict(torch.load(path["opt"], map_location=self.world.device, weights_only=True))
+        self.opt.load_state_dict(load_plain(path["opt"], "an optimizer state", map_location=self.world.device))
         extra = os.path.join(self.opts.log_dir, f"train_state{step:06d}.pt")
         if os.path.isfile(extra):
-            self._load_train_state(torch.load(extra, map_location="cpu", weights_only=False))
+            self._load_train_state(load_plain(extra, "a training state"))
         self.step = step
         self.log(f"resumed from {path['model']} (update {step})")
 
@@ -326,14 +327,16 @@ class DDPMTrainer:
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         if isinstance(self.sampler, LossAwareSampler):
-            state["sampler"] = {k: v for k, v in vars(self.sampler).items() if isinstance(v, np.ndarray)}
+            # As tensors: a weights_only load accepts them, not numpy arrays.
+            state["sampler"] = {k: torch.from_numpy(v) for k, v in vars(self.sampler).items()
+                                if isinstance(v, np.ndarray)}
         return state or None
 
     def _load_train_state(self, state: dict) -> None:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         for k, v in state.get("sampler", {}).items():
-            setattr(self.sampler, k, v)
+            setattr(self.sampler, k, v.numpy())
 
     def save(self) -> None:
         """Write this step's checkpoint set (rank 0), the model file last: its presence is
