@@ -42,7 +42,9 @@ from .atomic import torch_save_atomic, write_json_atomic
 from .config import ConfigError
 from .data import DataError, list_image_files
 from .distributed import World, all_reduce_sum, barrier, init_world
+from .numerics import NumericalError
 from .report import image_grid, to_uint8_images, write_png_atomic
+from .runlock import run_lock
 from .safeload import load_plain
 from .sampling import sample_batch, sampling_diffusion
 from .seeding import derived_seed, generator
@@ -405,9 +407,16 @@ class DDPMTrainer:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision)
         with torch.autocast(w.device.type, dtype=dtype, enabled=dtype is not None):
             terms = self.diffusion.training_losses(self.ddp_model, x, t, noise=noise)
+        loss = (terms["loss"].float() * weights).mean()
+        # Summed over ranks, so every rank stops together; before any state (weights, EMA, the
+        # loss-aware sampler's history) takes in the NaN.
+        if all_reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1)).item():
+            raise NumericalError(
+                f"DDPM training: the loss is {loss.item()} at update {self.step + 1} (learning rate {self._lr()}, "
+                f"precision {o.precision}); nothing of this update is saved, and a rerun resumes from the last "
+                f"checkpoint. Lower --lr" + (" or train with --precision fp32" if o.precision != "fp32" else ""))
         if isinstance(self.sampler, LossAwareSampler):
             self.sampler.update_with_local_losses(t, terms["loss"].detach())
-        loss = (terms["loss"].float() * weights).mean()
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -427,8 +436,11 @@ class DDPMTrainer:
 
     def run(self) -> int:
         """Train until ``stop_step`` (or forever); returns the final update count."""
+        with run_lock(self.opts.log_dir, self.log, main=self.world.is_main):
+            return self._run()
+
+    def _run(self) -> int:
         o = self.opts
-        os.makedirs(o.log_dir, exist_ok=True)
         barrier()
         self._check_same_run()
         self.resume()

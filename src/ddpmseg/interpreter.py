@@ -29,9 +29,11 @@ from .crossfit import out_of_fold_probabilities
 from .data import DataError, ImageLabelDataset, drop_small_regions
 from .features import FeatureExtractorDDPM, RGBPositionFeatures, shared_noise
 from .metrics import IoUAccumulator, iou_table_markdown
+from .numerics import FLOAT16_MAX, NumericalError, check_features
 from .predict import VOTING_MODES, Votes, image_uncertainty, view_logits
 from .refine import load_refiner, refine, refine_settings, save_refiner, train_refiner
 from .report import save_prediction
+from .runlock import RunLockError, run_lock
 from .seeding import generator
 from .store import FeatureStore
 from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
@@ -39,8 +41,9 @@ from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
 EXCLUDED = -1  # training-label marker for pixels no member trains on
 REFINER_FILE = "refiner.pt"
 REFINE_NOISE_STREAM = 11  # seed-stream id of the refiner's re-noising at evaluation
-# Errors that mean the user's input is wrong: the command-line tools print them as one line.
-INPUT_ERRORS = (ConfigError, DataError, CheckpointError)
+# Errors that mean the user's input is wrong (or another run holds the folder, or the numbers went
+# NaN): the command-line tools print them as one line.
+INPUT_ERRORS = (ConfigError, DataError, CheckpointError, RunLockError, NumericalError)
 # Config keys that only change inference: the ones evaluate_run may override.
 INFERENCE_KEYS = ("voting", "report_all_votings", "tta", "hflip_class_pairs", "testing_path", "testing_number",
                   "device", "uncertainty_top_fraction")
@@ -119,7 +122,9 @@ class Run:
                                                   model=model, diffusion=diffusion)
         torch.manual_seed(c["seed"])
         self.noise = shared_noise(c["seed"], self.size, self.device) if c["share_noise"] else None
-        first = self.features((self.train_set if train else self.test_set)[0]["image"])
+        first_set = self.train_set if train else self.test_set
+        first = self.features(first_set[0]["image"], f"{'training' if train else 'test'} image {first_set[0]['stem']}",
+                              store=train)
         self.first_train_features = first if train else None
         self.layer_shapes = [tuple(a.shape[1:]) for a in first]
         dim = sum(s[0] for s in self.layer_shapes)
@@ -131,8 +136,20 @@ class Run:
                  f"test {len(self.test_set)} images, {len(self.layer_shapes)} activation maps, "
                  f"{dim} features per pixel, device {self.device}")
 
-    def features(self, image: torch.Tensor) -> list[torch.Tensor]:
-        return self.extractor(image[None], noise=self.noise)
+    def features(self, image: torch.Tensor, what: str, store: bool = False) -> list[torch.Tensor]:
+        """The activation maps of one image; NumericalError (naming ``what``) on NaN/inf, or on values
+        the float16 feature store cannot hold when they are for the ``store``."""
+        activations = self.extractor(image[None], noise=self.noise)
+        check_features(activations, self.layer_names(len(activations)), what, FLOAT16_MAX if store else None)
+        return activations
+
+    def layer_names(self, count: int) -> list[str]:
+        """What each activation map is, for messages: "step 50, block 6" (step-major, as extracted)."""
+        c = self.cfg
+        if c["model_type"] != "ddpm":
+            return [f"activation map {i}" for i in range(count)]
+        blocks = sorted(c["blocks"])
+        return [f"step {t}, block {b}" for t in c["steps"] for b in blocks]
 
     # -- stages ------------------------------------------------------------------------------
     def training_images(self):
@@ -160,7 +177,8 @@ class Run:
         images = tqdm(self.training_images(), total=num_images, desc="training features", unit="img",
                       dynamic_ncols=True)
         for i, (name, image, label) in enumerate(images):
-            store.put(i, self.first_train_features if i == 0 else self.features(image))
+            store.put(i, self.first_train_features if i == 0 else self.features(image, f"training image {name}",
+                                                                                 store=True))
             label, dropped = drop_small_regions(label.numpy(), c["ignore_label"], c["min_region_pixels"],
                                                 fill=EXCLUDED)
             for cls, n in dropped:
@@ -211,7 +229,9 @@ class Run:
         items = [self.train_set[i] for i in range(n)]
         first = out_of_fold_probabilities(
             store, pixels, c, n, s.folds, s.fold_members, os.path.join(exp_dir, "refiner_folds"),
-            lambda ens, i: self.probability_map(self.votes(ens, items[i]["image"], i)), str(self.device), self.log)
+            lambda ens, i: self.probability_map(self.votes(ens, items[i]["image"], i,
+                                                           f"training image {items[i]['stem']}")),
+            str(self.device), self.log)
         images = torch.stack([item["image"] for item in items])
         labels = torch.stack([torch.as_tensor(item["label"]) for item in items]).long()
         model, stats = train_refiner(images, first, labels, c["number_class"], self.fill, s,
@@ -219,14 +239,16 @@ class Run:
         save_refiner(model, s, c["number_class"], os.path.join(exp_dir, REFINER_FILE))
         self.timings["refiner_s"] = time.time() - t0
 
-    def votes(self, ens, image: torch.Tensor, image_index: int) -> Votes:
+    def votes(self, ens, image: torch.Tensor, image_index: int, name: str | None = None) -> Votes:
         """The ensemble's votes on one test image and on each configured test-time view of it."""
         c = self.cfg
+        what = name or f"image {image_index}"
         votes = Votes(self.size * self.size, c["number_class"], self.device)
-        votes.add(view_logits(ens, self.features(image), self.hw))
+        votes.add(view_logits(ens, self.features(image, what), self.hw))
         for j, view in enumerate(c["tta"]):
             seen, flipped = tta_view(image, view, view_seed(c["seed"], image_index, j))
-            votes.add(view_logits(ens, self.features(seen), self.hw, flipped, c["hflip_class_pairs"]))
+            votes.add(view_logits(ens, self.features(seen, f"{what} ({view} view)"), self.hw, flipped,
+                                  c["hflip_class_pairs"]))
         return votes
 
     def evaluate(self, models_dir: str, out_dir: str) -> dict:
@@ -242,7 +264,7 @@ class Run:
         uncertainties = {}
         for i in tqdm(range(len(self.test_set)), desc="evaluation", unit="img", dynamic_ncols=True):
             item = self.test_set[i]
-            votes = self.votes(ens, item["image"], i)
+            votes = self.votes(ens, item["image"], i, f"test image {item['stem']}")
             for mode, iou in ious.items():
                 iou.update(votes.mask(mode).reshape(self.hw).cpu(), item["label"])
             pred = before = votes.mask(c["voting"]).reshape(self.hw).cpu()
@@ -326,12 +348,12 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
     run = Run(cfg, model_flags, log)
     run.validate_inputs()
     exp_dir = experiment_dir(cfg)
-    os.makedirs(exp_dir, exist_ok=True)
-    log.attach(os.path.join(exp_dir, "log.txt"))
-    save_config({**cfg, "model_flags": model_flags}, os.path.join(exp_dir, "config.json"))
-    member_stats = run.train(exp_dir)
-    result = run.evaluate(exp_dir, exp_dir)
-    return write_metrics(run, result, exp_dir, t_start, members=member_stats)
+    with run_lock(exp_dir, log):
+        log.attach(os.path.join(exp_dir, "log.txt"))
+        save_config({**cfg, "model_flags": model_flags}, os.path.join(exp_dir, "config.json"))
+        member_stats = run.train(exp_dir)
+        result = run.evaluate(exp_dir, exp_dir)
+        return write_metrics(run, result, exp_dir, t_start, members=member_stats)
 
 
 def load_trained_run(run_dir: str, overrides: dict[str, Any], log: Callable[[str], None]) -> Run:
@@ -364,12 +386,12 @@ def evaluate_run(run_dir: str, overrides: dict[str, Any], out_dir: str, log: Run
     log = log or RunLog()
     run = load_trained_run(run_dir, overrides, log)
     cfg = run.cfg
-    os.makedirs(out_dir, exist_ok=True)
-    log.attach(os.path.join(out_dir, "log.txt"))
-    save_config(cfg, os.path.join(out_dir, "config.json"))
-    result = run.evaluate(run_dir, out_dir)
-    trained = {}
-    if os.path.isfile(os.path.join(run_dir, "metrics.json")):
-        with open(os.path.join(run_dir, "metrics.json")) as f:
-            trained = json.load(f).get("timings_s", {})
-    return write_metrics(run, result, out_dir, t_start, trained_in=run_dir, training_timings_s=trained)
+    with run_lock(out_dir, log):
+        log.attach(os.path.join(out_dir, "log.txt"))
+        save_config(cfg, os.path.join(out_dir, "config.json"))
+        result = run.evaluate(run_dir, out_dir)
+        trained = {}
+        if os.path.isfile(os.path.join(run_dir, "metrics.json")):
+            with open(os.path.join(run_dir, "metrics.json")) as f:
+                trained = json.load(f).get("timings_s", {})
+        return write_metrics(run, result, out_dir, t_start, trained_in=run_dir, training_timings_s=trained)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .atomic import torch_save_atomic
 from .ensemble import PixelEnsemble
 from .etf import load_or_create_etf
+from .numerics import NumericalError, nonfinite_members
 from .safeload import load_plain
 from .seeding import derived_seed, generator
 from .store import FeatureStore
@@ -161,6 +162,12 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
             if regularizer == "etf_decoupled":
                 features = nets[1](x, with_features=True)[1]
             total = cfg["etf_alpha"] * losses + cfg["etf_beta"] * per_member_ce(features @ etf, y)
+        bad = nonfinite_members(total)
+        if bad:  # stop before the step: no weights, snapshot or member file ever holds NaN
+            raise NumericalError(
+                f"ensemble training: the loss of member(s) {[members[j] for j in bad]} is "
+                f"{total[bad[0]].item()} at iteration {step + 1} (epoch {epoch}); members finished before are "
+                f"kept. Lower learning_rate (now {cfg['learning_rate']}) or check the training features")
         opt.zero_grad(set_to_none=True)
         total.sum().backward()
         opt.step()
