@@ -21,6 +21,7 @@ import copy
 import csv
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
@@ -38,7 +39,7 @@ from guided_diffusion.checkpoint import check_state_dict, read_state_dict
 from guided_diffusion.resample import SCHEDULE_SAMPLERS, LossAwareSampler, create_named_schedule_sampler
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
-from .atomic import torch_save_atomic, write_json_atomic
+from .atomic import torch_save_atomic, write_json_atomic, write_text_atomic
 from .config import ConfigError
 from .data import DataError, list_image_files
 from .distributed import World, all_reduce_sum, barrier, init_world
@@ -307,6 +308,7 @@ class DDPMTrainer:
     def resume(self) -> None:
         """Load the latest complete checkpoint set of ``log_dir``, if any."""
         step = latest_checkpoint(self.opts.log_dir, self.rates)
+        self._drop_progress_after(step or 0)
         if step is None:
             return
         path = {kind: os.path.join(self.opts.log_dir, name) for kind, name in checkpoint_names(step, self.rates).items()}
@@ -323,6 +325,20 @@ class DDPMTrainer:
             self._load_train_state(load_plain(extra, "a training state"))
         self.step = step
         self.log(f"resumed from {path['model']} (update {step})")
+
+    def _drop_progress_after(self, step: int) -> None:
+        """Drop the progress.csv rows of updates after ``step``: a killed run logged them, and the
+        run resuming from ``step`` logs those updates again (one row per update, never two)."""
+        path = os.path.join(self.opts.log_dir, "progress.csv")
+        if not self.world.is_main or not os.path.isfile(path):
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+        if len(kept) < len(rows):
+            text = io.StringIO()
+            csv.writer(text).writerows(kept)  # the format DictWriter appends in
+            write_text_atomic(path, text.getvalue())
 
     def _train_state(self) -> dict | None:
         state: dict[str, Any] = {}
@@ -368,6 +384,9 @@ class DDPMTrainer:
                                     "lr": self.opts.lr, "seed": self.opts.seed})
         torch_save_atomic(state, path)
 
+    def grid_path(self) -> str:
+        return os.path.join(self.opts.log_dir, f"samples_{self.step:06d}.png")
+
     def save_grid(self) -> None:
         """``samples_<step>.png``: a grid from the first EMA, always from the same noise."""
         if not self.world.is_main:
@@ -379,7 +398,7 @@ class DDPMTrainer:
         diffusion = sampling_diffusion(self.flags, self.opts.sample_respacing)
         x = sample_batch(net, diffusion, self.opts.grid_size, self.flags["image_size"], self.opts.seed, 0,
                          use_ddim=self.opts.sample_respacing.startswith("ddim"), device=self.world.device)
-        path = os.path.join(self.opts.log_dir, f"samples_{self.step:06d}.png")
+        path = self.grid_path()
         write_png_atomic(path, image_grid(to_uint8_images(x)))
         self.log(f"sample grid: {path}")
 
@@ -453,6 +472,8 @@ class DDPMTrainer:
         stop = o.stop_step()
         if stop and self.step >= stop:
             self.log(f"{o.log_dir} already has {self.step} updates (stop at {stop}); nothing to train")
+            if not os.path.isfile(self.grid_path()):  # a run killed between its last save and its grid
+                self.save_grid()
             return self.step
         if self.step == 0:
             self.save()  # model000000.pt: the initialisation, a fair "untrained U-Net" baseline

@@ -34,6 +34,7 @@ from .predict import VOTING_MODES, Votes, image_uncertainty, view_logits
 from .refine import load_refiner, refine, refine_settings, save_refiner, train_refiner
 from .report import save_prediction
 from .runlock import RunLockError, run_lock
+from .safeload import load_plain
 from .seeding import generator
 from .store import FeatureStore
 from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
@@ -81,6 +82,12 @@ def experiment_dir(cfg: dict) -> str:
     if not cfg["steps"]:
         return cfg["exp_dir"]
     return os.path.join(cfg["exp_dir"], "_".join(map(str, cfg["steps"] + cfg["blocks"])))
+
+
+def member_stats(exp_dir: str, num_members: int) -> dict[int, dict]:
+    """Each member's training stats, from its file: the same whether this run or an earlier,
+    interrupted one trained it."""
+    return {m: load_plain(model_path(exp_dir, m), "an ensemble member")["stats"] for m in range(num_members)}
 
 
 def peak_rss_mb() -> float:
@@ -195,28 +202,28 @@ class Run:
         return store, pixels
 
     def train(self, exp_dir: str) -> dict:
+        """Train the members and refiner missing from ``exp_dir``; returns every member's stats."""
         c = self.cfg
         todo = [m for m in range(c["model_num"]) if not os.path.exists(model_path(exp_dir, m))]
         refiner_todo = self.refine is not None and not os.path.exists(os.path.join(exp_dir, REFINER_FILE))
         if not todo and not refiner_todo:
             self.log(f"all {c['model_num']} ensemble members exist in {exp_dir}; skipping training")
-            return {}
+            return member_stats(exp_dir, c["model_num"])
         if 0 < len(todo) < c["model_num"]:
             self.log(f"resuming: members {todo} remain to be trained")
         store, pixels = self.build_training_store(exp_dir)
-        stats = {}
         if todo:
             t0 = time.time()
             # The un-augmented images come first in the store, so their pixels have the lowest indices.
             original_pixels = int((pixels.index < len(self.train_set) * self.size * self.size).sum())
             epoch_size = original_pixels if c["epoch_pixels"] == "original" else None
-            stats = train_ensemble(store, pixels, c, exp_dir, todo, device=str(self.device), log=self.log,
-                                   epoch_size=epoch_size)
+            train_ensemble(store, pixels, c, exp_dir, todo, device=str(self.device), log=self.log,
+                           epoch_size=epoch_size)
             self.timings["train_s"] = time.time() - t0
         if refiner_todo:
             self.train_refiner(store, pixels, exp_dir)
         store.close()
-        return stats
+        return member_stats(exp_dir, c["model_num"])
 
     def probability_map(self, votes: Votes) -> torch.Tensor:
         """The mean class probabilities [K, H, W] of one image's votes: a refiner's first prediction."""
@@ -351,9 +358,9 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
     with run_lock(exp_dir, log):
         log.attach(os.path.join(exp_dir, "log.txt"))
         save_config({**cfg, "model_flags": model_flags}, os.path.join(exp_dir, "config.json"))
-        member_stats = run.train(exp_dir)
+        members = run.train(exp_dir)
         result = run.evaluate(exp_dir, exp_dir)
-        return write_metrics(run, result, exp_dir, t_start, members=member_stats)
+        return write_metrics(run, result, exp_dir, t_start, members=members)
 
 
 def load_trained_run(run_dir: str, overrides: dict[str, Any], log: Callable[[str], None]) -> Run:
