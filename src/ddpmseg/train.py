@@ -162,7 +162,7 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
             if regularizer == "etf_decoupled":
                 features = nets[1](x, with_features=True)[1]
             total = cfg["etf_alpha"] * losses + cfg["etf_beta"] * per_member_ce(features @ etf, y)
-        bad = nonfinite_members(total)
+        bad = [j for j in nonfinite_members(total) if active[j]]  # finished members are saved already
         if bad:  # stop before the step: no weights, snapshot or member file ever holds NaN
             raise NumericalError(
                 f"ensemble training: the loss of member(s) {[members[j] for j in bad]} is "
