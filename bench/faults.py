@@ -118,7 +118,8 @@ class Workspace:
 
 def tool_env() -> dict[str, str]:
     # One thread: a result must not depend on how the machine's cores were shared at that moment.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.join(REPO, "src")}
+    # Unbuffered: what a killed attempt printed last shows where the kill landed.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.path.join(REPO, "src")}
 
 
 def start(cmd: list[str], log_path: str) -> subprocess.Popen:
@@ -136,10 +137,11 @@ def run_tool(cmd: list[str], log_path: str) -> float:
     return time.time() - t0
 
 
-def last_line(path: str) -> str:
-    """What the tool printed last (progress bars included): where the kill landed."""
+def last_line(path: str, start: int) -> str:
+    """What the attempt whose output begins at byte ``start`` printed last (progress bars included):
+    where the kill landed; "" when it printed nothing yet (start-up: imports, loading inputs)."""
     with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - 2000))
+        f.seek(max(start, os.path.getsize(path) - 2000))
         text = f.read().decode("utf-8", "replace").replace("\r", "\n")
     lines = [x.strip() for x in text.splitlines() if x.strip()]
     return lines[-1][:100] if lines else ""
@@ -208,8 +210,9 @@ def trial(cmd: list[str], folder: str, reference: str, ref_s: float, max_kills: 
           log_path: str) -> dict:
     """Kill the tool up to ``max_kills`` times at random moments, then let it finish; compare."""
     shutil.rmtree(folder, ignore_errors=True)
-    kills, exits = [], []
+    kills = []
     while True:
+        offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
         proc = start(cmd, log_path)
         if len(kills) < max_kills:
             at = rng.uniform(0, ref_s)
@@ -218,11 +221,10 @@ def trial(cmd: list[str], folder: str, reference: str, ref_s: float, max_kills: 
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                kills.append({"at_s": round(at, 2), "during": last_line(log_path)})
+                kills.append({"at_s": round(at, 2), "during": last_line(log_path, offset)})
                 continue
         else:
             code = proc.wait()
-        exits.append(code)
         break
     diff = compare(folder, reference) if code == 0 else {}
     ok = code == 0 and not any(diff.values())

@@ -16,16 +16,21 @@ TOOL_NAMES = {"train_interpreter": "`train_interpreter.py`", "train_interpreter_
               "train_deeplab": "`train_deeplab.py`"}
 
 
+# (what the tool printed last, lower case) -> stage; the first match wins.
+STAGES = (("validation miou", "evaluation"), ("test miou", "writing"), ("miou ", "writing"),
+          ("labelled samples", "writing"), ("wrote ", "writing"), ("sample grid", "writing"), ("saved ", "writing"),
+          ("refiner", "refiner"), ("fold", "refiner"), ("evaluation", "evaluation"),
+          ("training features", "features"), ("activation maps", "features"), ("members ", "training"),
+          ("feature store", "training"), ("ddpm updates", "training"), ("epoch", "training"),
+          ("resumed", "training"), ("sampling", "sampling"))
+
+
 def stage(line: str) -> str:
-    """Where a kill landed, from the tool's last output line."""
+    """Where a kill landed, from what the killed attempt printed last ("" = nothing yet)."""
     line = line.lower()
-    for word, name in (("training features", "features"), ("evaluation", "evaluation"), ("members", "training"),
-                       ("refiner", "refiner"), ("fold", "refiner"), ("ddpm updates", "training"),
-                       ("saved", "writing"), ("sampling", "sampling"), ("epoch", "training"),
-                       ("validation", "evaluation"), ("grid", "writing"), ("wrote", "writing")):
-        if word in line:
-            return name
-    return "start-up" if not line else "other"
+    if not line:
+        return "start-up"
+    return next((name for word, name in STAGES if word in line), "other")
 
 
 def table(result: dict) -> str:
