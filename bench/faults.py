@@ -8,7 +8,8 @@ Tools (tiny configs, those of the tests: the tiny64 U-Net from the fixtures' rul
 celebamask64 images): train_interpreter, train_interpreter_refine (with DDPS refinement),
 train_ddpm, generate_dataset, train_deeplab. For each, an uninterrupted reference run is timed;
 then trials start from an empty folder: each attempt is killed (SIGKILL to its process group)
-at a moment drawn uniformly from (0, reference wall time), up to --kills_per_trial times, and
+at a moment drawn uniformly between the moment the reference run's output folder appeared (before
+it, a tool has written nothing) and the reference run's end, up to --kills_per_trial times, and
 the last attempt runs to the end. A trial survives when every rerun exits 0 and the final
 folder equals the reference: the same file names (no temp file, lock or partial file left),
 tensors, arrays, images and CSV/JSON values bit for bit, except what records the run's history
@@ -129,12 +130,18 @@ def start(cmd: list[str], log_path: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def run_tool(cmd: list[str], log_path: str) -> float:
-    t0 = time.time()
-    code = start(cmd, log_path).wait()
-    if code != 0:
-        raise RuntimeError(f"{cmd[0]} failed with exit status {code}; see {log_path}")
-    return time.time() - t0
+def run_tool(cmd: list[str], log_path: str, folder: str | None = None) -> tuple[float, float]:
+    """Run to the end; returns (wall seconds, seconds until ``folder`` appeared): before that moment
+    the tool has written nothing, so kills earlier than it test nothing."""
+    t0, appeared = time.time(), None
+    proc = start(cmd, log_path)
+    while proc.poll() is None:
+        if appeared is None and folder is not None and os.path.exists(folder):
+            appeared = time.time() - t0
+        time.sleep(0.02)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed with exit status {proc.returncode}; see {log_path}")
+    return time.time() - t0, appeared or 0.0
 
 
 def last_line(path: str, start: int) -> str:
@@ -206,16 +213,17 @@ def compare(folder: str, reference: str) -> dict:
 
 
 # -- the experiment ----------------------------------------------------------------------------
-def trial(cmd: list[str], folder: str, reference: str, ref_s: float, max_kills: int, rng: random.Random,
-          log_path: str) -> dict:
-    """Kill the tool up to ``max_kills`` times at random moments, then let it finish; compare."""
+def trial(cmd: list[str], folder: str, reference: str, window: tuple[float, float], max_kills: int,
+          rng: random.Random, log_path: str) -> dict:
+    """Kill the tool up to ``max_kills`` times at moments drawn from ``window`` (seconds after each
+    attempt's start), then let it finish; compare its folder with the reference."""
     shutil.rmtree(folder, ignore_errors=True)
     kills = []
     while True:
         offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
         proc = start(cmd, log_path)
         if len(kills) < max_kills:
-            at = rng.uniform(0, ref_s)
+            at = rng.uniform(*window)
             try:
                 code = proc.wait(timeout=at)
             except subprocess.TimeoutExpired:
@@ -237,18 +245,19 @@ def measure(tool: str, kills: int, kills_per_trial: int, ws: Workspace, rng: ran
     os.makedirs(logs, exist_ok=True)
     reference = os.path.join(ws.root, f"reference_{tool}")
     shutil.rmtree(folder, ignore_errors=True)
-    ref_s = run_tool(cmd, os.path.join(logs, f"{tool}_reference.log"))
+    ref_s, appeared_s = run_tool(cmd, os.path.join(logs, f"{tool}_reference.log"), folder)
     shutil.rmtree(reference, ignore_errors=True)
     shutil.move(folder, reference)
     trials, done = [], 0
     while done < kills:
-        t = trial(cmd, folder, reference, ref_s, min(kills_per_trial, kills - done), rng,
+        t = trial(cmd, folder, reference, (appeared_s, ref_s), min(kills_per_trial, kills - done), rng,
                   os.path.join(logs, f"{tool}_trial{len(trials)}.log"))
         trials.append(t)
         done += len(t["kills"])
     survived = sum(len(t["kills"]) for t in trials if t["survived"])
     return {"tool": tool, "kills": done, "kills_survived": survived, "trials": len(trials),
             "trials_survived": sum(t["survived"] for t in trials), "reference_s": round(ref_s, 1),
+            "folder_appears_s": round(appeared_s, 1),
             "details": trials}
 
 

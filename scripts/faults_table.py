@@ -41,8 +41,9 @@ def table(result: dict) -> str:
         rows.append(f"| {TOOL_NAMES[r['tool']]} | **{r['kills_survived']} / {r['kills']}** | "
                     f"{r['trials_survived']} / {r['trials']} survived | {r['reference_s']:.0f} s | "
                     + ", ".join(f"{n} {k}" for k, n in where.most_common()) + " |")
-    return "\n".join(rows + ["", f"Seed {result['seed']}, up to {result['kills_per_trial']} kills per trial; "
-                             f"{result['machine']}.", ""])
+    return "\n".join(rows + ["", f"Kill moments uniform between the appearance of the reference run's output "
+                             f"folder (nothing is written before) and its end; seed {result['seed']}, up to "
+                             f"{result['kills_per_trial']} kills per trial; {result['machine']}.", ""])
 
 
 if __name__ == "__main__":
