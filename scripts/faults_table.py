@@ -17,8 +17,9 @@ TOOL_NAMES = {"train_interpreter": "`train_interpreter.py`", "train_interpreter_
 
 
 # (what the tool printed last, lower case) -> stage; the first match wins.
-STAGES = (("validation miou", "evaluation"), ("test miou", "writing"), ("miou ", "writing"),
-          ("labelled samples", "writing"), ("wrote ", "writing"), ("sample grid", "writing"), ("saved ", "writing"),
+STAGES = (("validation miou", "evaluation"), ("test miou", "exit"), ("miou ", "exit"), ("labelled samples", "exit"),
+          ("already has", "resume check"), ("exist in", "resume check"), ("remain to be trained", "resume check"),
+          ("took over", "resume check"), ("wrote ", "writing"), ("sample grid", "writing"), ("saved ", "writing"),
           ("refiner", "refiner"), ("fold", "refiner"), ("evaluation", "evaluation"),
           ("training features", "features"), ("activation maps", "features"), ("members ", "training"),
           ("feature store", "training"), ("ddpm updates", "training"), ("epoch", "training"),
@@ -26,7 +27,8 @@ STAGES = (("validation miou", "evaluation"), ("test miou", "writing"), ("miou ",
 
 
 def stage(line: str) -> str:
-    """Where a kill landed, from what the killed attempt printed last ("" = nothing yet)."""
+    """Where a kill landed, from what the killed attempt printed last ("" = nothing yet; "exit" = after
+    its last line, while the process shuts down)."""
     line = line.lower()
     if not line:
         return "start-up"
