@@ -1,7 +1,7 @@
 """Write bench/faults.py's figures (kills survived / kills, per tool) into README.md's reliability section.
 
     python bench/faults.py --tool all --kills 10 --out bench/results/faults.json
-    python scripts/faults_table.py bench/results/faults.json
+    python scripts/faults_table.py bench/results/faults.json [more.json ...]   # one table per file
 """
 from __future__ import annotations
 
@@ -36,20 +36,25 @@ def stage(line: str) -> str:
 
 
 def table(result: dict) -> str:
-    rows = ["| tool | kills survived / kills | trials (runs killed, rerun to the end) | reference run | kills landed in |",
+    rows = ["| tool | kills survived / kills | trials survived / trials | reference run | kills landed in |",
             "|---|---:|---:|---:|---|"]
     for r in result["tools"]:
         where = Counter(stage(k["during"]) for t in r["details"] for k in t["kills"])
         rows.append(f"| {TOOL_NAMES[r['tool']]} | **{r['kills_survived']} / {r['kills']}** | "
-                    f"{r['trials_survived']} / {r['trials']} survived | {r['reference_s']:.0f} s | "
+                    f"{r['trials_survived']} / {r['trials']} | {r['reference_s']:.0f} s | "
                     + ", ".join(f"{n} {k}" for k, n in where.most_common()) + " |")
     return "\n".join(rows + ["", f"Kill moments uniform between the appearance of the reference run's output "
                              f"folder (nothing is written before) and its end; seed {result['seed']}, up to "
-                             f"{result['kills_per_trial']} kills per trial; {result['machine']}.", ""])
+                             f"{result['kills_per_trial']} kill(s) per trial (each trial starts from an empty folder and ends with "
+                             f"a run to the end; a run that finishes before its kill moment makes a trial with fewer "
+                             f"kills); {result['machine']}.", ""])
 
 
 if __name__ == "__main__":
-    with open(sys.argv[1] if len(sys.argv) > 1 else "bench/results/faults.json") as f:
-        text = table(json.load(f))
+    texts = []
+    for path in sys.argv[1:] or ["bench/results/faults.json"]:
+        with open(path) as f:
+            texts.append(table(json.load(f)))
+    text = "\n".join(texts)
     print(text)
     replace_block("faults", text)
