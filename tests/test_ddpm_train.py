@@ -193,3 +193,27 @@ def test_random_crop_is_a_window_of_a_randomly_resized_image(tmp_path):
     want = random_crop_arr(src, size, np.random.default_rng(7))
     assert np.array_equal(data[(0, 7, False)].permute(1, 2, 0).numpy(), want)
     assert np.array_equal(data[(0, 7, True)].permute(1, 2, 0).numpy(), want[:, ::-1])
+
+
+def progress_rows(log_dir):
+    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in csv.DictReader(open(log_dir / "progress.csv"))]
+
+
+def test_a_run_killed_between_its_log_and_its_checkpoint_resumes_without_duplicate_rows(tmp_path):
+    args = ["--save_interval", "2", "--log_interval", "1"]
+    assert train(tmp_path / "straight", "--max_steps", "4", *args) == 0
+    # As kill -9 leaves it after update 3 was logged, before its model file: the set for 3 is incomplete.
+    assert train(tmp_path / "killed", "--max_steps", "3", *args) == 0
+    (tmp_path / "killed" / "model000003.pt").unlink()
+    (tmp_path / "killed" / "samples_000003.png").unlink()
+    assert train(tmp_path / "killed", "--max_steps", "4", *args) == 0
+    assert [r["step"] for r in progress_rows(tmp_path / "killed")] == ["1", "2", "3", "4"]
+    assert progress_rows(tmp_path / "killed") == progress_rows(tmp_path / "straight")
+
+
+def test_a_run_killed_before_its_final_grid_draws_it_on_rerun(tmp_path):
+    assert train(tmp_path, "--max_steps", "2", "--save_interval", "2") == 0
+    grid = (tmp_path / "samples_000002.png").read_bytes()
+    (tmp_path / "samples_000002.png").unlink()
+    assert train(tmp_path, "--max_steps", "2", "--save_interval", "2") == 0
+    assert (tmp_path / "samples_000002.png").read_bytes() == grid

@@ -41,7 +41,7 @@ def test_end_to_end_writes_every_output(tmp_path, data, tiny64_checkpoint, capsy
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_flags"]["num_channels"] == 32 and cfg["model_num"] == 2  # resolved, sidecar flags
     for i in range(2):
-        sd = torch.load(out / f"model_{i}.pth", weights_only=False)["model_state_dict"]
+        sd = torch.load(out / f"model_{i}.pth", weights_only=True)["model_state_dict"]
         assert sd["module.layers.0.weight"].shape == (128, 384)
     stems = sorted(p.stem for p in (data / "test").glob("*.png"))
     for stem in stems:

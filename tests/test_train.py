@@ -59,7 +59,7 @@ class OriginalClassifier(nn.Module):
 
 
 def load_sd(exp_dir, m):
-    return torch.load(model_path(exp_dir, m), weights_only=False)["model_state_dict"]
+    return torch.load(model_path(exp_dir, m), weights_only=True)["model_state_dict"]
 
 
 # Why the tolerances of same-weights claims hold on any CPU:
@@ -107,7 +107,7 @@ def test_original_checkpoint_format_and_learning(data, tmp_path):
     assert "module.layers.0.weight" in expected_keys
     x = all_features(store, px)
     for m in range(3):
-        ckpt = torch.load(model_path(str(tmp_path), m), weights_only=False)
+        ckpt = torch.load(model_path(str(tmp_path), m), weights_only=True)
         sd = ckpt["model_state_dict"]
         assert set(sd) == expected_keys
         assert sd["module.layers.0.weight"].shape == (128, store.dim)  # nn.Linear [out, in] layout
@@ -313,7 +313,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, b
         counting_pixels(store, mp, fail_at=snapshot + 4)
         with pytest.raises(Interrupted):
             train_ensemble(store, px, cfg, str(cut), [0, 1, 2], log=quiet)
-    st = torch.load(cut / train_mod.STATE_FILE, weights_only=False)
+    st = torch.load(cut / train_mod.STATE_FILE, weights_only=True)
     assert st["step"] == snapshot
     assert not any(os.path.exists(model_path(str(cut), m)) for m in range(3))
 

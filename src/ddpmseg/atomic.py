@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any, BinaryIO, Callable
 
 import torch
+
+
+# The temp names atomic_write gives: "." + target name + "." + mkstemp's 8 random characters + ".tmp".
+TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
 
 
 def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
@@ -48,3 +53,17 @@ def write_json_atomic(path: str, obj: Any) -> None:
 def torch_save_atomic(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` atomically."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def remove_stale_temps(folder: str, skip_dirs_with: str) -> list[str]:
+    """Delete the temp files that killed atomic writes left under ``folder`` (a SIGKILL skips the
+    cleanup above); sub-folders holding a ``skip_dirs_with`` file belong to another run and are
+    left alone. Only call this while owning ``folder``. Returns the removed paths."""
+    removed = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not os.path.exists(os.path.join(root, d, skip_dirs_with))]
+        for name in files:
+            if TEMP_NAME.fullmatch(name):
+                os.remove(os.path.join(root, name))
+                removed.append(os.path.join(root, name))
+    return removed

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import pickle
 import re
 from functools import partial
 from typing import Callable, Mapping
@@ -27,6 +26,8 @@ from timm.models.vision_transformer import Block
 from torchvision.models.resnet import Bottleneck
 
 from guided_diffusion.checkpoint import SHOW, CheckpointError
+
+from .safeload import unsafe_global
 
 # Both backbones were pretrained on [0, 1] images normalised with ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -312,17 +313,17 @@ def _read_entry(path: str, entry: str, kind: str) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file can fail with almost any exception type
-        msg = str(e)
-        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in msg:
-            found = re.search(r"GLOBAL (\S+)", msg)
+        found = unsafe_global(e)
+        if found is not None:
             resaved = os.path.splitext(path)[0] + "_tensors.pth"
             raise CheckpointError(
-                f"{path} stores Python objects ({found.group(1) if found else 'an unknown class'}) besides "
+                f"{path} stores Python objects ({found}) besides "
                 f"tensors, so it is not a tensor checkpoint this tool can load safely (weights_only). If you "
                 f"trust the file, re-save its tensors once: python -c \"import torch; c = torch.load('{path}', "
                 f"weights_only=False); torch.save({{'{entry}': c['{entry}']}}, '{resaved}')\" and use {resaved}"
             ) from None
         # weights_only errors open with generic advice; the cause follows "WeightsUnpickler error:".
+        msg = str(e)
         cause = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
         first = cause.group(1) if cause else (msg.strip().splitlines() or [""])[0]
         detail = type(e).__name__ + (f": {first.strip()[:200]}" if first.strip() else "")

@@ -8,6 +8,8 @@ import json
 import sys
 from typing import Any, Callable, Iterable
 
+from tqdm import tqdm
+
 from guided_diffusion.script_util import model_and_diffusion_defaults, str2bool
 
 from .config import ConfigError
@@ -62,6 +64,9 @@ def run_cli(job: Callable[[], object]) -> int:
     try:
         job()
     except INPUT_ERRORS as e:
+        # A progress bar the error interrupted would otherwise share (and hide) the error's line.
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

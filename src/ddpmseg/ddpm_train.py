@@ -21,6 +21,7 @@ import copy
 import csv
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
@@ -38,11 +39,14 @@ from guided_diffusion.checkpoint import check_state_dict, read_state_dict
 from guided_diffusion.resample import SCHEDULE_SAMPLERS, LossAwareSampler, create_named_schedule_sampler
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
 
-from .atomic import torch_save_atomic, write_json_atomic
+from .atomic import torch_save_atomic, write_json_atomic, write_text_atomic
 from .config import ConfigError
 from .data import DataError, list_image_files, load_rgb
 from .distributed import World, all_reduce_sum, barrier, init_world
+from .numerics import NumericalError
 from .report import image_grid, to_uint8_images, write_png_atomic
+from .runlock import run_lock
+from .safeload import load_plain
 from .sampling import sample_batch, sampling_diffusion
 from .seeding import derived_seed, generator
 
@@ -314,6 +318,7 @@ class DDPMTrainer:
     def resume(self) -> None:
         """Load the latest complete checkpoint set of ``log_dir``, if any."""
         step = latest_checkpoint(self.opts.log_dir, self.rates)
+        self._drop_progress_after(step or 0)
         if step is None:
             return
         path = {kind: os.path.join(self.opts.log_dir, name) for kind, name in checkpoint_names(step, self.rates).items()}
@@ -324,26 +329,42 @@ class DDPMTrainer:
             ema_state = read_state_dict(path[f"ema_{rate}"])
             for p, (name, _) in zip(ema, self.model.named_parameters()):
                 p.copy_(ema_state[name])
-        self.opt.load_state_dict(torch.load(path["opt"], map_location=self.world.device, weights_only=True))
+        self.opt.load_state_dict(load_plain(path["opt"], "an optimizer state", map_location=self.world.device))
         extra = os.path.join(self.opts.log_dir, f"train_state{step:06d}.pt")
         if os.path.isfile(extra):
-            self._load_train_state(torch.load(extra, map_location="cpu", weights_only=False))
+            self._load_train_state(load_plain(extra, "a training state"))
         self.step = step
         self.log(f"resumed from {path['model']} (update {step})")
+
+    def _drop_progress_after(self, step: int) -> None:
+        """Drop the progress.csv rows of updates after ``step``: a killed run logged them, and the
+        run resuming from ``step`` logs those updates again (one row per update, never two)."""
+        path = os.path.join(self.opts.log_dir, "progress.csv")
+        if not self.world.is_main or not os.path.isfile(path):
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+        if len(kept) < len(rows):
+            text = io.StringIO()
+            csv.writer(text).writerows(kept)  # the format DictWriter appends in
+            write_text_atomic(path, text.getvalue())
 
     def _train_state(self) -> dict | None:
         state: dict[str, Any] = {}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         if isinstance(self.sampler, LossAwareSampler):
-            state["sampler"] = {k: v for k, v in vars(self.sampler).items() if isinstance(v, np.ndarray)}
+            # As tensors: a weights_only load accepts them, not numpy arrays.
+            state["sampler"] = {k: torch.from_numpy(v) for k, v in vars(self.sampler).items()
+                                if isinstance(v, np.ndarray)}
         return state or None
 
     def _load_train_state(self, state: dict) -> None:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         for k, v in state.get("sampler", {}).items():
-            setattr(self.sampler, k, v)
+            setattr(self.sampler, k, v.numpy())
 
     def save(self) -> None:
         """Write this step's checkpoint set (rank 0), the model file last: its presence is
@@ -373,6 +394,9 @@ class DDPMTrainer:
                                     "lr": self.opts.lr, "seed": self.opts.seed})
         torch_save_atomic(state, path)
 
+    def grid_path(self) -> str:
+        return os.path.join(self.opts.log_dir, f"samples_{self.step:06d}.png")
+
     def save_grid(self) -> None:
         """``samples_<step>.png``: a grid from the first EMA, always from the same noise."""
         if not self.world.is_main:
@@ -384,7 +408,7 @@ class DDPMTrainer:
         diffusion = sampling_diffusion(self.flags, self.opts.sample_respacing)
         x = sample_batch(net, diffusion, self.opts.grid_size, self.flags["image_size"], self.opts.seed, 0,
                          use_ddim=self.opts.sample_respacing.startswith("ddim"), device=self.world.device)
-        path = os.path.join(self.opts.log_dir, f"samples_{self.step:06d}.png")
+        path = self.grid_path()
         write_png_atomic(path, image_grid(to_uint8_images(x)))
         self.log(f"sample grid: {path}")
 
@@ -412,9 +436,16 @@ class DDPMTrainer:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision)
         with torch.autocast(w.device.type, dtype=dtype, enabled=dtype is not None):
             terms = self.diffusion.training_losses(self.ddp_model, x, t, noise=noise)
+        loss = (terms["loss"].to(self.dtype) * weights).mean()
+        # Summed over ranks, so every rank stops together; before any state (weights, EMA, the
+        # loss-aware sampler's history) takes in the NaN.
+        if all_reduce_sum((~torch.isfinite(loss.detach())).float().reshape(1)).item():
+            raise NumericalError(
+                f"DDPM training: the loss is {loss.item()} at update {self.step + 1} (learning rate {self._lr()}, "
+                f"precision {o.precision}); nothing of this update is saved, and a rerun resumes from the last "
+                f"checkpoint. Lower --lr" + (" or train with --precision fp32" if o.precision != "fp32" else ""))
         if isinstance(self.sampler, LossAwareSampler):
             self.sampler.update_with_local_losses(t, terms["loss"].detach())
-        loss = (terms["loss"].to(self.dtype) * weights).mean()
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -434,8 +465,11 @@ class DDPMTrainer:
 
     def run(self) -> int:
         """Train until ``stop_step`` (or forever); returns the final update count."""
+        with run_lock(self.opts.log_dir, self.log, main=self.world.is_main):
+            return self._run()
+
+    def _run(self) -> int:
         o = self.opts
-        os.makedirs(o.log_dir, exist_ok=True)
         barrier()
         self._check_same_run()
         self.resume()
@@ -448,6 +482,8 @@ class DDPMTrainer:
         stop = o.stop_step()
         if stop and self.step >= stop:
             self.log(f"{o.log_dir} already has {self.step} updates (stop at {stop}); nothing to train")
+            if not os.path.isfile(self.grid_path()):  # a run killed between its last save and its grid
+                self.save_grid()
             return self.step
         if self.step == 0:
             self.save()  # model000000.pt: the initialisation, a fair "untrained U-Net" baseline

@@ -35,6 +35,7 @@ from .data import ImageLabelDataset, nearest_resize
 from .interpreter import RunLog, experiment_dir, peak_rss_mb, resolve_device
 from .metrics import IoUAccumulator, iou_table_markdown
 from .report import save_prediction
+from .runlock import run_lock
 from .seeding import derived_seed, generator
 from .synthetic import check_masks, keep_by_uncertainty, load_synthetic
 
@@ -404,11 +405,11 @@ def run_deeplab(cfg: dict, settings: DeepLabSettings, log: RunLog | None = None)
     log = log or RunLog()
     run = DeepLabRun(cfg, settings, log)
     run.prepare()
-    os.makedirs(run.folder, exist_ok=True)
-    log.attach(os.path.join(run.folder, "log.txt"))
-    save_config(cfg, os.path.join(run.folder, "config.json"))
-    log(f"DeepLabV3 {cfg['deeplab_backbone']} at {run.res} px on {run.device}, run folder {run.folder}")
-    trained = run.train()
-    best, val, train_s = run.select_epoch()
-    result = run.test(best)
-    return write_deeplab_metrics(run, result, best, val, train_s, trained, t_start)
+    with run_lock(run.folder, log):
+        log.attach(os.path.join(run.folder, "log.txt"))
+        save_config(cfg, os.path.join(run.folder, "config.json"))
+        log(f"DeepLabV3 {cfg['deeplab_backbone']} at {run.res} px on {run.device}, run folder {run.folder}")
+        trained = run.train()
+        best, val, train_s = run.select_epoch()
+        result = run.test(best)
+        return write_deeplab_metrics(run, result, best, val, train_s, trained, t_start)

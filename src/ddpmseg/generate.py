@@ -29,6 +29,7 @@ from .distributed import World, barrier
 from .interpreter import Run, load_trained_run
 from .predict import image_uncertainty
 from .report import synthetic_grid, to_uint8_images, write_png_atomic
+from .runlock import run_lock
 from .sampling import sample_batch, sampling_diffusion
 from .train import load_ensemble
 
@@ -91,6 +92,13 @@ def generate(out_dir: str, output_name: str, model: torch.nn.Module, diffusion: 
     """
     opts.validate()
     record = {**record, **dataclasses.asdict(opts), "image_size": image_size, "labelled": labeller is not None}
+    with run_lock(out_dir, log, main=world.is_main):
+        return _generate(out_dir, output_name, model, diffusion, image_size, opts, world, record, labeller, log)
+
+
+def _generate(out_dir: str, output_name: str, model: torch.nn.Module, diffusion: SpacedDiffusion, image_size: int,
+              opts: SampleOptions, world: World, record: dict, labeller: Labeller | None,
+              log: Callable[[str], None]) -> str:
     if world.is_main:
         _check_record(out_dir, record)
         os.makedirs(os.path.join(out_dir, "shards"), exist_ok=True)

@@ -29,9 +29,12 @@ from .crossfit import out_of_fold_probabilities
 from .data import DataError, ImageLabelDataset, drop_small_regions
 from .features import FeatureExtractorDDPM, RGBPositionFeatures, shared_noise
 from .metrics import IoUAccumulator, iou_table_markdown
+from .numerics import FLOAT16_MAX, NumericalError, check_features
 from .predict import VOTING_MODES, Votes, image_uncertainty, view_logits
 from .refine import load_refiner, refine, refine_settings, save_refiner, train_refiner
 from .report import save_prediction
+from .runlock import RunLockError, run_lock
+from .safeload import load_plain
 from .seeding import generator
 from .store import FeatureStore
 from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
@@ -39,8 +42,9 @@ from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
 EXCLUDED = -1  # training-label marker for pixels no member trains on
 REFINER_FILE = "refiner.pt"
 REFINE_NOISE_STREAM = 11  # seed-stream id of the refiner's re-noising at evaluation
-# Errors that mean the user's input is wrong: the command-line tools print them as one line.
-INPUT_ERRORS = (ConfigError, DataError, CheckpointError)
+# Errors that mean the user's input is wrong (or another run holds the folder, or the numbers went
+# NaN): the command-line tools print them as one line.
+INPUT_ERRORS = (ConfigError, DataError, CheckpointError, RunLockError, NumericalError)
 # Config keys that only change inference: the ones evaluate_run may override.
 INFERENCE_KEYS = ("voting", "report_all_votings", "tta", "hflip_class_pairs", "testing_path", "testing_masks_path",
                   "testing_number", "device", "uncertainty_top_fraction")
@@ -80,6 +84,12 @@ def experiment_dir(cfg: dict) -> str:
     return os.path.join(cfg["exp_dir"], "_".join(map(str, cfg["steps"] + cfg["blocks"])))
 
 
+def member_stats(exp_dir: str, num_members: int) -> dict[int, dict]:
+    """Each member's training stats, from its file: the same whether this run or an earlier,
+    interrupted one trained it."""
+    return {m: load_plain(model_path(exp_dir, m), "an ensemble member")["stats"] for m in range(num_members)}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -110,7 +120,9 @@ class Run:
         self.test_set = ImageLabelDataset(c["testing_path"], num_images=c["testing_number"],
                                           masks_dir=c["testing_masks_path"], **ds_kw)
         self.open_backbone()
-        first = self.features((self.train_set if train else self.test_set)[0]["image"])
+        first_set = self.train_set if train else self.test_set
+        first = self.features(first_set[0]["image"], f"{'training' if train else 'test'} image {first_set[0]['stem']}",
+                              store=train)
         self.first_train_features = first if train else None
         self.layer_shapes = [tuple(a.shape[1:]) for a in first]
         dim = sum(s[0] for s in self.layer_shapes)
@@ -139,8 +151,20 @@ class Run:
         torch.manual_seed(c["seed"])
         self.noise = shared_noise(c["seed"], self.size, self.device) if c["share_noise"] else None
 
-    def features(self, image: torch.Tensor) -> list[torch.Tensor]:
-        return self.extractor(image[None], noise=self.noise)
+    def features(self, image: torch.Tensor, what: str, store: bool = False) -> list[torch.Tensor]:
+        """The activation maps of one image; NumericalError (naming ``what``) on NaN/inf, or on values
+        the float16 feature store cannot hold when they are for the ``store``."""
+        activations = self.extractor(image[None], noise=self.noise)
+        check_features(activations, self.layer_names(len(activations)), what, FLOAT16_MAX if store else None)
+        return activations
+
+    def layer_names(self, count: int) -> list[str]:
+        """What each activation map is, for messages: "step 50, block 6" (step-major, as extracted)."""
+        c = self.cfg
+        if c["model_type"] != "ddpm":
+            return [f"activation map {i}" for i in range(count)]
+        blocks = sorted(c["blocks"])
+        return [f"step {t}, block {b}" for t in c["steps"] for b in blocks]
 
     # -- stages ------------------------------------------------------------------------------
     def training_images(self):
@@ -168,7 +192,8 @@ class Run:
         images = tqdm(self.training_images(), total=num_images, desc="training features", unit="img",
                       dynamic_ncols=True)
         for i, (name, image, label) in enumerate(images):
-            store.put(i, self.first_train_features if i == 0 else self.features(image))
+            store.put(i, self.first_train_features if i == 0 else self.features(image, f"training image {name}",
+                                                                                 store=True))
             label, dropped = drop_small_regions(label.numpy(), c["ignore_label"], c["min_region_pixels"],
                                                 fill=EXCLUDED)
             for cls, n in dropped:
@@ -185,28 +210,28 @@ class Run:
         return store, pixels
 
     def train(self, exp_dir: str) -> dict:
+        """Train the members and refiner missing from ``exp_dir``; returns every member's stats."""
         c = self.cfg
         todo = [m for m in range(c["model_num"]) if not os.path.exists(model_path(exp_dir, m))]
         refiner_todo = self.refine is not None and not os.path.exists(os.path.join(exp_dir, REFINER_FILE))
         if not todo and not refiner_todo:
             self.log(f"all {c['model_num']} ensemble members exist in {exp_dir}; skipping training")
-            return {}
+            return member_stats(exp_dir, c["model_num"])
         if 0 < len(todo) < c["model_num"]:
             self.log(f"resuming: members {todo} remain to be trained")
         store, pixels = self.build_training_store(exp_dir)
-        stats = {}
         if todo:
             t0 = time.time()
             # The un-augmented images come first in the store, so their pixels have the lowest indices.
             original_pixels = int((pixels.index < len(self.train_set) * self.size * self.size).sum())
             epoch_size = original_pixels if c["epoch_pixels"] == "original" else None
-            stats = train_ensemble(store, pixels, c, exp_dir, todo, device=str(self.device), log=self.log,
-                                   epoch_size=epoch_size)
+            train_ensemble(store, pixels, c, exp_dir, todo, device=str(self.device), log=self.log,
+                           epoch_size=epoch_size)
             self.timings["train_s"] = time.time() - t0
         if refiner_todo:
             self.train_refiner(store, pixels, exp_dir)
         store.close()
-        return stats
+        return member_stats(exp_dir, c["model_num"])
 
     def probability_map(self, votes: Votes) -> torch.Tensor:
         """The mean class probabilities [K, H, W] of one image's votes: a refiner's first prediction."""
@@ -219,7 +244,9 @@ class Run:
         items = [self.train_set[i] for i in range(n)]
         first = out_of_fold_probabilities(
             store, pixels, c, n, s.folds, s.fold_members, os.path.join(exp_dir, "refiner_folds"),
-            lambda ens, i: self.probability_map(self.votes(ens, items[i]["image"], i)), str(self.device), self.log)
+            lambda ens, i: self.probability_map(self.votes(ens, items[i]["image"], i,
+                                                           f"training image {items[i]['stem']}")),
+            str(self.device), self.log)
         images = torch.stack([item["image"] for item in items])
         labels = torch.stack([torch.as_tensor(item["label"]) for item in items]).long()
         model, stats = train_refiner(images, first, labels, c["number_class"], self.fill, s,
@@ -227,14 +254,16 @@ class Run:
         save_refiner(model, s, c["number_class"], os.path.join(exp_dir, REFINER_FILE))
         self.timings["refiner_s"] = time.time() - t0
 
-    def votes(self, ens, image: torch.Tensor, image_index: int) -> Votes:
+    def votes(self, ens, image: torch.Tensor, image_index: int, name: str | None = None) -> Votes:
         """The ensemble's votes on one test image and on each configured test-time view of it."""
         c = self.cfg
+        what = name or f"image {image_index}"
         votes = Votes(self.size * self.size, c["number_class"], self.device)
-        votes.add(view_logits(ens, self.features(image), self.hw))
+        votes.add(view_logits(ens, self.features(image, what), self.hw))
         for j, view in enumerate(c["tta"]):
             seen, flipped = tta_view(image, view, view_seed(c["seed"], image_index, j))
-            votes.add(view_logits(ens, self.features(seen), self.hw, flipped, c["hflip_class_pairs"]))
+            votes.add(view_logits(ens, self.features(seen, f"{what} ({view} view)"), self.hw, flipped,
+                                  c["hflip_class_pairs"]))
         return votes
 
     def evaluate(self, models_dir: str, out_dir: str) -> dict:
@@ -250,7 +279,7 @@ class Run:
         uncertainties = {}
         for i in tqdm(range(len(self.test_set)), desc="evaluation", unit="img", dynamic_ncols=True):
             item = self.test_set[i]
-            votes = self.votes(ens, item["image"], i)
+            votes = self.votes(ens, item["image"], i, f"test image {item['stem']}")
             for mode, iou in ious.items():
                 iou.update(votes.mask(mode).reshape(self.hw).cpu(), item["label"])
             pred = before = votes.mask(c["voting"]).reshape(self.hw).cpu()
@@ -358,14 +387,14 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
     run = Run(cfg, model_flags, log)
     run.validate_inputs()
     exp_dir = experiment_dir(cfg)
-    resolved = {**cfg, "model_flags": model_flags}
-    refuse_changed_config(exp_dir, resolved)
-    os.makedirs(exp_dir, exist_ok=True)
-    save_config(resolved, os.path.join(exp_dir, "config.json"))
-    log.attach(os.path.join(exp_dir, "log.txt"))
-    member_stats = run.train(exp_dir)
-    result = run.evaluate(exp_dir, exp_dir)
-    return write_metrics(run, result, exp_dir, t_start, members=member_stats)
+    with run_lock(exp_dir, log):
+        resolved = {**cfg, "model_flags": model_flags}
+        refuse_changed_config(exp_dir, resolved)
+        save_config(resolved, os.path.join(exp_dir, "config.json"))
+        log.attach(os.path.join(exp_dir, "log.txt"))
+        members = run.train(exp_dir)
+        result = run.evaluate(exp_dir, exp_dir)
+        return write_metrics(run, result, exp_dir, t_start, members=members)
 
 
 def load_trained_config(run_dir: str, overrides: dict[str, Any]) -> dict:
@@ -405,12 +434,12 @@ def evaluate_run(run_dir: str, overrides: dict[str, Any], out_dir: str, log: Run
     log = log or RunLog()
     run = load_trained_run(run_dir, overrides, log)
     cfg = run.cfg
-    os.makedirs(out_dir, exist_ok=True)
-    save_config(cfg, os.path.join(out_dir, "config.json"))
-    log.attach(os.path.join(out_dir, "log.txt"))
-    result = run.evaluate(run_dir, out_dir)
-    trained = {}
-    if os.path.isfile(os.path.join(run_dir, "metrics.json")):
-        with open(os.path.join(run_dir, "metrics.json")) as f:
-            trained = json.load(f).get("timings_s", {})
-    return write_metrics(run, result, out_dir, t_start, trained_in=run_dir, training_timings_s=trained)
+    with run_lock(out_dir, log):
+        save_config(cfg, os.path.join(out_dir, "config.json"))
+        log.attach(os.path.join(out_dir, "log.txt"))
+        result = run.evaluate(run_dir, out_dir)
+        trained = {}
+        if os.path.isfile(os.path.join(run_dir, "metrics.json")):
+            with open(os.path.join(run_dir, "metrics.json")) as f:
+                trained = json.load(f).get("timings_s", {})
+        return write_metrics(run, result, out_dir, t_start, trained_in=run_dir, training_timings_s=trained)

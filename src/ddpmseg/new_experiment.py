@@ -132,7 +132,7 @@ def _feature_width(cfg: dict, flags: dict, log: Callable[[str], None]) -> int:
             raise
         raise ConfigError(f"{e}; choose others with --steps / --blocks") from None
     image = torch.zeros(3, run.size, run.size)
-    return sum(a.shape[1] for a in run.features(image))
+    return sum(a.shape[1] for a in run.features(image, "a blank image (measuring the feature width)"))
 
 
 def new_experiment(name: str, images: str, masks: str, model_path: str, classes: str | None = None,

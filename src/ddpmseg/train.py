@@ -25,6 +25,8 @@ from tqdm import tqdm
 from .atomic import torch_save_atomic
 from .ensemble import PixelEnsemble
 from .etf import load_or_create_etf
+from .numerics import NumericalError, nonfinite_members
+from .safeload import load_plain
 from .seeding import derived_seed, generator
 from .store import FeatureStore
 
@@ -115,7 +117,7 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
 
     state_path = os.path.join(exp_dir, STATE_FILE)
     if os.path.exists(state_path):
-        st = torch.load(state_path, weights_only=False)
+        st = load_plain(state_path, "a training snapshot")
         if st["members"] == members and st["num_pixels"] == N:
             for net, sd in zip(nets, st["nets"]):
                 net.load_state_dict(sd)
@@ -158,6 +160,12 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
         if regularizer == "etf_decoupled":
             features = nets[1](x, with_features=True)[1]
         losses, total = member_losses(logits, features, y, etf, cfg)
+        bad = [j for j in nonfinite_members(total) if active[j]]  # finished members are saved already
+        if bad:  # stop before the step: no weights, snapshot or member file ever holds NaN
+            raise NumericalError(
+                f"ensemble training: the loss of member(s) {[members[j] for j in bad]} is "
+                f"{total[bad[0]].item()} at iteration {step + 1} (epoch {epoch}); members finished before are "
+                f"kept. Lower learning_rate (now {cfg['learning_rate']}) or check the training features")
         opt.zero_grad(set_to_none=True)
         total.sum().backward()
         opt.step()
@@ -213,6 +221,6 @@ def load_ensemble(exp_dir: str, num_members: int, dim: int, num_classes: int, de
     """Load ``model_{0..M-1}.pth`` into one PixelEnsemble in eval mode."""
     ens = PixelEnsemble(num_members, dim, num_classes)
     for m in range(num_members):
-        ckpt = torch.load(model_path(exp_dir, m), map_location="cpu", weights_only=False)
+        ckpt = load_plain(model_path(exp_dir, m), "an ensemble member")
         ens.load_member(m, ckpt["model_state_dict"])
     return ens.to(device).eval()
