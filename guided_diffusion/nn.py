@@ -8,10 +8,11 @@ import torch.nn as nn
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back, so fp16 torsos keep fp32 statistics."""
+    """GroupNorm computed in (at least) float32 and cast back, so fp16 torsos keep fp32 statistics;
+    a float64 model stays float64 (the exactness tests)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        return super().forward(x.to(torch.promote_types(x.dtype, torch.float32))).type(x.dtype)
 
 
 def normalization(channels: int) -> GroupNorm32:
