@@ -324,11 +324,13 @@ class UNetModel(nn.Module):
         """Run the torso in float16 (embeddings, norms and the output head stay float32)."""
         for part in (self.input_blocks, self.middle_block, self.output_blocks):
             _convert_convs(part, torch.float16)
+        self.dtype = torch.float16  # the torso's input dtype (forward casts to it)
 
     def convert_to_fp32(self) -> None:
         """Undo :meth:`convert_to_fp16`."""
         for part in (self.input_blocks, self.middle_block, self.output_blocks):
             _convert_convs(part, torch.float32)
+        self.dtype = torch.float32
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x [N, C, H, W], timesteps [N] (model-scale indices), y [N] class labels if conditional."""
