@@ -432,8 +432,8 @@ def test_dense_feature_matrix_gives_the_lazy_rows_and_members(data, tmp_path, mo
     """feature_matrix only changes where a batch's features come from, never their values."""
     store, px = data
     idx = torch.randperm(len(px.labels), generator=torch.Generator().manual_seed(0))[:100]
-    lazy = train_mod.training_features(store, px, "lazy")(idx)
-    assert torch.equal(train_mod.training_features(store, px, "dense")(idx), lazy)
+    lazy = train_mod.training_features(store, px, "lazy", quiet)(idx)
+    assert torch.equal(train_mod.training_features(store, px, "dense", quiet)(idx), lazy)
     for mode in ("lazy", "dense"):
         os.makedirs(tmp_path / mode)
         train_ensemble(store, px, make_cfg(feature_matrix=mode), str(tmp_path / mode), [0, 1], log=quiet)

@@ -79,7 +79,8 @@ def wants_dense(num_pixels: int, dim: int, mode: str) -> bool:
     return mode == "dense" or (mode == "auto" and num_pixels * dim * 4 <= DENSE_BUDGET_BYTES)
 
 
-def training_features(store: FeatureStore, pixels: LabelledPixels, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def training_features(store: FeatureStore, pixels: LabelledPixels, mode: str,
+                      log: Callable[[str], None] = print) -> Callable[[torch.Tensor], torch.Tensor]:
     """``rows(idx)``: upsampled features float32 [len(idx), dim] of training pixels ``idx``.
 
     "dense" (or "auto" within DENSE_BUDGET_BYTES) computes every pixel's row once with the same
@@ -90,6 +91,7 @@ def training_features(store: FeatureStore, pixels: LabelledPixels, mode: str) ->
     if not wants_dense(N, store.dim, mode):
         return lambda idx: store.pixels(*pixels.coords(idx))
     dense = torch.empty(N, store.dim)
+    log(f"feature matrix: {N:,} training pixels x {store.dim} upsampled once, {dense.nbytes / 2**30:.2f} GiB float32")
     for start in range(0, N, DENSE_CHUNK):
         chunk = torch.arange(start, min(start + DENSE_CHUNK, N))
         dense[start:start + len(chunk)] = store.pixels(*pixels.coords(chunk))
@@ -158,7 +160,7 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
         else:
             log(f"ignoring {STATE_FILE}: it belongs to another training set or member list")
     perms = [torch.randperm(N, generator=g) for g in gens]
-    rows = training_features(store, pixels, cfg["feature_matrix"])
+    rows = training_features(store, pixels, cfg["feature_matrix"], log)
 
     def finish(j: int, reason: str) -> None:
         active[j] = False
