@@ -124,7 +124,7 @@ def run(workload: str, iterations: int, images: int, baseline_pixels: int, quick
     rate = matmul_flops_per_s(store.dim, classes, batch, 5 if quick else 50)
     floor_s = flops / rate
     return {
-        "bench": "ensemble_throughput", "workload": workload, "quick": quick, "dim": store.dim,
+        "bench": "ensemble_throughput", "argv": sys.argv[1:], "workload": workload, "quick": quick, "dim": store.dim,
         "members": MEMBERS, "iterations_per_member": iterations, "device": "cpu",
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "sequential_pixels_per_s": round(n / t_seq), "batched_pixels_per_s": round(n / t_ours),

@@ -157,7 +157,7 @@ def main() -> None:
         model, diffusion = build_unet(w["flags"], a.device)
         row = compare(model, diffusion, w["steps"], w["blocks"], a.images, a.device, a.repeats)
         row.pop("_original")
-        print(json.dumps({"bench": "extraction", "workload": name, "quick": a.quick, "device": a.device,
+        print(json.dumps({"bench": "extraction", "argv": sys.argv[1:], "workload": name, "quick": a.quick, "device": a.device,
                           "image_size": model.image_size, "steps": w["steps"], "blocks": w["blocks"],
                           "forward_tflop": round(full_forward_flops(model, model.image_size, a.device) / 1e12, 4),
                           "torch_threads": torch.get_num_threads(), **row}), flush=True)

@@ -97,7 +97,7 @@ def main() -> None:
     dim = sum(c for c, _, _ in layers)
     x_bytes_full = a.images * dim * size * size * 4
     print(json.dumps({
-        "bench": "memory", "quick": a.quick,
+        "bench": "memory", "argv": sys.argv[1:], "quick": a.quick,
         "workload": f"{a.workload}-shaped: {a.images} images, {dim}-d, 10 members",
         "ours_peak_rss_gib": round(ours_full["peak_rss_mb"] / 1024, 2),
         "ours_store_gib": round(ours_full["store_mb"] / 1024, 2),

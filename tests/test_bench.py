@@ -30,12 +30,17 @@ def test_every_bench_is_covered():
     assert {"ensemble_throughput.py", "memory.py", "extraction.py", "gpu_suite.py"} <= set(BENCHES)
 
 
-@pytest.mark.parametrize("name", [b for b in BENCHES if b != "gpu_suite.py"])
-def test_quick_mode_runs(name):
+@pytest.mark.parametrize("name", [b for b in BENCHES if b != "gpu_suite.py"])  # gpu_suite: below
+def test_quick_mode_runs_and_feeds_the_readme_table(name):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_table
+
     for line in run_quick(name):
         for key, value in line.items():
             if key.endswith(("_per_s", "_gib", "speedup")):
                 assert isinstance(value, (int, float)) and value > 0, (key, value)
+        # scripts/bench_table.py understands the line and names the command that produced it.
+        assert f"`python bench/{name} --quick`" in bench_table.row(line)
 
 
 def test_lsun_flags_build_the_released_checkpoint_layout():
@@ -47,3 +52,17 @@ def test_lsun_flags_build_the_released_checkpoint_layout():
     m = manifest("lsun_256")
     flags = {**model_and_diffusion_defaults(), **LSUN_FLAGS}
     assert {k: flags[k] for k in m["flags"]} == m["flags"]
+
+
+def test_gpu_suite_quick_runs_every_section_on_the_cpu():
+    lines = run_quick("gpu_suite.py", "--device", "cpu")
+    checks = {(x["section"], x.get("check") or x.get("variant")) for x in lines}
+    for want in [("parity", "unet_fp32"), ("parity", "unet_bf16_autocast"), ("parity", "unet_use_fp16_torso"),
+                 ("parity", "hooked_activations_fp32"), ("parity", "ensemble_step"),
+                 ("parity", "trained_ensemble_predictions"), ("ensemble", "batched"), ("ensemble", "per_member"),
+                 ("ensemble", "original_loop"), ("ensemble", "step_chosen"), ("ddpm", "train_fp32"),
+                 ("ddpm", "sample_ddim10_fp32")]:
+        assert want in checks, want
+    assert any(x["section"] == "extraction" and x["ours_images_per_s"] > 0 for x in lines)
+    assert not [x for x in lines if x.get("passed") is False or "error" in x]
+    assert lines[-1]["section"] == "summary" and lines[-1]["passed"]
