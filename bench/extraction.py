@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import sys
@@ -73,60 +74,75 @@ def original_features(model, diffusion, images: torch.Tensor, steps, blocks, noi
     return out
 
 
-def timed(fn, device: str, repeats: int) -> tuple[float, int]:
-    """(best seconds of ``repeats`` calls after one warm-up, FLOPs of one call)."""
-    with FlopCounterMode(display=False) as counter:
+def timed(fn, device: str, repeats: int, warmup: bool = True) -> float:
+    """Best seconds of ``repeats`` calls of ``fn`` (after one untimed call if ``warmup``)."""
+    if warmup:
         fn()
-    sync(device)
+        sync(device)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         sync(device)
         best = min(best, time.perf_counter() - t0)
-    return best, counter.get_total_flops()
+    return best
 
 
-def full_forward_flops(model, image_size: int, device: str) -> int:
-    """FLOPs of one whole batch-1 forward (what the original pays per step)."""
-    x = torch.zeros(1, 3, image_size, image_size, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, torch.zeros(1, dtype=torch.long, device=device))
+def counted_flops(fn) -> int:
+    """FLOPs of ``fn()`` counted by torch.utils.flop_counter (call it on meta tensors: shapes only)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
     return counter.get_total_flops()
 
 
+def full_forward_flops(model, image_size: int) -> int:
+    """FLOPs of one whole batch-1 forward (what the original pays per step), counted on meta."""
+    meta = copy.deepcopy(model).to("meta")
+    x = torch.zeros(1, 3, image_size, image_size, device="meta")
+    with torch.no_grad():
+        return counted_flops(lambda: meta(x, torch.zeros(1, dtype=torch.long, device="meta")))
+
+
 def compare(model, diffusion, steps, blocks, num_images: int, device: str, repeats: int,
-            precision: str = "fp32", channels_last: bool = False, original: tuple[float, int] | None = None) -> dict:
+            precision: str = "fp32", channels_last: bool = False, original: tuple[float, int] | None = None,
+            warmup: bool = True) -> dict:
     """Images/s and TFLOP/s of ours at ``precision``/``channels_last`` with all ``num_images``
     in one call, and of the original path (fp32, batch 1), measured now unless ``original``
-    gives its (seconds per image, FLOPs per image) from an earlier call."""
+    gives its (seconds per image, FLOPs per image) from an earlier call. FLOPs are counted on a
+    meta-device copy of the same calls, so counting costs no compute."""
     size = model.image_size
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(num_images, 3, size, size, generator=g) * 2 - 1).to(device)
     noise = torch.randn(1, 3, size, size, generator=g).to(device)
+    meta = copy.deepcopy(model).to("meta")
+    meta_images, meta_noise = images.to("meta"), noise.to("meta")
     if original is None:
-        s, f = timed(lambda: original_features(model, diffusion, images[:1], steps, blocks, noise), device, repeats)
-        original = (s, f)
+        original = (timed(lambda: original_features(model, diffusion, images[:1], steps, blocks, noise), device,
+                          repeats, warmup),
+                    counted_flops(lambda: original_features(meta, diffusion, meta_images[:1], steps, blocks,
+                                                            meta_noise)))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
     ext = FeatureExtractorDDPM(steps=steps, blocks=blocks, model=model, diffusion=diffusion, device=device)
+    meta_ext = FeatureExtractorDDPM(steps=steps, blocks=blocks, model=meta, diffusion=diffusion, device="meta")
     x = images.contiguous(memory_format=fmt)
     try:
         def ours():
             with autocast(device, precision):
                 return ext(x, noise=noise)
-        t_ours, f_ours = timed(ours, device, repeats)
+        t_ours = timed(ours, device, repeats, warmup)
+        f_ours = counted_flops(lambda: meta_ext(meta_images, noise=meta_noise))
     finally:
         ext.close()
         model.to(memory_format=torch.contiguous_format)
     t_orig, f_orig = original
     return {"precision": precision, "channels_last": channels_last, "images": num_images,
-            "ours_images_per_s": round(num_images / t_ours, 3), "original_images_per_s": round(1 / t_orig, 3),
+            "ours_images_per_s": round(num_images / t_ours, 4), "original_images_per_s": round(1 / t_orig, 4),
             "speedup": round(t_orig * num_images / t_ours, 2),
             "ours_tflop_per_image": round(f_ours / num_images / 1e12, 4),
             "original_tflop_per_image": round(f_orig / 1e12, 4),
-            "ours_tflop_per_s": round(f_ours / t_ours / 1e12, 3),
-            "original_tflop_per_s": round(f_orig / t_orig / 1e12, 3), "_original": original}
+            "ours_tflop_per_s": round(f_ours / t_ours / 1e12, 4),
+            "original_tflop_per_s": round(f_orig / t_orig / 1e12, 4), "_original": original}
 
 
 def lsun_flags(quick: bool) -> dict:
@@ -149,17 +165,22 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2, help="images per call of ours")
     p.add_argument("--repeats", type=int, default=2, help="timed calls after the warm-up; the best counts")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workload", choices=["faces64", "lsun256"], nargs="+", default=["faces64", "lsun256"])
+    p.add_argument("--no-warmup", action="store_true", help="time the first call (a 256 px forward takes minutes on a CPU)")
     p.add_argument("--quick", action="store_true", help="one image, one repeat, a narrow 128 px LSUN U-Net")
     a = p.parse_args()
     if a.quick:
         a.images, a.repeats = 1, 1
     for name, w in workloads(a.quick).items():
+        if name not in a.workload:
+            continue
         model, diffusion = build_unet(w["flags"], a.device)
-        row = compare(model, diffusion, w["steps"], w["blocks"], a.images, a.device, a.repeats)
+        row = compare(model, diffusion, w["steps"], w["blocks"], a.images, a.device, a.repeats,
+                      warmup=not a.no_warmup)
         row.pop("_original")
-        print(json.dumps({"bench": "extraction", "argv": sys.argv[1:], "workload": name, "quick": a.quick, "device": a.device,
-                          "image_size": model.image_size, "steps": w["steps"], "blocks": w["blocks"],
-                          "forward_tflop": round(full_forward_flops(model, model.image_size, a.device) / 1e12, 4),
+        print(json.dumps({"bench": "extraction", "argv": sys.argv[1:], "workload": name, "quick": a.quick,
+                          "device": a.device, "image_size": model.image_size, "steps": w["steps"],
+                          "blocks": w["blocks"], "forward_tflop": round(full_forward_flops(model, model.image_size) / 1e12, 4),
                           "torch_threads": torch.get_num_threads(), **row}), flush=True)
 
 

@@ -233,7 +233,7 @@ def extraction(s: Suite) -> None:
     repeats = 1 if s.quick else 3
     s.reset_peak()
     original = None
-    fwd = full_forward_flops(model, flags["image_size"], s.device)
+    fwd = full_forward_flops(model, flags["image_size"])
     # CPU float16 convolutions are a slow fallback (see load_model_and_diffusion): not worth timing.
     for precision in ("fp32", "fp16", "bf16") if s.cuda else ("fp32", "bf16"):
         for channels_last in (False, True):

@@ -37,7 +37,9 @@ def row(r: dict) -> str | None:
         what = f"ensemble training throughput, {r['dim']}-d ({r['workload']} shapes), {r['torch_threads']} threads"
         result = (f"{r['batched_pixels_per_s']:,} vs {r['sequential_pixels_per_s']:,} pixels/s for the original loop: "
                   f"**{r['speedup']}x**{verdict}; {r['speedup_vs_sequential_fused_adam']}x vs that loop with fused "
-                  f"Adam. Arithmetic floor {r['floor_pixels_per_s']:,} pixels/s ({r['step_gflop']} GFLOP a step at "
+                  f"Adam. Candidates in the same run: {r['feature_matrix']} feature matrix (lazy "
+                  f"{r['batched_lazy_pixels_per_s']:,}), one member at a time {r['per_member_pixels_per_s']:,}. "
+                  f"Arithmetic floor {r['floor_pixels_per_s']:,} pixels/s ({r['step_gflop']} GFLOP a step at "
                   f"the measured {r['matmul_gflop_per_s']} GFLOP/s); we run at {r['fraction_of_floor']} of it")
     elif b == "extraction":
         what = (f"feature extraction, {r['image_size']} px ({r['workload']} flags, {r['images']} image(s) per call, "
