@@ -25,7 +25,7 @@ def command(r: dict) -> str:
 def row(r: dict) -> str | None:
     b = r["bench"]
     if b == "memory":
-        what = f"peak RSS, training on a {r['workload']} ({r['training_steps']} iterations)"
+        what = f"peak RSS of ensemble training ({r['workload']}, {r['training_steps']} iterations)"
         n = [k for k in r if k.startswith("original_peak_rss_gib_")][0].rsplit("_", 1)[1]
         result = (f"**{r['ours_peak_rss_gib']} GiB** (target ≤ {r['target_gib']:g} GB); of it {r['ours_store_gib']} GiB "
                   f"is the float16 store. The original's X alone would be {r['original_X_gib_computed']} GiB "
@@ -34,13 +34,16 @@ def row(r: dict) -> str | None:
     elif b == "ensemble_throughput":
         target = THROUGHPUT_TARGETS.get(r["dim"])
         verdict = "" if target is None else f" (target ≥ {target:g}x: {'met' if r['speedup'] >= target else 'NOT met'})"
+        original_at = r["sequential_pixels_per_s"] / r["floor_pixels_per_s"]
+        need = "" if target is None else f"; the target needs {target * original_at:.2f} of the floor"
         what = f"ensemble training throughput, {r['dim']}-d ({r['workload']} shapes), {r['torch_threads']} threads"
         result = (f"{r['batched_pixels_per_s']:,} vs {r['sequential_pixels_per_s']:,} pixels/s for the original loop: "
                   f"**{r['speedup']}x**{verdict}; {r['speedup_vs_sequential_fused_adam']}x vs that loop with fused "
                   f"Adam. Candidates in the same run: {r['feature_matrix']} feature matrix (lazy "
                   f"{r['batched_lazy_pixels_per_s']:,}), one member at a time {r['per_member_pixels_per_s']:,}. "
                   f"Arithmetic floor {r['floor_pixels_per_s']:,} pixels/s ({r['step_gflop']} GFLOP a step at "
-                  f"the measured {r['matmul_gflop_per_s']} GFLOP/s); we run at {r['fraction_of_floor']} of it")
+                  f"the measured {r['matmul_gflop_per_s']} GFLOP/s); we run at {r['fraction_of_floor']} of it, the "
+                  f"original loop at {original_at:.2f}{need}")
     elif b == "extraction":
         what = (f"feature extraction, {r['image_size']} px ({r['workload']} flags, {r['images']} image(s) per call, "
                 f"{r['precision']}, {r['torch_threads']} threads)")
