@@ -166,7 +166,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="timed calls after the warm-up; the best counts")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workload", choices=["faces64", "lsun256"], nargs="+", default=["faces64", "lsun256"])
-    p.add_argument("--no-warmup", action="store_true", help="time the first call (a 256 px forward takes minutes on a CPU)")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="time the first call (a 256 px forward takes minutes on a CPU)")
     p.add_argument("--quick", action="store_true", help="one image, one repeat, a narrow 128 px LSUN U-Net")
     a = p.parse_args()
     if a.quick:
@@ -180,7 +181,8 @@ def main() -> None:
         row.pop("_original")
         print(json.dumps({"bench": "extraction", "argv": sys.argv[1:], "workload": name, "quick": a.quick,
                           "device": a.device, "image_size": model.image_size, "steps": w["steps"],
-                          "blocks": w["blocks"], "forward_tflop": round(full_forward_flops(model, model.image_size) / 1e12, 4),
+                          "blocks": w["blocks"],
+                          "forward_tflop": round(full_forward_flops(model, model.image_size) / 1e12, 4),
                           "torch_threads": torch.get_num_threads(), **row}), flush=True)
 
 

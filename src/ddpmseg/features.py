@@ -1,10 +1,11 @@
 """Pixel features from a frozen guided-diffusion U-Net (Baranchuk et al., ICLR'22).
 
 For each timestep t in ``steps`` the image is noised with q_sample (one shared noise tensor);
-one U-Net forward takes all steps (and all images) as one batch, and forward hooks on ``output_blocks[b]`` for b in ``blocks`` keep the
-block outputs (or inputs). The list is step-major, then ascending block index: the
-original's feature order. The forward stops right after the last hooked block, since later
-decoder blocks (the most expensive, at full resolution) cannot change the hooked values.
+one U-Net forward takes all steps (and all images) as one batch, and forward hooks on
+``output_blocks[b]`` for b in ``blocks`` keep the block outputs (or inputs). The list is
+step-major, then ascending block index: the original's feature order. The forward stops right
+after the last hooked block, since later decoder blocks (the most expensive, at full
+resolution) cannot change the hooked values.
 """
 from __future__ import annotations
 
