@@ -20,8 +20,8 @@ Prints one JSON line per measurement, each with its section, the peak GPU memory
 - ``ddpm``: DDPMTrainer updates/s at 64 px with the faces flags (fp32 and bf16) and DDIM-50
   sampling images/s.
 
-Runs with torch, numpy, PIL and tqdm only (``PYTHONPATH=.:src python3 bench/gpu_suite.py``
-works without installing the package). Exit status 1 if any parity check fails or a section
+Needs torch, torchvision, numpy, PIL and tqdm only, not the package installed
+(``PYTHONPATH=.:src python3 bench/gpu_suite.py``); timm and blobfile are never imported. Exit status 1 if any parity check fails or a section
 raises (its error is printed as a JSON line and the other sections still run).
 """
 from __future__ import annotations
@@ -42,6 +42,12 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(HERE, "..", "src"), os.path.join(HERE, "..")]
+try:
+    import torchvision  # noqa: F401  (ddpmseg's config validation and data loading import it)
+except ImportError:
+    print("error: bench/gpu_suite.py needs torchvision beside torch (ddpmseg's config validation and data "
+          "loading import it); install the torchvision that matches your torch", file=sys.stderr)
+    sys.exit(2)
 
 from ensemble_throughput import sequential  # noqa: E402
 from extraction import build_unet, compare, full_forward_flops, lsun_flags, sync  # noqa: E402
