@@ -1,13 +1,14 @@
 """Peak RSS of ensemble training on a bedroom_28-shaped workload, ours vs the original's layout.
 
-    python bench/memory.py [--images 40] [--steps 200] [--baseline-images 1]
+    python bench/memory.py [--images 40] [--steps 200] [--baseline-images 1] [--quick]
 
 Ours: 40 images of synthetic LSUN-256 activations (blocks 5,6,7,8,12 at 3 steps) through the real
 training path (FeatureStore + train_ensemble for --steps iterations of all 10 members).
 Baseline, same run: the original's prepare_data layout (X float32 [N, 8448, 256, 256], then
 permute/reshape/mask to [pixels, 8448]) measured on --baseline-images images (it cannot fit
 40 here); its 40-image X size is also reported as computed bytes. Each measurement runs in a
-fresh process. Prints one JSON line.
+fresh process. Prints one JSON line. ``--quick`` runs the same code on the 64 px faces shapes
+(2 images, 3 steps): the CI test.
 """
 from __future__ import annotations
 
@@ -28,32 +29,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def ours(images: int, steps: int) -> dict:
+def ours(workload: str, images: int, steps: int) -> dict:
     from workloads import synthetic_store, train_config
     from ddpmseg.train import train_ensemble
 
     t0 = time.time()
-    store, pixels = synthetic_store("lsun256", images)
+    store, pixels = synthetic_store(workload, images)
+    cfg = train_config(workload)
     with tempfile.TemporaryDirectory() as d:
-        train_ensemble(store, pixels, train_config(29), d, list(range(10)), max_steps=steps, log=lambda m: None)
+        train_ensemble(store, pixels, cfg, d, list(range(cfg["model_num"])), max_steps=steps, log=lambda m: None)
     return {"peak_rss_mb": peak_rss_mb(), "store_mb": store.nbytes / 2**20, "pixels": len(pixels.labels),
             "seconds": time.time() - t0}
 
 
-def original(images: int) -> dict:
+def original(workload: str, images: int) -> dict:
     """The original's prepare_data: upsampled float32 X, then its permute/reshape/mask copies."""
     import torch
     import torch.nn.functional as F
-    from workloads import LSUN_LAYERS
+    from workloads import WORKLOADS, train_config
 
+    layers, size, _ = WORKLOADS[workload]
     t0 = time.time()
     g = torch.Generator().manual_seed(0)
-    X = torch.zeros((images, sum(c for c, _, _ in LSUN_LAYERS), 256, 256))
-    y = torch.randint(0, 29, (images, 256, 256), generator=g)
+    X = torch.zeros((images, sum(c for c, _, _ in layers), size, size))
+    y = torch.randint(0, train_config(workload)["number_class"], (images, size, size), generator=g)
     for i in range(images):
         off = 0
-        for c, h, w in LSUN_LAYERS:
-            X[i, off:off + c] = F.interpolate(torch.randn(1, c, h, w, generator=g), size=(256, 256),
+        for c, h, w in layers:
+            X[i, off:off + c] = F.interpolate(torch.randn(1, c, h, w, generator=g), size=(size, size),
                                               mode="bilinear")[0]
             off += c
     d = X.shape[1]
@@ -72,20 +75,30 @@ def main() -> None:
     p.add_argument("--images", type=int, default=40)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--baseline-images", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="tiny run of the same code (faces64 shapes)")
+    p.add_argument("--workload", default="lsun256", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=["ours", "original"], help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.quick:
+        a.workload, a.images, a.steps, a.baseline_images = "faces64", 2, 3, 1
     if a.worker == "ours":
-        print(json.dumps(ours(a.images, a.steps)))
+        print(json.dumps(ours(a.workload, a.images, a.steps)))
         return
     if a.worker == "original":
-        print(json.dumps(original(a.images)))
+        print(json.dumps(original(a.workload, a.images)))
         return
-    ours_full = worker(["--worker", "ours", "--images", str(a.images), "--steps", str(a.steps)])
-    ours_small = worker(["--worker", "ours", "--images", str(a.baseline_images), "--steps", str(a.steps)])
-    orig_small = worker(["--worker", "original", "--images", str(a.baseline_images)])
-    x_bytes_full = a.images * 8448 * 256 * 256 * 4
+    common = ["--workload", a.workload, "--steps", str(a.steps)]
+    ours_full = worker(["--worker", "ours", "--images", str(a.images), *common])
+    ours_small = worker(["--worker", "ours", "--images", str(a.baseline_images), *common])
+    orig_small = worker(["--worker", "original", "--images", str(a.baseline_images), *common])
+    from workloads import WORKLOADS
+
+    layers, size, _ = WORKLOADS[a.workload]
+    dim = sum(c for c, _, _ in layers)
+    x_bytes_full = a.images * dim * size * size * 4
     print(json.dumps({
-        "bench": "memory", "workload": f"bedroom_28-shaped: {a.images} images, 8448-d, 10 members",
+        "bench": "memory", "argv": sys.argv[1:], "quick": a.quick,
+        "workload": f"{a.workload}-shaped: {a.images} images, {dim}-d, 10 members",
         "ours_peak_rss_gib": round(ours_full["peak_rss_mb"] / 1024, 2),
         "ours_store_gib": round(ours_full["store_mb"] / 1024, 2),
         "target_gib": 4.0,

@@ -177,7 +177,7 @@ class QKVAttention(QKVAttentionLegacy):
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """[B*H, ch, T] each -> [B*H, ch, T]. Scale q and k separately by ch^-1/4 (the original's
-    choice, better conditioned in fp16 than scaling the product) and softmax in float32."""
+    choice, better conditioned in fp16 than scaling the product) and softmax in (at least) float32."""
     scale = 1 / math.sqrt(math.sqrt(q.shape[1]))
     weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
     weight = torch.softmax(weight.to(torch.promote_types(weight.dtype, torch.float32)), dim=-1).type(weight.dtype)

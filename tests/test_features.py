@@ -41,7 +41,9 @@ def test_block_order_and_early_exit_do_not_change_values(tiny_model_and_diffusio
     out = shuffled(fx["image"], noise=fx["noise"])
     assert len(out) == len(ref) and all(torch.equal(a, b) for a, b in zip(ref, out, strict=True))
     # The hooks stop the U-Net after the last hooked block; a full forward of a fresh copy
-    # of the model gives the same maps.
+    # of the model gives the same maps (one step: a forward of the same batch shape, so bitwise).
+    one_step = FeatureExtractorDDPM(steps=fx["steps"][:1], blocks=fx["blocks"], model=model, diffusion=diffusion)
+    ref = one_step(fx["image"], noise=fx["noise"])
     fresh, _ = tiny_model_and_diffusion("tiny256")
     acts = []
     for b in sorted(fx["blocks"]):
@@ -80,3 +82,37 @@ def test_rgb_position_features_are_colour_then_x_then_y():
     (feat,) = RGBPositionFeatures()(img)
     assert feat.shape == (2, 5, 4, 6) and torch.equal(feat[:, :3], img)
     assert torch.allclose(feat[0, 3, 0], torch.linspace(-1, 1, 6)) and torch.allclose(feat[1, 4, :, 0], torch.linspace(-1, 1, 4))
+
+
+def test_all_steps_and_images_in_one_forward_equal_one_step_per_forward(tiny_model_and_diffusion):
+    """The batched forward (3 steps x 2 images) against the original loop, one step and one image
+    per forward, in float64: the same computation, so only summation order may differ (float64
+    rounding, ~1e-16 per operation, stays far below 1e-10 through the U-Net's depth)."""
+    fx = load_fixture("tiny256_pixel_features.pt")
+    model, diffusion = tiny_model_and_diffusion("tiny256")
+    # A float64 U-Net: the torso dtype, and the (float32) sinusoidal timestep embedding cast on entry.
+    model = model.double()
+    model.dtype = torch.float64
+    model.time_embed.register_forward_pre_hook(lambda m, args: (args[0].double(),))
+    ext = FeatureExtractorDDPM(steps=fx["steps"], blocks=fx["blocks"], model=model, diffusion=diffusion)
+    images = torch.cat([fx["image"], fx["image"].flip(-1)]).double()
+    noise = fx["noise"].double()
+    batched = ext(images, noise=noise)
+    acts = []
+    hooks = [model.output_blocks[b].register_forward_hook(lambda m, i, o: acts.append(o))
+             for b in sorted(fx["blocks"])]
+    with torch.no_grad():
+        for i in range(len(images)):
+            per_image = []
+            for t in fx["steps"]:
+                acts.clear()
+                tt = torch.tensor([t])
+                ext._active = False  # the extractor's own hooks stay idle; ours record full forwards
+                model(diffusion.q_sample(images[i:i + 1], tt, noise=noise), diffusion._scale_timesteps(tt))
+                per_image.extend(acts)
+            for a, ref in zip(batched, per_image):
+                assert a.dtype == torch.float64
+                assert (a[i] - ref[0]).abs().max() <= 1e-10 * ref.abs().max()
+    for h in hooks:
+        h.remove()
+    assert len(batched) == len(fx["steps"]) * len(fx["blocks"])

@@ -221,7 +221,7 @@ def test_each_member_reshuffles_every_epoch_with_drop_last(data, tmp_path, monke
     """Like a DataLoader(shuffle=True, drop_last=True) per member: every epoch is N // B batches of
     distinct labelled pixels in a fresh order, and the members' orders differ."""
     store, px = data
-    cfg = make_cfg(max_epochs=3, early_stop_patience=10_000)
+    cfg = make_cfg(max_epochs=3, early_stop_patience=10_000, feature_matrix="lazy")  # one store.pixels per batch
     M, B, N = 2, cfg["batch_size"], len(px.labels)
     n_batches = N // B
     assert N % B  # so drop_last matters
@@ -277,7 +277,8 @@ class Interrupted(Exception):
 
 
 def counting_pixels(store, monkeypatch, fail_at=None):
-    """Count store.pixels calls (one per iteration); raise on call number ``fail_at``."""
+    """Count store.pixels calls (one per iteration with feature_matrix "lazy"); raise on call number
+    ``fail_at``."""
     calls = [0]
     orig = store.pixels
 
@@ -299,7 +300,7 @@ def counting_pixels(store, monkeypatch, fail_at=None):
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, boundary, variant):
     """Snapshot mid-epoch (epoch 2) or exactly at an epoch boundary; kill; rerun; same members."""
     store, px = make_data()
-    cfg = make_cfg(early_stop_after_epoch=2, early_stop_patience=3, max_epochs=6, **variant)
+    cfg = make_cfg(early_stop_after_epoch=2, early_stop_patience=3, max_epochs=6, feature_matrix="lazy", **variant)
     n_batches = len(px.labels) // cfg["batch_size"]
     every = n_batches if boundary else 7
     snapshot = 2 * n_batches if boundary else (2 * n_batches + 5) // 7 * 7
@@ -332,7 +333,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, b
 
 def test_stale_state_for_other_members_is_ignored(tmp_path, monkeypatch):
     store, px = make_data()
-    cfg = make_cfg(max_epochs=3, early_stop_patience=10_000)
+    cfg = make_cfg(max_epochs=3, early_stop_patience=10_000, feature_matrix="lazy")
     monkeypatch.setattr(train_mod, "SAVE_EVERY", 5)
     with monkeypatch.context() as mp:
         counting_pixels(store, mp, fail_at=12)
@@ -442,3 +443,19 @@ def test_epoch_size_sets_the_batches_per_epoch(data, tmp_path):
     stats = train_ensemble(store, px, make_cfg(max_epochs=2, early_stop_patience=10_000), str(tmp_path), [0],
                            log=quiet, epoch_size=n // 2)
     assert stats[0]["stopped"] == "max_epochs" and stats[0]["iterations"] == 2 * ((n // 2) // 32)
+
+
+def test_dense_feature_matrix_gives_the_lazy_rows_and_members(data, tmp_path, monkeypatch):
+    """feature_matrix only changes where a batch's features come from, never their values."""
+    store, px = data
+    idx = torch.randperm(len(px.labels), generator=torch.Generator().manual_seed(0))[:100]
+    lazy = train_mod.training_features(store, px, "lazy", quiet)(idx)
+    assert torch.equal(train_mod.training_features(store, px, "dense", quiet)(idx), lazy)
+    for mode in ("lazy", "dense"):
+        os.makedirs(tmp_path / mode)
+        train_ensemble(store, px, make_cfg(feature_matrix=mode), str(tmp_path / mode), [0, 1], log=quiet)
+    for m in (0, 1):
+        assert_same_weights(load_sd(tmp_path / "lazy", m), load_sd(tmp_path / "dense", m), atol=0)
+    # "auto" chooses by size: celebamask64's training set is dense, a bedroom_28-shaped one lazy.
+    assert train_mod.wants_dense(80_782, 1152, "auto") and not train_mod.wants_dense(80_782, 1152, "lazy")
+    assert not train_mod.wants_dense(40 * 256 * 256, 8448, "auto") and train_mod.wants_dense(10**9, 8448, "dense")

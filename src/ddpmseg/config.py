@@ -73,6 +73,11 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "uncertainty_top_fraction": ((float,), 0.1),
     # Where native-resolution activations live: "ram" or "disk" (a memmap under exp_dir).
     "feature_store": ((str,), "ram"),
+    # The ensemble's per-batch features: "lazy" upsamples each batch's pixels from the native maps;
+    # "dense" upsamples every training pixel once into a float32 [pixels, dim] matrix (the same
+    # values; a batch is then one row gather); "auto" = dense when that matrix fits the budget in
+    # ddpmseg.train (celebamask64: yes; a bedroom_28-shaped run: no, it would be ~80 GiB).
+    "feature_matrix": ((str,), "auto"),
     # "auto" = CUDA when available, else CPU.
     "device": ((str,), "auto"),
     # Pairs of class ids that a mirror exchanges (left/right eye, brow, ear): horizontal flips in
@@ -125,6 +130,7 @@ CHOICES = {
     "model_type": ("ddpm", "mae", "swav", "swav_w2", "rgb_xy"),
     "upsample_mode": ("bilinear",),
     "feature_store": ("ram", "disk"),
+    "feature_matrix": ("auto", "lazy", "dense"),
     "regularizer": ("none", "etf", "etf_decoupled"),
     "voting": ("hard", "soft", "soft_prob", "weighted", "last_member"),
     "optimizer": ("adam", "adamw"),

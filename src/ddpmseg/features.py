@@ -1,10 +1,11 @@
 """Pixel features from a frozen guided-diffusion U-Net (Baranchuk et al., ICLR'22).
 
-For each timestep t in ``steps`` the image is noised with q_sample (one shared noise tensor),
-the U-Net runs once, and forward hooks on ``output_blocks[b]`` for b in ``blocks`` keep the
-block outputs (or inputs). The list is step-major, then ascending block index: the
-original's feature order. The forward stops right after the last hooked block, since later
-decoder blocks (the most expensive, at full resolution) cannot change the hooked values.
+For each timestep t in ``steps`` the image is noised with q_sample (one shared noise tensor);
+one U-Net forward takes all steps (and all images) as one batch, and forward hooks on
+``output_blocks[b]`` for b in ``blocks`` keep the block outputs (or inputs). The list is
+step-major, then ascending block index: the original's feature order. The forward stops right
+after the last hooked block, since later decoder blocks (the most expensive, at full
+resolution) cannot change the hooked values.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class _StopForward(Exception):
 
 
 class FeatureExtractorDDPM:
-    """Callable: ``extractor(img, noise=None)`` -> list of activations [N, C, h, w] (float32).
+    """Callable: ``extractor(img, noise=None)`` -> list of activations [N, C, h, w] (float32, or
+    float64 for a float64 model).
 
     Pass ``model_path`` and the guided-diffusion flags as keywords (like the original), or an
     already-built ``model`` and ``diffusion``.
@@ -48,38 +50,54 @@ class FeatureExtractorDDPM:
         self.input_activations = input_activations
         self._acts: list[torch.Tensor] = []
         self._active = False
-        for b in self.blocks:
-            model.output_blocks[b].register_forward_hook(self._hook(last=b == self.blocks[-1]))
+        self._handles = [model.output_blocks[b].register_forward_hook(self._hook(last=b == self.blocks[-1]))
+                         for b in self.blocks]
 
     def _hook(self, last: bool):
         def hook(module, inputs, output):
             if not self._active:  # the same U-Net may also be sampling (DatasetDDPM)
                 return
             value = inputs[0] if self.input_activations else output
-            self._acts.append(value.detach().float())
+            # float32 for float16/bfloat16 torsos (as published); float64 stays float64 (tests).
+            self._acts.append(value.detach().to(torch.promote_types(value.dtype, torch.float32)))
             if last:
                 raise _StopForward
         return hook
 
+    def close(self) -> None:
+        """Remove the hooks, leaving the U-Net as it was (for a model that outlives the extractor)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
     @torch.no_grad()
     def __call__(self, img: torch.Tensor, noise: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Activations of ``img`` [N, 3, H, W] at every step: one U-Net forward for all of them.
+
+        The S noised copies of the N images go through the U-Net as one batch of S*N (step-major),
+        which computes exactly what S forwards of N would: every layer of the U-Net treats batch
+        entries independently (GroupNorm, attention and convolutions are per sample), and each
+        entry carries its own timestep. ``noise`` serves every step, as published; None draws
+        fresh noise for each step in turn, as q_sample did in the one-forward-per-step loop.
+        """
         img = img.to(self.device)
-        if noise is not None:
-            noise = noise.to(self.device).expand_as(img)
-        activations: list[torch.Tensor] = []
-        for t in self.steps:
-            tt = torch.full((img.shape[0],), t, dtype=torch.long, device=self.device)
-            x_t = self.diffusion.q_sample(img, tt, noise=noise)
-            self._acts = []
-            self._active = True
-            try:
-                self.model(x_t, self.diffusion._scale_timesteps(tt))
-            except _StopForward:
-                pass
-            finally:
-                self._active = False
-            activations.extend(self._acts)
-        return activations
+        S, n = len(self.steps), img.shape[0]
+        if noise is None:
+            noise = torch.cat([torch.randn_like(img) for _ in self.steps])
+        else:
+            noise = noise.to(self.device).expand_as(img).repeat(S, 1, 1, 1)
+        tt = torch.tensor(self.steps, dtype=torch.long, device=self.device).repeat_interleave(n)
+        x_t = self.diffusion.q_sample(img.repeat(S, 1, 1, 1), tt, noise=noise)
+        self._acts = []
+        self._active = True
+        try:
+            self.model(x_t, self.diffusion._scale_timesteps(tt))
+        except _StopForward:
+            pass
+        finally:
+            self._active = False
+        # [S*N, C, h, w] per block -> step-major list of [N, C, h, w], the original's order.
+        return [a[s * n:(s + 1) * n] for s in range(S) for a in self._acts]
 
 
 def collect_features(args: dict, activations: Sequence[torch.Tensor], sample_idx: int = 0) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,11 @@ from .seeding import derived_seed, generator
 from .store import FeatureStore
 
 STATE_FILE = "train_state.pt"
+# Largest float32 [pixels, dim] matrix feature_matrix "auto" builds: celebamask64 (80k pixels x
+# 1152 = 0.35 GiB) fits, so its batches skip the per-batch upsampling; a bedroom_28-shaped run
+# (40 images, 8448-d, ~80 GiB) stays lazy and under its 4 GB peak-memory target.
+DENSE_BUDGET_BYTES = 1 << 30
+DENSE_CHUNK = 8192  # pixels upsampled per call while the dense matrix is built
 SAVE_EVERY = 2000  # iterations between resumable snapshots: a crash loses at most this much
 
 
@@ -68,6 +74,30 @@ def make_optimizer(params: list, cfg: dict) -> torch.optim.Optimizer:
     layer) are skipped by both."""
     cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
     return cls(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"], fused=True)
+
+
+def wants_dense(num_pixels: int, dim: int, mode: str) -> bool:
+    """Whether feature_matrix ``mode`` builds the dense float32 matrix for this training set."""
+    return mode == "dense" or (mode == "auto" and num_pixels * dim * 4 <= DENSE_BUDGET_BYTES)
+
+
+def training_features(store: FeatureStore, pixels: LabelledPixels, mode: str,
+                      log: Callable[[str], None] = print) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``rows(idx)``: upsampled features float32 [len(idx), dim] of training pixels ``idx``.
+
+    "dense" (or "auto" within DENSE_BUDGET_BYTES) computes every pixel's row once with the same
+    ``store.pixels`` a lazy batch calls (an elementwise interpolation, so the rows are the same
+    numbers) and then gathers rows; "lazy" upsamples each batch from the native maps.
+    """
+    N = len(pixels.labels)
+    if not wants_dense(N, store.dim, mode):
+        return lambda idx: store.pixels(*pixels.coords(idx))
+    dense = torch.empty(N, store.dim)
+    log(f"feature matrix: {N:,} training pixels x {store.dim} upsampled once, {dense.nbytes / 2**30:.2f} GiB float32")
+    for start in range(0, N, DENSE_CHUNK):
+        chunk = torch.arange(start, min(start + DENSE_CHUNK, N))
+        dense[start:start + len(chunk)] = store.pixels(*pixels.coords(chunk))
+    return lambda idx: dense.index_select(0, idx)
 
 
 def model_path(exp_dir: str, member: int) -> str:
@@ -133,6 +163,7 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
         else:
             log(f"ignoring {STATE_FILE}: it belongs to another training set or member list")
     perms = [torch.randperm(N, generator=g) for g in gens]
+    rows = training_features(store, pixels, cfg["feature_matrix"], log)
 
     def finish(j: int, reason: str) -> None:
         active[j] = False
@@ -153,8 +184,7 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
             epoch_gen_states = [g.get_state() for g in gens]
             perms = [torch.randperm(N, generator=g) for g in gens]
         idx = torch.stack([p[pos * B:(pos + 1) * B] for p in perms])  # [M, B]
-        img, ys, xs = pixels.coords(idx.reshape(-1))
-        x = store.pixels(img, ys, xs).reshape(M, B, store.dim).to(device, dtype, non_blocking=True)
+        x = rows(idx.reshape(-1)).reshape(M, B, store.dim).to(device, dtype, non_blocking=True)
         y = pixels.labels[idx].to(device)
         logits, features = ens(x, with_features=True)
         if regularizer == "etf_decoupled":

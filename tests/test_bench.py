@@ -1,0 +1,68 @@
+"""Every benchmark's ``--quick`` mode runs the real code on tiny shapes and prints JSON lines,
+so a bench that breaks (a renamed function, a new required config key) fails CI.
+
+The values are timings on whatever machine runs the test, so only their presence and sanity
+are checked here; the benches themselves compare against baselines in the same run.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+BENCHES = sorted(p.name for p in (REPO / "bench").glob("*.py") if p.name != "workloads.py")
+
+
+def run_quick(name: str, *extra: str) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'src'}"}
+    r = subprocess.run([sys.executable, str(REPO / "bench" / name), "--quick", *extra], capture_output=True,
+                       text=True, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert lines and all("bench" in x for x in lines), r.stdout[-3000:]
+    return lines
+
+
+def test_every_bench_is_covered():
+    assert {"ensemble_throughput.py", "memory.py", "extraction.py", "gpu_suite.py"} <= set(BENCHES)
+
+
+@pytest.mark.parametrize("name", [b for b in BENCHES if b != "gpu_suite.py"])  # gpu_suite: below
+def test_quick_mode_runs_and_feeds_the_readme_table(name):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_table
+
+    for line in run_quick(name):
+        for key, value in line.items():
+            if key.endswith(("_per_s", "_gib", "speedup")):
+                assert isinstance(value, (int, float)) and value > 0, (key, value)
+        # scripts/bench_table.py understands the line and names the command that produced it.
+        assert f"`python bench/{name} --quick`" in bench_table.row(line)
+
+
+def test_lsun_flags_build_the_released_checkpoint_layout():
+    sys.path.insert(0, str(REPO / "bench"))
+    from workloads import LSUN_FLAGS
+    from conftest import manifest
+    from guided_diffusion.script_util import model_and_diffusion_defaults
+
+    m = manifest("lsun_256")
+    flags = {**model_and_diffusion_defaults(), **LSUN_FLAGS}
+    assert {k: flags[k] for k in m["flags"]} == m["flags"]
+
+
+def test_gpu_suite_quick_runs_every_section_on_the_cpu():
+    lines = run_quick("gpu_suite.py", "--device", "cpu")
+    checks = {(x["section"], x.get("check") or x.get("variant")) for x in lines}
+    for want in [("parity", "unet_fp32"), ("parity", "unet_bf16_autocast"), ("parity", "unet_use_fp16_torso"),
+                 ("parity", "hooked_activations_fp32"), ("parity", "ensemble_step"),
+                 ("parity", "trained_ensemble_predictions"), ("ensemble", "batched"), ("ensemble", "per_member"),
+                 ("ensemble", "original_loop"), ("ensemble", "step_chosen"), ("ddpm", "train_fp32"),
+                 ("ddpm", "sample_ddim10_fp32")]:
+        assert want in checks, want
+    assert any(x["section"] == "extraction" and x["ours_images_per_s"] > 0 for x in lines)
+    assert not [x for x in lines if x.get("passed") is False or "error" in x]
+    assert lines[-1]["section"] == "summary" and lines[-1]["passed"]
