@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
             Image.open(f).convert("RGB").resize((128, 64)).save(os.path.join(wide, os.path.basename(f)))
         t_wide = timed(lambda: segment_images(segmenter, [wide], os.path.join(tmp, "seg_wide")))
     result = {
-        "bench": "segment", "quick": a.quick, "images": n, "members": cfg["model_num"], "dim": cfg["dim"][2],
+        "bench": "segment", "argv": sys.argv[1:] if argv is None else list(argv), "quick": a.quick, "images": n, "members": cfg["model_num"], "dim": cfg["dim"][2],
         "device": str(run.device), "torch_threads": torch.get_num_threads(),
         "evaluation_images_per_s": round(n / t_eval, 2), "segment_images_per_s": round(n / t_seg, 2),
         "segment_2to1_images_per_s": round(n / t_wide, 2),

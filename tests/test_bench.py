@@ -27,10 +27,23 @@ def run_quick(name: str, *extra: str) -> list[dict]:
 
 
 def test_every_bench_is_covered():
-    assert {"ensemble_throughput.py", "memory.py", "extraction.py", "gpu_suite.py"} <= set(BENCHES)
+    assert {"ensemble_throughput.py", "memory.py", "extraction.py", "gpu_suite.py", "segment.py",
+            "faults.py"} <= set(BENCHES)
 
 
-@pytest.mark.parametrize("name", [b for b in BENCHES if b != "gpu_suite.py"])  # gpu_suite: below
+def check_segment(line: dict) -> None:
+    """bench/segment.py: both inference paths ran on the quick run, and the ratio is theirs."""
+    assert line["images"] == 3 and line["members"] == 2
+    ratio = line["segment_images_per_s"] / line["evaluation_images_per_s"]
+    assert abs(line["segment_over_evaluation"] - ratio) <= 0.02 * ratio + 0.01  # both rounded to 2 decimals
+
+
+EXTRA_CHECKS = {"segment.py": check_segment}
+
+
+# gpu_suite.py: tested below; faults.py: tests/test_faults.py runs its --quick (and checks that its
+# comparison notices wrong resumes), and scripts/faults_table.py writes its README table.
+@pytest.mark.parametrize("name", [b for b in BENCHES if b not in ("gpu_suite.py", "faults.py")])
 def test_quick_mode_runs_and_feeds_the_readme_table(name):
     sys.path.insert(0, str(REPO / "scripts"))
     import bench_table
@@ -41,6 +54,7 @@ def test_quick_mode_runs_and_feeds_the_readme_table(name):
                 assert isinstance(value, (int, float)) and value > 0, (key, value)
         # scripts/bench_table.py understands the line and names the command that produced it.
         assert f"`python bench/{name} --quick`" in bench_table.row(line)
+        EXTRA_CHECKS.get(name, lambda _: None)(line)
 
 
 def test_lsun_flags_build_the_released_checkpoint_layout():
