@@ -89,7 +89,8 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
         raise ValueError(f"only {N} labelled training pixels, fewer than one batch of {B}")
     seed, K, regularizer = cfg["seed"], cfg["number_class"], cfg["regularizer"]
     gens = [member_generator(seed, m) for m in members]
-    ens = PixelEnsemble(M, store.dim, K, generators=gens, dropout=cfg["dropout"]).to(device, dtype)
+    ens = PixelEnsemble(M, store.dim, K, generators=gens, dropout=cfg["dropout"],
+                        dropout_position=cfg["dropout_position"]).to(device, dtype)
     nets = [ens]
     params = list(ens.parameters())
     etf = None
@@ -99,7 +100,7 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
         # The published regularizer: its own trunk (the classifier minus its last Linear) and its own
         # init stream, so the classifier trains exactly as it would with etf_beta = 0.
         trunk = PixelEnsemble(M, store.dim, K, generators=[generator(seed, m, TRUNK_STREAM) for m in members],
-                              dropout=cfg["dropout"]).to(device, dtype)
+                              dropout=cfg["dropout"], dropout_position=cfg["dropout_position"]).to(device, dtype)
         nets.append(trunk)
         params += [p for n, p in trunk.named_parameters() if not n.endswith(".2")]
     for net, stream in zip(nets, (DROPOUT_STREAM, TRUNK_DROPOUT_STREAM)):
