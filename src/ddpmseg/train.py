@@ -74,7 +74,7 @@ def model_path(exp_dir: str, member: int) -> str:
 
 def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_dir: str,
                    members: list[int], device: str = "cpu", log=print, max_steps: int | None = None,
-                   epoch_size: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
+                   epoch_size: int | None = None, dtype: torch.dtype = torch.float32, progress: bool = True) -> dict:
     """Train ``members`` (indices into the ensemble) together; returns per-member stats.
 
     An epoch is ``epoch_size // batch_size`` batches from a fresh shuffle of all pixels
@@ -82,6 +82,7 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
     still active then stop with reason "max_steps"): a compute budget for benchmarks and smoke
     runs, not part of the published method. ``dtype`` is the members' arithmetic: float32 as
     published; float64 lets tests check equivalences to rounding that no CPU's kernels can move.
+    ``progress=False`` hides the progress bar (callers that train many small probes show their own).
     """
     M, B, N = len(members), cfg["batch_size"], len(pixels.labels)
     n_batches = min(N, epoch_size or N) // B
@@ -145,7 +146,8 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
     for net in nets:
         net.train()
     desc = f"members {members[0]}-{members[-1]}"
-    bar = tqdm(desc=desc, initial=step, unit="batch", dynamic_ncols=True, mininterval=2.0)
+    bar = tqdm(desc=desc, initial=step, unit="batch", dynamic_ncols=True, mininterval=2.0,
+               disable=not progress)
     while any(active):
         epoch, pos = divmod(step, n_batches)
         if pos == 0 and step > 0:  # a new epoch: every member reshuffles with its own stream
