@@ -30,7 +30,8 @@ _RECORDING = [False]
 
 
 def _audit(event, args):
-    if _RECORDING[0] and event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, bytes, os.PathLike)):
+    if (_RECORDING[0] and event in ("open", "os.listdir", "os.scandir") and args
+            and isinstance(args[0], (str, bytes, os.PathLike))):
         _SEEN.append(os.path.realpath(os.fsdecode(args[0])))
 
 

@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -61,7 +61,7 @@ class Score:
     blocks: list[int]
     miou: float  # mean over folds
     miou_std: float  # sample standard deviation over folds: the fold spread
-    fold_mious: list[float] = field(default_factory=list)
+    fold_mious: list[float]  # one per fold, fold order
 
 
 def candidate_key(steps, blocks) -> str:
@@ -75,7 +75,8 @@ class BudgetSpent(Exception):
 class LayerSubset(FeatureStore):
     """Some layers of a FeatureStore, sharing its maps: what a run of those steps and blocks would store."""
 
-    def __init__(self, store: FeatureStore, layers: list[int]):  # noqa: the maps are shared, not allocated
+    def __init__(self, store: FeatureStore, layers: list[int]):
+        # No FeatureStore.__init__: that allocates maps, and these are views of the store's own.
         self.num_images, self.out_hw, self.location = store.num_images, store.out_hw, None
         self.layer_shapes = [store.layer_shapes[i] for i in layers]
         self.channels = [c for c, _, _ in self.layer_shapes]

@@ -109,7 +109,8 @@ class Segmenter:
         x = self.transform(rgb)
         _, h, w = x.shape
         size, k = self.run.size, self.cfg["number_class"]
-        prob_sum, unc_sum, dis_sum, cover = torch.zeros(k, h, w), torch.zeros(h, w), torch.zeros(h, w), torch.zeros(h, w)
+        prob_sum = torch.zeros(k, h, w)
+        unc_sum, dis_sum, cover = torch.zeros(h, w), torch.zeros(h, w), torch.zeros(h, w)
         tops, lefts = window_starts(h, size), window_starts(w, size)
         for i, (top, left) in enumerate((t, l) for t in tops for l in lefts):
             probs, unc, dis = self.window(x[:, top:top + size, left:left + size], i)
