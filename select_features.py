@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         os.makedirs(out, exist_ok=True)  # only now: a bad input leaves nothing behind
         sel.extract()
         singles, path, stopped = sel.search()
-        selected = sel.write_outputs(singles, path, stopped, time.time() - t0)
+        selected, protocol = sel.write_outputs(singles, path, stopped, time.time() - t0)
         print(f"search stopped: {stopped}")
         if selected is None:
             print(f"nothing was scored; rerun the same command with a larger --budget_minutes (outputs in {out})")
@@ -60,6 +60,9 @@ def main(argv=None) -> int:
         best = path[-1]
         print(f"selected steps {best.steps} x blocks {best.blocks} (dim {selected['dim'][2]}): CV mIoU "
               f"{100 * best.miou:.2f} ± {100 * best.miou_std:.2f} over {probe.folds} folds; outputs in {out}")
+        if protocol is not None:
+            print(f"the config's own steps {protocol.steps} x blocks {protocol.blocks}: CV mIoU "
+                  f"{100 * protocol.miou:.2f} ± {100 * protocol.miou_std:.2f}")
         if "budget" in stopped:
             print("the budget stopped the search early: rerun the same command to continue (scores are kept)")
         print(f"train it: python train_interpreter.py --exp {os.path.join(out, 'selected.json')}")

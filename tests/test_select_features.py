@@ -123,6 +123,9 @@ def test_selection_json_scores_heatmap_and_selected_config(selection, tiny64_che
     chosen = report["selected"]
     assert (chosen["steps"], chosen["blocks"]) == (path[-1]["steps"], path[-1]["blocks"])
     assert report["stopped"].startswith(("no added step", "every step"))
+    # The config's own protocol (steps 50, 150, 250) is not in this grid, so it is not scored; a grid
+    # holding it is scored in the resume test below.
+    assert report["config_protocol"] is None
     # selected.json is the input config with the chosen steps, blocks and the dim they give.
     selected = load_config(str(out / "selected.json"))
     original = load_config("experiments/celebamask64/ddpm.json")
@@ -199,3 +202,15 @@ def test_bad_inputs_get_one_error_line_and_leave_nothing(tmp_path, tiny64_checkp
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and message in err, err
     assert not out.exists()
+
+
+def test_the_configs_own_steps_and_blocks_are_scored_for_comparison(selection, tiny64_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scores.json").write_text((selection["out"] / "scores.json").read_text())  # same settings: reused
+    assert select_features.main(argv(selection["tmp"], tiny64_checkpoint, out, "--set", "steps=[250, 50]",
+                                     "--set", "blocks=[8, 5]")) == 0
+    report = json.loads((out / "selection.json").read_text())
+    scores = json.loads((out / "scores.json").read_text())["scores"]
+    assert report["config_protocol"] == scores["50,250/5,8"]  # every cell of the grid: the whole store
+    assert "the config's own steps [50, 250] x blocks [5, 8]: CV mIoU" in capsys.readouterr().out

@@ -251,8 +251,22 @@ class Selection:
                 path.append(max(singles, key=lambda s: s.miou))
             return singles, path, "the time budget (--budget_minutes) ran out"
 
-    def write_outputs(self, singles: list[Score], path: list[Score], stopped: str, seconds: float) -> dict | None:
-        """selection.json, selection_heatmap.png and selected.json (None when nothing was scored)."""
+    def config_protocol(self) -> Score | None:
+        """The score of the input config's own steps x blocks, to compare the selection with; None when
+        they are not all in the grid or the budget is spent."""
+        steps, blocks = self.cfg["steps"], self.cfg["blocks"]
+        if not set(steps) <= set(self.steps) or not set(blocks) <= set(self.blocks):
+            return None
+        try:
+            return self.score(steps, blocks)
+        except BudgetSpent:
+            return None
+
+    def write_outputs(self, singles: list[Score], path: list[Score], stopped: str,
+                      seconds: float) -> tuple[dict | None, Score | None]:
+        """selection.json, selection_heatmap.png and selected.json; returns the selected config (None when
+        nothing was scored) and the score of the config's own steps x blocks (``config_protocol``)."""
+        protocol = self.config_protocol()
         chosen = path[-1] if path else None
         size = self.cfg["dim"][0]
         selected = None
@@ -269,8 +283,9 @@ class Selection:
             "fold_of_image": self.fold.tolist(), "probe": asdict(self.probe),
             "selected": None if chosen is None else {**asdict(chosen), "dim": selected["dim"]},
             "stopped": stopped, "seconds": seconds,
+            "config_protocol": None if protocol is None else asdict(protocol),
             "cells": [asdict(s) for s in singles], "greedy_path": [asdict(s) for s in path],
             "all_scores": [asdict(s) for s in self.scores.values()]})
         if selected is not None:
             save_config(selected, os.path.join(self.out_dir, "selected.json"))
-        return selected
+        return selected, protocol
