@@ -33,6 +33,10 @@ TRAINED = {
     "etf_decoupled": ("etf.json", {"regularizer": "etf_decoupled"}),
     "etf_reg": ("etf.json", REGULARISATION),
     "ddps": ("ddpm.json", {"refine": {"method": "ddps"}}),
+    # Where the coursework's dropout sits (config dropout_position): alone, and with the other regularisers.
+    "ddpm_dropout": ("ddpm.json", {"dropout": 0.4}),
+    "ddpm_dropout_after_bn": ("ddpm.json", {"dropout": 0.4, "dropout_position": "after_bn"}),
+    "etf_reg_after_bn": ("etf.json", {**REGULARISATION, "dropout_position": "after_bn"}),
 }
 # Re-evaluations of a trained run: name -> (trained run, inference overrides).
 EVALUATED = {
@@ -61,6 +65,12 @@ ROWS = [
      "the DDPS run's own ensemble (the same members as DDPM), its masks before refinement"),
     ("DDPM + DDPS refinement", "ddps", "hard",
      "the mask-prior refiner (ddpmseg.refine, default settings) applied to that ensemble's prediction"),
+    ("DDPM + dropout 0.4 before BN", "ddpm_dropout", "hard",
+     "the coursework's dropout alone: after each hidden ReLU, before its BatchNorm (`dropout_position` before_bn)"),
+    ("DDPM + dropout 0.4 after BN", "ddpm_dropout_after_bn", "hard",
+     "the same dropout after each BatchNorm instead (`dropout_position` after_bn)"),
+    ("DDPM_VE + aug/AdamW/dropout after BN", "etf_reg_after_bn", "soft",
+     "DDPM_VE + aug/AdamW/dropout with the dropout after each BatchNorm"),
 ]
 
 
@@ -91,7 +101,7 @@ def run(cmd: list[str]) -> None:
 
 
 # Runs that only add a comparison row go after every other run of every seed.
-LAST = ("etf_decoupled", "ddps")
+LAST = ("etf_decoupled", "ddps", "ddpm_dropout", "ddpm_dropout_after_bn", "etf_reg_after_bn")
 
 
 def run_all(dataset: str, out: str, seeds: list[int]) -> None:

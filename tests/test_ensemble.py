@@ -237,3 +237,69 @@ def test_dropout_is_inverted_dropout_in_training_and_off_in_eval():
     plain.load_state_dict(ens.state_dict())
     x = torch.randn(M, 10, C)
     assert torch.equal(ens(x), plain.eval()(x))
+
+
+class GivenMaskDropout(nn.Module):
+    """nn.Dropout(p) in training mode with the keep-mask given: nn.Dropout draws its masks from
+    the global stream with bernoulli_, so the ensemble's seeded masks are handed over explicitly."""
+
+    def __init__(self, p: float, mask: torch.Tensor):
+        super().__init__()
+        self.p, self.mask = p, mask
+
+    def forward(self, x):
+        return x * self.mask / (1 - self.p)
+
+
+def sequential_with_dropout(ens, m, masks, p, after_bn):
+    """Member m as nn.Sequential with dropout after each hidden ReLU, before or after its BatchNorm."""
+    ref = OriginalClassifier(ens.dim, ens.num_classes).to(torch.float64)
+    ref.load_state_dict(ens.member_state_dict(m), strict=True)
+    lin0, relu0, bn0, lin1, relu1, bn1, lin2 = ref.layers
+    d0, d1 = GivenMaskDropout(p, masks[0]), GivenMaskDropout(p, masks[1])
+    order = ([lin0, relu0, bn0, d0, lin1, relu1, bn1, d1, lin2] if after_bn
+             else [lin0, relu0, d0, bn0, lin1, relu1, d1, bn1, lin2])
+    return nn.Sequential(*order).train()
+
+
+@pytest.mark.parametrize("position", ["before_bn", "after_bn"])
+def test_dropout_position_computes_what_the_sequential_module_computes(position):
+    """after_bn == nn.Sequential(Linear, ReLU, BN, Dropout, Linear, ReLU, BN, Dropout, Linear), and
+    before_bn (the default) is still Linear, ReLU, Dropout, BN, ...: logits, the BN running statistics
+    (which is where the two placements differ most) and the gradients. Float64 with FORWARD_ATOL, as
+    above: both paths compute the same sums in another kernel order, ~1e-16 relative apart."""
+    M, B, C, K, p = 3, 50, 12, 5, 0.4
+    ens = make_ensemble(M, C, K, seed=4)
+    if position == "before_bn":
+        assert PixelEnsemble(1, C, K, dropout=p).dropout_after_bn is False  # the published default
+    ens.dropout, ens.dropout_after_bn = p, position == "after_bn"
+    fresh = PixelEnsemble(M, C, K, dropout=p, dropout_position=position)
+    assert fresh.dropout_after_bn == ens.dropout_after_bn
+    ens.dropout_generators = [torch.Generator().manual_seed(10 + m) for m in range(M)]
+    # The masks the ensemble will draw: member m's stream gives layer 0's [B, 128] then layer 1's [B, 32].
+    replay = [torch.Generator().manual_seed(10 + m) for m in range(M)]
+    masks = [[(torch.rand(B, h, generator=g) >= p).double() for h in hidden_sizes(K)] for g in replay]
+    refs = [sequential_with_dropout(ens, m, masks[m], p, position == "after_bn") for m in range(M)]
+    x = torch.randn(M, B, C, dtype=torch.float64)
+    ens.train()
+    out = ens(x)
+    out.square().sum().backward()
+    for m, ref in enumerate(refs):
+        want = ref(x[m])
+        assert torch.allclose(out[m], want, atol=FORWARD_ATOL)
+        want.square().sum().backward()
+        bns = [layer for layer in ref if isinstance(layer, nn.BatchNorm1d)]
+        for j, bn in enumerate(bns):
+            assert torch.allclose(getattr(ens, f"running_mean{j}")[m], bn.running_mean, atol=FORWARD_ATOL)
+            assert torch.allclose(getattr(ens, f"running_var{j}")[m], bn.running_var, atol=FORWARD_ATOL)
+        linears = [layer for layer in ref if isinstance(layer, nn.Linear)]
+        for j, lin in enumerate(linears):
+            assert torch.allclose(ens.weights[j].grad[m], lin.weight.grad.T, atol=FORWARD_ATOL)
+    # The two placements really differ (else this test could not tell them apart).
+    other = sequential_with_dropout(ens, 0, masks[0], p, position != "after_bn")
+    assert not torch.allclose(other(x[0]), out[0].detach(), atol=1e-3)
+
+
+def test_unknown_dropout_position_is_refused():
+    with pytest.raises(ValueError, match="dropout_position"):
+        PixelEnsemble(1, 4, 3, dropout_position="middle")

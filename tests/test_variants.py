@@ -95,3 +95,22 @@ def test_backbone_table_reads_each_row_from_its_runs(tmp_path, monkeypatch):
     assert rows["MAE ViT-L/8, last 12 blocks"][3:5] == ["not run", "0 |"]
     assert rows["DDPM U-Net (the config's checkpoint)"][1] == "`../shared/checkpoints/faces64_ema.pt`"
     assert "--exp experiments/celebamask64/swav.json --seed S --set 'max_epochs=1'" in text
+
+
+def test_dropout_position_rows_read_their_own_runs(tmp_path, monkeypatch):
+    """The dropout-placement rows: before BN alone, after BN alone, after BN with aug/AdamW (soft voting)."""
+    monkeypatch.setattr(variants, "REPO", str(tmp_path))
+    votes = {"hard": 0.20, "soft": 0.22, "soft_prob": 0.21, "weighted": 0.21, "last_member": 0.18}
+    base = tmp_path / "runs" / "seed0"
+    write_metrics(base / "ddpm_dropout" / "50_150", votes)
+    write_metrics(base / "ddpm_dropout_after_bn" / "50_150", {k: v + 0.05 for k, v in votes.items()})
+    write_metrics(base / "etf_reg_after_bn" / "50_150", {k: v + 0.1 for k, v in votes.items()})
+    text = variants.table("celebamask64", "runs", [0])
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert rows["DDPM + dropout 0.4 before BN"][1:3] == ["20.00", "1"]
+    assert rows["DDPM + dropout 0.4 after BN"][1:3] == ["25.00", "1"]
+    assert rows["DDPM_VE + aug/AdamW/dropout after BN"][1:3] == ["32.00", "1"]  # soft voting
+    assert "--exp_dir <out>/seed<N>/ddpm_dropout_after_bn --seed <N> --set 'dropout=0.4' " \
+           "--set 'dropout_position=\"after_bn\"'" in text
+    # The new runs are trained after every other run, so they never delay the main table.
+    assert all(name in variants.LAST for name in ("ddpm_dropout", "ddpm_dropout_after_bn", "etf_reg_after_bn"))

@@ -97,8 +97,12 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # "adamw" decouples weight decay from the gradient (coursework: AdamW, weight decay 1e-4).
     "optimizer": ((str,), "adam"),
     "weight_decay": ((float,), 0.0),
-    # Dropout after each hidden ReLU, before BatchNorm (coursework: 0.4); 0 = none, as published.
+    # Dropout after each hidden ReLU, placed by dropout_position (coursework: 0.4); 0 = none, as published.
     "dropout": ((float,), 0.0),
+    # Where that dropout sits: "before_bn" (the coursework's placement, so BatchNorm's running statistics
+    # are gathered with dropout on and used with it off) or "after_bn" (Linear, ReLU, BN, Dropout), which
+    # keeps BatchNorm's statistics those of the undropped activations. Default: the published placement.
+    "dropout_position": ((str,), "before_bn"),
     # Augmented copies of each training image (image and mask transformed jointly, see
     # ddpmseg.augment); their features go into the same store. 0 = none, as published.
     "augmentation_copies": ((int,), 0),
@@ -134,6 +138,7 @@ CHOICES = {
     "regularizer": ("none", "etf", "etf_decoupled"),
     "voting": ("hard", "soft", "soft_prob", "weighted", "last_member"),
     "optimizer": ("adam", "adamw"),
+    "dropout_position": ("before_bn", "after_bn"),
     "epoch_pixels": ("original", "all"),
     "deeplab_backbone": ("resnet101", "resnet50", "mobilenet_v3_large"),
     "uncertainty_filter": ("most_uncertain", "published"),

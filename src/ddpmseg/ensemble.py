@@ -5,7 +5,8 @@ Each member is the original pixel classifier
 with (h1, h2) = (128, 32) for K < 30 classes and (256, 128) otherwise. Stacking the members'
 weights along a leading axis turns M small matmuls into one batched matmul; members never
 share parameters, so summing their losses gives each exactly its own gradients. Optional
-dropout (the coursework variant) sits after each hidden ReLU, before its BatchNorm.
+dropout (the coursework variant) sits after each hidden ReLU, before its BatchNorm
+(``dropout_position="before_bn"``, as published), or after the BatchNorm (``"after_bn"``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 INIT_STD = 0.02  # the original init_weights: Linear weights ~ N(0, 0.02), biases 0
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # BatchNorm1d defaults
+DROPOUT_POSITIONS = ("before_bn", "after_bn")  # the config key dropout_position (ddpmseg.config)
 
 
 def hidden_sizes(num_classes: int) -> tuple[int, int]:
@@ -28,10 +30,13 @@ class PixelEnsemble(nn.Module):
     """M independent MLPs. Inputs are [M, B, C] (one batch per member) or [B, C] (shared)."""
 
     def __init__(self, num_members: int, dim: int, num_classes: int,
-                 generators: Sequence[torch.Generator] | None = None, dropout: float = 0.0):
+                 generators: Sequence[torch.Generator] | None = None, dropout: float = 0.0,
+                 dropout_position: str = "before_bn"):
         super().__init__()
+        if dropout_position not in DROPOUT_POSITIONS:
+            raise ValueError(f"dropout_position must be one of {DROPOUT_POSITIONS}, got {dropout_position!r}")
         self.num_members, self.dim, self.num_classes = num_members, dim, num_classes
-        self.dropout = dropout
+        self.dropout, self.dropout_after_bn = dropout, dropout_position == "after_bn"
         # The trainer sets one seeded generator per member (on the ensemble's device), so a
         # member's masks are reproducible and do not depend on its companions.
         self.dropout_generators: list[torch.Generator] | None = None
@@ -82,10 +87,16 @@ class PixelEnsemble(nn.Module):
             u = torch.stack([torch.rand(h.shape[1:], generator=g, device=h.device) for g in self.dropout_generators])
         return h * (u >= self.dropout) / (1 - self.dropout)
 
+    def _relu_bn_drop(self, h: torch.Tensor, j: int) -> torch.Tensor:
+        """ReLU, then BatchNorm j with dropout before it (published) or after it."""
+        if self.dropout_after_bn:
+            return self._drop(self._bn(F.relu(h), j))
+        return self._bn(self._drop(F.relu(h)), j)
+
     def penultimate(self, first: torch.Tensor) -> torch.Tensor:
         """First-layer pre-activations [M, B, h1] -> the features the last Linear reads [M, B, h2]."""
-        h = self._bn(self._drop(F.relu(first)), 0)
-        return self._bn(self._drop(F.relu(torch.baddbmm(self.biases[1][:, None], h, self.weights[1]))), 1)
+        h = self._relu_bn_drop(first, 0)
+        return self._relu_bn_drop(torch.baddbmm(self.biases[1][:, None], h, self.weights[1]), 1)
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """The last Linear: penultimate features [M, B, h2] -> logits [M, B, K]."""

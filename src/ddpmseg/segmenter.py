@@ -40,6 +40,7 @@ class Segmentation:
     # refiner); None when predict(..., probabilities=False) spared the K full-size maps
     uncertainty: np.ndarray    # [H, W] float32 members' mutual information per pixel, in nats
     score: float               # the image's uncertainty: mean of its top uncertainty_top_fraction pixels
+    disagreement: np.ndarray   # [H, W] float32 share of member (and view) votes that differ from the majority
 
 
 def window_starts(length: int, size: int, overlap: float = WINDOW_OVERLAP) -> list[int]:
@@ -81,9 +82,10 @@ class Segmenter:
     def palette(self) -> list[list[int]]:
         return self.cfg["palette"]
 
-    def window(self, crop: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class distribution [K, S, S], uncertainty [S, S]) of one working-resolution window; ``index``
-        seeds its random test-time views and refiner noise as a test image index does in evaluation."""
+    def window(self, crop: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(class distribution [K, S, S], uncertainty [S, S], disagreement [S, S]) of one working-resolution
+        window; ``index`` seeds its random test-time views and refiner noise as a test image index does in
+        evaluation."""
         run, c = self.run, self.cfg
         votes = run.votes(self.ensemble, crop, index)
         probs = votes.distribution(c["voting"]).T.reshape(c["number_class"], *run.hw)
@@ -91,7 +93,9 @@ class Segmenter:
             probs, _ = refine(self.refiner, crop[None], run.probability_map(votes)[None], self.refine_settings,
                               generator=generator(c["seed"], REFINE_NOISE_STREAM, index))
             probs = probs[0]
-        return probs.float().cpu(), votes.uncertainty().reshape(run.hw).float().cpu()
+        disagreement = 1 - votes.counts.max(1).values / votes.n
+        return (probs.float().cpu(), votes.uncertainty().reshape(run.hw).float().cpu(),
+                disagreement.reshape(run.hw).float().cpu())
 
     @torch.no_grad()
     def predict(self, image: Image.Image, probabilities: bool = True) -> Segmentation:
@@ -105,17 +109,19 @@ class Segmenter:
         x = self.transform(rgb)
         _, h, w = x.shape
         size, k = self.run.size, self.cfg["number_class"]
-        prob_sum, unc_sum, cover = torch.zeros(k, h, w), torch.zeros(h, w), torch.zeros(h, w)
+        prob_sum = torch.zeros(k, h, w)
+        unc_sum, dis_sum, cover = torch.zeros(h, w), torch.zeros(h, w), torch.zeros(h, w)
         tops, lefts = window_starts(h, size), window_starts(w, size)
         for i, (top, left) in enumerate((t, l) for t in tops for l in lefts):
-            probs, unc = self.window(x[:, top:top + size, left:left + size], i)
+            probs, unc, dis = self.window(x[:, top:top + size, left:left + size], i)
             prob_sum[:, top:top + size, left:left + size] += probs
             unc_sum[top:top + size, left:left + size] += unc
+            dis_sum[top:top + size, left:left + size] += dis
             cover[top:top + size, left:left + size] += 1
-        probs, unc = prob_sum / cover, unc_sum / cover
+        probs, unc, dis = prob_sum / cover, unc_sum / cover, dis_sum / cover
         full_size = (lambda m: m) if (h, w) == (height, width) else (
             lambda m: F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False))
-        unc = full_size(unc[None, None])[0, 0]
+        unc, dis = full_size(unc[None, None])[0, 0], full_size(dis[None, None])[0, 0]
         if probabilities:
             probs = full_size(probs[None])[0]
             mask = probs.argmax(0)
@@ -126,4 +132,5 @@ class Segmenter:
                 mask[p > best] = c  # strictly greater: ties keep the lower id, as argmax does
                 best = torch.maximum(best, p)
         return Segmentation(mask=mask.numpy(), probabilities=probs.numpy() if probabilities else None,
-                            uncertainty=unc.numpy(), score=image_uncertainty(unc, self.cfg["uncertainty_top_fraction"]))
+                            uncertainty=unc.numpy(), score=image_uncertainty(unc, self.cfg["uncertainty_top_fraction"]),
+                            disagreement=dis.numpy())

@@ -106,7 +106,7 @@ def model_path(exp_dir: str, member: int) -> str:
 
 def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_dir: str,
                    members: list[int], device: str = "cpu", log=print, max_steps: int | None = None,
-                   epoch_size: int | None = None, dtype: torch.dtype = torch.float32) -> dict:
+                   epoch_size: int | None = None, dtype: torch.dtype = torch.float32, progress: bool = True) -> dict:
     """Train ``members`` (indices into the ensemble) together; returns per-member stats.
 
     An epoch is ``epoch_size // batch_size`` batches from a fresh shuffle of all pixels
@@ -114,6 +114,7 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
     still active then stop with reason "max_steps"): a compute budget for benchmarks and smoke
     runs, not part of the published method. ``dtype`` is the members' arithmetic: float32 as
     published; float64 lets tests check equivalences to rounding that no CPU's kernels can move.
+    ``progress=False`` hides the progress bar (callers that train many small probes show their own).
     """
     M, B, N = len(members), cfg["batch_size"], len(pixels.labels)
     n_batches = min(N, epoch_size or N) // B
@@ -121,7 +122,8 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
         raise ValueError(f"only {N} labelled training pixels, fewer than one batch of {B}")
     seed, K, regularizer = cfg["seed"], cfg["number_class"], cfg["regularizer"]
     gens = [member_generator(seed, m) for m in members]
-    ens = PixelEnsemble(M, store.dim, K, generators=gens, dropout=cfg["dropout"]).to(device, dtype)
+    ens = PixelEnsemble(M, store.dim, K, generators=gens, dropout=cfg["dropout"],
+                        dropout_position=cfg["dropout_position"]).to(device, dtype)
     nets = [ens]
     params = list(ens.parameters())
     etf = None
@@ -131,7 +133,7 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
         # The published regularizer: its own trunk (the classifier minus its last Linear) and its own
         # init stream, so the classifier trains exactly as it would with etf_beta = 0.
         trunk = PixelEnsemble(M, store.dim, K, generators=[generator(seed, m, TRUNK_STREAM) for m in members],
-                              dropout=cfg["dropout"]).to(device, dtype)
+                              dropout=cfg["dropout"], dropout_position=cfg["dropout_position"]).to(device, dtype)
         nets.append(trunk)
         params += [p for n, p in trunk.named_parameters() if not n.endswith(".2")]
     for net, stream in zip(nets, (DROPOUT_STREAM, TRUNK_DROPOUT_STREAM)):
@@ -177,7 +179,8 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
     for net in nets:
         net.train()
     desc = f"members {members[0]}-{members[-1]}"
-    bar = tqdm(desc=desc, initial=step, unit="batch", dynamic_ncols=True, mininterval=2.0)
+    bar = tqdm(desc=desc, initial=step, unit="batch", dynamic_ncols=True, mininterval=2.0,
+               disable=not progress)
     while any(active):
         epoch, pos = divmod(step, n_batches)
         if pos == 0 and step > 0:  # a new epoch: every member reshuffles with its own stream
