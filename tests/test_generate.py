@@ -141,7 +141,7 @@ def test_datasetddpm_masks_and_uncertainty_are_what_the_run_predicts(tmp_path, t
     assert np.array_equal(images, to_uint8_images(x))
     ens = load_ensemble(str(tiny_interpreter_run), c["model_num"], c["dim"][2], c["number_class"]).double()
     for i in range(3):
-        layers = run.features(x[i])
+        layers = run.features(x[i], f"sample {i}")
         feats = torch.cat([F.interpolate(a.half().double(), size=(64, 64), mode="bilinear", align_corners=False)
                            for a in layers], dim=1)[0].reshape(c["dim"][2], -1).T
         with torch.no_grad():
