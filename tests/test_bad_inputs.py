@@ -35,14 +35,19 @@ from PIL import Image
 import demo
 import evaluate
 import generate_dataset
+import new_experiment
 import sample
+import segment
+import select_features
+import suggest
 import train_ddpm
 import train_deeplab
 import train_interpreter
 from conftest import CELEBAMASK64, REPO, require
 
 TOOLS = {"interp": train_interpreter, "eval": evaluate, "ddpm": train_ddpm, "sample": sample,
-         "gen": generate_dataset, "deeplab": train_deeplab, "demo": demo}
+         "gen": generate_dataset, "deeplab": train_deeplab, "demo": demo, "newexp": new_experiment,
+         "segment": segment, "select": select_features, "suggest": suggest}
 # One case also runs as a real process (torch's import alone takes seconds there).
 SUBPROCESS = {"interp-json-syntax"}
 FACES = json.loads((REPO / "experiments/celebamask64/ddpm.json").read_text())
@@ -111,6 +116,11 @@ class Ctx:
         """A finished model_type 'rgb_xy' run, trained here (about a second)."""
         assert train_interpreter.main(["--exp", str(self.config())]) == 0
         return self.root / "exp"
+
+    def folder(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def file(self, name: str, content: bytes | str = b"") -> Path:
         path = self.root / name
@@ -231,6 +241,41 @@ def _gen_out_is_file(ctx: Ctx) -> list[str]:
 
 
 # (id, tool, setup(ctx) -> argv, text the error must contain, disk full while the tool runs)
+def _new_experiment(ctx: Ctx, images: Path | None = None, rename_mask: bool = False) -> list[str]:
+    """new_experiment.py on images/ + masks/ copies of the data (it would write experiments/NAME)."""
+    train, _ = ctx.data()
+    img_dir, mask_dir = ctx.folder("own/images"), ctx.folder("own/masks")
+    for png in sorted(train.glob("*.png")):
+        shutil.copy(png, img_dir / png.name)
+        shutil.copy(png.with_suffix(".npy"), mask_dir / png.with_suffix(".npy").name)
+    if rename_mask:
+        first = sorted(mask_dir.glob("*.npy"))[0]
+        first.rename(mask_dir / "someone_else.npy")
+    return ["--name", f"catalogue_{ctx.root.name}", "--images", str(images or img_dir), "--masks", str(mask_dir),
+            "--model_path", str(ctx.ckpt()), "--steps", "50", "--blocks", "4"]
+
+
+def _segment(ctx: Ctx, run: str, images: Path | None = None) -> list[str]:
+    if images is None:
+        images = ctx.data()[1]
+    return ["--run", run, "--images", str(images), "--out", str(ctx.root / "segmented")]
+
+
+def _select(ctx: Ctx) -> list[str]:
+    """select_features.py on the tiny U-Net's experiment (training images only)."""
+    argv = ctx.ddpm_config()
+    return [*argv[:2], "--set", f"exp_dir={argv[3]}", "--set", f"training_path={argv[5]}",
+            "--set", f"testing_path={argv[7]}", "--set", f"model_path={argv[9]}", "--set", "training_number=3",
+            "--folds", "3", "--out", str(ctx.root / "selection")]
+
+
+def _suggest(ctx: Ctx, k: int = 2, pool: Path | None = None) -> list[str]:
+    run = ctx.rgb_run()
+    if pool is None:
+        pool = ctx.data()[1]
+    return ["--run", str(run), "--pool", str(pool), "--k", str(k), "--out", str(ctx.root / "suggested")]
+
+
 CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str, bool]] = [
     # --- experiment configs: files, JSON syntax, keys, types, ranges (train_interpreter.py) ---
     ("interp-config-missing", "interp", lambda c: ["--exp", str(c.root / "nope.json")], "nope.json", False),
@@ -397,6 +442,19 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str, bool]] = [
     ("demo-preset", "demo", lambda c: ["--out", str(c.root / "d"), "--preset", "huge"], "argument --preset", False),
     ("demo-out-is-file", "demo", lambda c: ["--out", str(c.file("dfile")), "--preset", "smoke", "--device", "cpu"],
      "dfile", False),
+    # --- your own data, feature selection, labelling suggestions ---
+    ("newexp-empty-images", "newexp", lambda c: _new_experiment(c, images=c.folder("empty")), "empty", False),
+    ("newexp-mask-of-another-stem", "newexp", lambda c: _new_experiment(c, rename_mask=True), "someone_else.npy",
+     False),
+    ("segment-run-without-member-0", "segment", lambda c: _segment(c, _run_without_member_0(c)[1]),
+     "lacks ensemble members [0]", False),
+    ("segment-empty-images-folder", "segment", lambda c: _segment(c, str(c.rgb_run()), images=c.folder("none")),
+     "no image", False),
+    ("select-block-the-unet-lacks", "select", lambda c: [*_select(c), "--blocks", "99"], "block", False),
+    ("select-step-beyond-diffusion", "select", lambda c: [*_select(c), "--steps", "1000"], "1000", False),
+    ("suggest-k-larger-than-pool", "suggest", lambda c: _suggest(c, k=50), "k", False),
+    ("suggest-empty-pool", "suggest", lambda c: _suggest(c, pool=c.folder("empty_pool")), "empty_pool", False),
+
 ]
 
 
