@@ -32,8 +32,8 @@ def test_each_image_is_predicted_by_the_fold_ensemble_that_never_saw_it(tmp_path
     its fold, and that ensemble's weights are exactly those of an ensemble trained with the fold's
     seed on the pixels of the OTHER images and their copies only (selected here by a plain loop)."""
     from ddpmseg.config import load_config
-    from ddpmseg.crossfit import FOLD_SEED_STREAM, out_of_fold_probabilities
-    from ddpmseg.seeding import derived_seed
+    from ddpmseg.crossfit import out_of_fold_probabilities
+    from ddpmseg.seeding import stream_seed
     from ddpmseg.store import FeatureStore
     from ddpmseg.train import load_ensemble, train_ensemble
 
@@ -60,7 +60,7 @@ def test_each_image_is_predicted_by_the_fold_ensemble_that_never_saw_it(tmp_path
         unseen = [i for i in range(n) if fold[i] == f]
         seen = [p for p in range(len(index)) if (p // (H * W)) % n not in unseen]
         mine = tmp_path / f"by_hand_{f}"
-        fold_cfg = {**cfg, "model_num": 1, "seed": derived_seed(cfg["seed"], FOLD_SEED_STREAM, f)}
+        fold_cfg = {**cfg, "model_num": 1, "seed": stream_seed("fold_seed", cfg["seed"], f)}
         sub = LabelledPixels(index[seen], pixels.labels[seen], (H, W))
         train_ensemble(store, sub, fold_cfg, str(mine), [0], log=lambda m: None,
                        epoch_size=int((sub.index < n * H * W).sum()))

@@ -16,8 +16,7 @@ import select_features
 from conftest import CELEBAMASK64, require
 from ddpmseg import feature_selection
 from ddpmseg.config import load_config
-from ddpmseg.crossfit import FOLD_SEED_STREAM
-from ddpmseg.seeding import derived_seed
+from ddpmseg.seeding import stream_seed
 
 # A small grid and a tiny probe: 6 training images in 3 folds, 2 steps x 2 blocks, 30 iterations.
 TRAINING_NUMBER, FOLDS = 6, 3
@@ -51,7 +50,7 @@ class TrainingSpy:
 
     def __init__(self, monkeypatch, seed=0):
         self.calls: list[tuple[int, set[int]]] = []
-        fold_of_seed = {derived_seed(seed, FOLD_SEED_STREAM, f): f for f in range(FOLDS)}
+        fold_of_seed = {stream_seed("fold_seed", seed, f): f for f in range(FOLDS)}
         real = feature_selection.train_ensemble
 
         def spy(store, pixels, cfg, *args, **kwargs):

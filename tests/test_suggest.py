@@ -14,7 +14,7 @@ from PIL import Image
 import suggest
 from ddpmseg.config import load_config, save_config
 from ddpmseg.ensemble import PixelEnsemble
-from ddpmseg.suggest import RANDOM_STREAM, SHEET_TILE_PX
+from ddpmseg.suggest import SHEET_TILE_PX
 from ddpmseg.train import model_path
 
 K, GAIN = 19, 4.0  # the celebamask64 classes; logit scale of the members' confident class
@@ -110,14 +110,14 @@ def test_known_uncertainty_ranks_the_pool_as_expected(known_run, pool, tmp_path,
 
 
 def test_random_strategy_is_the_seeded_permutation(known_run, pool, tmp_path):
-    from ddpmseg.seeding import generator
+    from ddpmseg.seeding import stream_generator
 
     stems = sorted(_reds())
     for seed in (0, 1):
         out = tmp_path / f"random{seed}"
         assert suggest.main(["--run", str(known_run), "--pool", str(pool), "--k", "4", "--strategy", "random",
                              "--seed", str(seed), "--out", str(out)]) == 0
-        order = torch.randperm(4, generator=generator(seed, RANDOM_STREAM)).tolist()
+        order = torch.randperm(4, generator=stream_generator("suggest_order", seed)).tolist()
         assert [r["stem"] for r in read_csv(out / "suggestions.csv")] == [stems[i] for i in order]
 
 

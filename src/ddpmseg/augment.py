@@ -16,7 +16,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .seeding import derived_seed
+from .seeding import stream_seed
 
 # Coursework values: colour jitter strengths, crop scale range, rotation limit (albumentations'
 # default +-90 degrees), 2..4 holes of 40..60 px at 256 px (scaled with the image size).
@@ -124,17 +124,14 @@ def augment_pair(image: torch.Tensor, label: torch.Tensor, seed: int, p: float, 
     return img.as_subclass(torch.Tensor) * 2 - 1, mask.as_subclass(torch.Tensor)
 
 
-TRAIN_STREAM, TEST_STREAM = 7, 8  # seed-stream ids: training copies vs test-time views
-
-
 def copy_seed(seed: int, image_index: int, copy: int) -> int:
     """The seed of augmented copy ``copy`` (1, 2, ...) of training image ``image_index``."""
-    return derived_seed(seed, TRAIN_STREAM, image_index, copy)
+    return stream_seed("augment_copy", seed, image_index, copy)
 
 
 def view_seed(seed: int, image_index: int, view_index: int) -> int:
     """The seed of test-time view ``view_index`` of test image ``image_index``."""
-    return derived_seed(seed, TEST_STREAM, image_index, view_index)
+    return stream_seed("test_view", seed, image_index, view_index)
 
 
 def tta_view(image: torch.Tensor, view: str, seed: int) -> tuple[torch.Tensor, bool]:

@@ -28,6 +28,7 @@ from torchvision.models.resnet import Bottleneck
 from guided_diffusion.checkpoint import SHOW, CheckpointError
 
 from .safeload import unsafe_global
+from .seeding import stream_seed
 
 # Both backbones were pretrained on [0, 1] images normalised with ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -423,7 +424,7 @@ def create_backbone_extractor(model_type: str, model_path: str | None, image_siz
                               log: Callable[[str], None] = print) -> FeatureExtractorMAE | FeatureExtractorSwAV:
     """Build ``model_type`` ("mae", "swav", "swav_w2") and wrap it in its feature extractor.
 
-    ``model_path`` None gives random weights drawn from ``seed`` (the untrained-backbone
+    ``model_path`` None gives random weights drawn from the "backbone_init" stream of ``seed`` (the untrained-backbone
     control); the global RNG is left as it was either way.
     """
     if model_type not in FEATURE_DIMS:
@@ -432,7 +433,7 @@ def create_backbone_extractor(model_type: str, model_path: str | None, image_siz
         _require_file(model_path, model_type)  # before spending seconds on building the model
     # The weights are drawn on the CPU so that a seed gives the same backbone on every device.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(stream_seed("backbone_init", seed))
         if model_type == "mae":
             model = mae_vit_large_patch8(img_size=image_size)
         else:

@@ -14,17 +14,16 @@ from typing import Callable
 import torch
 
 from .atomic import torch_save_atomic
-from .seeding import derived_seed, generator
+from .seeding import stream_generator, stream_seed
 from .store import FeatureStore
 from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
 
-FOLD_SEED_STREAM = 7  # seed-stream id of the fold ensembles, apart from the main members' streams
 
 
 def fold_assignment(num_images: int, folds: int, seed: int) -> torch.Tensor:
     """The fold of each training image [num_images]: a seeded shuffle dealt round-robin, so folds
     differ in size by at most one and do not follow the file order."""
-    order = torch.randperm(num_images, generator=generator(seed, FOLD_SEED_STREAM))
+    order = torch.randperm(num_images, generator=stream_generator("fold_order", seed))
     fold = torch.empty(num_images, dtype=torch.long)
     fold[order] = torch.arange(num_images) % folds
     return fold
@@ -59,7 +58,7 @@ def out_of_fold_probabilities(store: FeatureStore, pixels: LabelledPixels, cfg: 
         fold_dir = os.path.join(folder, f"fold_{f}")
         os.makedirs(fold_dir, exist_ok=True)
         # Each fold ensemble has its own seed, so its members are not copies of the main ones.
-        fold_cfg = {**cfg, "model_num": members, "seed": derived_seed(cfg["seed"], FOLD_SEED_STREAM, f)}
+        fold_cfg = {**cfg, "model_num": members, "seed": stream_seed("fold_seed", cfg["seed"], f)}
         todo = [m for m in range(members) if not os.path.exists(model_path(fold_dir, m))]
         held_out = fold.eq(f).nonzero().flatten().tolist()
         if todo:

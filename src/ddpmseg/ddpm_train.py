@@ -48,10 +48,9 @@ from .report import image_grid, to_uint8_images, write_png_atomic
 from .runlock import run_lock
 from .safeload import load_plain
 from .sampling import sample_batch, sampling_diffusion
-from .seeding import derived_seed, generator
+from .seeding import stream_generator, stream_rng, stream_seed
 
 # Random streams of DDPM training (other modules use other numbers).
-DATA_STREAM, FLIP_STREAM, CROP_STREAM, TIMESTEP_STREAM, NOISE_STREAM, DROPOUT_STREAM = 21, 22, 23, 24, 25, 26
 # fp32 as published; bf16/fp16 autocast on CUDA; fp64 everywhere: float64 weights and arithmetic,
 # for checking that two ways of training (e.g. one process vs torchrun) compute the same thing.
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
@@ -199,7 +198,7 @@ class UnlabelledImages(torch.utils.data.Dataset):
 def epoch_order(epoch: int, num_images: int, seed: int) -> torch.Tensor:
     """The seeded image permutation of ``epoch``; cached, since every step of the epoch slices it
     (a fresh randperm of a large dataset per step would cost more than loading the batch)."""
-    return torch.randperm(num_images, generator=generator(seed, DATA_STREAM, epoch))
+    return torch.randperm(num_images, generator=stream_generator("ddpm_data_order", seed, epoch))
 
 
 def global_batch(step: int, num_images: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,7 +209,7 @@ def global_batch(step: int, num_images: int, batch_size: int, seed: int) -> tupl
     """
     epoch, position = divmod(step, num_images // batch_size)
     indices = epoch_order(epoch, num_images, seed)[position * batch_size:(position + 1) * batch_size]
-    flips = torch.rand(batch_size, generator=generator(seed, FLIP_STREAM, step)) < 0.5
+    flips = torch.rand(batch_size, generator=stream_generator("ddpm_flip", seed, step)) < 0.5
     return indices, flips
 
 
@@ -228,7 +227,7 @@ class _StepBatches(torch.utils.data.Sampler):
             indices, flips = global_batch(step, self.num_images, self.opts.batch_size, self.opts.seed)
             flips = flips & self.opts.random_flip
             positions = range(self.opts.batch_size)[mine]
-            yield [(int(indices[p]), derived_seed(self.opts.seed, CROP_STREAM, step, p), bool(flips[p]))
+            yield [(int(indices[p]), stream_seed("ddpm_crop", self.opts.seed, step, p), bool(flips[p]))
                    for p in positions]
             step += 1
 
@@ -277,7 +276,7 @@ class DDPMTrainer:
             raise DataError(f"{len(self.data)} images in {opts.data_dirs} but batch_size is {opts.batch_size}: "
                             f"lower batch_size or add images")
         self._print = log or tqdm.write
-        torch.manual_seed(derived_seed(opts.seed))  # the initial weights
+        torch.manual_seed(stream_seed("ddpm_init", opts.seed))
         try:  # mixed precision is autocast's job here; use_fp16 only matters for inference
             self.model, self.diffusion = create_model_and_diffusion(**{**self.flags, "use_fp16": False})
         except (TypeError, ValueError) as e:
@@ -424,13 +423,13 @@ class DDPMTrainer:
         per_rank = o.batch_size // w.size
         mine = slice(w.rank * per_rank, (w.rank + 1) * per_rank)
         x = images.to(w.device, self.dtype) / 127.5 - 1  # already cropped and mirrored by the loader
-        rng = np.random.default_rng(derived_seed(o.seed, TIMESTEP_STREAM, self.step))
+        rng = stream_rng("ddpm_timesteps", o.seed, self.step)
         t, weights = self.sampler.sample(o.batch_size, w.device, rng)
         t, weights = t[mine], weights[mine]
         # Drawn on the device for the whole global batch (every rank draws the same numbers).
-        g = torch.Generator(device=w.device).manual_seed(derived_seed(o.seed, NOISE_STREAM, self.step))
+        g = stream_generator("ddpm_noise", o.seed, self.step, device=w.device)
         noise = torch.randn((o.batch_size, *x.shape[1:]), generator=g, device=w.device)[mine].to(self.dtype)
-        torch.manual_seed(derived_seed(o.seed, DROPOUT_STREAM, self.step, w.rank))
+        torch.manual_seed(stream_seed("ddpm_dropout", o.seed, self.step, w.rank))
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision)

@@ -36,7 +36,7 @@ from .interpreter import RunLog, experiment_dir, peak_rss_mb, resolve_device
 from .metrics import IoUAccumulator, iou_table_markdown
 from .report import save_prediction
 from .runlock import run_lock
-from .seeding import derived_seed, generator
+from .seeding import stream_generator, stream_seed
 from .synthetic import check_masks, keep_by_uncertainty, load_synthetic
 
 # torchvision's ImageNet statistics: the original's 'deeplab' transform.
@@ -52,8 +52,6 @@ BACKBONES: dict[str, tuple[Callable[..., nn.Module], Any]] = {
 LOG_EVERY = 10  # training iterations between loss lines (original: 10)
 # The backbones downsample by 8 to 32; below this side the feature maps vanish.
 MIN_RES = 32
-# Keys of the per-epoch random streams (ddpmseg.seeding): batch order, and the global torch RNG.
-_SHUFFLE_STREAM, _DROPOUT_STREAM = 0, 1
 _EPOCH_FILE = re.compile(r"deeplab_epoch_(\d+)\.pth$")
 
 
@@ -271,7 +269,7 @@ class DeepLabRun:
         self.train_set = self.load_synthetic() if self.first_epoch < s.num_epoch else None
         if self.train_set is None:
             self.synthetic = self.start.get("synthetic", {})
-        torch.manual_seed(c["seed"])  # the new head's initialisation
+        torch.manual_seed(stream_seed("deeplab_head", c["seed"]))
         # Resuming replaces every weight, so the ImageNet backbone is only fetched for a fresh start.
         pretrained = c["deeplab_pretrained_backbone"] and self.start is None
         self.model = build_deeplab(c["deeplab_backbone"], c["number_class"], pretrained).to(self.device)
@@ -318,9 +316,9 @@ class DeepLabRun:
         # Streams of their own per epoch (order and ASPP dropout): a resumed run trains exactly as
         # an uninterrupted one would.
         loader = DataLoader(self.train_set, batch_size=s.batch_size, shuffle=True, drop_last=True,
-                            generator=generator(self.cfg["seed"], epoch, _SHUFFLE_STREAM),
+                            generator=stream_generator("deeplab_shuffle", self.cfg["seed"], epoch),
                             pin_memory=self.device.type == "cuda", **workers)
-        torch.manual_seed(derived_seed(self.cfg["seed"], epoch, _DROPOUT_STREAM))
+        torch.manual_seed(stream_seed("deeplab_dropout", self.cfg["seed"], epoch))
         self.model.train()
         total = 0.0
         for i, (x, y) in enumerate(tqdm(loader, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True)):

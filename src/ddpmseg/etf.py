@@ -14,10 +14,9 @@ import os
 import torch
 
 from .atomic import torch_save_atomic
-from .seeding import generator
+from .seeding import stream_generator
 
 ETF_FILE = "etf_matrix.pt"
-ETF_STREAM = 1_000_003  # seed-stream id of the frame, distinct from every member index
 
 
 def simplex_etf(dim: int, num_classes: int, seed: int) -> torch.Tensor:
@@ -25,7 +24,7 @@ def simplex_etf(dim: int, num_classes: int, seed: int) -> torch.Tensor:
     K = num_classes
     if dim < K:
         raise ValueError(f"a simplex ETF for {K} classes needs features of width >= {K}, got {dim}")
-    u, _ = torch.linalg.qr(torch.rand(dim, K, generator=generator(seed, ETF_STREAM), dtype=torch.float64))
+    u, _ = torch.linalg.qr(torch.rand(dim, K, generator=stream_generator("etf_frame", seed), dtype=torch.float64))
     centering = torch.eye(K, dtype=torch.float64) - 1.0 / K
     return (math.sqrt(K / (K - 1)) * u @ centering).float()
 

@@ -26,14 +26,14 @@ from guided_diffusion.checkpoint import load_model_and_diffusion
 
 from .atomic import write_json_atomic
 from .config import ConfigError, save_config
-from .crossfit import FOLD_SEED_STREAM, fold_assignment, pixels_outside_fold
+from .crossfit import fold_assignment, pixels_outside_fold
 from .data import ImageLabelDataset, drop_small_regions
 from .features import FeatureExtractorDDPM, shared_noise
 from .metrics import IoUAccumulator
 from .predict import Votes, ensemble_logits
 from .report import write_png_atomic
 from .selection_heatmap import heatmap
-from .seeding import derived_seed
+from .seeding import stream_seed
 from .store import FeatureStore
 from .train import LabelledPixels, load_ensemble, train_ensemble
 
@@ -124,7 +124,8 @@ class Selection:
         n = len(self.train_set)
         if probe.folds > n:
             raise ConfigError(f"--folds {probe.folds} is more than the {n} training images; use at most {n}")
-        model, diffusion = load_model_and_diffusion(cfg["model_path"] or None, flags, self.device, seed=cfg["seed"])
+        model, diffusion = load_model_and_diffusion(cfg["model_path"] or None, flags, self.device,
+                                                    seed=stream_seed("unet_init", cfg["seed"]))
         num_blocks = len(model.output_blocks)
         self.steps = sorted(steps if steps is not None else
                             sorted({round(f * diffusion.num_timesteps) for f in DEFAULT_STEP_FRACTIONS}))
@@ -204,7 +205,7 @@ class Selection:
         fold_mious = []
         for f in range(p.folds):
             # The fold's seed as in crossfit: every candidate trains from the same streams in fold f.
-            probe_cfg = {**c, "model_num": p.members, "seed": derived_seed(c["seed"], FOLD_SEED_STREAM, f),
+            probe_cfg = {**c, "model_num": p.members, "seed": stream_seed("fold_seed", c["seed"], f),
                          "early_stop_patience": p.iterations}
             with tempfile.TemporaryDirectory(dir=self.out_dir) as tmp:
                 train_ensemble(sub, pixels_outside_fold(self.pixels, self.fold, f), probe_cfg, tmp,

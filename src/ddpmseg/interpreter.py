@@ -35,13 +35,12 @@ from .refine import load_refiner, refine, refine_settings, save_refiner, train_r
 from .report import save_prediction
 from .runlock import RunLockError, run_lock
 from .safeload import load_plain
-from .seeding import generator
+from .seeding import stream_generator, stream_seed
 from .store import FeatureStore
 from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
 
 EXCLUDED = -1  # training-label marker for pixels no member trains on
 REFINER_FILE = "refiner.pt"
-REFINE_NOISE_STREAM = 11  # seed-stream id of the refiner's re-noising at evaluation
 # Errors that mean the user's input is wrong (or another run holds the folder, or the numbers went
 # NaN): the command-line tools print them as one line.
 INPUT_ERRORS = (ConfigError, DataError, CheckpointError, RunLockError, NumericalError)
@@ -144,7 +143,7 @@ class Run:
                                                        self.device, seed=c["seed"], log=self.log)
         else:
             model, diffusion = load_model_and_diffusion(c["model_path"] or None, self.flags, self.device,
-                                                        seed=c["seed"])
+                                                        seed=stream_seed("unet_init", c["seed"]))
             self.extractor = FeatureExtractorDDPM(steps=c["steps"], blocks=c["blocks"],
                                                   input_activations=c["input_activations"], device=self.device,
                                                   model=model, diffusion=diffusion)
@@ -285,7 +284,7 @@ class Run:
             pred = before = votes.mask(c["voting"]).reshape(self.hw).cpu()
             if self.refine is not None:
                 _, masks = refine(refiner, item["image"][None], self.probability_map(votes)[None], settings,
-                                  generator=generator(c["seed"], REFINE_NOISE_STREAM, i))
+                                  generator=stream_generator("refine_noise", c["seed"], i))
                 for iou, mask in zip(step_ious, masks):
                     iou.update(mask[0], item["label"])
                 pred = masks[-1][0]

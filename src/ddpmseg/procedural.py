@@ -36,6 +36,7 @@ from PIL import Image
 
 from .atomic import write_json_atomic
 from .data import DataError
+from .seeding import stream_rng
 
 CLASS_NAMES: tuple[str, ...] = ("background", "disc", "square", "triangle", "ring", "cross")
 # Distinct, colour-blind-friendly-ish colours for visualising masks (not used to render images).
@@ -105,7 +106,7 @@ def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
     SeedSequence mixes the keys, so every image is an independent stream: image i of a split is
     the same whatever the other splits' sizes are.
     """
-    return np.random.default_rng(np.random.SeedSequence([int(seed), _SPLIT_KEYS[split], int(index)]))
+    return stream_rng("procedural_image", seed, _SPLIT_KEYS[split], index)
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:

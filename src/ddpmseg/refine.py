@@ -33,6 +33,7 @@ from tqdm import tqdm
 from .atomic import torch_save_atomic
 from .augment import class_permutation, swap_classes
 from .config import ConfigError, check_type
+from .seeding import stream_generator
 
 CHECKPOINT_FORMAT = "ddpmseg-refiner-v1"  # tells a refiner file apart from any other torch file
 # Floor of the first prediction's probabilities in the log-prior: ensemble votes can be exactly 0,
@@ -292,7 +293,7 @@ def train_refiner(images: torch.Tensor, first_probs: torch.Tensor, labels: torch
                          f"nor ignore_index={ignore_index}")
     # All randomness (weights, batches, steps, noise, flips) comes from this one CPU generator, so
     # a seed gives the same refiner on any device and the global RNG is left alone.
-    gen = torch.Generator().manual_seed(settings.seed)
+    gen = stream_generator("refiner_training", settings.seed)
     model = MaskDenoiser(num_classes, settings.width, settings.embed_dim, settings.prior_residual, gen).to(device)
     schedule = CategoricalSchedule(settings.num_timesteps)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
@@ -339,12 +340,13 @@ def refine(model: MaskDenoiser, image: torch.Tensor, first_probs: torch.Tensor, 
     mask [N, H, W] after each step of ``settings.step_schedule()``).
 
     The whole batch goes through at once, so callers chunk large test sets. ``generator`` (CPU)
-    drives the noise; None means one seeded by ``settings.seed``, so repeated calls agree.
+    drives the noise; None means the "refine_noise" stream of image 0 for ``settings.seed``, so
+    repeated calls agree.
     """
     settings.validate()
     model.eval()
     device = next(model.parameters()).device
-    gen = generator if generator is not None else torch.Generator().manual_seed(settings.seed)
+    gen = generator if generator is not None else stream_generator("refine_noise", settings.seed, 0)
     schedule = CategoricalSchedule(settings.num_timesteps)
     image, first_probs = image.float().to(device), first_probs.float().to(device)
     x0 = first_probs.argmax(1)

@@ -12,10 +12,7 @@ import torch
 from guided_diffusion.respace import SpacedDiffusion
 from guided_diffusion.script_util import create_gaussian_diffusion, model_and_diffusion_defaults
 
-from .seeding import derived_seed
-
-# Sampling stream of the seeding scheme (other streams: ddpmseg.train, ddpmseg.ddpm_train).
-SAMPLE_STREAM = 11
+from .seeding import stream_seed
 
 
 def sampling_diffusion(model_flags: Mapping[str, Any], timestep_respacing: str = "") -> SpacedDiffusion:
@@ -37,7 +34,7 @@ def sample_batch(model: torch.nn.Module, diffusion: SpacedDiffusion, batch_size:
     device = torch.device(device)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(derived_seed(seed, SAMPLE_STREAM, batch_index))
+        torch.manual_seed(stream_seed("sample_batch", seed, batch_index))
         loop = diffusion.ddim_sample_loop if use_ddim else diffusion.p_sample_loop
         x = loop(model, (batch_size, 3, image_size, image_size), clip_denoised=clip_denoised,
                  device=device, progress=progress)

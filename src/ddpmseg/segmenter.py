@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .data import image_transform, to_rgb
-from .interpreter import REFINE_NOISE_STREAM, REFINER_FILE, Run, load_trained_config
+from .interpreter import REFINER_FILE, Run, load_trained_config
 from .predict import image_uncertainty
 from .refine import load_refiner, refine
-from .seeding import generator
+from .seeding import stream_generator
 from .train import load_ensemble
 
 # Neighbouring windows share half their width: every pixel away from the two ends is seen by two
@@ -91,7 +91,7 @@ class Segmenter:
         probs = votes.distribution(c["voting"]).T.reshape(c["number_class"], *run.hw)
         if self.refiner is not None:
             probs, _ = refine(self.refiner, crop[None], run.probability_map(votes)[None], self.refine_settings,
-                              generator=generator(c["seed"], REFINE_NOISE_STREAM, index))
+                              generator=stream_generator("refine_noise", c["seed"], index))
             probs = probs[0]
         disagreement = 1 - votes.counts.max(1).values / votes.n
         return (probs.float().cpu(), votes.uncertainty().reshape(run.hw).float().cpu(),

@@ -24,14 +24,13 @@ from .atomic import write_text_atomic
 from .data import DataError, load_rgb
 from .predict import image_uncertainty
 from .report import annotate, class_legend, colorize_mask, panel_spans, side_by_side, write_png_atomic
-from .seeding import generator
+from .seeding import stream_generator
 from .segment_folder import list_inputs, uncertainty_image
 from .segmenter import Segmenter
 
 STRATEGIES = ("uncertainty", "disagreement", "random")
 # The original's image score, until the active-learning measurement (issue 14) says otherwise.
 DEFAULT_STRATEGY = "uncertainty"
-RANDOM_STREAM = 13  # seed-stream id of the random control's order
 CSV_NAME, SHEET_NAME = "suggestions.csv", "suggestions.png"
 # Contact-sheet panels are this tall (64 px faces shown 1.5x); at most SHEET_ROWS images are shown.
 SHEET_TILE_PX, SHEET_ROWS = 96, 32
@@ -54,7 +53,7 @@ def rank(images: list[PoolImage], strategy: str, seed: int) -> list[PoolImage]:
         raise DataError(f"unknown strategy {strategy!r}; choose from {list(STRATEGIES)}")
     by_stem = sorted(images, key=lambda im: im.stem)
     if strategy == "random":
-        order = torch.randperm(len(by_stem), generator=generator(seed, RANDOM_STREAM)).tolist()
+        order = torch.randperm(len(by_stem), generator=stream_generator("suggest_order", seed)).tolist()
         return [by_stem[i] for i in order]
     return sorted(by_stem, key=lambda im: -getattr(im, strategy))  # sorted() is stable: ties keep stem order
 

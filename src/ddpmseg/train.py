@@ -28,7 +28,7 @@ from .ensemble import PixelEnsemble
 from .etf import load_or_create_etf
 from .numerics import NumericalError, nonfinite_members
 from .safeload import load_plain
-from .seeding import derived_seed, generator
+from .seeding import member_seed, torch_generator
 from .store import FeatureStore
 
 STATE_FILE = "train_state.pt"
@@ -54,18 +54,9 @@ class LabelledPixels:
         return p // (H * W), (p // W) % H, p % W
 
 
-# Seed-stream ids (after seed and member index) of a member's other random streams.
-DROPOUT_STREAM, TRUNK_STREAM, TRUNK_DROPOUT_STREAM = 1, 2, 3
-
-
-def member_generator(seed: int, member: int) -> torch.Generator:
-    """A member's init and shuffling stream, independent of every other member's."""
-    return generator(seed, member)
-
-
-def device_generator(seed: int, member: int, stream: int, device: str) -> torch.Generator:
-    """A member's stream for random numbers drawn on ``device`` (dropout masks)."""
-    return torch.Generator(device=device).manual_seed(derived_seed(seed, member, stream))
+def member_generator(seed: int, member: int, part: str = "member", device: str = "cpu") -> torch.Generator:
+    """Member ``member``'s stream ``part`` (ddpmseg.seeding.MEMBER_PARTS) on ``device``."""
+    return torch_generator(member_seed(seed, member, part), device)
 
 
 def make_optimizer(params: list, cfg: dict) -> torch.optim.Optimizer:
@@ -132,13 +123,13 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
     if regularizer == "etf_decoupled":
         # The published regularizer: its own trunk (the classifier minus its last Linear) and its own
         # init stream, so the classifier trains exactly as it would with etf_beta = 0.
-        trunk = PixelEnsemble(M, store.dim, K, generators=[generator(seed, m, TRUNK_STREAM) for m in members],
+        trunk = PixelEnsemble(M, store.dim, K, generators=[member_generator(seed, m, "trunk") for m in members],
                               dropout=cfg["dropout"], dropout_position=cfg["dropout_position"]).to(device, dtype)
         nets.append(trunk)
         params += [p for n, p in trunk.named_parameters() if not n.endswith(".2")]
-    for net, stream in zip(nets, (DROPOUT_STREAM, TRUNK_DROPOUT_STREAM)):
+    for net, part in zip(nets, ("member_dropout", "trunk_dropout")):
         if net.dropout:
-            net.dropout_generators = [device_generator(seed, m, stream, device) for m in members]
+            net.dropout_generators = [member_generator(seed, m, part, device) for m in members]
     opt = make_optimizer(params, cfg)
     step = 0  # iterations taken; epoch, batch = divmod(step, n_batches)
     best = [float("inf")] * M
