@@ -50,7 +50,6 @@ from .safeload import load_plain
 from .sampling import sample_batch, sampling_diffusion
 from .seeding import stream_generator, stream_rng, stream_seed
 
-# Random streams of DDPM training (other modules use other numbers).
 # fp32 as published; bf16/fp16 autocast on CUDA; fp64 everywhere: float64 weights and arithmetic,
 # for checking that two ways of training (e.g. one process vs torchrun) compute the same thing.
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
