@@ -12,6 +12,11 @@ Variants (config keys): AdamW and weight decay, dropout, and the ETF regularizer
 the published code did, for a separate trunk that shares nothing with the classifier
 (``"etf_decoupled"``, kept for comparison). Early stopping always watches the classifier's
 cross-entropy, so a regularizer changes what is learned, not when training stops.
+
+``train_ensemble`` is a short loop over units tested on their own: ``EnsembleSettings`` (the config
+keys it reads), ``BatchSource`` (which pixels each member sees), ``MemberNets`` (networks, losses,
+step), ``EarlyStopping``, ``budget_spent`` (max_epochs/max_steps) and ``TrainingState`` (its
+snapshot/restore pair is what makes a run resumable).
 """
 from __future__ import annotations
 
@@ -251,6 +256,7 @@ class MemberNets:
     @classmethod
     def build(cls, dim: int, s: EnsembleSettings, members: list[int], exp_dir: str, device: str,
               dtype: torch.dtype) -> MemberNets:
+        """The members' networks, initialised from their own streams, with their dropout streams set."""
         M, K = len(members), s.number_class
         gens = [member_generator(s.seed, m) for m in members]
         ens = PixelEnsemble(M, dim, K, generators=gens, dropout=s.dropout,
@@ -283,6 +289,7 @@ class MemberNets:
         return member_losses(logits, features, y, self.etf, s.etf_alpha, s.etf_beta)
 
     def update(self, total: torch.Tensor) -> None:
+        """One optimizer step on the sum of the members' losses (each member's gradient is its own)."""
         self.optimizer.zero_grad(set_to_none=True)
         total.sum().backward()
         self.optimizer.step()
@@ -351,12 +358,11 @@ class TrainingState:
         else:
             log(f"ignoring {STATE_FILE}: it belongs to another training set or member list")
 
-    def finish(self, j: int, reason: str, n_batches: int) -> dict:
-        """Member ``members[j]`` stops now; its stats."""
+    def finish(self, j: int, reason: str, n_batches: int) -> None:
+        """Member ``members[j]`` stops now: record why and its stats."""
         self.active[j] = False
         self.stats[self.members[j]] = {"epochs": -(-self.step // n_batches), "iterations": self.step,
                                        "stopped": reason, "best_batch_loss": self.stopping.best[j]}
-        return self.stats[self.members[j]]
 
 
 def save_member(exp_dir: str, state: TrainingState, j: int, dim: int, number_class: int) -> None:
