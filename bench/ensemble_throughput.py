@@ -30,7 +30,7 @@ sys.path[:0] = [HERE, os.path.join(HERE, "..", "src"), os.path.join(HERE, "..")]
 
 from workloads import WORKLOADS, synthetic_store, train_config  # noqa: E402
 from ddpmseg.ensemble import hidden_sizes  # noqa: E402
-from ddpmseg.train import train_ensemble, wants_dense  # noqa: E402
+from ddpmseg.train import EnsembleSettings, train_ensemble, wants_dense  # noqa: E402
 
 MEMBERS = 10
 
@@ -123,8 +123,8 @@ def run(workload: str, iterations: int, images: int, baseline_pixels: int, quick
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
             for members in groups:
-                train_ensemble(store, pixels, {**cfg, **overrides}, d, members, max_steps=iterations,
-                               log=lambda m: None)
+                train_ensemble(store, pixels, EnsembleSettings.from_config({**cfg, **overrides}), d, members,
+                               max_steps=iterations, log=lambda m: None)
             return time.perf_counter() - t0
 
     dense = wants_dense(len(pixels.labels), store.dim, cfg["feature_matrix"])

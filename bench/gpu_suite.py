@@ -57,7 +57,8 @@ from ddpmseg.ensemble import PixelEnsemble  # noqa: E402
 from ddpmseg.features import FeatureExtractorDDPM  # noqa: E402
 from ddpmseg.predict import Votes, ensemble_logits  # noqa: E402
 from ddpmseg.sampling import sample_batch, sampling_diffusion  # noqa: E402
-from ddpmseg.train import load_ensemble, make_optimizer, member_generator, per_member_ce, train_ensemble  # noqa: E402
+from ddpmseg.train import (EnsembleSettings, load_ensemble, make_optimizer, member_generator,  # noqa: E402
+                           per_member_ce, train_ensemble)
 
 FP32_TOL = 1e-4  # the project's parity standard (U-Net, diffusion, features vs fixtures)
 STEPS = [50, 150, 250]  # the published feature timesteps
@@ -180,9 +181,10 @@ def parity(s: Suite) -> None:
     ensemble_parity(s)
 
 
-def ensemble_step(ens: PixelEnsemble, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> tuple[torch.Tensor, list]:
+def ensemble_step(ens: PixelEnsemble, x: torch.Tensor, y: torch.Tensor, settings: EnsembleSettings
+                  ) -> tuple[torch.Tensor, list]:
     """One training step as train_ensemble takes it: loss, gradients (before the update)."""
-    opt = make_optimizer(list(ens.parameters()), cfg)
+    opt = make_optimizer(list(ens.parameters()), settings)
     ens.train()
     losses = per_member_ce(ens(x), y)
     opt.zero_grad(set_to_none=True)
@@ -193,8 +195,8 @@ def ensemble_step(ens: PixelEnsemble, x: torch.Tensor, y: torch.Tensor, cfg: dic
 
 
 def ensemble_parity(s: Suite) -> None:
-    cfg = train_config("faces64")
-    M, B, K = 10, cfg["batch_size"], cfg["number_class"]
+    settings = EnsembleSettings.from_config(train_config("faces64"))
+    M, B, K = 10, settings.batch_size, settings.number_class
     store, pixels = synthetic_store("faces64", 1)
     idx = torch.arange(M * B) % len(pixels.labels)
     x = store.pixels(*pixels.coords(idx)).reshape(M, B, store.dim)
@@ -202,10 +204,10 @@ def ensemble_parity(s: Suite) -> None:
     gens = lambda: [member_generator(0, m) for m in range(M)]  # noqa: E731
     cpu_ens = PixelEnsemble(M, store.dim, K, generators=gens())
     dev_ens = PixelEnsemble(M, store.dim, K, generators=gens()).to(s.device)
-    ref_loss, ref_grads = ensemble_step(cpu_ens, x, y, cfg)
+    ref_loss, ref_grads = ensemble_step(cpu_ens, x, y, settings)
     s.reset_peak()
     with no_tf32():
-        loss, grads = ensemble_step(dev_ens, x.to(s.device), y.to(s.device), cfg)
+        loss, grads = ensemble_step(dev_ens, x.to(s.device), y.to(s.device), settings)
     loss_err = max_err(loss, ref_loss)[1]
     grad_err = max(max_err(a, r)[1] for a, r in zip(grads, ref_grads))
     # Adam's first update is lr * g / (|g| + eps) per element: near-zero gradients can flip sign
@@ -216,7 +218,7 @@ def ensemble_parity(s: Suite) -> None:
 
     # A small trained ensemble (trained on the CPU), its logits and masks on both devices.
     with tempfile.TemporaryDirectory() as d:
-        train_ensemble(store, pixels, cfg, d, list(range(M)), max_steps=20, log=lambda m: None)
+        train_ensemble(store, pixels, settings, d, list(range(M)), max_steps=20, log=lambda m: None)
         cpu_ens, dev_ens = load_ensemble(d, M, store.dim, K), load_ensemble(d, M, store.dim, K, device=s.device)
     layers = [m[0].permute(2, 0, 1).float() for m in store.maps]
     ref = ensemble_logits(cpu_ens, layers, store.out_hw)
@@ -262,8 +264,8 @@ def extraction(s: Suite) -> None:
 # --- ensemble training ---------------------------------------------------------------------------
 def ensemble(s: Suite) -> None:
     workload = "faces64" if s.quick else "lsun256"
-    cfg = train_config(workload)
-    M, B, K = 10, cfg["batch_size"], cfg["number_class"]
+    settings = EnsembleSettings.from_config(train_config(workload))
+    M, B, K = 10, settings.batch_size, settings.number_class
     iters = 5 if s.quick else 200
     store, pixels = synthetic_store(workload, 1 if s.quick else 2)
     n = M * iters * B
@@ -274,7 +276,7 @@ def ensemble(s: Suite) -> None:
             sync(s.device)
             t0 = time.perf_counter()
             for members in members_groups:
-                train_ensemble(store, pixels, cfg, d, members, device=str(s.device), max_steps=iters,
+                train_ensemble(store, pixels, settings, d, members, device=str(s.device), max_steps=iters,
                                log=lambda m: None)
             sync(s.device)
             return time.perf_counter() - t0
@@ -294,13 +296,13 @@ def ensemble(s: Suite) -> None:
            pixels_per_s=round(rows["original_loop"]))
     s.emit("ensemble", check="ratios", batched_over_original=round(rows["batched"] / rows["original_loop"], 2),
            per_member_over_original=round(rows["per_member"] / rows["original_loop"], 2))
-    step_variants(s, store.dim, K, M, B)
+    step_variants(s, settings, store.dim, M)
 
 
-def step_variants(s: Suite, dim: int, K: int, M: int, B: int) -> None:
+def step_variants(s: Suite, settings: EnsembleSettings, dim: int, M: int) -> None:
     """The bare batched step (forward, backward, fused Adam) on device-resident data: eager vs
     torch.compile vs torch.compile with CUDA graphs; the fastest is reported as chosen."""
-    cfg = {"optimizer": "adam", "learning_rate": 1e-3, "weight_decay": 0.0}
+    K, B = settings.number_class, settings.batch_size
     x = torch.randn(M, B, dim, device=s.device)
     y = torch.randint(0, K, (M, B), device=s.device)
     iters = 5 if s.quick else 200
@@ -311,7 +313,7 @@ def step_variants(s: Suite, dim: int, K: int, M: int, B: int) -> None:
     rates = {}
     for name, mode in modes.items():
         ens = PixelEnsemble(M, dim, K, generators=[member_generator(0, m) for m in range(M)]).to(s.device).train()
-        opt = make_optimizer(list(ens.parameters()), cfg)
+        opt = make_optimizer(list(ens.parameters()), settings)
 
         def loss_of(xb, yb):
             return per_member_ce(ens(xb), yb).sum()

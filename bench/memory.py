@@ -31,13 +31,14 @@ def peak_rss_mb() -> float:
 
 def ours(workload: str, images: int, steps: int) -> dict:
     from workloads import synthetic_store, train_config
-    from ddpmseg.train import train_ensemble
+    from ddpmseg.train import EnsembleSettings, train_ensemble
 
     t0 = time.time()
     store, pixels = synthetic_store(workload, images)
     cfg = train_config(workload)
     with tempfile.TemporaryDirectory() as d:
-        train_ensemble(store, pixels, cfg, d, list(range(cfg["model_num"])), max_steps=steps, log=lambda m: None)
+        train_ensemble(store, pixels, EnsembleSettings.from_config(cfg), d, list(range(cfg["model_num"])),
+                       max_steps=steps, log=lambda m: None)
     return {"peak_rss_mb": peak_rss_mb(), "store_mb": store.nbytes / 2**20, "pixels": len(pixels.labels),
             "seconds": time.time() - t0}
 

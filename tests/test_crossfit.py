@@ -35,7 +35,7 @@ def test_each_image_is_predicted_by_the_fold_ensemble_that_never_saw_it(tmp_path
     from ddpmseg.crossfit import out_of_fold_probabilities
     from ddpmseg.seeding import stream_seed
     from ddpmseg.store import FeatureStore
-    from ddpmseg.train import load_ensemble, train_ensemble
+    from ddpmseg.train import EnsembleSettings, load_ensemble, train_ensemble
 
     n, H, W, C, K = 4, 8, 8, 6, 19
     cfg = load_config("experiments/celebamask64/ddpm.json", {
@@ -62,7 +62,7 @@ def test_each_image_is_predicted_by_the_fold_ensemble_that_never_saw_it(tmp_path
         mine = tmp_path / f"by_hand_{f}"
         fold_cfg = {**cfg, "model_num": 1, "seed": stream_seed("fold_seed", cfg["seed"], f)}
         sub = LabelledPixels(index[seen], pixels.labels[seen], (H, W))
-        train_ensemble(store, sub, fold_cfg, str(mine), [0], log=lambda m: None,
+        train_ensemble(store, sub, EnsembleSettings.from_config(fold_cfg), str(mine), [0], log=lambda m: None,
                        epoch_size=int((sub.index < n * H * W).sum()))
         by_hand = load_ensemble(str(mine), 1, C, K)
         assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), by_hand.state_dict().values(),

@@ -63,8 +63,7 @@ def test_etf_loss_equals_a_hand_computation():
     x, y = torch.randn(M, B, C, generator=g, dtype=torch.float64), torch.randint(0, K, (M, B), generator=g)
     E = simplex_etf(32, K, seed=0).double()
     logits, features = ens(x, with_features=True)
-    cfg = {"etf_alpha": 0.7, "etf_beta": 0.4}
-    ce, total = member_losses(logits, features, y, E, cfg)
+    ce, total = member_losses(logits, features, y, E, etf_alpha=0.7, etf_beta=0.4)
     for m in range(M):
         f = _hand_features(ens, m, x[m])
         head_w, head_b = ens.member_state_dict(m)["layers.6.weight"], ens.member_state_dict(m)["layers.6.bias"]
@@ -72,5 +71,5 @@ def test_etf_loss_equals_a_hand_computation():
         want = 0.7 * want_ce + 0.4 * _cross_entropy(f @ E, y[m])
         assert abs(ce[m].item() - want_ce.item()) < 1e-12 and abs(total[m].item() - want.item()) < 1e-12
     # Without a frame the minimised loss is the classifier's own.
-    ce_only, total_only = member_losses(logits, features, y, None, cfg)
+    ce_only, total_only = member_losses(logits, features, y, None, etf_alpha=0.7, etf_beta=0.4)
     assert torch.equal(ce_only, ce) and torch.equal(total_only, ce)

@@ -13,7 +13,7 @@ from conftest import CELEBAMASK64, FAST_INTERPRETER, manifest, require, rule_wei
 from ddpmseg.numerics import NumericalError
 from ddpmseg.train import model_path, train_ensemble
 from test_ddpm_train import TINY
-from test_train import make_cfg, make_data, quiet
+from test_train import make_data, make_settings, quiet
 
 
 def checkpoint(tmp_path, change):
@@ -59,10 +59,10 @@ def test_a_diverging_ensemble_stops_at_the_first_nan_loss(tmp_path):
     store, px = make_data()
     with pytest.raises(NumericalError, match=r"ensemble training: the loss of member\(s\) \[0, 1\] is (nan|inf) "
                                              r"at iteration \d+ \(epoch \d+\).*Lower learning_rate \(now 1e\+30\)"):
-        train_ensemble(store, px, make_cfg(learning_rate=1e30), str(tmp_path), [0, 1], log=quiet)
+        train_ensemble(store, px, make_settings(learning_rate=1e30), str(tmp_path), [0, 1], log=quiet)
     assert not any(p.name.startswith("model_") for p in tmp_path.iterdir())
     # The same data with the published learning rate trains: the fault was the rate, not the check.
-    train_ensemble(store, px, make_cfg(max_epochs=1), str(tmp_path), [0], log=quiet)
+    train_ensemble(store, px, make_settings(max_epochs=1), str(tmp_path), [0], log=quiet)
     assert torch.isfinite(torch.load(model_path(str(tmp_path), 0), weights_only=True)["model_state_dict"]
                           ["module.layers.0.weight"]).all()
 

@@ -10,7 +10,7 @@ import evaluate
 import ddpmseg.train as train_mod
 from ddpmseg.safeload import load_plain
 from guided_diffusion.checkpoint import CheckpointError
-from test_train import make_cfg, make_data, quiet
+from test_train import make_data, make_settings, quiet
 
 
 class Payload:
@@ -49,7 +49,7 @@ def test_training_refuses_a_snapshot_with_pickled_code(tmp_path):
     torch.save({"members": [0], "num_pixels": len(px.labels), "x": Payload(str(marker))},
                tmp_path / train_mod.STATE_FILE)
     with pytest.raises(CheckpointError, match="train_state.pt is refused"):
-        train_mod.train_ensemble(store, px, make_cfg(), str(tmp_path), [0], log=quiet)
+        train_mod.train_ensemble(store, px, make_settings(), str(tmp_path), [0], log=quiet)
     assert not marker.exists()
     assert not os.path.exists(train_mod.model_path(str(tmp_path), 0))
 

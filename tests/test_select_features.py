@@ -53,10 +53,10 @@ class TrainingSpy:
         fold_of_seed = {stream_seed("fold_seed", seed, f): f for f in range(FOLDS)}
         real = feature_selection.train_ensemble
 
-        def spy(store, pixels, cfg, *args, **kwargs):
+        def spy(store, pixels, settings, *args, **kwargs):
             h, w = pixels.hw
-            self.calls.append((fold_of_seed[cfg["seed"]], set((pixels.index // (h * w)).tolist())))
-            return real(store, pixels, cfg, *args, **kwargs)
+            self.calls.append((fold_of_seed[settings.seed], set((pixels.index // (h * w)).tolist())))
+            return real(store, pixels, settings, *args, **kwargs)
 
         monkeypatch.setattr(feature_selection, "train_ensemble", spy)
 

@@ -1,4 +1,6 @@
-"""train_ensemble: original checkpoint format, early stopping, member independence, resume."""
+"""train_ensemble: original checkpoint format, early stopping, member independence, resume; and the
+loop's units (batch source, early stopping, budget caps, snapshot/restore, settings) on their own."""
+import dataclasses
 import os
 
 import pytest
@@ -7,9 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ddpmseg.train as train_mod
-from ddpmseg.config import DEFAULTS, REQUIRED
+from ddpmseg.config import DEFAULTS, REQUIRED, ConfigError
+from ddpmseg.ensemble import PixelEnsemble
 from ddpmseg.store import FeatureStore
-from ddpmseg.train import LabelledPixels, load_ensemble, model_path, train_ensemble
+from ddpmseg.train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, train_ensemble
 
 H = W = 16
 K = 4
@@ -41,6 +44,11 @@ def make_cfg(**kw):
     cfg.update(batch_size=32, seed=0, number_class=K, early_stop_after_epoch=1, early_stop_patience=2, max_epochs=6)
     cfg.update(kw)
     return cfg
+
+
+def make_settings(**kw):
+    """EnsembleSettings of ``make_cfg(**kw)``."""
+    return EnsembleSettings.from_config(make_cfg(**kw))
 
 
 def quiet(_msg):
@@ -99,7 +107,7 @@ def test_coords_inverts_flat_index():
 
 def test_original_checkpoint_format_and_learning(data, tmp_path):
     store, px = data
-    cfg = make_cfg()
+    cfg = make_settings()
     stats = train_ensemble(store, px, cfg, str(tmp_path), [0, 1, 2], log=quiet)
     assert set(stats) == {0, 1, 2}
     assert not (tmp_path / train_mod.STATE_FILE).exists()
@@ -141,72 +149,127 @@ def original_stopping(losses, n_batches, after, patience, max_epochs):
     return it, "max_epochs", best
 
 
-class RecordingF:
-    """Stands in for torch.nn.functional inside ddpmseg.train and records each batch's member losses."""
+def drive_early_stopping(member_losses, n_batches, after, patience, max_epochs):
+    """EarlyStopping fed iteration by iteration as train_ensemble feeds it; (iterations, reason, best)
+    of each member."""
+    M = len(member_losses)
+    rule, active, out = train_mod.EarlyStopping(M, after, patience), [True] * M, [None] * M
+    for it in range(max_epochs * n_batches):
+        for j in rule.update(it // n_batches, [losses[it] for losses in member_losses], active):
+            active[j], out[j] = False, (it + 1, "early_stop", rule.best[j])
+    return [o or (max_epochs * n_batches, "max_epochs", rule.best[j]) for j, o in enumerate(out)]
 
-    def __init__(self, M):
-        self.M, self.losses = M, []
 
-    def cross_entropy(self, *args, **kwargs):
-        out = F.cross_entropy(*args, **kwargs)
-        self.losses.append(out.detach().reshape(self.M, -1).mean(1).tolist())
-        return out
+def noisy_plateaus(seed, members, iterations):
+    """Per-member batch losses that fall, then flatten into noise (so members stop at different times)."""
+    g = torch.Generator().manual_seed(seed)
+    return [(2.0 / (1 + torch.arange(iterations) / (5 + 10 * m)) + 0.05 * torch.rand(iterations, generator=g)).tolist()
+            for m in range(members)]
+
+
+@pytest.mark.parametrize("after,patience", [(1, 2), (0, 0), (2, 4), (3, 50)])
+def test_early_stopping_follows_the_original_rule(after, patience):
+    n_batches, max_epochs = 20, 8
+    member_losses = noisy_plateaus(after + patience, 4, n_batches * max_epochs)
+    got = drive_early_stopping(member_losses, n_batches, after, patience, max_epochs)
+    for losses, (it, reason, best) in zip(member_losses, got):
+        assert (it, reason, best) == original_stopping(losses, n_batches, after, patience, max_epochs)
+        # Nobody stops while the epoch index is <= early_stop_after_epoch.
+        assert it > (after + 1) * n_batches + patience or reason == "max_epochs"
+    if (after, patience) == (1, 2):
+        assert len({it for it, _, _ in got}) > 1 and {r for _, r, _ in got} == {"early_stop"}
+
+
+def test_equal_batch_loss_counts_as_no_improvement():
+    n_batches = 10
+    got = drive_early_stopping([[1.0] * 80, [1.0] * 80], n_batches, after=1, patience=5, max_epochs=8)
+    # best = 1.0 on the first counted batch, then 6 ties > patience 5
+    assert got == [(2 * n_batches + 1 + 6, "early_stop", 1.0)] * 2
+
+
+def test_a_stopped_member_is_left_as_it_was():
+    rule = train_mod.EarlyStopping(2, after_epoch=0, patience=0)
+    assert rule.update(0, [5.0, 5.0], [True, True]) == []  # epoch 0 is not counted
+    assert rule.update(1, [3.0, 4.0], [True, True]) == []
+    assert rule.update(1, [3.0, 1.0], [True, True]) == [0]  # a tie: count 1 > patience 0
+    assert rule.update(1, [0.5, 2.0], [False, True]) == [1]  # member 0 stopped: its 0.5 is not taken
+    assert rule.best == [3.0, 1.0] and rule.count == [1, 1]
 
 
 @pytest.mark.parametrize("after,patience", [(1, 2), (0, 0), (2, 4)])
-def test_early_stopping_follows_the_original_rule(data, tmp_path, monkeypatch, after, patience):
+def test_training_stops_each_member_by_early_stopping(data, tmp_path, monkeypatch, after, patience):
     store, px = data
-    cfg = make_cfg(early_stop_after_epoch=after, early_stop_patience=patience, max_epochs=8)
-    n_batches = len(px.labels) // cfg["batch_size"]
-    rec = RecordingF(3)
-    monkeypatch.setattr(train_mod, "F", rec)
+    cfg = make_settings(early_stop_after_epoch=after, early_stop_patience=patience, max_epochs=8, feature_matrix="lazy")
+    n_batches = len(px.labels) // cfg.batch_size
+    calls = counting_pixels(store, monkeypatch)  # one store.pixels call per iteration ("lazy")
     stats = train_ensemble(store, px, cfg, str(tmp_path), [0, 1, 2], log=quiet)
     iterations = []
     for m in range(3):
-        losses = [row[m] for row in rec.losses]
-        it, reason, best = original_stopping(losses, n_batches, after, patience, cfg["max_epochs"])
-        assert stats[m]["stopped"] == reason == "early_stop"
-        assert stats[m]["iterations"] == it
-        assert stats[m]["best_batch_loss"] == pytest.approx(best)
+        it = stats[m]["iterations"]
+        assert stats[m]["stopped"] == "early_stop"
         assert stats[m]["epochs"] == -(-it // n_batches)
+        assert 0 < stats[m]["best_batch_loss"] < 2
         # Nobody stops while the epoch index is <= early_stop_after_epoch.
         assert it > (after + 1) * n_batches + patience
-        assert it < cfg["max_epochs"] * n_batches
+        assert it < cfg.max_epochs * n_batches
         # The file is the member at the moment it stopped (one BN update per iteration).
         sd = load_sd(tmp_path, m)
         assert int(sd["module.layers.2.num_batches_tracked"]) == it
         assert int(sd["module.layers.5.num_batches_tracked"]) == it
         iterations.append(it)
-    assert len(rec.losses) == max(iterations)  # training ends when the last member stops
+    assert calls[0] == max(iterations)  # training ends when the last member stops
     if (after, patience) == (1, 2):
         assert len(set(iterations)) > 1  # members stop independently
 
 
-class FlatLossF:
-    """Every batch loss is exactly 1.0 (gradients unchanged): a tie is no improvement."""
+def published_member(store, px, cfg, m):
+    """Member ``m`` trained as train_interpreter.py trains one, written out plainly in float64: the
+    original nn.Sequential, initialised from the member's generator; every epoch a fresh shuffle of
+    all pixels from the same generator, drop_last batches; Adam; the original stopping rule (which
+    only picks the iteration to keep: the steps before it do not depend on it)."""
+    g = train_mod.member_generator(cfg.seed, m)
+    net = OriginalClassifier(store.dim, K)
+    net.load_state_dict(PixelEnsemble(1, store.dim, K, generators=[g]).member_state_dict(0))
+    net = net.double().train()
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    x, y = all_features(store, px).double(), px.labels
+    N, B = len(y), cfg.batch_size
+    losses, weights = [], []
+    for _ in range(cfg.max_epochs):
+        order = torch.randperm(N, generator=g)
+        for b in range(N // B):
+            idx = order[b * B:(b + 1) * B]
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            weights.append({f"module.{k}": v.clone() for k, v in net.state_dict().items()})
+    it, reason, best = original_stopping(losses, N // B, cfg.early_stop_after_epoch, cfg.early_stop_patience,
+                                         cfg.max_epochs)
+    return weights[it - 1], (it, reason, best)
 
-    @staticmethod
-    def cross_entropy(*args, **kwargs):
-        out = F.cross_entropy(*args, **kwargs)
-        return out - out.detach() + 1.0
 
-
-def test_equal_batch_loss_counts_as_no_improvement(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("patience", [2, 10_000])  # stopped early; stopped by max_epochs
+def test_each_member_is_the_published_training_of_that_member(data, tmp_path, patience):
+    """train_ensemble's batches, steps and stopping, composed, are the published per-member loop.
+    Float64, so the two paths (batched fused Adam vs nn.Sequential and Adam) differ by rounding
+    only: see SAME_MEMBER_ATOL."""
     store, px = data
-    cfg = make_cfg(early_stop_after_epoch=1, early_stop_patience=5, max_epochs=8)
-    n_batches = len(px.labels) // cfg["batch_size"]
-    monkeypatch.setattr(train_mod, "F", FlatLossF)
-    stats = train_ensemble(store, px, cfg, str(tmp_path), [0, 1], log=quiet)
-    for m in (0, 1):  # best = 1.0 on the first counted batch, then 6 ties > patience 5
-        assert stats[m]["stopped"] == "early_stop"
-        assert stats[m]["iterations"] == 2 * n_batches + 1 + 6
-        assert stats[m]["best_batch_loss"] == 1.0
+    cfg = make_settings(early_stop_patience=patience, max_epochs=4)
+    stats = train_ensemble(store, px, cfg, str(tmp_path), [0, 2], log=quiet, dtype=torch.float64)
+    for m in (0, 2):
+        sd, (it, reason, best) = published_member(store, px, cfg, m)
+        assert (stats[m]["iterations"], stats[m]["stopped"]) == (it, reason)
+        assert stats[m]["best_batch_loss"] == pytest.approx(best, rel=1e-12)
+        assert_same_weights(load_sd(tmp_path, m), sd, atol=SAME_MEMBER_ATOL)
+        assert int(sd["module.layers.2.num_batches_tracked"]) == it
 
 
 def test_max_epochs_caps_training(data, tmp_path):
     store, px = data
-    cfg = make_cfg(early_stop_patience=10_000, max_epochs=3)
-    n_batches = len(px.labels) // cfg["batch_size"]
+    cfg = make_settings(early_stop_patience=10_000, max_epochs=3)
+    n_batches = len(px.labels) // cfg.batch_size
     stats = train_ensemble(store, px, cfg, str(tmp_path), [0, 2], log=quiet)
     assert set(stats) == {0, 2}
     for m in (0, 2):
@@ -221,8 +284,8 @@ def test_each_member_reshuffles_every_epoch_with_drop_last(data, tmp_path, monke
     """Like a DataLoader(shuffle=True, drop_last=True) per member: every epoch is N // B batches of
     distinct labelled pixels in a fresh order, and the members' orders differ."""
     store, px = data
-    cfg = make_cfg(max_epochs=3, early_stop_patience=10_000, feature_matrix="lazy")  # one store.pixels per batch
-    M, B, N = 2, cfg["batch_size"], len(px.labels)
+    cfg = make_settings(max_epochs=3, early_stop_patience=10_000, feature_matrix="lazy")  # one store.pixels per batch
+    M, B, N = 2, cfg.batch_size, len(px.labels)
     n_batches = N // B
     assert N % B  # so drop_last matters
     seen = []
@@ -246,7 +309,7 @@ def test_each_member_reshuffles_every_epoch_with_drop_last(data, tmp_path, monke
 
 def test_max_steps_budget(data, tmp_path):
     store, px = data
-    stats = train_ensemble(store, px, make_cfg(early_stop_patience=10_000), str(tmp_path), [0, 1], log=quiet,
+    stats = train_ensemble(store, px, make_settings(early_stop_patience=10_000), str(tmp_path), [0, 1], log=quiet,
                            max_steps=13)
     for m in (0, 1):
         assert stats[m]["stopped"] == "max_steps" and stats[m]["iterations"] == 13
@@ -255,7 +318,7 @@ def test_max_steps_budget(data, tmp_path):
 
 def test_member_independent_of_its_companions(data, tmp_path):
     store, px = data
-    cfg = make_cfg()
+    cfg = make_settings()
     os.makedirs(tmp_path / "a"), os.makedirs(tmp_path / "b")
     f64 = torch.float64  # see SAME_MEMBER_ATOL; float64 losses also make early stopping's comparisons exact
     together = train_ensemble(store, px, cfg, str(tmp_path / "a"), [0, 1, 2], log=quiet, dtype=f64)
@@ -267,7 +330,7 @@ def test_member_independent_of_its_companions(data, tmp_path):
     assert not os.path.exists(model_path(str(tmp_path / "b"), 0))
     # Another seed gives another member 1.
     os.makedirs(tmp_path / "c")
-    train_ensemble(store, px, make_cfg(seed=1), str(tmp_path / "c"), [1], log=quiet, dtype=f64)
+    train_ensemble(store, px, make_settings(seed=1), str(tmp_path / "c"), [1], log=quiet, dtype=f64)
     assert not torch.allclose(load_sd(tmp_path / "c", 1)["module.layers.0.weight"],
                               load_sd(tmp_path / "b", 1)["module.layers.0.weight"], atol=1e-3)
 
@@ -300,8 +363,8 @@ def counting_pixels(store, monkeypatch, fail_at=None):
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, boundary, variant):
     """Snapshot mid-epoch (epoch 2) or exactly at an epoch boundary; kill; rerun; same members."""
     store, px = make_data()
-    cfg = make_cfg(early_stop_after_epoch=2, early_stop_patience=3, max_epochs=6, feature_matrix="lazy", **variant)
-    n_batches = len(px.labels) // cfg["batch_size"]
+    cfg = make_settings(early_stop_after_epoch=2, early_stop_patience=3, max_epochs=6, feature_matrix="lazy", **variant)
+    n_batches = len(px.labels) // cfg.batch_size
     every = n_batches if boundary else 7
     snapshot = 2 * n_batches if boundary else (2 * n_batches + 5) // 7 * 7
     assert snapshot > n_batches and (boundary or snapshot % n_batches)
@@ -333,7 +396,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, b
 
 def test_stale_state_for_other_members_is_ignored(tmp_path, monkeypatch):
     store, px = make_data()
-    cfg = make_cfg(max_epochs=3, early_stop_patience=10_000, feature_matrix="lazy")
+    cfg = make_settings(max_epochs=3, early_stop_patience=10_000, feature_matrix="lazy")
     monkeypatch.setattr(train_mod, "SAVE_EVERY", 5)
     with monkeypatch.context() as mp:
         counting_pixels(store, mp, fail_at=12)
@@ -352,12 +415,12 @@ def test_fewer_pixels_than_one_batch_raises(data, tmp_path):
     store, px = data
     small = LabelledPixels(px.index[:31], px.labels[:31], px.hw)
     with pytest.raises(ValueError, match="31 labelled training pixels, fewer than one batch of 32"):
-        train_ensemble(store, small, make_cfg(), str(tmp_path), [0], log=quiet)
+        train_ensemble(store, small, make_settings(), str(tmp_path), [0], log=quiet)
 
 
 def test_load_ensemble_round_trip(data, tmp_path):
     store, px = data
-    train_ensemble(store, px, make_cfg(max_epochs=2), str(tmp_path), [0, 1, 2], log=quiet)
+    train_ensemble(store, px, make_settings(max_epochs=2), str(tmp_path), [0, 1, 2], log=quiet)
     ens = load_ensemble(str(tmp_path), 3, store.dim, K)
     assert not ens.training
     x = all_features(store, px)[:200].double()
@@ -382,7 +445,7 @@ def train_variant(data, tmp_path, name, members=(0, 1), dtype=torch.float32, **k
     """Members trained for a fixed 40 iterations (no early stopping), so variants compare step for step."""
     store, px = data
     os.makedirs(tmp_path / name)
-    train_ensemble(store, px, make_cfg(early_stop_patience=10_000, **kw), str(tmp_path / name), list(members),
+    train_ensemble(store, px, make_settings(early_stop_patience=10_000, **kw), str(tmp_path / name), list(members),
                    log=quiet, max_steps=40, dtype=dtype)
     return {m: load_sd(tmp_path / name, m) for m in members}
 
@@ -440,7 +503,7 @@ def test_adamw_weight_decay_changes_the_weights(data, tmp_path):
 def test_epoch_size_sets_the_batches_per_epoch(data, tmp_path):
     store, px = data
     n = len(px.labels)
-    stats = train_ensemble(store, px, make_cfg(max_epochs=2, early_stop_patience=10_000), str(tmp_path), [0],
+    stats = train_ensemble(store, px, make_settings(max_epochs=2, early_stop_patience=10_000), str(tmp_path), [0],
                            log=quiet, epoch_size=n // 2)
     assert stats[0]["stopped"] == "max_epochs" and stats[0]["iterations"] == 2 * ((n // 2) // 32)
 
@@ -453,9 +516,111 @@ def test_dense_feature_matrix_gives_the_lazy_rows_and_members(data, tmp_path, mo
     assert torch.equal(train_mod.training_features(store, px, "dense", quiet)(idx), lazy)
     for mode in ("lazy", "dense"):
         os.makedirs(tmp_path / mode)
-        train_ensemble(store, px, make_cfg(feature_matrix=mode), str(tmp_path / mode), [0, 1], log=quiet)
+        train_ensemble(store, px, make_settings(feature_matrix=mode), str(tmp_path / mode), [0, 1], log=quiet)
     for m in (0, 1):
         assert_same_weights(load_sd(tmp_path / "lazy", m), load_sd(tmp_path / "dense", m), atol=0)
     # "auto" chooses by size: celebamask64's training set is dense, a bedroom_28-shaped one lazy.
     assert train_mod.wants_dense(80_782, 1152, "auto") and not train_mod.wants_dense(80_782, 1152, "lazy")
     assert not train_mod.wants_dense(40 * 256 * 256, 8448, "auto") and train_mod.wants_dense(10**9, 8448, "dense")
+
+
+# --- the training loop's units ---
+
+def test_batch_source_deals_each_members_own_shuffles_with_drop_last():
+    N, B, n_batches = 50, 8, 6  # 2 pixels left over each epoch
+    source = train_mod.BatchSource([train_mod.member_generator(0, m) for m in (0, 3)], N, B, n_batches)
+    batches = torch.stack([source.indices(step) for step in range(3 * n_batches)], 1)  # [M, steps, B]
+    for j, m in enumerate((0, 3)):
+        g = train_mod.member_generator(0, m)
+        expected = torch.cat([torch.randperm(N, generator=g)[:n_batches * B] for _ in range(3)])
+        assert torch.equal(batches[j].reshape(-1), expected)  # the member's stream, a fresh order each epoch
+    assert not torch.equal(batches[0], batches[1])
+
+
+@pytest.mark.parametrize("resume_at", [9, 12, 13])  # mid-epoch, at an epoch boundary, just after one
+def test_batch_source_restored_from_epoch_states_continues_the_same_batches(resume_at):
+    N, B, n_batches = 50, 8, 6
+
+    def source():
+        return train_mod.BatchSource([train_mod.member_generator(1, m) for m in range(2)], N, B, n_batches)
+
+    ref, first = source(), source()
+    expected = [ref.indices(step) for step in range(4 * n_batches)]
+    for step in range(resume_at):
+        first.indices(step)
+    resumed = source()
+    resumed.restore(first.epoch_states)
+    for step in range(resume_at, 4 * n_batches):
+        assert torch.equal(resumed.indices(step), expected[step]), step
+
+
+def test_budget_caps():
+    assert train_mod.budget_spent(29, 30, None) is None
+    assert train_mod.budget_spent(30, 30, None) == "max_epochs"
+    assert train_mod.budget_spent(31, 30, None) == "max_epochs"  # resumed with a smaller budget
+    assert train_mod.budget_spent(13, 30, 13) == "max_steps"
+    assert train_mod.budget_spent(30, 30, 30) == "max_epochs"  # both spent: the method's own cap is named
+
+
+def assert_same_tree(a, b, path="snapshot"):
+    """Nested dicts/lists of tensors and plain values, equal bit for bit."""
+    assert type(a) is type(b), path
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert list(a) == list(b), path
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def test_restore_puts_back_everything_a_snapshot_holds(tmp_path, monkeypatch):
+    """A real mid-run snapshot (dropout, the decoupled trunk, AdamW: every key non-trivial), restored
+    into a freshly built state, snapshots to the same values."""
+    store, px = make_data()
+    cfg = make_settings(feature_matrix="lazy", dropout=0.4, regularizer="etf_decoupled", optimizer="adamw",
+                        weight_decay=1e-2, early_stop_after_epoch=0, early_stop_patience=5, max_epochs=8)
+    monkeypatch.setattr(train_mod, "SAVE_EVERY", 7)
+    with monkeypatch.context() as mp:
+        counting_pixels(store, mp, fail_at=53)
+        with pytest.raises(Interrupted):
+            train_ensemble(store, px, cfg, str(tmp_path), [0, 2], log=quiet)
+    saved = torch.load(tmp_path / train_mod.STATE_FILE, weights_only=True)
+    assert saved["step"] == 49 and saved["active"] == [False, True]  # member 0 stopped at 35, member 2 at 53
+
+    N, n_batches = len(px.labels), len(px.labels) // cfg.batch_size
+    nets = train_mod.MemberNets.build(store.dim, cfg, [0, 2], str(tmp_path), "cpu", torch.float32)
+    batches = train_mod.BatchSource(nets.generators, N, cfg.batch_size, n_batches)
+    state = train_mod.TrainingState([0, 2], N, nets, batches,
+                                    train_mod.EarlyStopping(2, cfg.early_stop_after_epoch, cfg.early_stop_patience))
+    fresh = state.snapshot()
+    assert set(fresh) == set(saved)
+    state.restore(saved)
+    assert_same_tree(state.snapshot(), saved)
+
+
+def test_settings_come_from_a_validated_config():
+    from ddpmseg.config import load_config
+    cfg = load_config("experiments/celebamask64/ddpm.json", {"learning_rate": 2, "dropout": 0.1})
+    s = EnsembleSettings.from_config(cfg)
+    assert (s.seed, s.number_class, s.batch_size) == (cfg["seed"], cfg["number_class"], cfg["batch_size"])
+    assert s.learning_rate == 2.0 and isinstance(s.learning_rate, float) and s.dropout == 0.1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.seed = 1
+
+
+def test_settings_name_what_is_missing_or_wrong():
+    cfg = make_cfg()
+    del cfg["early_stop_patience"], cfg["feature_matrix"]
+    with pytest.raises(ConfigError, match="ensemble settings: the config has no 'feature_matrix', "
+                                          "'early_stop_patience'; build it with ddpmseg.config.load_config"):
+        EnsembleSettings.from_config(cfg)
+    with pytest.raises(ConfigError, match="ensemble settings: 'batch_size' must be int, got str '64'"):
+        EnsembleSettings.from_config(make_cfg(batch_size="64"))
+    with pytest.raises(ConfigError, match=r"ensemble settings: 'regularizer' must be one of \['none', 'etf', "):
+        EnsembleSettings.from_config(make_cfg(regularizer="ETF"))

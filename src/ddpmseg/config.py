@@ -202,8 +202,14 @@ def _check_model_type(cfg: dict, where: str) -> None:
                           f"\"random_weights\": true for an untrained backbone")
 
 
-def validate(cfg: dict, where: str = "config") -> dict:
-    """Return a complete, type-checked copy of ``cfg`` with defaults filled in."""
+def check_choice(key: str, value: Any, where: str) -> None:
+    """Raise ConfigError if ``key`` has a fixed set of CHOICES and ``value`` is not one of them."""
+    choices = CHOICES.get(key)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: '{key}' must be one of {list(choices)}, got {value!r}")
+
+
+def _reject_unknown_keys(cfg: dict, where: str) -> None:
     unknown = sorted(set(cfg) - set(DEFAULTS) - IGNORED_LEGACY_KEYS)
     if unknown:
         import difflib
@@ -215,6 +221,10 @@ def validate(cfg: dict, where: str = "config") -> dict:
         raise ConfigError(
             f"{where}: unknown key(s) {', '.join(hints)}. Known keys: {', '.join(sorted(DEFAULTS))}"
         )
+
+
+def _with_defaults(cfg: dict, where: str) -> dict[str, Any]:
+    """Every key of DEFAULTS: ``cfg``'s value, type-checked, or a fresh copy of the default."""
     out: dict[str, Any] = {}
     for key, (types, default) in DEFAULTS.items():
         if key in cfg:
@@ -223,15 +233,11 @@ def validate(cfg: dict, where: str = "config") -> dict:
             raise ConfigError(f"{where}: required key '{key}' is missing")
         else:
             out[key] = json.loads(json.dumps(default))  # a fresh copy of list/dict defaults
-    for key, choices in CHOICES.items():
-        if out[key] not in choices:
-            raise ConfigError(f"{where}: '{key}' must be one of {list(choices)}, got {out[key]!r}")
-    _int_list(out, "dim", where, 3)
-    _int_list(out, "steps", where)
-    _int_list(out, "blocks", where)
-    _check_model_type(out, where)
-    if out["dim"][0] != out["dim"][1]:
-        raise ConfigError(f"{where}: 'dim' must be square [S, S, C], got {out['dim']}")
+    return out
+
+
+def _check_classes(out: dict, where: str) -> None:
+    """number_class, and one name and one colour per class."""
     if out["number_class"] < 2:
         raise ConfigError(f"{where}: 'number_class' must be >= 2, got {out['number_class']}")
     k = out["number_class"]
@@ -246,6 +252,10 @@ def validate(cfg: dict, where: str = "config") -> dict:
         for c in pal
     ):
         raise ConfigError(f"{where}: 'palette' must be {k} [r, g, b] triples of integers 0..255")
+
+
+def _check_ranges(out: dict, where: str) -> None:
+    """Numbers that must be positive, non-negative or within an interval."""
     for key in ("model_num", "batch_size", "training_number", "testing_number", "max_epochs"):
         if out[key] < 1:
             raise ConfigError(f"{where}: '{key}' must be >= 1, got {out[key]}")
@@ -257,12 +267,32 @@ def validate(cfg: dict, where: str = "config") -> dict:
     for key in ("etf_alpha", "etf_beta", "weight_decay", "augmentation_copies"):
         if out[key] < 0:
             raise ConfigError(f"{where}: '{key}' must be >= 0, got {out[key]}")
-    pairs = out["hflip_class_pairs"]
+
+
+def _check_hflip_pairs(out: dict, where: str) -> None:
+    pairs, k = out["hflip_class_pairs"], out["number_class"]
     ids = [i for p in pairs if isinstance(p, list) for i in p]
     if not all(isinstance(p, list) and len(p) == 2 for p in pairs) or not all(
             isinstance(i, int) and not isinstance(i, bool) and 0 <= i < k for i in ids) or len(set(ids)) != len(ids):
         raise ConfigError(f"{where}: 'hflip_class_pairs' must be [a, b] pairs of distinct class ids 0..{k - 1}, "
                           f"got {pairs!r}")
+
+
+def validate(cfg: dict, where: str = "config") -> dict:
+    """Return a complete, type-checked copy of ``cfg`` with defaults filled in."""
+    _reject_unknown_keys(cfg, where)
+    out = _with_defaults(cfg, where)
+    for key in CHOICES:
+        check_choice(key, out[key], where)
+    _int_list(out, "dim", where, 3)
+    _int_list(out, "steps", where)
+    _int_list(out, "blocks", where)
+    _check_model_type(out, where)
+    if out["dim"][0] != out["dim"][1]:
+        raise ConfigError(f"{where}: 'dim' must be square [S, S, C], got {out['dim']}")
+    _check_classes(out, where)
+    _check_ranges(out, where)
+    _check_hflip_pairs(out, where)
     from .augment import TTA_VIEWS  # here, not at the top: augment imports torchvision
     from .refine import refine_config
 

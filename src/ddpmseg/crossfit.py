@@ -9,6 +9,7 @@ augmented copies), and it predicts the held-out fold exactly as the test images 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -16,7 +17,7 @@ import torch
 from .atomic import torch_save_atomic
 from .seeding import stream_generator, stream_seed
 from .store import FeatureStore
-from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
+from .train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, train_ensemble
 
 
 
@@ -51,6 +52,7 @@ def out_of_fold_probabilities(store: FeatureStore, pixels: LabelledPixels, cfg: 
     out_path = os.path.join(folder, "first_predictions.pt")
     if os.path.exists(out_path):
         return torch.load(out_path, weights_only=True)
+    settings = EnsembleSettings.from_config(cfg)
     fold = fold_assignment(num_images, folds, cfg["seed"])
     H, W = pixels.hw
     probs = torch.zeros(num_images, cfg["number_class"], H, W)
@@ -58,7 +60,7 @@ def out_of_fold_probabilities(store: FeatureStore, pixels: LabelledPixels, cfg: 
         fold_dir = os.path.join(folder, f"fold_{f}")
         os.makedirs(fold_dir, exist_ok=True)
         # Each fold ensemble has its own seed, so its members are not copies of the main ones.
-        fold_cfg = {**cfg, "model_num": members, "seed": stream_seed("fold_seed", cfg["seed"], f)}
+        fold_settings = replace(settings, seed=stream_seed("fold_seed", cfg["seed"], f))
         todo = [m for m in range(members) if not os.path.exists(model_path(fold_dir, m))]
         held_out = fold.eq(f).nonzero().flatten().tolist()
         if todo:
@@ -67,7 +69,7 @@ def out_of_fold_probabilities(store: FeatureStore, pixels: LabelledPixels, cfg: 
             train_pixels = pixels_outside_fold(pixels, fold, f)
             # An epoch as in the main training (config "epoch_pixels"): the un-augmented pixels.
             originals = int((train_pixels.index < num_images * H * W).sum())
-            train_ensemble(store, train_pixels, fold_cfg, fold_dir, todo, device=device, log=log,
+            train_ensemble(store, train_pixels, fold_settings, fold_dir, todo, device=device, log=log,
                            epoch_size=originals if cfg["epoch_pixels"] == "original" else None)
         ens = load_ensemble(fold_dir, members, store.dim, cfg["number_class"], device)
         for i in held_out:

@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -35,7 +35,7 @@ from .report import write_png_atomic
 from .selection_heatmap import heatmap
 from .seeding import stream_seed
 from .store import FeatureStore
-from .train import LabelledPixels, load_ensemble, train_ensemble
+from .train import EnsembleSettings, LabelledPixels, load_ensemble, train_ensemble
 
 # The default step grid as fractions of the diffusion's length: for 1000 steps 10, 25, 50, 100, 150,
 # 250, 500, 800 -- denser at small t, where the paper's best features are, and holding the
@@ -116,6 +116,7 @@ class Selection:
         if probe.folds < 2:
             raise ConfigError(f"--folds must be >= 2 (one fold is held out, the others train), got {probe.folds}")
         self.cfg, self.device, self.out_dir, self.probe, self.log = cfg, device, out_dir, probe, log
+        self.ensemble_settings = EnsembleSettings.from_config(cfg)
         self.deadline = time.time() + 60 * budget_minutes if budget_minutes is not None else None
         size = cfg["dim"][0]
         self.train_set = ImageLabelDataset(cfg["training_path"], resolution=size, num_images=cfg["training_number"],
@@ -205,10 +206,10 @@ class Selection:
         fold_mious = []
         for f in range(p.folds):
             # The fold's seed as in crossfit: every candidate trains from the same streams in fold f.
-            probe_cfg = {**c, "model_num": p.members, "seed": stream_seed("fold_seed", c["seed"], f),
-                         "early_stop_patience": p.iterations}
+            probe_settings = replace(self.ensemble_settings, seed=stream_seed("fold_seed", c["seed"], f),
+                                     early_stop_patience=p.iterations)
             with tempfile.TemporaryDirectory(dir=self.out_dir) as tmp:
-                train_ensemble(sub, pixels_outside_fold(self.pixels, self.fold, f), probe_cfg, tmp,
+                train_ensemble(sub, pixels_outside_fold(self.pixels, self.fold, f), probe_settings, tmp,
                                list(range(p.members)), device=str(self.device), log=lambda msg: None,
                                max_steps=p.iterations, progress=False)
                 ens = load_ensemble(tmp, p.members, sub.dim, c["number_class"], str(self.device))

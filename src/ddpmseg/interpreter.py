@@ -37,7 +37,7 @@ from .runlock import RunLockError, run_lock
 from .safeload import load_plain
 from .seeding import stream_generator, stream_seed
 from .store import FeatureStore
-from .train import LabelledPixels, load_ensemble, model_path, train_ensemble
+from .train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, train_ensemble
 
 EXCLUDED = -1  # training-label marker for pixels no member trains on
 REFINER_FILE = "refiner.pt"
@@ -105,6 +105,7 @@ class Run:
         # every class is scored. Augmentation fills the pixels it invents with it.
         self.fill = EXCLUDED if cfg["ignore_label"] is None else cfg["ignore_label"]
         self.refine = refine_settings(cfg["refine"], cfg["seed"])  # None: no mask refinement
+        self.ensemble_settings = EnsembleSettings.from_config(cfg)
         self.timings: dict[str, float] = {}
 
     # -- checks before anything is written ------------------------------------------------
@@ -224,7 +225,7 @@ class Run:
             # The un-augmented images come first in the store, so their pixels have the lowest indices.
             original_pixels = int((pixels.index < len(self.train_set) * self.size * self.size).sum())
             epoch_size = original_pixels if c["epoch_pixels"] == "original" else None
-            train_ensemble(store, pixels, c, exp_dir, todo, device=str(self.device), log=self.log,
+            train_ensemble(store, pixels, self.ensemble_settings, exp_dir, todo, device=str(self.device), log=self.log,
                            epoch_size=epoch_size)
             self.timings["train_s"] = time.time() - t0
         if refiner_todo:

@@ -135,6 +135,33 @@ def _feature_width(cfg: dict, flags: dict, log: Callable[[str], None]) -> int:
     return sum(a.shape[1] for a in run.features(image, "a blank image (measuring the feature width)"))
 
 
+def _check_arguments(name: str, root: str, test_images: str | None, test_masks: str | None,
+                     test_fraction: float, force: bool) -> str:
+    """Refuse arguments that cannot make an experiment; the experiment's folder."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"--name {name!r}: use letters, digits, '_', '.', '-' (it names folders)")
+    final = os.path.join(root, name)
+    if os.path.exists(final) and not force:
+        raise ConfigError(f"{final} exists; choose another --name, or pass --force to replace it")
+    if test_masks and not test_images:
+        raise ConfigError("--test_masks needs --test_images")
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"--test_fraction must be in (0, 1), got {test_fraction}")
+    return final
+
+
+def _classes(images: str, masks: str, classes: str | None) -> tuple[list[str], list, int | None]:
+    """(class names, palette, ignore label): from the ``classes`` file if given, else from the
+    label values the masks hold (255 is VOC's ignore label when it is not a class)."""
+    names, palette = read_classes(classes) if classes else (None, None)
+    found = _labels_found(images, masks, palette)
+    ignore = VOC_IGNORE if VOC_IGNORE in found and (names is None or len(names) <= VOC_IGNORE) else None
+    if names is None:
+        k = int(found[found != ignore].max()) + 1 if ignore is not None else int(found.max()) + 1
+        names = [f"class_{i}" for i in range(k)]
+    return names, palette or distinct_palette(len(names)), ignore
+
+
 def new_experiment(name: str, images: str, masks: str, model_path: str, classes: str | None = None,
                    test_images: str | None = None, test_masks: str | None = None,
                    test_fraction: float = DEFAULT_TEST_FRACTION, steps: list[int] | None = None,
@@ -142,25 +169,11 @@ def new_experiment(name: str, images: str, masks: str, model_path: str, classes:
                    seed: int = 0, force: bool = False, root: str = "experiments",
                    log: Callable[[str], None] = print) -> str:
     """Write ``<root>/NAME/ddpm.json`` (see the module docstring); returns its path."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ConfigError(f"--name {name!r}: use letters, digits, '_', '.', '-' (it names folders)")
-    final = os.path.join(root, name)
+    final = _check_arguments(name, root, test_images, test_masks, test_fraction, force)
     config_path = os.path.join(final, "ddpm.json")
-    if os.path.exists(final) and not force:
-        raise ConfigError(f"{final} exists; choose another --name, or pass --force to replace it")
-    if test_masks and not test_images:
-        raise ConfigError("--test_masks needs --test_images")
-    if not 0 < test_fraction < 1:
-        raise ConfigError(f"--test_fraction must be in (0, 1), got {test_fraction}")
     flags = {**model_and_diffusion_defaults(), **sidecar_flags(model_path), **(model_flags or {})}
     size = flags["image_size"]
-    names, palette = read_classes(classes) if classes else (None, None)
-    found = _labels_found(images, masks, palette)
-    ignore = VOC_IGNORE if VOC_IGNORE in found and (names is None or len(names) <= VOC_IGNORE) else None
-    if names is None:
-        k = int(found[found != ignore].max()) + 1 if ignore is not None else int(found.max()) + 1
-        names = [f"class_{i}" for i in range(k)]
-    palette = palette or distinct_palette(len(names))
+    names, palette, ignore = _classes(images, masks, classes)
     if steps is None or blocks is None:
         source, default_steps, default_blocks = closest_published(size, flags)
         steps, blocks = steps or default_steps, blocks or default_blocks

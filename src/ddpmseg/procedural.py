@@ -343,6 +343,36 @@ def _check_existing(out_dir: str, params: dict[str, Any]) -> dict[str, Any] | No
     return manifest
 
 
+def _write_split(tmp: str, split: str, n: int, width: int, size: int, seed: int) -> np.ndarray:
+    """Render the ``n`` images (and labels) of ``split`` into its folder under ``tmp``; the pixel
+    count of each class over the split's labels (zeros for the unlabelled split)."""
+    folder = os.path.join(tmp, "unlabeled" if split == "unlabeled" else os.path.join("real", split))
+    os.makedirs(folder)
+    pixels = np.zeros(NUM_CLASSES, np.int64)
+    for i in range(n):
+        img, label = render_sample(sample_rng(seed, split, i), size)
+        stem = os.path.join(folder, f"{i:0{width}d}")
+        # Plain writes: the whole folder is renamed into place at the end. PIL writes
+        # no timestamp into PNGs, so the same array gives byte-identical files.
+        Image.fromarray(img).save(stem + ".png")
+        if split != "unlabeled":
+            np.save(stem + ".npy", label, allow_pickle=False)
+            pixels += np.bincount(label.ravel(), minlength=NUM_CLASSES)
+    return pixels
+
+
+def _write_classes(tmp: str, size: int) -> None:
+    write_json_atomic(os.path.join(tmp, "classes.json"), {
+        "name": "procedural_shapes",
+        "resolution": int(size),
+        "number_class": NUM_CLASSES,
+        "class_names": list(CLASS_NAMES),
+        "palette": [list(c) for c in PALETTE],
+        "palette_rgb": [list(c) for c in PALETTE],  # the key celebamask64's classes.json uses
+        "ignore_label": None,  # every pixel has a class
+    })
+
+
 def write_dataset(out_dir: str, train: int = DEFAULT_TRAIN, test: int = DEFAULT_TEST,
                   unlabeled: int = DEFAULT_UNLABELED, size: int = DEFAULT_SIZE,
                   seed: int = DEFAULT_SEED, progress: Callable[[str], None] | None = None
@@ -374,31 +404,12 @@ def write_dataset(out_dir: str, train: int = DEFAULT_TRAIN, test: int = DEFAULT_
         # Zero-padded stems: sorted file order (what ImageLabelDataset uses) = generation order.
         width = max(5, len(str(max(train, test, unlabeled, 1) - 1)))
         for split, n in (("train", train), ("test", test), ("unlabeled", unlabeled)):
-            folder = os.path.join(tmp, "unlabeled" if split == "unlabeled" else os.path.join("real", split))
-            os.makedirs(folder)
-            pixels = np.zeros(NUM_CLASSES, np.int64)
-            for i in range(n):
-                img, label = render_sample(sample_rng(seed, split, i), size)
-                stem = os.path.join(folder, f"{i:0{width}d}")
-                # Plain writes: the whole folder is renamed into place at the end. PIL writes
-                # no timestamp into PNGs, so the same array gives byte-identical files.
-                Image.fromarray(img).save(stem + ".png")
-                if split != "unlabeled":
-                    np.save(stem + ".npy", label, allow_pickle=False)
-                    pixels += np.bincount(label.ravel(), minlength=NUM_CLASSES)
+            pixels = _write_split(tmp, split, n, width, size, seed)
             if split != "unlabeled":
                 counts[split] = pixels.tolist()
             if progress:
                 progress(f"{split}: {n} images")
-        write_json_atomic(os.path.join(tmp, "classes.json"), {
-            "name": "procedural_shapes",
-            "resolution": int(size),
-            "number_class": NUM_CLASSES,
-            "class_names": list(CLASS_NAMES),
-            "palette": [list(c) for c in PALETTE],
-            "palette_rgb": [list(c) for c in PALETTE],  # the key celebamask64's classes.json uses
-            "ignore_label": None,  # every pixel has a class
-        })
+        _write_classes(tmp, size)
         manifest = {"params": params, "class_pixel_counts": counts}
         # Written last: a folder with dataset.json is complete.
         write_json_atomic(os.path.join(tmp, "dataset.json"), manifest)

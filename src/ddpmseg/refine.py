@@ -265,6 +265,37 @@ def _check_flip_pairs(flip_pairs: Sequence[Sequence[int]], num_classes: int) -> 
                          f"got {flip_pairs!r}")
 
 
+def _check_training_inputs(images: torch.Tensor, first_probs: torch.Tensor, labels: torch.Tensor,
+                           num_classes: int, ignore_index: int) -> None:
+    """Raise ValueError if the shapes disagree or a label is neither a class nor ``ignore_index``."""
+    if images.dim() != 4 or images.shape[1] != 3 or \
+            first_probs.shape[:1] + first_probs.shape[2:] != images.shape[:1] + images.shape[2:] or \
+            first_probs.shape[1] != num_classes or labels.shape != first_probs.shape[:1] + first_probs.shape[2:]:
+        raise ValueError(f"shapes disagree: images {tuple(images.shape)}, first_probs {tuple(first_probs.shape)}, "
+                         f"labels {tuple(labels.shape)}, num_classes {num_classes}")
+    bad = labels[(labels != ignore_index) & ((labels < 0) | (labels >= num_classes))]
+    if bad.numel():
+        raise ValueError(f"labels hold {bad[0].item()}, neither a class id in [0, {num_classes - 1}] "
+                         f"nor ignore_index={ignore_index}")
+
+
+def _random_batch(images: torch.Tensor, first_probs: torch.Tensor, labels: torch.Tensor, settings: RefineSettings,
+                  flip_pairs: Sequence[Sequence[int]], gen: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One update's (images, first probabilities, labels): a random batch, each sample flipped with
+    probability 1/2 when ``settings.hflip``."""
+    n = images.shape[0]
+    idx = torch.randint(0, n, (min(settings.batch_size, n),), generator=gen)
+    img, probs, lab = images[idx], first_probs[idx], labels[idx]
+    if settings.hflip:
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        f_img, f_probs, f_lab = hflip_sample(img, probs, lab, flip_pairs)
+        img = torch.where(flip[:, None, None, None], f_img, img)
+        probs = torch.where(flip[:, None, None, None], f_probs, probs)
+        lab = torch.where(flip[:, None, None], f_lab, lab)
+    return img, probs, lab
+
+
 def train_refiner(images: torch.Tensor, first_probs: torch.Tensor, labels: torch.Tensor, num_classes: int,
                   ignore_index: int, settings: RefineSettings, flip_pairs: Sequence[Sequence[int]] = (),
                   device: str | torch.device = "cpu",
@@ -281,16 +312,7 @@ def train_refiner(images: torch.Tensor, first_probs: torch.Tensor, labels: torch
     """
     settings.validate()
     _check_flip_pairs(flip_pairs, num_classes)
-    n = images.shape[0]
-    if images.dim() != 4 or images.shape[1] != 3 or \
-            first_probs.shape[:1] + first_probs.shape[2:] != images.shape[:1] + images.shape[2:] or \
-            first_probs.shape[1] != num_classes or labels.shape != first_probs.shape[:1] + first_probs.shape[2:]:
-        raise ValueError(f"shapes disagree: images {tuple(images.shape)}, first_probs {tuple(first_probs.shape)}, "
-                         f"labels {tuple(labels.shape)}, num_classes {num_classes}")
-    bad = labels[(labels != ignore_index) & ((labels < 0) | (labels >= num_classes))]
-    if bad.numel():
-        raise ValueError(f"labels hold {bad[0].item()}, neither a class id in [0, {num_classes - 1}] "
-                         f"nor ignore_index={ignore_index}")
+    _check_training_inputs(images, first_probs, labels, num_classes, ignore_index)
     # All randomness (weights, batches, steps, noise, flips) comes from this one CPU generator, so
     # a seed gives the same refiner on any device and the global RNG is left alone.
     gen = stream_generator("refiner_training", settings.seed)
@@ -307,15 +329,8 @@ def train_refiner(images: torch.Tensor, first_probs: torch.Tensor, labels: torch
     start = time.perf_counter()
     bar = tqdm(range(settings.iterations), dynamic_ncols=True, desc="refiner")
     for _ in bar:
-        idx = torch.randint(0, n, (min(settings.batch_size, n),), generator=gen)
-        img, probs, lab = images[idx], first_probs[idx], labels[idx]
-        if settings.hflip:
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            f_img, f_probs, f_lab = hflip_sample(img, probs, lab, flip_pairs)
-            img = torch.where(flip[:, None, None, None], f_img, img)
-            probs = torch.where(flip[:, None, None, None], f_probs, probs)
-            lab = torch.where(flip[:, None, None], f_lab, lab)
-        step = torch.randint(0, settings.num_timesteps, (len(idx),), generator=gen)
+        img, probs, lab = _random_batch(images, first_probs, labels, settings, flip_pairs, gen)
+        step = torch.randint(0, settings.num_timesteps, (len(img),), generator=gen)
         # Diffusion on the first prediction: noise what the ensemble said, supervise with the truth.
         x_t = schedule.q_sample(probs.argmax(1), step, num_classes, gen)
         logits = model(x_t.to(device), img.to(device), probs.to(device), step.to(device))

@@ -12,18 +12,24 @@ Variants (config keys): AdamW and weight decay, dropout, and the ETF regularizer
 the published code did, for a separate trunk that shares nothing with the classifier
 (``"etf_decoupled"``, kept for comparison). Early stopping always watches the classifier's
 cross-entropy, so a regularizer changes what is learned, not when training stops.
+
+``train_ensemble`` is a short loop over units tested on their own: ``EnsembleSettings`` (the config
+keys it reads), ``BatchSource`` (which pixels each member sees), ``MemberNets`` (networks, losses,
+step), ``EarlyStopping``, ``budget_spent`` (max_epochs/max_steps) and ``TrainingState`` (its
+snapshot/restore pair is what makes a run resumable).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from .atomic import torch_save_atomic
+from .config import DEFAULTS, ConfigError, check_choice, check_type
 from .ensemble import PixelEnsemble
 from .etf import load_or_create_etf
 from .numerics import NumericalError, nonfinite_members
@@ -59,12 +65,57 @@ def member_generator(seed: int, member: int, part: str = "member", device: str =
     return torch_generator(member_seed(seed, member, part), device)
 
 
-def make_optimizer(params: list, cfg: dict) -> torch.optim.Optimizer:
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """The experiment-config keys ensemble training reads (their meaning and defaults: ddpmseg.config).
+
+    Build it once with ``from_config`` from a validated config, so that a missing or mistyped key
+    is an error where the settings are made, not a KeyError deep in the training loop.
+    """
+
+    seed: int
+    number_class: int
+    batch_size: int
+    feature_matrix: str
+    # the members' networks and losses
+    dropout: float
+    dropout_position: str
+    regularizer: str
+    etf_alpha: float
+    etf_beta: float
+    # the optimizer
+    optimizer: str
+    learning_rate: float
+    weight_decay: float
+    # when a member stops
+    max_epochs: int
+    early_stop_after_epoch: int
+    early_stop_patience: int
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> EnsembleSettings:
+        """The settings of ``cfg`` (a config from ``load_config``/``validate``, which fill every default).
+
+        Raises ConfigError naming every missing key, or the first key of the wrong type or value.
+        """
+        where = "ensemble settings"
+        names = [f.name for f in fields(cls)]
+        missing = [k for k in names if k not in cfg]
+        if missing:
+            raise ConfigError(f"{where}: the config has no {', '.join(map(repr, missing))}; build it with "
+                              "ddpmseg.config.load_config or validate, which fill in every default")
+        values = {k: check_type(k, cfg[k], DEFAULTS[k][0], where) for k in names}
+        for k in names:
+            check_choice(k, values[k], where)
+        return cls(**values)
+
+
+def make_optimizer(params: list, settings: EnsembleSettings) -> torch.optim.Optimizer:
     """Adam (the original) or AdamW; the fused kernel is the same update in one pass (9x faster on
     CPU for the 8448-d layer). Parameters without a gradient (the decoupled trunk's unused last
     layer) are skipped by both."""
-    cls = torch.optim.AdamW if cfg["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"], fused=True)
+    cls = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=True)
 
 
 def wants_dense(num_pixels: int, dim: int, mode: str) -> bool:
@@ -95,7 +146,241 @@ def model_path(exp_dir: str, member: int) -> str:
     return os.path.join(exp_dir, f"model_{member}.pth")
 
 
-def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_dir: str,
+def batches_per_epoch(num_pixels: int, batch_size: int, epoch_size: int | None) -> int:
+    """Batches in an epoch of ``epoch_size`` pixels (None: all of them, the original's epoch), drop_last."""
+    n_batches = min(num_pixels, epoch_size or num_pixels) // batch_size
+    if n_batches == 0:
+        raise ValueError(f"only {num_pixels} labelled training pixels, fewer than one batch of {batch_size}")
+    return n_batches
+
+
+class BatchSource:
+    """Which labelled pixels each member sees at each iteration.
+
+    Like a DataLoader(shuffle=True, drop_last=True) per member: at the start of every epoch each
+    member shuffles all N pixels with its own generator, then takes ``n_batches`` batches of
+    ``batch_size`` in that order. ``epoch_states`` (the generators' states when the current
+    epoch's shuffle was drawn) and ``restore`` let a resumed run draw the same batches.
+    """
+
+    def __init__(self, generators: list[torch.Generator], num_pixels: int, batch_size: int, n_batches: int):
+        self.generators, self.num_pixels = generators, num_pixels
+        self.batch_size, self.n_batches = batch_size, n_batches
+        self.epoch_states = [g.get_state() for g in generators]
+        self._orders: list[torch.Tensor] | None = None
+
+    def restore(self, epoch_states: list[torch.Tensor]) -> None:
+        for g, state in zip(self.generators, epoch_states):
+            g.set_state(state)
+        self.epoch_states, self._orders = epoch_states, None
+
+    def _shuffle(self) -> list[torch.Tensor]:
+        return [torch.randperm(self.num_pixels, generator=g) for g in self.generators]
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Pixel indices [members, batch_size] of iteration ``step``; called once per iteration, in order."""
+        pos = step % self.n_batches
+        if self._orders is None:  # the first call (or after restore): the shuffle epoch_states starts
+            self._orders = self._shuffle()
+        if pos == 0 and step > 0:  # a new epoch: every member reshuffles with its own stream
+            self.epoch_states = [g.get_state() for g in self.generators]
+            self._orders = self._shuffle()
+        B = self.batch_size
+        return torch.stack([order[pos * B:(pos + 1) * B] for order in self._orders])
+
+
+class EarlyStopping:
+    """The original's per-member rule, on plain floats.
+
+    From the epoch after ``after_epoch`` on, a member's batch loss below its best so far resets
+    its count and any other loss (a tie too) adds one; the member stops once its count exceeds
+    ``patience``.
+    """
+
+    def __init__(self, num_members: int, after_epoch: int, patience: int):
+        self.after_epoch, self.patience = after_epoch, patience
+        self.best = [float("inf")] * num_members
+        self.count = [0] * num_members
+
+    def update(self, epoch: int, losses: Sequence[float], active: Sequence[bool]) -> list[int]:
+        """Take one iteration's batch losses (epoch index ``epoch``); the members that stop now.
+
+        Members not ``active`` (stopped already) are left as they are.
+        """
+        if epoch <= self.after_epoch:
+            return []
+        stopped = []
+        for j, loss in enumerate(losses):
+            if not active[j]:
+                continue
+            if loss < self.best[j]:
+                self.best[j], self.count[j] = loss, 0
+            else:
+                self.count[j] += 1
+            if self.count[j] > self.patience:
+                stopped.append(j)
+        return stopped
+
+
+def budget_spent(step: int, epoch_cap: int, max_steps: int | None) -> str | None:
+    """Why every member still training stops after iteration ``step``: "max_epochs" (``epoch_cap``
+    iterations), "max_steps", or None. ">=": a run resumed from a snapshot taken with a larger
+    budget still stops."""
+    for limit, reason in ((epoch_cap, "max_epochs"), (max_steps, "max_steps")):
+        if limit is not None and step >= limit:
+            return reason
+    return None
+
+
+@dataclass
+class MemberNets:
+    """The networks trained together: the ensemble, the decoupled ETF trunk (or None), the ETF frame
+    (or None) and one optimizer over their parameters; ``generators`` are the members' init and
+    shuffling streams."""
+
+    ensemble: PixelEnsemble
+    trunk: PixelEnsemble | None
+    etf: torch.Tensor | None
+    optimizer: torch.optim.Optimizer
+    generators: list[torch.Generator]
+
+    @classmethod
+    def build(cls, dim: int, s: EnsembleSettings, members: list[int], exp_dir: str, device: str,
+              dtype: torch.dtype) -> MemberNets:
+        """The members' networks, initialised from their own streams, with their dropout streams set."""
+        M, K = len(members), s.number_class
+        gens = [member_generator(s.seed, m) for m in members]
+        ens = PixelEnsemble(M, dim, K, generators=gens, dropout=s.dropout,
+                            dropout_position=s.dropout_position).to(device, dtype)
+        params = list(ens.parameters())
+        etf = trunk = None
+        if s.regularizer != "none":
+            etf = load_or_create_etf(exp_dir, ens.feature_dim, K, s.seed).to(device, dtype)
+        if s.regularizer == "etf_decoupled":
+            # The published regularizer: its own trunk (the classifier minus its last Linear) and its own
+            # init stream, so the classifier trains exactly as it would with etf_beta = 0.
+            trunk = PixelEnsemble(M, dim, K, generators=[member_generator(s.seed, m, "trunk") for m in members],
+                                  dropout=s.dropout, dropout_position=s.dropout_position).to(device, dtype)
+            params += [p for n, p in trunk.named_parameters() if not n.endswith(".2")]
+        nets = cls(ens, trunk, etf, make_optimizer(params, s), gens)
+        for net, part in zip(nets.modules, ("member_dropout", "trunk_dropout")):
+            if net.dropout:
+                net.dropout_generators = [member_generator(s.seed, m, part, device) for m in members]
+        return nets
+
+    @property
+    def modules(self) -> list[PixelEnsemble]:
+        return [self.ensemble] if self.trunk is None else [self.ensemble, self.trunk]
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor, s: EnsembleSettings) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each member's cross-entropy [M], each member's loss to minimise [M]): see member_losses."""
+        logits, features = self.ensemble(x, with_features=True)
+        if self.trunk is not None:
+            features = self.trunk(x, with_features=True)[1]
+        return member_losses(logits, features, y, self.etf, s.etf_alpha, s.etf_beta)
+
+    def update(self, total: torch.Tensor) -> None:
+        """One optimizer step on the sum of the members' losses (each member's gradient is its own)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total.sum().backward()
+        self.optimizer.step()
+
+    def dropout_states(self) -> list[list[torch.Tensor]]:
+        return [[g.get_state() for g in net.dropout_generators or []] for net in self.modules]
+
+    def restore_dropout_states(self, states: list[list[torch.Tensor]]) -> None:
+        for net, net_states in zip(self.modules, states):
+            for g, state in zip(net.dropout_generators or [], net_states):
+                g.set_state(state)
+
+
+class TrainingState:
+    """Where a training run stands: the iteration, which members still train, the stats of those
+    that stopped, early stopping's records, and (through ``nets`` and ``batches``) weights, optimizer
+    and random streams. ``snapshot``/``restore`` cover all of it, so a resumed run replays the
+    uninterrupted one bit for bit."""
+
+    def __init__(self, members: list[int], num_pixels: int, nets: MemberNets, batches: BatchSource,
+                 stopping: EarlyStopping):
+        self.members, self.num_pixels = members, num_pixels
+        self.nets, self.batches, self.stopping = nets, batches, stopping
+        self.step = 0  # iterations taken; epoch, batch = divmod(step, n_batches)
+        self.active = [True] * len(members)
+        self.stats: dict[int, dict] = {m: {} for m in members}
+
+    def _fields(self) -> dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]:
+        """Each snapshot key once, with how its value is read and how it is put back."""
+        modules, opt = self.nets.modules, self.nets.optimizer
+
+        def attribute(obj: object, name: str) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+            return lambda: getattr(obj, name), lambda value: setattr(obj, name, value)
+
+        def load_nets(state_dicts: list[dict]) -> None:
+            for net, sd in zip(modules, state_dicts):
+                net.load_state_dict(sd)
+
+        return {"nets": (lambda: [net.state_dict() for net in modules], load_nets),
+                "optimizer": (opt.state_dict, opt.load_state_dict),
+                "step": attribute(self, "step"),
+                "best": attribute(self.stopping, "best"),
+                "count": attribute(self.stopping, "count"),
+                "active": attribute(self, "active"),
+                "gen_states": (lambda: self.batches.epoch_states, self.batches.restore),
+                "dropout_states": (self.nets.dropout_states, self.nets.restore_dropout_states),
+                "stats": attribute(self, "stats")}
+
+    def snapshot(self) -> dict:
+        """Everything a resumed run needs, as plain tensors and lists (see safeload.load_plain)."""
+        return {"members": self.members, "num_pixels": self.num_pixels,
+                **{key: read() for key, (read, _) in self._fields().items()}}
+
+    def restore(self, snapshot: dict) -> None:
+        for key, (_, write) in self._fields().items():
+            write(snapshot[key])
+
+    def resume(self, path: str, log: Callable[[str], None]) -> None:
+        """Continue from the snapshot at ``path`` if there is one for these members and pixels."""
+        if not os.path.exists(path):
+            return
+        snapshot = load_plain(path, "a training snapshot")
+        if snapshot["members"] == self.members and snapshot["num_pixels"] == self.num_pixels:
+            self.restore(snapshot)
+            log(f"resumed training of members {self.members} at iteration {self.step}")
+        else:
+            log(f"ignoring {STATE_FILE}: it belongs to another training set or member list")
+
+    def finish(self, j: int, reason: str, n_batches: int) -> None:
+        """Member ``members[j]`` stops now: record why and its stats."""
+        self.active[j] = False
+        self.stats[self.members[j]] = {"epochs": -(-self.step // n_batches), "iterations": self.step,
+                                       "stopped": reason, "best_batch_loss": self.stopping.best[j]}
+
+
+def save_member(exp_dir: str, state: TrainingState, j: int, dim: int, number_class: int) -> None:
+    """Write member ``members[j]`` as the original's checkpoint (an nn.DataParallel state dict)."""
+    sd = state.nets.ensemble.member_state_dict(j)
+    m = state.members[j]
+    torch_save_atomic({"model_state_dict": {f"module.{k}": v.cpu() for k, v in sd.items()},
+                       "dim": dim, "number_class": number_class, "stats": state.stats[m]}, model_path(exp_dir, m))
+
+
+def refuse_nonfinite(total: torch.Tensor, state: TrainingState, epoch: int, learning_rate: float) -> None:
+    """Raise NumericalError if an active member's loss is NaN/inf: called before the step, so no
+    weights, snapshot or member file ever holds NaN (finished members are saved already)."""
+    bad = [j for j in nonfinite_members(total) if state.active[j]]
+    if bad:
+        raise NumericalError(
+            f"ensemble training: the loss of member(s) {[state.members[j] for j in bad]} is "
+            f"{total[bad[0]].item()} at iteration {state.step + 1} (epoch {epoch}); members finished before are "
+            f"kept. Lower learning_rate (now {learning_rate}) or check the training features")
+
+
+def progress_bar(members: list[int], step: int, enabled: bool) -> tqdm:
+    return tqdm(desc=f"members {members[0]}-{members[-1]}", initial=step, unit="batch", dynamic_ncols=True,
+                mininterval=2.0, disable=not enabled)
+
+
+def train_ensemble(store: FeatureStore, pixels: LabelledPixels, settings: EnsembleSettings, exp_dir: str,
                    members: list[int], device: str = "cpu", log=print, max_steps: int | None = None,
                    epoch_size: int | None = None, dtype: torch.dtype = torch.float32, progress: bool = True) -> dict:
     """Train ``members`` (indices into the ensemble) together; returns per-member stats.
@@ -107,122 +392,44 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, cfg: dict, exp_d
     published; float64 lets tests check equivalences to rounding that no CPU's kernels can move.
     ``progress=False`` hides the progress bar (callers that train many small probes show their own).
     """
-    M, B, N = len(members), cfg["batch_size"], len(pixels.labels)
-    n_batches = min(N, epoch_size or N) // B
-    if n_batches == 0:
-        raise ValueError(f"only {N} labelled training pixels, fewer than one batch of {B}")
-    seed, K, regularizer = cfg["seed"], cfg["number_class"], cfg["regularizer"]
-    gens = [member_generator(seed, m) for m in members]
-    ens = PixelEnsemble(M, store.dim, K, generators=gens, dropout=cfg["dropout"],
-                        dropout_position=cfg["dropout_position"]).to(device, dtype)
-    nets = [ens]
-    params = list(ens.parameters())
-    etf = None
-    if regularizer != "none":
-        etf = load_or_create_etf(exp_dir, ens.feature_dim, K, seed).to(device, dtype)
-    if regularizer == "etf_decoupled":
-        # The published regularizer: its own trunk (the classifier minus its last Linear) and its own
-        # init stream, so the classifier trains exactly as it would with etf_beta = 0.
-        trunk = PixelEnsemble(M, store.dim, K, generators=[member_generator(seed, m, "trunk") for m in members],
-                              dropout=cfg["dropout"], dropout_position=cfg["dropout_position"]).to(device, dtype)
-        nets.append(trunk)
-        params += [p for n, p in trunk.named_parameters() if not n.endswith(".2")]
-    for net, part in zip(nets, ("member_dropout", "trunk_dropout")):
-        if net.dropout:
-            net.dropout_generators = [member_generator(seed, m, part, device) for m in members]
-    opt = make_optimizer(params, cfg)
-    step = 0  # iterations taken; epoch, batch = divmod(step, n_batches)
-    best = [float("inf")] * M
-    patience_count = [0] * M
-    active = [True] * M
-    stats = {m: {} for m in members}
-    epoch_gen_states = [g.get_state() for g in gens]
-
+    s, M, N = settings, len(members), len(pixels.labels)
+    n_batches = batches_per_epoch(N, s.batch_size, epoch_size)
+    nets = MemberNets.build(store.dim, s, members, exp_dir, device, dtype)
+    state = TrainingState(members, N, nets, BatchSource(nets.generators, N, s.batch_size, n_batches),
+                          EarlyStopping(M, s.early_stop_after_epoch, s.early_stop_patience))
     state_path = os.path.join(exp_dir, STATE_FILE)
-    if os.path.exists(state_path):
-        st = load_plain(state_path, "a training snapshot")
-        if st["members"] == members and st["num_pixels"] == N:
-            for net, sd in zip(nets, st["nets"]):
-                net.load_state_dict(sd)
-            opt.load_state_dict(st["optimizer"])
-            step, best, patience_count, active = st["step"], st["best"], st["count"], st["active"]
-            epoch_gen_states, stats = st["gen_states"], st["stats"]
-            for g, s in zip(gens, epoch_gen_states):
-                g.set_state(s)
-            for net, states in zip(nets, st["dropout_states"]):
-                for g, s in zip(net.dropout_generators or [], states):
-                    g.set_state(s)
-            log(f"resumed training of members {members} at iteration {step}")
-        else:
-            log(f"ignoring {STATE_FILE}: it belongs to another training set or member list")
-    perms = [torch.randperm(N, generator=g) for g in gens]
-    rows = training_features(store, pixels, cfg["feature_matrix"], log)
+    state.resume(state_path, log)
+    rows = training_features(store, pixels, s.feature_matrix, log)
 
-    def finish(j: int, reason: str) -> None:
-        active[j] = False
-        m = members[j]
-        stats[m] = {"epochs": -(-step // n_batches), "iterations": step, "stopped": reason,
-                    "best_batch_loss": best[j]}
-        torch_save_atomic({"model_state_dict": {f"module.{k}": v.cpu() for k, v in ens.member_state_dict(j).items()},
-                           "dim": store.dim, "number_class": cfg["number_class"], "stats": stats[m]},
-                          model_path(exp_dir, m))
+    def stop(j: int, reason: str) -> None:
+        state.finish(j, reason, n_batches)
+        save_member(exp_dir, state, j, store.dim, s.number_class)
 
-    for net in nets:
+    for net in nets.modules:
         net.train()
-    desc = f"members {members[0]}-{members[-1]}"
-    bar = tqdm(desc=desc, initial=step, unit="batch", dynamic_ncols=True, mininterval=2.0,
-               disable=not progress)
-    while any(active):
-        epoch, pos = divmod(step, n_batches)
-        if pos == 0 and step > 0:  # a new epoch: every member reshuffles with its own stream
-            epoch_gen_states = [g.get_state() for g in gens]
-            perms = [torch.randperm(N, generator=g) for g in gens]
-        idx = torch.stack([p[pos * B:(pos + 1) * B] for p in perms])  # [M, B]
-        x = rows(idx.reshape(-1)).reshape(M, B, store.dim).to(device, dtype, non_blocking=True)
-        y = pixels.labels[idx].to(device)
-        logits, features = ens(x, with_features=True)
-        if regularizer == "etf_decoupled":
-            features = nets[1](x, with_features=True)[1]
-        losses, total = member_losses(logits, features, y, etf, cfg)
-        bad = [j for j in nonfinite_members(total) if active[j]]  # finished members are saved already
-        if bad:  # stop before the step: no weights, snapshot or member file ever holds NaN
-            raise NumericalError(
-                f"ensemble training: the loss of member(s) {[members[j] for j in bad]} is "
-                f"{total[bad[0]].item()} at iteration {step + 1} (epoch {epoch}); members finished before are "
-                f"kept. Lower learning_rate (now {cfg['learning_rate']}) or check the training features")
-        opt.zero_grad(set_to_none=True)
-        total.sum().backward()
-        opt.step()
-        step += 1
-        if epoch > cfg["early_stop_after_epoch"]:
-            for j, loss in enumerate(losses.tolist()):
-                if not active[j]:
-                    continue
-                if loss < best[j]:
-                    best[j], patience_count[j] = loss, 0
-                else:
-                    patience_count[j] += 1
-                if patience_count[j] > cfg["early_stop_patience"]:
-                    finish(j, "early_stop")
-        # ">=": a run resumed from a snapshot taken with a larger budget still stops.
-        for limit, reason in ((cfg["max_epochs"] * n_batches, "max_epochs"), (max_steps, "max_steps")):
-            if limit is not None and step >= limit:
-                for j in range(M):
-                    if active[j]:
-                        finish(j, reason)
-        if step % SAVE_EVERY == 0 and any(active):
-            torch_save_atomic({"members": members, "num_pixels": N, "nets": [n.state_dict() for n in nets],
-                               "optimizer": opt.state_dict(), "step": step, "best": best,
-                               "count": patience_count, "active": active, "gen_states": epoch_gen_states,
-                               "dropout_states": [[g.get_state() for g in n.dropout_generators or []]
-                                                  for n in nets],
-                               "stats": stats}, state_path)
+    bar = progress_bar(members, state.step, progress)
+    while any(state.active):
+        epoch = state.step // n_batches
+        idx = state.batches.indices(state.step)  # [M, B]
+        x = rows(idx.reshape(-1)).reshape(M, s.batch_size, store.dim).to(device, dtype, non_blocking=True)
+        losses, total = nets.losses(x, pixels.labels[idx].to(device), s)
+        refuse_nonfinite(total, state, epoch, s.learning_rate)
+        nets.update(total)
+        state.step += 1
+        for j in state.stopping.update(epoch, losses.tolist(), state.active):
+            stop(j, "early_stop")
+        cap = budget_spent(state.step, s.max_epochs * n_batches, max_steps)
+        for j in range(M) if cap else ():
+            if state.active[j]:
+                stop(j, cap)
+        if state.step % SAVE_EVERY == 0 and any(state.active):
+            torch_save_atomic(state.snapshot(), state_path)
         bar.update(1)
-        bar.set_postfix(epoch=epoch, active=sum(active), loss=f"{losses.mean().item():.3f}", refresh=False)
+        bar.set_postfix(epoch=epoch, active=sum(state.active), loss=f"{losses.mean().item():.3f}", refresh=False)
     bar.close()
     if os.path.exists(state_path):
         os.remove(state_path)
-    return stats
+    return state.stats
 
 
 def per_member_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -232,13 +439,13 @@ def per_member_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def member_losses(logits: torch.Tensor, features: torch.Tensor, y: torch.Tensor, etf: torch.Tensor | None,
-                  cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+                  etf_alpha: float, etf_beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(the classifier's cross-entropy [M]: what early stopping watches, the loss minimised [M]):
     with an ETF frame, ``etf_alpha * CE(logits) + etf_beta * CE(features @ etf)``."""
     losses = per_member_ce(logits, y)
     if etf is None:
         return losses, losses
-    return losses, cfg["etf_alpha"] * losses + cfg["etf_beta"] * per_member_ce(features @ etf, y)
+    return losses, etf_alpha * losses + etf_beta * per_member_ce(features @ etf, y)
 
 
 def load_ensemble(exp_dir: str, num_members: int, dim: int, num_classes: int, device: str = "cpu") -> PixelEnsemble:
