@@ -91,8 +91,10 @@ def decide(variants_out: str, selection_out: str, seeds: list[int]) -> tuple[dic
 
 def sentence(out: str, variants_out: str, seeds: list[int], verdicts: list[dict], strategy: dict | None) -> str:
     helped = [v["change"] for v in verdicts if v["helps"]] or ["nothing (best.json is ddpm.json)"]
-    lines = [f"`experiments/<dataset>/best.json` takes {', '.join(helped)}; judged by `scripts/best_recipe.py` "
-             f"(a change helps if its mean gain exceeds the seed std):", ""]
+    judged = any("gain" in v for v in verdicts)
+    lines = ["#### Best recipe", "", f"`experiments/<dataset>/best.json` "
+             f"{'takes ' + ', '.join(helped) if judged else 'is not decided yet (no change has runs of 2 seeds)'}; "
+             f"judged by `scripts/best_recipe.py` (a change helps if its mean gain exceeds the seed std):", ""]
     lines += [f"- {v['change']}: {v['why']}{' (helps)' if v['helps'] else ''}" for v in verdicts]
     best = [100 * m["miou"] for s in seeds if (m := variants.load(out, s, "")) is not None]
     original = list(variant_mious(variants_out, seeds, *ORIGINAL).values())
@@ -131,11 +133,19 @@ def main(argv=None) -> int:
     recipe, verdicts = decide(args.variants, args.selection, args.seeds)
     from ddpmseg.atomic import write_json_atomic
 
+    best = {"base": "ddpm.json", "exp_dir": f"pixel_classifiers/{args.dataset}/best", **recipe}
     if not args.table_only:
-        write_json_atomic(best_path, {"base": "ddpm.json", "exp_dir": f"pixel_classifiers/{args.dataset}/best",
-                                      **recipe})
+        write_json_atomic(best_path, best)
         print(f"wrote {os.path.relpath(best_path, REPO)}: {json.dumps(recipe)}")
     if not (args.table_only or args.decide_only):
+        # The runs of <out> belong to one recipe: more seeds in the studies may change the decision.
+        trained_with = os.path.join(REPO, args.out, "recipe.json")
+        if os.path.isfile(trained_with):
+            with open(trained_with) as f:
+                if json.load(f) != best:
+                    sys.exit(f"error: the runs in {args.out} were trained with another best.json ({trained_with}); "
+                             f"choose another --out")
+        write_json_atomic(trained_with, best)
         for seed in args.seeds:
             folder = os.path.join(args.out, f"seed{seed}")
             if variants.metrics_path(os.path.join(REPO, folder)) is None:
