@@ -32,11 +32,12 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 
 from line_plot import line_plot, save_png
-from readme_block import replace_block, write_block
+from ddpmseg.atomic import write_json_atomic
+from readme_block import publish
+from variants import run, set_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRATEGIES = ("uncertainty", "disagreement", "random")  # suggest.py's --strategy choices
@@ -98,11 +99,6 @@ def link_folder(folder: str, stems: list[str], images: dict[str, str]) -> None:
     os.replace(tmp, folder)
 
 
-def run(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO)
-
-
 def metrics_path(round_dir: str) -> str | None:
     """metrics.json of a round's run: the trainer writes it in run/<steps>_<blocks>/."""
     found = glob.glob(os.path.join(round_dir, "run", "*", "metrics.json"))
@@ -132,9 +128,6 @@ class Study:
         if saved is not None and saved != recorded:
             sys.exit(f"error: {out} was made with another pool/evaluation split or settings (split.json); "
                      f"choose another --out")
-        from ddpmseg.atomic import write_json_atomic
-
-        self.write_json = write_json_atomic
         if saved is None:
             write_json_atomic(os.path.join(self.out, "split.json"), recorded)
         self.eval_dir = os.path.join(self.out, "evaluation")
@@ -146,7 +139,7 @@ class Study:
         sets = {"training_number": len(labelled), "testing_number": len(self.data["evaluation"]), **self.sets}
         run([sys.executable, "train_interpreter.py", "--exp", self.config_path, "--exp_dir", os.path.join(folder, "run"),
              "--seed", str(seed), "--training_path", os.path.join(folder, "labelled"), "--testing_path", self.eval_dir,
-             *[a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]])
+             *set_args(sets)])
 
     def start(self, seed: int, size: int) -> dict:
         """Round 0: a seeded random draw of ``size`` pool images, trained once for every strategy."""
@@ -158,7 +151,7 @@ class Study:
             labelled = sorted(random.Random(seed).sample(sorted(self.data["pool"]), size))
             state = {"round": 0, "strategy": None, "added": labelled, "labelled": labelled,
                      "pool": sorted(set(self.data["pool"]) - set(labelled))}
-            self.write_json(os.path.join(folder, "labelled.json"), state)
+            write_json_atomic(os.path.join(folder, "labelled.json"), state)
         self.materialise(folder, seed, state)
         return state
 
@@ -180,7 +173,7 @@ class Study:
             labelled = sorted(previous["labelled"] + added)
             state = {"round": r, "strategy": strategy, "added": added, "labelled": labelled,
                      "pool": sorted(set(previous["pool"]) - set(added))}
-            self.write_json(os.path.join(folder, "labelled.json"), state)
+            write_json_atomic(os.path.join(folder, "labelled.json"), state)
         self.materialise(folder, seed, state)
         return state
 
@@ -309,18 +302,13 @@ def main(argv=None) -> int:
         run_all(study, args.seeds, args.strategies, start, rounds, add)
     found = results(out, args.seeds, args.strategies, rounds)
     decision = verdict(found)
-    from ddpmseg.atomic import write_json_atomic
-
     write_json_atomic(os.path.join(out, "best_strategy.json"), decision)
     plot(found, os.path.join(REPO, args.plot))
     command = (f"python scripts/active_learning.py --dataset {args.dataset} --out {args.out} --seeds "
                f"{' '.join(map(str, args.seeds))} --strategies {' '.join(args.strategies)} --start {start} "
                f"--rounds {rounds} --add {add}" + (" --quick" if args.quick else ""))
     text = table(found, command, decision, args.plot)
-    print(text)
-    write_block("active_learning", text, os.path.join(REPO, args.table))
-    if not args.no_readme:
-        replace_block("active_learning", text, os.path.join(REPO, "README.md"))
+    publish("active_learning", text, os.path.join(REPO, args.table), readme=not args.no_readme)
     print(decision["text"])
     return 0
 

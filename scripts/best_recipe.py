@@ -17,11 +17,11 @@ import glob
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 import variants
-from readme_block import replace_block, write_block
+from ddpmseg.atomic import write_json_atomic
+from readme_block import publish
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ETF = {"regularizer": "etf", "etf_alpha": 1.0, "etf_beta": 0.4}  # etf.json's own keys over ddpm.json
@@ -131,8 +131,6 @@ def main(argv=None) -> int:
     if not os.path.isfile(os.path.join(REPO, "experiments", args.dataset, "ddpm.json")):
         p.error(f"experiments/{args.dataset}/ddpm.json does not exist")
     recipe, verdicts = decide(args.variants, args.selection, args.seeds)
-    from ddpmseg.atomic import write_json_atomic
-
     best = {"base": "ddpm.json", "exp_dir": f"pixel_classifiers/{args.dataset}/best", **recipe}
     if not args.table_only:
         write_json_atomic(best_path, best)
@@ -149,18 +147,13 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             folder = os.path.join(args.out, f"seed{seed}")
             if variants.metrics_path(os.path.join(REPO, folder)) is None:
-                cmd = [sys.executable, "train_interpreter.py", "--exp", os.path.relpath(best_path, REPO),
-                       "--exp_dir", folder, "--seed", str(seed)]
-                print("+", " ".join(cmd), flush=True)
-                subprocess.run(cmd, check=True, cwd=REPO)
+                variants.run([sys.executable, "train_interpreter.py", "--exp", os.path.relpath(best_path, REPO),
+                              "--exp_dir", folder, "--seed", str(seed)])
     strategy_path = os.path.join(REPO, args.active_learning, "best_strategy.json")
     strategy = json.load(open(strategy_path)) if os.path.isfile(strategy_path) else None
     # variants.load(<out>, seed, "") reads <out>/seed<S>/(*/)metrics.json: the best recipe's runs.
     text = sentence(args.out, args.variants, args.seeds, verdicts, strategy)
-    print(text)
-    write_block("best_recipe", text, os.path.join(REPO, args.table))
-    if not args.no_readme:
-        replace_block("best_recipe", text, os.path.join(REPO, "README.md"))
+    publish("best_recipe", text, os.path.join(REPO, args.table), readme=not args.no_readme)
     return 0
 
 

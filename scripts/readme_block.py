@@ -42,3 +42,11 @@ def write_block(name: str, text: str, path: str) -> None:
         return
     separator = "\n" if old and not old.endswith("\n\n") else ""
     write_text_atomic(path, old + separator + begin + "\n" + text + end + "\n")
+
+
+def publish(name: str, text: str, results: str, readme: bool = True) -> None:
+    """Print a generated block and write it into ``results`` (docs/RESULTS.md) and, if ``readme``, README.md."""
+    print(text)
+    write_block(name, text, results)
+    if readme:
+        replace_block(name, text)

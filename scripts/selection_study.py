@@ -20,11 +20,11 @@ import glob
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 from from_scratch import checkpoints
-from readme_block import replace_block, write_block
+from readme_block import publish
+from variants import run, set_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNETS = ("reference", "trained", "untrained")
@@ -54,15 +54,6 @@ def trained_checkpoint(ddpm: str) -> str:
         sys.exit(f"error: {ddpm} holds only its initialisation {os.path.basename(found['untrained'])}; "
                  f"train it further, or leave 'trained' out of --unets")
     return os.path.relpath(found["trained"], REPO)
-
-
-def set_args(overrides: dict) -> list[str]:
-    return [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
-
-
-def run(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO)
 
 
 def read_json(path: str | None) -> dict | None:
@@ -166,10 +157,7 @@ def main(argv=None) -> int:
                f"--out {args.out} --seeds {' '.join(map(str, args.seeds))} --unets {' '.join(args.unets)}"
                + (" --quick" if args.quick else ""))
     text = table(rows(out, args.seeds, args.unets), command)
-    print(text)
-    write_block("selection", text, os.path.join(REPO, args.table))
-    if not args.no_readme:
-        replace_block("selection", text, os.path.join(REPO, "README.md"))
+    publish("selection", text, os.path.join(REPO, args.table), readme=not args.no_readme)
     return 0
 
 
