@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from readme_block import replace_block
+from readme_block import replace_block, write_block
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TTA_VIEWS = ["hflip", "color_jitter", "grayscale", "color_jitter_hflip"]
@@ -161,7 +161,7 @@ def row_miou(m: dict, voting: str) -> float:
 
 
 def table(dataset: str, out: str, seeds: list[int], note: str = "") -> str:
-    """The markdown of docs/RESULTS.md, from the metrics.json files under ``out``."""
+    """The variants block of docs/RESULTS.md, from the metrics.json files under ``out``."""
     lines = [
         "# Results: method variants",
         "",
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="celebamask64", help="a folder of experiments/ with ddpm.json and etf.json")
     p.add_argument("--out", default="runs/variants", help="where the runs go (relative to the repository root)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--table", default="docs/RESULTS.md", help="the markdown file to write")
+    p.add_argument("--table", default="docs/RESULTS.md", help="the markdown file whose variants block to write")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from existing runs")
     p.add_argument("--no_readme", action="store_true", help="do not write the README's DDPS sentence")
     p.add_argument("--note", default="", help="how the runs were made (e.g. several at a time), for the table")
@@ -232,10 +232,9 @@ def main(argv=None) -> int:
         p.error(f"experiments/{args.dataset}/etf.json does not exist")
     if not args.table_only:
         run_all(args.dataset, args.out, args.seeds)
-    from ddpmseg.atomic import write_text_atomic
-
-    write_text_atomic(os.path.join(REPO, args.table), table(args.dataset, args.out, args.seeds, args.note))
-    print(f"wrote {args.table}")
+    # Only this script's block: scripts/active_learning.py and scripts/selection_study.py write theirs.
+    write_block("variants", table(args.dataset, args.out, args.seeds, args.note), os.path.join(REPO, args.table))
+    print(f"wrote the variants block of {args.table}")
     if args.dataset == "celebamask64" and not args.no_readme:
         replace_block("ddps", refinement_summary(args.out, args.seeds), path=os.path.join(REPO, "README.md"))
     return 0

@@ -1,0 +1,105 @@
+"""scripts/selection_study.py: selection from the training images only, the runs each protocol trains, resume,
+and the table's numbers."""
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CELEBAMASK64, FACES_CKPT, REPO, require
+
+sys.path.insert(0, str(REPO / "scripts"))  # the scripts import their neighbours, as when run
+spec = importlib.util.spec_from_file_location("selection_study", REPO / "scripts" / "selection_study.py")
+ss = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ss)
+UNETS = ["reference", "untrained"]
+SEEDS = ["0", "1"]
+
+
+def run_script(tmp):
+    cmd = [sys.executable, "scripts/selection_study.py", "--out", str(tmp / "sel"), "--seeds", *SEEDS, "--unets",
+           *UNETS, "--quick", "--table", str(tmp / "RESULTS.md"), "--no_readme"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    require(CELEBAMASK64), require(FACES_CKPT)
+    tmp = tmp_path_factory.mktemp("sel")
+    return tmp, run_script(tmp)
+
+
+def run_config(tmp, unet, protocol, seed):
+    folder = tmp / "sel" / unet / protocol / f"seed{seed}"
+    (sub,) = [p for p in folder.iterdir() if (p / "metrics.json").exists()]
+    return json.loads((sub / "config.json").read_text()), json.loads((sub / "metrics.json").read_text())
+
+
+def test_selection_reads_training_images_and_each_protocol_trains_its_own(study):
+    tmp, _ = study
+    train = sorted(p.name for p in (CELEBAMASK64 / "real" / "train").glob("*.png"))
+    for unet in UNETS:
+        report = json.loads((tmp / "sel" / unet / "selection" / "selection.json").read_text())
+        assert report["training_images"] == train[:ss.QUICK_SETS["training_number"]]  # never a test image
+        assert report["grid"] == {"steps": [50, 250], "blocks": [5, 6]}
+        selected = json.loads((tmp / "sel" / unet / "selection" / "selected.json").read_text())
+        for seed in SEEDS:
+            hand, _ = run_config(tmp, unet, "hand", seed)
+            chosen, _ = run_config(tmp, unet, "selected", seed)
+            assert (hand["steps"], hand["blocks"]) == ([50, 150, 250], [4, 5, 6, 7, 8])
+            assert (chosen["steps"], chosen["blocks"], chosen["dim"]) == (
+                report["selected"]["steps"], report["selected"]["blocks"], selected["dim"])
+            for cfg in (hand, chosen):
+                assert cfg["seed"] == int(seed) and cfg["model_num"] == 2
+                assert (cfg["random_weights"], cfg["model_path"]) == (
+                    (True, "") if unet == "untrained" else (False, "../shared/checkpoints/faces64_ema.pt"))
+
+
+def test_table_numbers_are_the_runs_mean_and_std(study):
+    tmp, printed = study
+    text = (tmp / "RESULTS.md").read_text()
+    body = text.removeprefix("<!-- selection:begin -->\n").removesuffix("<!-- selection:end -->\n")
+    assert body.startswith("#### Steps and blocks") and body in printed  # the printed table is the block
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    for unet in UNETS:
+        hand = [100 * run_config(tmp, unet, "hand", s)[1]["miou"] for s in SEEDS]
+        chosen = [100 * run_config(tmp, unet, "selected", s)[1]["miou"] for s in SEEDS]
+        diff = [c - h for c, h in zip(chosen, hand)]
+        row = rows[ss.WHAT[unet]]
+        assert row[1:4] == [f"{statistics.mean(hand):.2f} ± {statistics.stdev(hand):.2f}",
+                            f"{statistics.mean(chosen):.2f} ± {statistics.stdev(chosen):.2f}",
+                            f"{statistics.mean(diff):+.2f} ± {statistics.stdev(diff):.2f}"]
+        report = json.loads((tmp / "sel" / unet / "selection" / "selection.json").read_text())["selected"]
+        assert row[4] == f"{report['steps']} × {report['blocks']}"
+        assert row[5].startswith(f"{100 * report['miou']:.2f} ± {100 * report['miou_std']:.2f}")
+        assert row[6] == "2 |"
+
+
+def test_a_rerun_skips_every_finished_step(study):
+    tmp, _ = study
+    finished = sorted(str(p) for p in (tmp / "sel").rglob("*") if p.name in ("metrics.json", "selected.json"))
+    assert len(finished) == len(UNETS) * (1 + 2 * len(SEEDS))
+    mtimes = [os.stat(p).st_mtime_ns for p in finished]
+    assert "+ " not in run_script(tmp)  # nothing was started
+    assert [os.stat(p).st_mtime_ns for p in finished] == mtimes
+
+
+def test_trained_unet_is_the_latest_checkpoint_of_the_ddpm_folder(tmp_path):
+    for step in (0, 40, 120):
+        (tmp_path / f"model{step:06d}.pt").write_bytes(b"")
+    assert ss.unet_sets("trained", str(tmp_path)) == {"model_path": os.path.relpath(tmp_path / "model000120.pt", REPO)}
+    assert ss.unet_sets("untrained", None) == {"random_weights": True, "model_path": ""}
+    (tmp_path / "model000040.pt").unlink(), (tmp_path / "model000120.pt").unlink()
+    with pytest.raises(SystemExit, match="holds only its initialisation model000000.pt"):
+        ss.unet_sets("trained", str(tmp_path))
+
+
+def test_trained_unet_needs_a_ddpm_folder():
+    r = subprocess.run([sys.executable, "scripts/selection_study.py", "--unets", "trained"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "needs --ddpm" in r.stderr.strip().splitlines()[-1]
