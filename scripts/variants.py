@@ -115,8 +115,8 @@ def run_all(dataset: str, out: str, seeds: list[int]) -> None:
                 continue
             trained = os.path.dirname(metrics_path(run_dir(out, seed, source)))
             run([sys.executable, "evaluate.py", "--run", trained, "--out", folder, *set_args(overrides)])
-    for seed in seeds:
-        for name in LAST:
+    for name in LAST:  # a row at a time, so a stopped run leaves whole rows behind
+        for seed in seeds:
             run_trained(dataset, out, seed, name)
 
 
