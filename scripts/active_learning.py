@@ -29,13 +29,15 @@ import csv
 import glob
 import json
 import os
-import random
 import shutil
 import statistics
 import sys
 
+import torch
+
 from line_plot import line_plot, save_png
 from ddpmseg.atomic import write_json_atomic
+from ddpmseg.seeding import stream_generator
 from readme_block import publish
 from variants import run, set_args
 
@@ -49,6 +51,12 @@ START, ROUNDS, ADD = 8, 3, 4
 QUICK = {"train_images": 4, "pool_test": 4, "eval_images": 2, "start": 2, "rounds": 2, "add": 1,
          "sets": {"model_num": 2, "max_epochs": 1}}
 IMAGE_EXT, LABEL_EXT = ".png", ".npy"  # the format the config's dataset folders have (stem.png + stem.npy)
+
+
+def start_images(pool: list[str], size: int, seed: int) -> list[str]:
+    """The ``size`` pool stems every strategy of ``seed`` starts from (sorted)."""
+    order = torch.randperm(len(pool), generator=stream_generator("active_learning_start", seed)).tolist()
+    return sorted(sorted(pool)[i] for i in order[:size])
 
 
 def read_json(path: str) -> dict | None:
@@ -146,9 +154,8 @@ class Study:
         folder = round_dir(self.out, seed, "", 0)
         state = read_json(os.path.join(folder, "labelled.json"))
         if state is None:
-            # Python's own generator on the sorted stems, seeded by the seed alone: a draw that does not
-            # depend on torch, and the same for every strategy.
-            labelled = sorted(random.Random(seed).sample(sorted(self.data["pool"]), size))
+            # A stream of the seeding table over the sorted stems: the same start for every strategy.
+            labelled = start_images(self.data["pool"], size, seed)
             state = {"round": 0, "strategy": None, "added": labelled, "labelled": labelled,
                      "pool": sorted(set(self.data["pool"]) - set(labelled))}
             write_json_atomic(os.path.join(folder, "labelled.json"), state)

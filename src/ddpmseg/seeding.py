@@ -41,6 +41,7 @@ STREAMS: dict[str, Stream] = {
     "refiner_training": Stream(1_000_120, (), "the DDPS refiner's weights, batches, noise and flips"),
     "refine_noise": Stream(1_000_121, ("image",), "the refiner's re-noising of test image i"),
     "suggest_order": Stream(1_000_130, (), "the random control's order in suggest.py"),
+    "active_learning_start": Stream(1_000_131, (), "the first labelled images of scripts/active_learning.py"),
     "unet_init": Stream(1_000_140, (), "random U-Net weights (the untrained control)"),
     "backbone_init": Stream(1_000_141, (), "random MAE/SwAV weights (the untrained controls)"),
     # DDPM training (train_ddpm.py) and sampling (sample.py, generate_dataset.py)
