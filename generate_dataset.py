@@ -16,8 +16,10 @@ import sys
 from ddpmseg.cli import add_dataclass_args, dataclass_from_args, run_cli
 from ddpmseg.config import load_config
 from ddpmseg.distributed import init_world
-from ddpmseg.generate import SampleOptions, generate_labelled_set
-from ddpmseg.interpreter import RunLog, experiment_dir
+from ddpmseg.generate import SampleOptions
+from ddpmseg.labelling import generate_labelled_set
+from ddpmseg.runfiles import experiment_dir
+from ddpmseg.runlog import RunLog
 
 # The original's SAMPLE_FLAGS (scripts/datasetDDPM/generate_dataset.sh): 1000 ancestral steps.
 DEFAULTS = {"num_samples": 10000, "batch_size": 100}

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from guided_diffusion.checkpoint import load_model_and_diffusion, sidecar_flags
-from guided_diffusion.script_util import model_and_diffusion_defaults
+from guided_diffusion.script_util import merged_flags
 from ddpmseg.cli import (add_dataclass_args, add_model_flag_args, dataclass_from_args, passed_model_flags,
                          read_flags_file, run_cli)
 from ddpmseg.distributed import init_world
@@ -40,10 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def resolve_flags(args: argparse.Namespace) -> dict:
-    flags = {**model_and_diffusion_defaults(), **sidecar_flags(args.model_path)}
-    if args.model_flags:
-        flags.update(read_flags_file(args.model_flags))
-    return {**flags, **passed_model_flags(args)}
+    from_file = read_flags_file(args.model_flags) if args.model_flags else None
+    return merged_flags(sidecar_flags(args.model_path), from_file, passed_model_flags(args))
 
 
 def draw(args: argparse.Namespace) -> None:

@@ -18,7 +18,8 @@ import time
 from ddpmseg.cli import add_dataclass_args, dataclass_from_args, run_cli
 from ddpmseg.config import ConfigError, load_config, parse_override
 from ddpmseg.feature_selection import ProbeSettings, Selection
-from ddpmseg.interpreter import resolve_device, resolve_model_flags
+from ddpmseg.device import resolve_device
+from ddpmseg.model_flags import resolve_model_flags
 
 
 def parse_args(argv=None):

@@ -27,7 +27,7 @@ sys.path[:0] = [HERE, os.path.join(HERE, "..", "src"), os.path.join(HERE, "..")]
 
 from workloads import LSUN_FLAGS, train_config  # noqa: E402
 from ddpmseg.features import FeatureExtractorDDPM  # noqa: E402
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults  # noqa: E402
+from guided_diffusion.script_util import create_model_and_diffusion, merged_flags  # noqa: E402
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -36,8 +36,7 @@ def build_unet(flags: dict, device: str, seed: int = 0):
     """A U-Net of ``flags`` with its (random) initial weights drawn from ``seed``, eval mode."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, diffusion = create_model_and_diffusion(**{**model_and_diffusion_defaults(), **flags,
-                                                         "use_fp16": False})
+        model, diffusion = create_model_and_diffusion(**merged_flags(flags, {"use_fp16": False}))
     return model.to(device).eval(), diffusion
 
 

@@ -28,7 +28,10 @@ REPO = os.path.join(HERE, "..")
 sys.path[:0] = [os.path.join(REPO, "src"), REPO]
 
 from ddpmseg.config import load_config  # noqa: E402
-from ddpmseg.interpreter import RunLog, experiment_dir, load_trained_run, resolve_model_flags, run_interpreter  # noqa: E402,E501
+from ddpmseg.interpreter import load_trained_run, run_interpreter  # noqa: E402
+from ddpmseg.model_flags import resolve_model_flags  # noqa: E402
+from ddpmseg.runfiles import experiment_dir  # noqa: E402
+from ddpmseg.runlog import RunLog  # noqa: E402
 from ddpmseg.segment_folder import segment_images  # noqa: E402
 from ddpmseg.segmenter import Segmenter  # noqa: E402
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from .script_util import create_model_and_diffusion, merged_flags
 
 SHOW = 5  # how many keys of each kind a mismatch message lists
 
@@ -133,7 +133,7 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
         if items:
             more = f" (+{len(items) - SHOW} more)" if len(items) > SHOW else ""
             lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:SHOW]) + more)
-    given = {**model_and_diffusion_defaults(), **(flags or {})}
+    given = merged_flags(flags)
     inferred = infer_flags(state_dict, image_size=given.get("image_size"))
     wrong = [f"--{k} {v} (you gave {given[k]})" for k, v in inferred.items()
              if k in given and _norm(k, given[k], given.get("image_size")) != _norm(k, v, given.get("image_size"))]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Iterable
+from typing import Any, Mapping
 
 from . import gaussian_diffusion as gd
 from .respace import SpacedDiffusion, space_timesteps
@@ -47,13 +47,27 @@ def model_and_diffusion_defaults() -> dict[str, Any]:
     )
 
 
+def merged_flags(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``model_and_diffusion_defaults()`` updated by each of ``layers`` in turn (a later layer
+    wins; None is no layer): the one way flags from several places become a full set."""
+    flags = model_and_diffusion_defaults()
+    for layer in layers:
+        flags.update(layer or {})
+    return flags
+
+
+def unknown_flags(flags: Mapping[str, Any]) -> list[str]:
+    """The names in ``flags`` that are no flag of ``create_model_and_diffusion``, sorted."""
+    return sorted(set(flags) - set(model_and_diffusion_defaults()))
+
+
 def create_model_and_diffusion(**flags: Any) -> tuple[UNetModel, SpacedDiffusion]:
     """Build the U-Net and its diffusion from flags; unknown flags are an error."""
-    defaults = model_and_diffusion_defaults()
-    unknown = sorted(set(flags) - set(defaults))
+    unknown = unknown_flags(flags)
     if unknown:
-        raise TypeError(f"unknown model/diffusion flag(s): {', '.join(unknown)}; known: {', '.join(defaults)}")
-    f = {**defaults, **flags}
+        raise TypeError(f"unknown model/diffusion flag(s): {', '.join(unknown)}; "
+                        f"known: {', '.join(model_and_diffusion_defaults())}")
+    f = merged_flags(flags)
     model = create_model(
         f["image_size"], f["num_channels"], f["num_res_blocks"],
         channel_mult=f["channel_mult"], learn_sigma=f["learn_sigma"], class_cond=f["class_cond"],
@@ -175,13 +189,3 @@ def str2bool(v: Any) -> bool:
         return False
     raise argparse.ArgumentTypeError(f"boolean value expected (true/false, yes/no, 1/0), got {v!r}")
 
-
-def add_dict_to_argparser(parser: argparse.ArgumentParser, default_dict: dict[str, Any]) -> None:
-    """Add one ``--key`` option per entry, typed from its default (None defaults parse as str)."""
-    for k, v in default_dict.items():
-        v_type = str if v is None else (str2bool if isinstance(v, bool) else type(v))
-        parser.add_argument(f"--{k}", default=v, type=v_type)
-
-
-def args_to_dict(args: argparse.Namespace, keys: Iterable[str]) -> dict[str, Any]:
-    return {k: getattr(args, k) for k in keys}

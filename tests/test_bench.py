@@ -61,10 +61,10 @@ def test_lsun_flags_build_the_released_checkpoint_layout():
     sys.path.insert(0, str(REPO / "bench"))
     from workloads import LSUN_FLAGS
     from conftest import manifest
-    from guided_diffusion.script_util import model_and_diffusion_defaults
+    from guided_diffusion.script_util import merged_flags
 
     m = manifest("lsun_256")
-    flags = {**model_and_diffusion_defaults(), **LSUN_FLAGS}
+    flags = merged_flags(LSUN_FLAGS)
     assert {k: flags[k] for k in m["flags"]} == m["flags"]
 
 

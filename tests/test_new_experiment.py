@@ -65,11 +65,11 @@ def test_read_classes_and_palette(tmp_path):
 
 def test_closest_published_config_matches_resolution_then_architecture():
     flags64 = json.loads((require(CELEBAMASK64).parents[1] / "checkpoints" / "faces64_ema.json").read_text())["flags"]
-    from guided_diffusion.script_util import model_and_diffusion_defaults
-    name, steps, blocks = closest_published(64, {**model_and_diffusion_defaults(), **flags64})
+    from guided_diffusion.script_util import merged_flags
+    name, steps, blocks = closest_published(64, merged_flags(flags64))
     assert name == "experiments/celebamask64/ddpm.json" and blocks == [4, 5, 6, 7, 8] and steps == [50, 150, 250]
     # the 256 px configs give no model_flags: their U-Net is the guided-diffusion default at 256 px
-    name, _, blocks = closest_published(256, {**model_and_diffusion_defaults(), "image_size": 256})
+    name, _, blocks = closest_published(256, merged_flags({"image_size": 256}))
     assert blocks == [5, 6, 7, 8, 12] and json.load(open(name))["dim"][0] == 256
 
 

@@ -134,7 +134,7 @@ def test_selection_json_scores_heatmap_and_selected_config(selection, tiny64_che
         "model_path": str(tiny64_checkpoint), "training_number": TRAINING_NUMBER,
         "exp_dir": str(selection["tmp"] / "exp")}
     from ddpmseg.features import FeatureExtractorDDPM
-    from ddpmseg.interpreter import resolve_model_flags
+    from ddpmseg.model_flags import resolve_model_flags
     from guided_diffusion.checkpoint import load_model_and_diffusion
     model, diffusion = load_model_and_diffusion(str(tiny64_checkpoint), resolve_model_flags(selected))
     acts = FeatureExtractorDDPM(steps=selected["steps"], blocks=selected["blocks"], model=model,

@@ -16,6 +16,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from .config import TTA_VIEWS
 from .seeding import stream_seed
 
 # Coursework values: colour jitter strengths, crop scale range, rotation limit (albumentations'
@@ -25,10 +26,6 @@ CROP_SCALE = (0.3, 0.6)
 ROTATION_DEGREES = 90.0
 HOLES = (2, 4)
 HOLE_FRACTION = (40 / 256, 60 / 256)
-
-# Extra test-time views; "hflip" is geometric and undone on the prediction (left/right classes
-# swapped back), the rest are photometric.
-TTA_VIEWS = ("hflip", "color_jitter", "grayscale", "color_jitter_hflip")
 
 
 class CoarseDropout(v2.Transform):

@@ -14,7 +14,7 @@ from guided_diffusion.script_util import model_and_diffusion_defaults, str2bool
 
 from .config import ConfigError
 from .distributed import close_world
-from .interpreter import INPUT_ERRORS
+from .errors import INPUT_ERRORS
 
 
 def add_model_flag_args(parser: argparse.ArgumentParser, title: str, skip: Iterable[str] = ()) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from typing import Any
 
 from .atomic import write_json_atomic
+from .refine_settings import REFINE_METHODS, RefineSettings
 
 # key -> (accepted types, default). A default of REQUIRED means the JSON must set it.
 REQUIRED = object()
@@ -111,7 +113,7 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # "original": an epoch is as many batches as the un-augmented images give (coursework), so
     # augmentation adds variety, not iterations; "all": an epoch is a pass over every copy.
     "epoch_pixels": ((str,), "original"),
-    # Extra test-time views merged with the original by the configured voting (ddpmseg.augment.TTA_VIEWS).
+    # Extra test-time views merged with the original by the configured voting (TTA_VIEWS below).
     "tta": ((list,), []),
     # Mask-prior refinement after the ensemble (ddpmseg.refine, after DDPS): {} = none, as published;
     # {"method": "ddps"} plus any RefineSettings field to change (the run's seed seeds it).
@@ -143,6 +145,10 @@ CHOICES = {
     "deeplab_backbone": ("resnet101", "resnet50", "mobilenet_v3_large"),
     "uncertainty_filter": ("most_uncertain", "published"),
 }
+
+# The test-time views a config's "tta" may list (made by ddpmseg.augment.tta_view); "hflip" is
+# geometric and undone on the prediction (left/right classes swapped back), the rest are photometric.
+TTA_VIEWS = ("hflip", "color_jitter", "grayscale", "color_jitter_hflip")
 
 
 class ConfigError(ValueError):
@@ -293,15 +299,37 @@ def validate(cfg: dict, where: str = "config") -> dict:
     _check_classes(out, where)
     _check_ranges(out, where)
     _check_hflip_pairs(out, where)
-    from .augment import TTA_VIEWS  # here, not at the top: augment imports torchvision
-    from .refine import refine_config
-
     out["refine"] = refine_config(out["refine"], where)
 
     bad = [v for v in out["tta"] if v not in TTA_VIEWS]
     if bad or len(set(map(str, out["tta"]))) != len(out["tta"]):
         raise ConfigError(f"{where}: 'tta' must list distinct views from {list(TTA_VIEWS)}, got {out['tta']!r}")
     return out
+
+
+def refine_config(raw: dict, where: str = "config") -> dict:
+    """The config's ``refine`` value, checked and completed: {} stays {} (no refinement); else
+    {"method": "ddps", every RefineSettings field but seed}. ConfigError says what is wrong."""
+    if not raw:
+        return {}
+    where = f"{where}: 'refine'"
+    raw = dict(raw)
+    method = raw.pop("method", None)
+    if method not in REFINE_METHODS:
+        raise ConfigError(f"{where}: 'method' must be one of {list(REFINE_METHODS)}, got {method!r}")
+    defaults = {f.name: f.default for f in fields(RefineSettings) if f.name != "seed"}
+    unknown = sorted(set(raw) - set(defaults))
+    if unknown:
+        why = " (the run's seed seeds the refiner)" if "seed" in unknown else ""
+        raise ConfigError(f"{where}: unknown key(s) {unknown}{why}; known: {', '.join(defaults)}")
+    # The config's own type rules (an int is a float, a bool is no number); start_step may be null.
+    merged = {**defaults, **{k: check_type(k, v, (int, type(None)) if defaults[k] is None else (type(defaults[k]),),
+                                           where) for k, v in raw.items()}}
+    try:
+        RefineSettings(**merged).validate()
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return {"method": method, **merged}
 
 
 def _read_json(path: str, chain: tuple[str, ...] = ()) -> dict:

@@ -14,6 +14,8 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms
 
+from .errors import DataError
+
 # Decided by the last name suffix only, like guided-diffusion's `_list_image_files_recursively`
 # (its jpg, jpeg, png, gif), plus the other formats cameras and labelling tools write.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff")
@@ -23,10 +25,6 @@ MASK_EXTENSIONS = ("npy", "png", "bmp", "tif", "tiff")
 _ID_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
 # How many offending files a message names before it says "and N more".
 _MAX_LISTED = 5
-
-
-class DataError(ValueError):
-    """A dataset folder is unusable; the message says what is wrong and how to fix it."""
 
 
 def list_image_files(data_dir: str) -> list[str]:

@@ -37,12 +37,13 @@ from tqdm import tqdm
 
 from guided_diffusion.checkpoint import check_state_dict, read_state_dict
 from guided_diffusion.resample import SCHEDULE_SAMPLERS, LossAwareSampler, create_named_schedule_sampler
-from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults
+from guided_diffusion.script_util import create_model_and_diffusion, merged_flags, unknown_flags
 
 from .atomic import torch_save_atomic, write_json_atomic, write_text_atomic
 from .config import ConfigError
-from .data import DataError, list_image_files, load_rgb
+from .data import list_image_files, load_rgb
 from .distributed import World, all_reduce_sum, barrier, init_world
+from .errors import DataError
 from .numerics import NumericalError
 from .report import image_grid, to_uint8_images, write_png_atomic
 from .runlock import run_lock
@@ -115,7 +116,7 @@ class DDPMTrainOptions:
             rates = []
         if not rates or not all(0 < r < 1 for r in rates):
             raise ConfigError(f"ema_rate {self.ema_rate!r} must be comma-separated numbers in (0, 1), e.g. 0.9999")
-        unknown = sorted(set(self.model_flags) - set(model_and_diffusion_defaults()))
+        unknown = unknown_flags(self.model_flags)
         if unknown:
             raise ConfigError(f"unknown model flags {unknown}")
 
@@ -268,7 +269,7 @@ class DDPMTrainer:
                               f"({self.world.size}): it is the global batch, split evenly")
         if opts.precision in ("bf16", "fp16") and self.world.device.type != "cuda":
             raise ConfigError(f"precision {opts.precision} needs a CUDA device; on {self.world.device} use fp32")
-        self.flags = {**model_and_diffusion_defaults(), **opts.model_flags}
+        self.flags = merged_flags(opts.model_flags)
         self.rates = ema_rates(opts.ema_rate)
         self.data = UnlabelledImages(opts.data_dirs, self.flags["image_size"], opts.random_crop)
         if len(self.data) < opts.batch_size:
@@ -303,8 +304,7 @@ class DDPMTrainer:
         with open(path) as f:
             saved = json.load(f)
         now = json.loads(json.dumps(dataclasses.asdict(self.opts)))  # tuples and lists as the saved file has them
-        defaults = model_and_diffusion_defaults()
-        saved_flags, flags = {**defaults, **saved.get("model_flags", {})}, self.flags
+        saved_flags, flags = merged_flags(saved.get("model_flags", {})), self.flags
         differ = [f"model_flags.{k}: {saved_flags.get(k)!r} -> {flags.get(k)!r}"
                   for k in sorted(set(saved_flags) | set(flags)) if saved_flags.get(k) != flags.get(k)]
         differ += [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))

@@ -29,13 +29,15 @@ from tqdm import tqdm
 
 from guided_diffusion.checkpoint import CheckpointError
 
-from .atomic import torch_save_atomic, write_json_atomic, write_text_atomic
+from .atomic import torch_save_atomic, write_json_atomic
 from .config import ConfigError, save_config
 from .data import ImageLabelDataset, nearest_resize
-from .interpreter import RunLog, experiment_dir, peak_rss_mb, resolve_device
-from .metrics import IoUAccumulator, iou_table_markdown
+from .device import resolve_device
+from .metrics import IoUAccumulator
 from .report import save_prediction
+from .runfiles import experiment_dir, write_run_metrics
 from .runlock import run_lock
+from .runlog import RunLog
 from .seeding import stream_generator, stream_seed
 from .synthetic import check_masks, keep_by_uncertainty, load_synthetic
 
@@ -191,12 +193,7 @@ class DeepLabRun:
         self.size = cfg["dim"][0]  # labels are scored at the config's working resolution
         self.folder = run_folder(cfg, settings)
         self.data_path = settings.data_path or default_data_path(cfg)
-        try:
-            self.device = resolve_device(cfg["device"])
-        except RuntimeError as e:
-            raise ConfigError(f"'device' {cfg['device']!r} is not a torch device ({e})") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"'device' is {cfg['device']!r} but CUDA is not available; use \"auto\" or \"cpu\"")
+        self.device = resolve_device(cfg["device"])
         # What a checkpoint must share with the run that continues or evaluates it.
         self.signature = {"deeplab_backbone": cfg["deeplab_backbone"], "number_class": cfg["number_class"],
                           "deeplab_res": self.res, "deeplab_pretrained_backbone": cfg["deeplab_pretrained_backbone"],
@@ -377,19 +374,15 @@ def write_deeplab_metrics(run: DeepLabRun, result: dict, best: int, val: dict[in
                           train_s: dict[int, float], trained: list[int], t_start: float) -> dict:
     """metrics.json, per_class_iou.md and the original's test_val_miou.json; returns the metrics."""
     c, folder = run.cfg, run.folder
-    if run.device.type == "cuda":
-        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    run.timings["total_s"] = time.time() - t_start
-    metrics = {"miou": result.pop("miou"), "miou_present": result.pop("miou_present"), "best_epoch": best,
-               "best_validation_miou": val[best], "validation_miou": {str(e): v for e, v in val.items()},
-               **result, "synthetic": run.synthetic, "trained_epochs": trained,
-               "settings": {**dataclasses.asdict(run.settings), "data_path": run.data_path},
-               "deeplab_backbone": c["deeplab_backbone"], "deeplab_res": run.res,
-               "deeplab_pretrained_backbone": c["deeplab_pretrained_backbone"],
-               "epoch_train_s": {str(e): s for e, s in train_s.items()}, "timings_s": run.timings,
-               "peak_rss_mb": peak_rss_mb(), "exp_dir": folder, "device": str(run.device)}
-    write_json_atomic(os.path.join(folder, "metrics.json"), metrics)
-    write_text_atomic(os.path.join(folder, "per_class_iou.md"), iou_table_markdown(metrics, c["class_names"]))
+    metrics = write_run_metrics(
+        folder, result, run.device, run.timings, t_start, c["class_names"],
+        head={"best_epoch": best, "best_validation_miou": val[best],
+              "validation_miou": {str(e): v for e, v in val.items()}},
+        tail={"synthetic": run.synthetic, "trained_epochs": trained,
+              "settings": {**dataclasses.asdict(run.settings), "data_path": run.data_path},
+              "deeplab_backbone": c["deeplab_backbone"], "deeplab_res": run.res,
+              "deeplab_pretrained_backbone": c["deeplab_pretrained_backbone"],
+              "epoch_train_s": {str(e): s for e, s in train_s.items()}})
     write_json_atomic(os.path.join(folder, "test_val_miou.json"),
                       {"Validation": metrics["best_validation_miou"], "Testing": metrics["miou"]})
     run.log(f"test mIoU {100 * metrics['miou']:.2f} (classes present: {100 * metrics['miou_present']:.2f}) with "

@@ -25,10 +25,14 @@ from .config import load_config
 from .data import ImageLabelDataset
 from .ddpm_train import DDPMTrainer, DDPMTrainOptions
 from .distributed import init_world
-from .generate import SampleOptions, generate_labelled_set
-from .interpreter import RunLog, experiment_dir, resolve_model_flags, run_interpreter
+from .generate import SampleOptions
+from .interpreter import run_interpreter
+from .labelling import generate_labelled_set
+from .model_flags import resolve_model_flags
 from .procedural import write_dataset
 from .report import annotate, colorize_mask, panel_spans, side_by_side, to_uint8_image, write_png_atomic
+from .runfiles import experiment_dir
+from .runlog import RunLog
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {"ddpm": "experiments/shapes64/ddpm.json", "rgb_xy": "experiments/shapes64/rgb_xy.json"}

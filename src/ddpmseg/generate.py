@@ -1,4 +1,4 @@
-"""Sample many images from a DDPM, optionally label them, and save them crash-safely.
+"""Sample many images from a DDPM, optionally label them (ddpmseg.labelling), and save them crash-safely.
 
 Work is cut into batches of ``batch_size`` samples; batch k is drawn from its own seed stream
 (ddpmseg.sampling), so it is the same images whichever process draws it. Under ``torchrun``
@@ -24,14 +24,11 @@ from guided_diffusion.respace import SpacedDiffusion
 
 from .atomic import atomic_write, write_json_atomic
 from .config import ConfigError
-from .data import DataError
 from .distributed import World, barrier
-from .interpreter import Run, load_trained_run
-from .predict import image_uncertainty
-from .report import synthetic_grid, to_uint8_images, write_png_atomic
+from .errors import DataError
+from .report import to_uint8_images
 from .runlock import run_lock
-from .sampling import sample_batch, sampling_diffusion
-from .train import load_ensemble
+from .sampling import sample_batch
 
 # A labeller maps a batch of samples in [-1, 1] to extra arrays ("masks", "uncertainty").
 Labeller = Callable[[torch.Tensor], dict[str, np.ndarray]]
@@ -137,44 +134,3 @@ def merge_shards(out_dir: str, num_batches: int, num_samples: int, out_path: str
                 parts.setdefault(name, []).append(shard[name])
     merged = [np.concatenate(parts[name])[:num_samples] for name in parts]
     _save_npz_atomic(out_path, *merged)
-
-
-def ensemble_labeller(run: Run, run_dir: str) -> Labeller:
-    """Label samples as the run in ``run_dir`` labels its test images: the U-Net features of the sample (the
-    float sample, before uint8 rounding, as the original), the trained ensemble, the run's
-    voting and test-time views. Adds "masks" (uint8 when the classes fit) and "uncertainty"
-    (the image score that DeepLab's filter ranks by)."""
-    c = run.cfg
-    ens = load_ensemble(run_dir, c["model_num"], c["dim"][2], c["number_class"], str(run.device))
-    dtype = np.uint8 if c["number_class"] <= 256 else np.int16
-
-    def label(x: torch.Tensor) -> dict[str, np.ndarray]:
-        masks, scores = [], []
-        for i, image in enumerate(x):
-            votes = run.votes(ens, image, i)
-            masks.append(votes.mask(c["voting"]).reshape(run.hw).cpu().numpy().astype(dtype))
-            scores.append(image_uncertainty(votes.uncertainty(), c["uncertainty_top_fraction"]))
-        return {"masks": np.stack(masks), "uncertainty": np.asarray(scores, dtype=np.float64)}
-
-    return label
-
-
-def generate_labelled_set(run_dir: str, out_dir: str, opts: SampleOptions, world: World,
-                          log: Callable[[str], None] = tqdm.write) -> str:
-    """DatasetDDPM from the finished interpreter run in ``run_dir``: its U-Net samples, its
-    ensemble labels; writes ``samples_<S>x<S>x3.npz`` and ``synthetic_grid.png`` to ``out_dir``."""
-    opts.validate()
-    run = load_trained_run(run_dir, {"device": str(world.device)}, log)
-    if run.cfg["model_type"] != "ddpm":
-        raise ConfigError(f"{run_dir} is a model_type '{run.cfg['model_type']}' run, which has no DDPM to draw "
-                          f"samples from: give the folder of a model_type 'ddpm' run")
-    diffusion = sampling_diffusion(run.flags, opts.timestep_respacing)
-    path = generate(out_dir, f"samples_{run.size}x{run.size}x3.npz", run.extractor.model, diffusion, run.size, opts,
-                    world, record={"run": os.path.abspath(run_dir)}, labeller=ensemble_labeller(run, run_dir), log=log)
-    if world.is_main:
-        with np.load(path) as f:
-            images, masks, uncertainty = f["arr_0"], f["arr_1"], f["arr_2"]
-        grid = synthetic_grid(images, masks, run.cfg["palette"], class_names=run.cfg["class_names"])
-        write_png_atomic(os.path.join(out_dir, "synthetic_grid.png"), grid)
-        log(f"{len(images)} labelled samples, mean uncertainty {uncertainty.mean():.4f}: {path}")
-    return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from typing import Any, Callable
 
@@ -18,22 +17,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from guided_diffusion.checkpoint import CheckpointError, load_model_and_diffusion, sidecar_flags
-from guided_diffusion.script_util import model_and_diffusion_defaults
+from guided_diffusion.checkpoint import load_model_and_diffusion
 
-from .atomic import write_json_atomic, write_text_atomic
 from .augment import augment_pair, copy_seed, tta_view, view_seed
 from .backbones import create_backbone_extractor
 from .config import BACKBONE_INPUT_ACTIVATIONS, ConfigError, save_config, validate
 from .crossfit import out_of_fold_probabilities
-from .data import DataError, ImageLabelDataset, drop_small_regions
+from .data import ImageLabelDataset, drop_small_regions
+from .device import resolve_device
 from .features import FeatureExtractorDDPM, RGBPositionFeatures, shared_noise
-from .metrics import IoUAccumulator, iou_table_markdown
-from .numerics import FLOAT16_MAX, NumericalError, check_features
+from .metrics import IoUAccumulator
+from .numerics import FLOAT16_MAX, check_features
 from .predict import VOTING_MODES, Votes, image_uncertainty, view_logits
 from .refine import load_refiner, refine, refine_settings, save_refiner, train_refiner
 from .report import save_prediction
-from .runlock import RunLockError, run_lock
+from .runfiles import experiment_dir, write_run_metrics
+from .runlock import run_lock
+from .runlog import RunLog
 from .safeload import load_plain
 from .seeding import stream_generator, stream_seed
 from .store import FeatureStore
@@ -41,56 +41,15 @@ from .train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, 
 
 EXCLUDED = -1  # training-label marker for pixels no member trains on
 REFINER_FILE = "refiner.pt"
-# Errors that mean the user's input is wrong (or another run holds the folder, or the numbers went
-# NaN): the command-line tools print them as one line.
-INPUT_ERRORS = (ConfigError, DataError, CheckpointError, RunLockError, NumericalError)
 # Config keys that only change inference: the ones evaluate_run may override.
 INFERENCE_KEYS = ("voting", "report_all_votings", "tta", "hflip_class_pairs", "testing_path", "testing_masks_path",
                   "testing_number", "device", "uncertainty_top_fraction")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_model_flags(cfg: dict, cli_flags: dict[str, Any] | None = None) -> dict[str, Any]:
-    """U-Net flags: defaults < ``<checkpoint>.json`` "flags" beside the checkpoint (written by our
-    trainer) < config ``model_flags`` < flags given on the command line. ``image_size`` is the
-    working resolution ``dim[0]``, as in the original. Other model types take none: {}."""
-    if cfg["model_type"] != "ddpm":
-        if cli_flags:
-            raise ConfigError(f"guided-diffusion flags {sorted(cli_flags)} apply to model_type 'ddpm' only, "
-                              f"not '{cfg['model_type']}': drop them")
-        return {}
-    defaults = model_and_diffusion_defaults()
-    flags = dict(defaults)
-    flags.update(sidecar_flags(cfg["model_path"]))
-    flags.update(cfg["model_flags"])
-    flags.update(cli_flags or {})
-    unknown = sorted(set(flags) - set(defaults))
-    if unknown:
-        raise ConfigError(f"unknown model flag(s) {unknown}; valid flags: {', '.join(defaults)}")
-    flags["image_size"] = cfg["dim"][0]
-    return flags
-
-
-def experiment_dir(cfg: dict) -> str:
-    """The original's layout: ``<exp_dir>/<steps>_<blocks>`` (e.g. 50_150_250_5_6_7_8_12)."""
-    if not cfg["steps"]:
-        return cfg["exp_dir"]
-    return os.path.join(cfg["exp_dir"], "_".join(map(str, cfg["steps"] + cfg["blocks"])))
 
 
 def member_stats(exp_dir: str, num_members: int) -> dict[int, dict]:
     """Each member's training stats, from its file: the same whether this run or an earlier,
     interrupted one trained it."""
     return {m: load_plain(model_path(exp_dir, m), "an ensemble member")["stats"] for m in range(num_members)}
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 class Run:
@@ -311,39 +270,11 @@ class Run:
         return result
 
 
-class RunLog:
-    """Prints and keeps lines; once the run folder exists they also go to its ``log.txt``."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-        self.path: str | None = None
-
-    def __call__(self, msg: str) -> None:
-        tqdm.write(msg)
-        if self.path:
-            with open(self.path, "a") as f:
-                f.write(msg + "\n")
-        else:
-            self.lines.append(msg)
-
-    def attach(self, path: str) -> None:
-        self.path = path
-        with open(path, "a") as f:
-            f.write(f"--- run started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            f.writelines(line + "\n" for line in self.lines)
-
-
 def write_metrics(run: Run, result: dict, out_dir: str, t_start: float, **extra: Any) -> dict:
     """metrics.json and per_class_iou.md of a finished evaluation; returns the metrics."""
     cfg = run.cfg
-    if run.device.type == "cuda":
-        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    run.timings["total_s"] = time.time() - t_start
-    metrics = {"miou": result.pop("miou"), "miou_present": result.pop("miou_present"), "voting": cfg["voting"],
-               "tta": cfg["tta"], **result, **extra, "timings_s": run.timings, "peak_rss_mb": peak_rss_mb(),
-               "exp_dir": out_dir, "device": str(run.device)}
-    write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
-    write_text_atomic(os.path.join(out_dir, "per_class_iou.md"), iou_table_markdown(metrics, cfg["class_names"]))
+    metrics = write_run_metrics(out_dir, result, run.device, run.timings, t_start, cfg["class_names"],
+                                head={"voting": cfg["voting"], "tta": cfg["tta"]}, tail=extra)
     if "refine" in metrics:
         run.log(f"refinement: mIoU {100 * metrics['refine']['miou_before']:.2f} (ensemble) -> "
                 f"{100 * metrics['refine']['miou_after']:.2f} (refined)")

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from guided_diffusion.checkpoint import sidecar_flags
-from guided_diffusion.script_util import model_and_diffusion_defaults
+from guided_diffusion.script_util import merged_flags
 
 from .config import ConfigError, DEFAULTS, _read_json, save_config, validate
 from .data import ImageLabelDataset, read_mask
-from .interpreter import INPUT_ERRORS, Run
+from .errors import INPUT_ERRORS
+from .interpreter import Run
 
 PUBLISHED = os.path.join(os.path.dirname(__file__), "..", "..", "experiments")
 # The U-Net flags that decide which blocks exist and how wide they are: what "closest" compares.
@@ -84,7 +85,7 @@ def closest_published(size: int, flags: dict[str, Any], folder: str = PUBLISHED)
         cfg = _read_json(path)
         if cfg.get("model_type", "ddpm") != "ddpm" or not cfg.get("steps"):
             continue
-        theirs = {**model_and_diffusion_defaults(), **cfg.get("model_flags", {})}
+        theirs = merged_flags(cfg.get("model_flags", {}))
         key = (abs(math.log2(cfg["dim"][0] / size)), sum(theirs[f] != flags[f] for f in ARCHITECTURE_FLAGS))
         if best is None or key < best[0]:
             best = (key, os.path.relpath(path, os.path.join(folder, "..")), cfg["steps"], cfg["blocks"])
@@ -171,7 +172,7 @@ def new_experiment(name: str, images: str, masks: str, model_path: str, classes:
     """Write ``<root>/NAME/ddpm.json`` (see the module docstring); returns its path."""
     final = _check_arguments(name, root, test_images, test_masks, test_fraction, force)
     config_path = os.path.join(final, "ddpm.json")
-    flags = {**model_and_diffusion_defaults(), **sidecar_flags(model_path), **(model_flags or {})}
+    flags = merged_flags(sidecar_flags(model_path), model_flags)
     size = flags["image_size"]
     names, palette, ignore = _classes(images, masks, classes)
     if steps is None or blocks is None:

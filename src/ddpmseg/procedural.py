@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from .atomic import write_json_atomic
-from .data import DataError
+from .errors import DataError
 from .seeding import stream_rng
 
 CLASS_NAMES: tuple[str, ...] = ("background", "disc", "square", "triangle", "ring", "cross")

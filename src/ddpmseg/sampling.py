@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import torch
 
 from guided_diffusion.respace import SpacedDiffusion
-from guided_diffusion.script_util import create_gaussian_diffusion, model_and_diffusion_defaults
+from guided_diffusion.script_util import create_gaussian_diffusion, merged_flags
 
 from .seeding import stream_seed
 
@@ -18,7 +18,7 @@ from .seeding import stream_seed
 def sampling_diffusion(model_flags: Mapping[str, Any], timestep_respacing: str = "") -> SpacedDiffusion:
     """The diffusion of ``model_flags`` with ``timestep_respacing`` (e.g. "ddim50", "250", "")
     instead of the training one; "" keeps every training step."""
-    f = {**model_and_diffusion_defaults(), **model_flags}
+    f = merged_flags(model_flags)
     return create_gaussian_diffusion(
         steps=f["diffusion_steps"], learn_sigma=f["learn_sigma"], noise_schedule=f["noise_schedule"],
         use_kl=f["use_kl"], predict_xstart=f["predict_xstart"], rescale_timesteps=f["rescale_timesteps"],

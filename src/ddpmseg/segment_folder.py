@@ -17,7 +17,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from .atomic import atomic_write, write_text_atomic
-from .data import DataError, IMAGE_EXTENSIONS, list_image_files, load_rgb
+from .data import IMAGE_EXTENSIONS, list_image_files, load_rgb
+from .errors import DataError
 from .report import colorize_mask, write_png_atomic
 from .segmenter import Segmenter
 

@@ -21,7 +21,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from .atomic import write_text_atomic
-from .data import DataError, load_rgb
+from .data import load_rgb
+from .errors import DataError
 from .predict import image_uncertainty
 from .report import annotate, class_legend, colorize_mask, panel_spans, side_by_side, write_png_atomic
 from .seeding import stream_generator

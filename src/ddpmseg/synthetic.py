@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from .config import CHOICES, ConfigError
-from .data import DataError
+from .errors import DataError
 
 # The filter rules, named once in the config's CHOICES.
 UNCERTAINTY_RULES = CHOICES["uncertainty_filter"]

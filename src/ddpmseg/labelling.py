@@ -1,0 +1,64 @@
+"""DatasetDDPM's first stage: samples of a finished interpreter run's U-Net, labelled by its ensemble.
+
+The samples are drawn and saved by ddpmseg.generate (sharded, resumable, the same images on any
+number of processes); this module adds the labels: each sample's mask under the run's voting and
+test-time views, and the image uncertainty DeepLab's filter ranks by.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import ConfigError
+from .distributed import World
+from .generate import Labeller, SampleOptions, generate
+from .interpreter import Run, load_trained_run
+from .predict import image_uncertainty
+from .report import synthetic_grid, write_png_atomic
+from .sampling import sampling_diffusion
+from .train import load_ensemble
+
+
+def ensemble_labeller(run: Run, run_dir: str) -> Labeller:
+    """Label samples as the run in ``run_dir`` labels its test images: the U-Net features of the sample (the
+    float sample, before uint8 rounding, as the original), the trained ensemble, the run's
+    voting and test-time views. Adds "masks" (uint8 when the classes fit) and "uncertainty"
+    (the image score that DeepLab's filter ranks by)."""
+    c = run.cfg
+    ens = load_ensemble(run_dir, c["model_num"], c["dim"][2], c["number_class"], str(run.device))
+    dtype = np.uint8 if c["number_class"] <= 256 else np.int16
+
+    def label(x: torch.Tensor) -> dict[str, np.ndarray]:
+        masks, scores = [], []
+        for i, image in enumerate(x):
+            votes = run.votes(ens, image, i)
+            masks.append(votes.mask(c["voting"]).reshape(run.hw).cpu().numpy().astype(dtype))
+            scores.append(image_uncertainty(votes.uncertainty(), c["uncertainty_top_fraction"]))
+        return {"masks": np.stack(masks), "uncertainty": np.asarray(scores, dtype=np.float64)}
+
+    return label
+
+
+def generate_labelled_set(run_dir: str, out_dir: str, opts: SampleOptions, world: World,
+                          log: Callable[[str], None] = tqdm.write) -> str:
+    """DatasetDDPM from the finished interpreter run in ``run_dir``: its U-Net samples, its
+    ensemble labels; writes ``samples_<S>x<S>x3.npz`` and ``synthetic_grid.png`` to ``out_dir``."""
+    opts.validate()
+    run = load_trained_run(run_dir, {"device": str(world.device)}, log)
+    if run.cfg["model_type"] != "ddpm":
+        raise ConfigError(f"{run_dir} is a model_type '{run.cfg['model_type']}' run, which has no DDPM to draw "
+                          f"samples from: give the folder of a model_type 'ddpm' run")
+    diffusion = sampling_diffusion(run.flags, opts.timestep_respacing)
+    path = generate(out_dir, f"samples_{run.size}x{run.size}x3.npz", run.extractor.model, diffusion, run.size, opts,
+                    world, record={"run": os.path.abspath(run_dir)}, labeller=ensemble_labeller(run, run_dir), log=log)
+    if world.is_main:
+        with np.load(path) as f:
+            images, masks, uncertainty = f["arr_0"], f["arr_1"], f["arr_2"]
+        grid = synthetic_grid(images, masks, run.cfg["palette"], class_names=run.cfg["class_names"])
+        write_png_atomic(os.path.join(out_dir, "synthetic_grid.png"), grid)
+        log(f"{len(images)} labelled samples, mean uncertainty {uncertainty.mean():.4f}: {path}")
+    return path

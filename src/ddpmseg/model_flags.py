@@ -1,0 +1,26 @@
+"""The guided-diffusion flags of a config's U-Net, from every place they can be given."""
+from __future__ import annotations
+
+from typing import Any
+
+from guided_diffusion.checkpoint import sidecar_flags
+from guided_diffusion.script_util import merged_flags, model_and_diffusion_defaults, unknown_flags
+
+from .config import ConfigError
+
+
+def resolve_model_flags(cfg: dict, cli_flags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """U-Net flags: defaults < ``<checkpoint>.json`` "flags" beside the checkpoint (written by our
+    trainer) < config ``model_flags`` < flags given on the command line. ``image_size`` is the
+    working resolution ``dim[0]``, as in the original. Other model types take none: {}."""
+    if cfg["model_type"] != "ddpm":
+        if cli_flags:
+            raise ConfigError(f"guided-diffusion flags {sorted(cli_flags)} apply to model_type 'ddpm' only, "
+                              f"not '{cfg['model_type']}': drop them")
+        return {}
+    flags = merged_flags(sidecar_flags(cfg["model_path"]), cfg["model_flags"], cli_flags)
+    unknown = unknown_flags(flags)
+    if unknown:
+        raise ConfigError(f"unknown model flag(s) {unknown}; valid flags: {', '.join(model_and_diffusion_defaults())}")
+    flags["image_size"] = cfg["dim"][0]
+    return flags

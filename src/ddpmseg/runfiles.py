@@ -1,0 +1,39 @@
+"""Where a config's runs live and what every finished run writes there: metrics.json and
+per_class_iou.md, with the run's timings, peak memory, folder and device."""
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Any, Sequence
+
+import torch
+
+from .atomic import write_json_atomic, write_text_atomic
+from .metrics import iou_table_markdown
+
+
+def experiment_dir(cfg: dict) -> str:
+    """The original's layout: ``<exp_dir>/<steps>_<blocks>`` (e.g. 50_150_250_5_6_7_8_12)."""
+    if not cfg["steps"]:
+        return cfg["exp_dir"]
+    return os.path.join(cfg["exp_dir"], "_".join(map(str, cfg["steps"] + cfg["blocks"])))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def write_run_metrics(folder: str, result: dict, device: torch.device, timings: dict[str, float], t_start: float,
+                  class_names: Sequence[str], head: dict[str, Any], tail: dict[str, Any]) -> dict:
+    """metrics.json and per_class_iou.md of a finished run whose test scores are ``result`` (an
+    IoUAccumulator result); returns the metrics. Keys in order: miou, miou_present, ``head``, the
+    rest of ``result``, ``tail``, then timings (with total_s), peak memory, folder and device."""
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    timings["total_s"] = time.time() - t_start
+    metrics = {"miou": result.pop("miou"), "miou_present": result.pop("miou_present"), **head, **result, **tail,
+               "timings_s": timings, "peak_rss_mb": peak_rss_mb(), "exp_dir": folder, "device": str(device)}
+    write_json_atomic(os.path.join(folder, "metrics.json"), metrics)
+    write_text_atomic(os.path.join(folder, "per_class_iou.md"), iou_table_markdown(metrics, class_names))
+    return metrics
