@@ -9,7 +9,7 @@ Read <out>/report.md (both mIoUs, per class, stage timings) and <out>/comparison
 import argparse
 import sys
 
-from ddpmseg.cli import run_cli
+from ddpmseg.common.cli import run_cli
 from ddpmseg.demo import PRESETS, run_demo
 
 

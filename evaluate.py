@@ -12,9 +12,9 @@ import json
 import os
 import sys
 
-from ddpmseg.cli import run_cli
-from ddpmseg.config import parse_override
-from ddpmseg.interpreter import evaluate_run
+from ddpmseg.common.cli import run_cli
+from ddpmseg.common.config import parse_override
+from ddpmseg.classifier.interpreter import evaluate_run
 
 
 def default_out(run_dir: str, overrides: dict) -> str:

@@ -13,13 +13,13 @@ original (arr_0 images uint8 [N,H,W,3], arr_1 masks [N,H,W], arr_2 uncertainty [
 import argparse
 import sys
 
-from ddpmseg.cli import add_dataclass_args, dataclass_from_args, run_cli
-from ddpmseg.config import load_config
-from ddpmseg.distributed import init_world
-from ddpmseg.generate import SampleOptions
-from ddpmseg.labelling import generate_labelled_set
-from ddpmseg.runfiles import experiment_dir
-from ddpmseg.runlog import RunLog
+from ddpmseg.common.cli import add_dataclass_args, dataclass_from_args, run_cli
+from ddpmseg.common.config import load_config
+from ddpmseg.common.distributed import init_world
+from ddpmseg.ddpm.generate import SampleOptions
+from ddpmseg.datasetddpm.labelling import generate_labelled_set
+from ddpmseg.common.runfiles import experiment_dir
+from ddpmseg.common.runlog import RunLog
 
 # The original's SAMPLE_FLAGS (scripts/datasetDDPM/generate_dataset.sh): 1000 ancestral steps.
 DEFAULTS = {"num_samples": 10000, "batch_size": 100}

@@ -12,8 +12,8 @@ closest published config. MODEL_FLAGS (guided-diffusion's) are needed only when 
 import argparse
 import sys
 
-from ddpmseg.cli import add_model_flag_args, passed_model_flags, run_cli
-from ddpmseg.new_experiment import DEFAULT_TEST_FRACTION, new_experiment
+from ddpmseg.common.cli import add_model_flag_args, passed_model_flags, run_cli
+from ddpmseg.classifier.new_experiment import DEFAULT_TEST_FRACTION, new_experiment
 
 
 def main(argv=None) -> int:

@@ -17,12 +17,12 @@ import numpy as np
 
 from guided_diffusion.checkpoint import load_model_and_diffusion, sidecar_flags
 from guided_diffusion.script_util import merged_flags
-from ddpmseg.cli import (add_dataclass_args, add_model_flag_args, dataclass_from_args, passed_model_flags,
+from ddpmseg.common.cli import (add_dataclass_args, add_model_flag_args, dataclass_from_args, passed_model_flags,
                          read_flags_file, run_cli)
-from ddpmseg.distributed import init_world
-from ddpmseg.generate import SampleOptions, generate
-from ddpmseg.report import image_grid, write_png_atomic
-from ddpmseg.sampling import sampling_diffusion
+from ddpmseg.common.distributed import init_world
+from ddpmseg.ddpm.generate import SampleOptions, generate
+from ddpmseg.common.report import image_grid, write_png_atomic
+from ddpmseg.ddpm.sampling import sampling_diffusion
 
 GRID_MAX = 64  # samples shown in grid.png
 

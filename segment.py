@@ -10,10 +10,10 @@ unreadable file is a warning and the rest go on; exit status 2 only when nothing
 import argparse
 import sys
 
-from ddpmseg.cli import run_cli
-from ddpmseg.config import parse_override
-from ddpmseg.segment_folder import segment_images
-from ddpmseg.segmenter import Segmenter
+from ddpmseg.common.cli import run_cli
+from ddpmseg.common.config import parse_override
+from ddpmseg.classifier.segment_folder import segment_images
+from ddpmseg.classifier.segmenter import Segmenter
 
 
 def main(argv=None) -> int:

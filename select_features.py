@@ -15,11 +15,11 @@ import os
 import sys
 import time
 
-from ddpmseg.cli import add_dataclass_args, dataclass_from_args, run_cli
-from ddpmseg.config import ConfigError, load_config, parse_override
-from ddpmseg.feature_selection import ProbeSettings, Selection
-from ddpmseg.device import resolve_device
-from ddpmseg.model_flags import resolve_model_flags
+from ddpmseg.common.cli import add_dataclass_args, dataclass_from_args, run_cli
+from ddpmseg.common.config import ConfigError, load_config, parse_override
+from ddpmseg.classifier.feature_selection import ProbeSettings, Selection
+from ddpmseg.common.device import resolve_device
+from ddpmseg.common.model_flags import resolve_model_flags
 
 
 def parse_args(argv=None):

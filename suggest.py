@@ -14,9 +14,9 @@ import argparse
 import os
 import sys
 
-from ddpmseg.cli import run_cli
-from ddpmseg.segmenter import Segmenter
-from ddpmseg.suggest import CSV_NAME, DEFAULT_STRATEGY, SHEET_NAME, STRATEGIES, check_pool, suggest
+from ddpmseg.common.cli import run_cli
+from ddpmseg.classifier.segmenter import Segmenter
+from ddpmseg.classifier.suggest import CSV_NAME, DEFAULT_STRATEGY, SHEET_NAME, STRATEGIES, check_pool, suggest
 
 
 def main(argv=None) -> int:

@@ -11,9 +11,9 @@ train_interpreter.py as they are (their flags sit beside them in <checkpoint>.js
 import argparse
 import sys
 
-from ddpmseg.cli import (add_dataclass_args, add_model_flag_args, dataclass_from_args, passed_model_flags,
+from ddpmseg.common.cli import (add_dataclass_args, add_model_flag_args, dataclass_from_args, passed_model_flags,
                          read_flags_file, run_cli)
-from ddpmseg.ddpm_train import DDPMTrainer, DDPMTrainOptions
+from ddpmseg.ddpm.train import DDPMTrainer, DDPMTrainOptions
 
 FIXED = ("data_dirs", "log_dir", "model_flags")  # options with their own command-line form
 

@@ -11,9 +11,9 @@ import argparse
 import dataclasses
 import sys
 
-from ddpmseg.cli import run_cli
-from ddpmseg.config import load_config, parse_override
-from ddpmseg.deeplab import DeepLabSettings, run_deeplab
+from ddpmseg.common.cli import run_cli
+from ddpmseg.common.config import load_config, parse_override
+from ddpmseg.datasetddpm.deeplab import DeepLabSettings, run_deeplab
 
 DEFAULT = DeepLabSettings()  # every default lives in the dataclass
 

@@ -9,10 +9,10 @@ silently replace the checkpoint's architecture. See README.md for the outputs.
 import argparse
 import sys
 
-from ddpmseg.cli import add_model_flag_args, passed_model_flags, run_cli
-from ddpmseg.config import load_config, parse_override
-from ddpmseg.interpreter import run_interpreter
-from ddpmseg.model_flags import resolve_model_flags
+from ddpmseg.common.cli import add_model_flag_args, passed_model_flags, run_cli
+from ddpmseg.common.config import load_config, parse_override
+from ddpmseg.classifier.interpreter import run_interpreter
+from ddpmseg.common.model_flags import resolve_model_flags
 
 PATH_KEYS = ("exp_dir", "training_path", "training_masks_path", "testing_path", "testing_masks_path", "model_path")
 

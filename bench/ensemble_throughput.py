@@ -29,8 +29,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(HERE, "..", "src"), os.path.join(HERE, "..")]
 
 from workloads import WORKLOADS, synthetic_store, train_config  # noqa: E402
-from ddpmseg.ensemble import hidden_sizes  # noqa: E402
-from ddpmseg.train import EnsembleSettings, train_ensemble, wants_dense  # noqa: E402
+from ddpmseg.classifier.ensemble import hidden_sizes  # noqa: E402
+from ddpmseg.classifier.train import EnsembleSettings, train_ensemble, wants_dense  # noqa: E402
 
 MEMBERS = 10
 

@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(HERE, "..", "src"), os.path.join(HERE, "..")]
 
 from workloads import LSUN_FLAGS, train_config  # noqa: E402
-from ddpmseg.features import FeatureExtractorDDPM  # noqa: E402
+from ddpmseg.features.ddpm import FeatureExtractorDDPM  # noqa: E402
 from guided_diffusion.script_util import create_model_and_diffusion, merged_flags  # noqa: E402
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -41,8 +41,8 @@ REPO = os.path.dirname(HERE)
 sys.path[:0] = [os.path.join(REPO, "src"), REPO, os.path.join(REPO, "tests")]
 
 from conftest import CELEBAMASK64, FAST_INTERPRETER, manifest, rule_weights  # noqa: E402  (the tests' tiny configs)
-from ddpmseg.atomic import TEMP_NAME  # noqa: E402
-from ddpmseg.runlock import LOCK_NAME  # noqa: E402
+from ddpmseg.common.atomic import TEMP_NAME  # noqa: E402
+from ddpmseg.common.runlock import LOCK_NAME  # noqa: E402
 
 TOOLS = ("train_interpreter", "train_interpreter_refine", "train_ddpm", "generate_dataset", "train_deeplab")
 # Values that record how a run went, not what it computed (a resumed run differs in them by design).

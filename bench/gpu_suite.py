@@ -52,12 +52,12 @@ except ImportError:
 from ensemble_throughput import sequential  # noqa: E402
 from extraction import build_unet, compare, full_forward_flops, lsun_flags, sync  # noqa: E402
 from workloads import synthetic_store, train_config  # noqa: E402
-from ddpmseg.ddpm_train import DDPMTrainer, DDPMTrainOptions  # noqa: E402
-from ddpmseg.ensemble import PixelEnsemble  # noqa: E402
-from ddpmseg.features import FeatureExtractorDDPM  # noqa: E402
-from ddpmseg.predict import Votes, ensemble_logits  # noqa: E402
-from ddpmseg.sampling import sample_batch, sampling_diffusion  # noqa: E402
-from ddpmseg.train import (EnsembleSettings, load_ensemble, make_optimizer, member_generator,  # noqa: E402
+from ddpmseg.ddpm.train import DDPMTrainer, DDPMTrainOptions  # noqa: E402
+from ddpmseg.classifier.ensemble import PixelEnsemble  # noqa: E402
+from ddpmseg.features.ddpm import FeatureExtractorDDPM  # noqa: E402
+from ddpmseg.classifier.predict import Votes, ensemble_logits  # noqa: E402
+from ddpmseg.ddpm.sampling import sample_batch, sampling_diffusion  # noqa: E402
+from ddpmseg.classifier.train import (EnsembleSettings, load_ensemble, make_optimizer, member_generator,  # noqa: E402
                            per_member_ce, train_ensemble)
 
 FP32_TOL = 1e-4  # the project's parity standard (U-Net, diffusion, features vs fixtures)

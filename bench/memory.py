@@ -31,7 +31,7 @@ def peak_rss_mb() -> float:
 
 def ours(workload: str, images: int, steps: int) -> dict:
     from workloads import synthetic_store, train_config
-    from ddpmseg.train import EnsembleSettings, train_ensemble
+    from ddpmseg.classifier.train import EnsembleSettings, train_ensemble
 
     t0 = time.time()
     store, pixels = synthetic_store(workload, images)

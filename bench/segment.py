@@ -27,13 +27,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.join(HERE, "..")
 sys.path[:0] = [os.path.join(REPO, "src"), REPO]
 
-from ddpmseg.config import load_config  # noqa: E402
-from ddpmseg.interpreter import load_trained_run, run_interpreter  # noqa: E402
-from ddpmseg.model_flags import resolve_model_flags  # noqa: E402
-from ddpmseg.runfiles import experiment_dir  # noqa: E402
-from ddpmseg.runlog import RunLog  # noqa: E402
-from ddpmseg.segment_folder import segment_images  # noqa: E402
-from ddpmseg.segmenter import Segmenter  # noqa: E402
+from ddpmseg.common.config import load_config  # noqa: E402
+from ddpmseg.classifier.interpreter import load_trained_run, run_interpreter  # noqa: E402
+from ddpmseg.common.model_flags import resolve_model_flags  # noqa: E402
+from ddpmseg.common.runfiles import experiment_dir  # noqa: E402
+from ddpmseg.common.runlog import RunLog  # noqa: E402
+from ddpmseg.classifier.segment_folder import segment_images  # noqa: E402
+from ddpmseg.classifier.segmenter import Segmenter  # noqa: E402
 
 SHARED = os.environ.get("DDPMSEG_SHARED", os.path.join(REPO, "..", "shared"))
 DATA = os.path.join(SHARED, "data", "celebamask64", "real")

@@ -9,9 +9,9 @@ import os
 
 import torch
 
-from ddpmseg.config import load_config
-from ddpmseg.store import FeatureStore
-from ddpmseg.train import LabelledPixels
+from ddpmseg.common.config import load_config
+from ddpmseg.features.store import FeatureStore
+from ddpmseg.classifier.train import LabelledPixels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

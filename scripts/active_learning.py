@@ -36,8 +36,8 @@ import sys
 import torch
 
 from line_plot import line_plot, save_png
-from ddpmseg.atomic import write_json_atomic
-from ddpmseg.seeding import stream_generator
+from ddpmseg.common.atomic import write_json_atomic
+from ddpmseg.common.seeding import stream_generator
 from readme_block import publish
 from variants import run, set_args
 

@@ -20,7 +20,7 @@ import statistics
 import sys
 
 import variants
-from ddpmseg.atomic import write_json_atomic
+from ddpmseg.common.atomic import write_json_atomic
 from readme_block import publish
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,7 @@ import math
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ddpmseg.atomic import atomic_write
+from ddpmseg.common.atomic import atomic_write
 
 # Colour-blind-safe line colours (Okabe-Ito), in series order.
 COLOURS = [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233)]

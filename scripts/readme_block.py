@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ddpmseg.atomic import write_text_atomic
+from ddpmseg.common.atomic import write_text_atomic
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 

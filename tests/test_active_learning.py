@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import CELEBAMASK64, FACES_CKPT, REPO, require
-from ddpmseg.seeding import stream_generator
+from ddpmseg.common.seeding import stream_generator
 
 sys.path.insert(0, str(REPO / "scripts"))  # the scripts import their neighbours, as when run
 spec = importlib.util.spec_from_file_location("active_learning", REPO / "scripts" / "active_learning.py")

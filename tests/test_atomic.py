@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from ddpmseg.atomic import atomic_write, torch_save_atomic, write_json_atomic, write_text_atomic
+from ddpmseg.common.atomic import atomic_write, torch_save_atomic, write_json_atomic, write_text_atomic
 
 
 def test_json_and_text_atomic(tmp_path):

@@ -5,9 +5,9 @@ import torch
 from torchvision import tv_tensors
 
 from conftest import CELEBAMASK64, require
-from ddpmseg.augment import (TTA_VIEWS, CoarseDropout, HorizontalFlipSwap, augment_pair, copy_seed, swap_classes,
+from ddpmseg.data.augment import (TTA_VIEWS, CoarseDropout, HorizontalFlipSwap, augment_pair, copy_seed, swap_classes,
                              tta_view, view_seed)
-from ddpmseg.data import ImageLabelDataset
+from ddpmseg.data.folders import ImageLabelDataset
 
 FILL = -1
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from conftest import FIXTURES, load_fixture, require, rule_weights
-from ddpmseg.backbones import (FEATURE_DIMS, IMAGENET_MEAN, IMAGENET_STD, SWAV_HOOKED_BLOCKS,
+from ddpmseg.features.backbones import (FEATURE_DIMS, IMAGENET_MEAN, IMAGENET_STD, SWAV_HOOKED_BLOCKS,
                                FeatureExtractorMAE, FeatureExtractorSwAV, MaskedAutoencoderViT,
                                create_backbone_extractor, load_mae_checkpoint, load_swav_checkpoint,
                                mae_vit_large_patch8, sincos_pos_embed_2d, swav_block_inputs, swav_resnet50)

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from ddpmseg import config
-from ddpmseg.config import REQUIRED, ConfigError, load_config, parse_override, save_config, validate
+from ddpmseg.common import config
+from ddpmseg.common.config import REQUIRED, ConfigError, load_config, parse_override, save_config, validate
 
 
 def minimal() -> dict:

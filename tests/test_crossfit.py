@@ -1,8 +1,8 @@
 """ddpmseg.crossfit: fold assignment and the pixels each fold ensemble may train on."""
 import torch
 
-from ddpmseg.crossfit import fold_assignment, pixels_outside_fold
-from ddpmseg.train import LabelledPixels
+from ddpmseg.classifier.crossfit import fold_assignment, pixels_outside_fold
+from ddpmseg.classifier.train import LabelledPixels
 
 
 def test_folds_are_balanced_seeded_and_not_the_file_order():
@@ -31,11 +31,11 @@ def test_each_image_is_predicted_by_the_fold_ensemble_that_never_saw_it(tmp_path
     each, 2 folds): image i's first prediction is exactly the prediction of the ensemble saved for
     its fold, and that ensemble's weights are exactly those of an ensemble trained with the fold's
     seed on the pixels of the OTHER images and their copies only (selected here by a plain loop)."""
-    from ddpmseg.config import load_config
-    from ddpmseg.crossfit import out_of_fold_probabilities
-    from ddpmseg.seeding import stream_seed
-    from ddpmseg.store import FeatureStore
-    from ddpmseg.train import EnsembleSettings, load_ensemble, train_ensemble
+    from ddpmseg.common.config import load_config
+    from ddpmseg.classifier.crossfit import out_of_fold_probabilities
+    from ddpmseg.common.seeding import stream_seed
+    from ddpmseg.features.store import FeatureStore
+    from ddpmseg.classifier.train import EnsembleSettings, load_ensemble, train_ensemble
 
     n, H, W, C, K = 4, 8, 8, 6, 19
     cfg = load_config("experiments/celebamask64/ddpm.json", {

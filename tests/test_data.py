@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import CELEBAMASK64, require
-from ddpmseg.data import (DataError, ImageLabelDataset, drop_small_regions, list_image_files,
+from ddpmseg.data.folders import (DataError, ImageLabelDataset, drop_small_regions, list_image_files,
                           nearest_resize)
 
 

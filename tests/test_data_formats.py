@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import CELEBAMASK64, require
-from ddpmseg.data import DataError, ImageLabelDataset, load_rgb, read_mask
+from ddpmseg.data.folders import DataError, ImageLabelDataset, load_rgb, read_mask
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from PIL import Image
 import train_ddpm
 from conftest import CELEBAMASK64, require
 from guided_diffusion.checkpoint import load_model_and_diffusion, sidecar_flags
-from ddpmseg.ddpm_train import center_crop_arr, global_batch, latest_checkpoint, random_crop_arr
-from ddpmseg.features import FeatureExtractorDDPM
+from ddpmseg.ddpm.train import center_crop_arr, global_batch, latest_checkpoint, random_crop_arr
+from ddpmseg.features.ddpm import FeatureExtractorDDPM
 
 TINY = ["--image_size", "32", "--channel_mult", "1,2", "--num_channels", "32", "--num_res_blocks", "1",
         "--attention_resolutions", "8", "--learn_sigma", "True", "--dropout", "0.1",
@@ -170,7 +170,7 @@ def test_random_crop_is_a_window_of_a_randomly_resized_image(tmp_path):
     """guided-diffusion's random crop: the short side resized to a length in [size, ceil(size / 0.8)],
     then a size x size window. Each crop is found by exhaustive search among all those windows
     (BICUBIC resizes made here), and different seeds use several lengths and positions."""
-    from ddpmseg.ddpm_train import UnlabelledImages
+    from ddpmseg.ddpm.train import UnlabelledImages
 
     rng = np.random.default_rng(0)
     src = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))  # 40 x 30 (W x H)

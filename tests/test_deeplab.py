@@ -13,8 +13,8 @@ from PIL import Image
 
 import train_deeplab
 from conftest import CELEBAMASK64, REPO, recomputed_iou, require
-from ddpmseg.config import CHOICES, ConfigError, validate
-from ddpmseg.deeplab import BACKBONES, build_deeplab
+from ddpmseg.common.config import CHOICES, ConfigError, validate
+from ddpmseg.datasetddpm.deeplab import BACKBONES, build_deeplab
 
 FOLDER = "deeplab_class_19_checkpoint_10_filter_out_0.200000"  # --max_data 10 --uncertainty_portion 0.2
 # Tiny but complete: 10 samples of which 8 are kept = 2 batches per epoch, 2 validation and 2 test images.
@@ -206,8 +206,8 @@ def test_shell_script(tmp_path, npz):
 
 def _deeplab_run(exp_dir, npz, *extra):
     """The DeepLabRun that ``run(exp_dir, npz, *extra)`` would build, for method-level checks."""
-    from ddpmseg.config import load_config, parse_override
-    from ddpmseg.deeplab import DeepLabRun, DeepLabSettings
+    from ddpmseg.common.config import load_config, parse_override
+    from ddpmseg.datasetddpm.deeplab import DeepLabRun, DeepLabSettings
 
     args = train_deeplab.parse_args(["--exp", str(REPO / "experiments/celebamask64/ddpm.json"), "--data_path", npz,
                                      *FAST, *extra])
@@ -234,7 +234,7 @@ def test_masks_and_predictions_change_resolution_as_published(tmp_path, npz):
     (exactly mask[i // 2, j // 2] for this 2x ratio); predictions come back to 64 px by bilinear
     upsampling of the logits (align_corners=False) before the argmax, checked against a hand
     interpolation of a 2 x 2 logit map."""
-    from ddpmseg.deeplab import predict
+    from ddpmseg.datasetddpm.deeplab import predict
 
     dl = _deeplab_run(tmp_path, npz, "--set", "deeplab_res=128")
     data = dl.load_synthetic()
@@ -267,8 +267,8 @@ def test_the_earliest_best_epoch_is_tested(resumed, tmp_path, npz):
     the earliest of the tied best, epoch 0, is selected, as the original, and the test mIoU is that
     of epoch 0's weights, recomputed here (DeepLab forward, argmax, IoU summed over the test images;
     same float32 forward on the same machine, so the same masks)."""
-    from ddpmseg.deeplab import build_deeplab, input_transform
-    from ddpmseg.metrics import IoUAccumulator
+    from ddpmseg.datasetddpm.deeplab import build_deeplab, input_transform
+    from ddpmseg.common.metrics import IoUAccumulator
 
     exp = tmp_path / "exp"
     shutil.copytree(resumed[0].parents[1], exp)

@@ -6,9 +6,9 @@ from PIL import Image
 
 import demo
 from conftest import REPO, recomputed_iou
-from ddpmseg.config import load_config
+from ddpmseg.common.config import load_config
 from ddpmseg.demo import DEMO_FLAGS, PRESETS, ddpm_checkpoint
-from ddpmseg.procedural import CLASS_NAMES, PALETTE
+from ddpmseg.data.procedural import CLASS_NAMES, PALETTE
 
 
 def test_demo_configs_match_the_generated_dataset_and_the_full_preset():
@@ -54,7 +54,7 @@ def test_smoke_demo_runs_every_stage_and_reports_both_mious(tmp_path):
 
 
 def test_demo_into_a_folder_of_another_seed_fails_with_one_line(tmp_path, capsys):
-    from ddpmseg.procedural import write_dataset
+    from ddpmseg.data.procedural import write_dataset
 
     smoke = PRESETS["smoke"]
     write_dataset(str(tmp_path / "data"), train=smoke.train, test=smoke.test, unlabeled=smoke.unlabeled, seed=0)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from ddpmseg.config import ConfigError
-from ddpmseg.device import resolve_device
+from ddpmseg.common.config import ConfigError
+from ddpmseg.common.device import resolve_device
 
 
 def test_auto_is_cuda_when_available_else_cpu():

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ddpmseg.ensemble import PixelEnsemble, hidden_sizes
-from ddpmseg.train import member_generator
+from ddpmseg.classifier.ensemble import PixelEnsemble, hidden_sizes
+from ddpmseg.classifier.train import member_generator
 
 
 class OriginalClassifier(nn.Module):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ddpmseg.etf import ETF_FILE, load_or_create_etf, simplex_etf
+from ddpmseg.classifier.etf import ETF_FILE, load_or_create_etf, simplex_etf
 
 
 @pytest.mark.parametrize("dim,K", [(32, 19), (32, 4), (128, 34), (19, 19)])
@@ -54,8 +54,8 @@ def _cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def test_etf_loss_equals_a_hand_computation():
     """loss = alpha * CE(logits) + beta * CE(penultimate @ E), each member on its own batch. Float64
     throughout, so the only differences are summation orders: 1e-12 holds on any machine."""
-    from ddpmseg.ensemble import PixelEnsemble
-    from ddpmseg.train import member_losses
+    from ddpmseg.classifier.ensemble import PixelEnsemble
+    from ddpmseg.classifier.train import member_losses
 
     M, B, C, K = 3, 16, 12, 5
     g = torch.Generator().manual_seed(0)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import CELEBAMASK64, FACES_CKPT, REPO, require
-from ddpmseg.config import load_config
+from ddpmseg.common.config import load_config
 
 # The datasets; experiments/shapes64 is the offline demo's generated dataset (tests/test_demo.py).
 EXPERIMENTS = sorted(p for p in (REPO / "experiments").glob("*/ddpm.json") if p.parent.name != "shapes64")

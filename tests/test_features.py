@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import load_fixture
-from ddpmseg.features import FeatureExtractorDDPM, collect_features, shared_noise
-from ddpmseg.store import FeatureStore
+from ddpmseg.features.ddpm import FeatureExtractorDDPM, collect_features, shared_noise
+from ddpmseg.features.store import FeatureStore
 
 
 def _extractor(build, fx, **kw):
@@ -76,7 +76,7 @@ def test_shared_noise_is_seeded():
 
 
 def test_rgb_position_features_are_colour_then_x_then_y():
-    from ddpmseg.features import RGBPositionFeatures
+    from ddpmseg.features.ddpm import RGBPositionFeatures
 
     img = torch.rand(2, 3, 4, 6) * 2 - 1
     (feat,) = RGBPositionFeatures()(img)

@@ -9,7 +9,7 @@ from PIL import Image
 import generate_dataset
 import sample
 from guided_diffusion.checkpoint import load_model_and_diffusion, sidecar_flags
-from ddpmseg.sampling import sample_batch, sampling_diffusion
+from ddpmseg.ddpm.sampling import sample_batch, sampling_diffusion
 
 FAST_SAMPLING = ["--use_ddim", "True", "--timestep_respacing", "ddim2"]
 
@@ -122,9 +122,9 @@ def test_datasetddpm_masks_and_uncertainty_are_what_the_run_predicts(tmp_path, t
     agrees to 1e-4 relative."""
     import torch.nn.functional as F
 
-    from ddpmseg.interpreter import load_trained_run
-    from ddpmseg.report import to_uint8_images
-    from ddpmseg.train import load_ensemble
+    from ddpmseg.classifier.interpreter import load_trained_run
+    from ddpmseg.common.report import to_uint8_images
+    from ddpmseg.classifier.train import load_ensemble
 
     out = tmp_path / "gen"
     assert generate_dataset.main(["--run_dir", str(tiny_interpreter_run), "--out", str(out), "--num_samples", "3",

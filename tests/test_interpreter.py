@@ -11,7 +11,7 @@ from PIL import Image
 import evaluate
 import train_interpreter
 from conftest import CELEBAMASK64, FAST_INTERPRETER as FAST, recomputed_iou, require
-from ddpmseg.predict import VOTING_MODES
+from ddpmseg.classifier.predict import VOTING_MODES
 
 
 @pytest.fixture
@@ -293,9 +293,9 @@ def test_training_store_holds_each_labelled_pixel_with_its_own_features(data):
     pixels in that slot, each labelled with its own class and read back with the rgb_xy features
     of that slot's (augmented) image at that pixel. rgb_xy has one full-resolution map, so the
     store's bilinear read is the identity and its only change is the float16 rounding: exact."""
-    from ddpmseg.augment import augment_pair, copy_seed
-    from ddpmseg.config import load_config
-    from ddpmseg.interpreter import Run
+    from ddpmseg.data.augment import augment_pair, copy_seed
+    from ddpmseg.common.config import load_config
+    from ddpmseg.classifier.interpreter import Run
 
     first = sorted((data / "train").glob("*.npy"))[0]
     label = np.load(first)

@@ -80,7 +80,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_walker_sees_function_level_imports_and_cycles():
     graph = import_graph()
-    assert "ddpmseg.config" in graph["ddpmseg.cli"]  # a module-level relative import is an edge
+    assert "ddpmseg.common.config" in graph["ddpmseg.common.cli"]  # a module-level relative import is an edge
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -105,7 +105,7 @@ LIGHT_TOOLS = ("train_ddpm.py", "sample.py")
 def test_light_tools_load_neither_the_interpreter_nor_timm():
     """train_ddpm.py and sample.py (and every tool, through ddpmseg.cli) start without the
     segmentation job's modules: timm alone takes seconds to import."""
-    wanted = {"ddpmseg.cli"}
+    wanted = {"ddpmseg.common.cli"}
     for tool in LIGHT_TOOLS:
         for node in ast.parse((REPO / tool).read_text()).body:
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ddpmseg"):
@@ -115,7 +115,7 @@ def test_light_tools_load_neither_the_interpreter_nor_timm():
             "print(json.dumps(sorted(sys.modules)))")
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                        check=True).stdout)
-    assert "ddpmseg.cli" in loaded and len(wanted) > 2
+    assert "ddpmseg.common.cli" in loaded and len(wanted) > 2
     heavy = [m for m in loaded if m == "timm" or m.startswith("timm.") or m.split(".")[-1] == "interpreter"
              and m.startswith("ddpmseg")]
     assert not heavy, f"{sorted(wanted)} load {heavy[:5]}"

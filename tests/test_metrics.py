@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmseg.metrics import IoUAccumulator, iou_table_markdown
+from ddpmseg.common.metrics import IoUAccumulator, iou_table_markdown
 
 
 def test_hand_computed_example():

@@ -13,8 +13,8 @@ import new_experiment
 import segment
 import train_interpreter
 from conftest import CELEBAMASK64, FAST_INTERPRETER, require
-from ddpmseg.config import ConfigError, load_config
-from ddpmseg.new_experiment import closest_published, distinct_palette, read_classes
+from ddpmseg.common.config import ConfigError, load_config
+from ddpmseg.classifier.new_experiment import closest_published, distinct_palette, read_classes
 
 
 def _celeba():

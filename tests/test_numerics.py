@@ -10,8 +10,8 @@ import torch
 import train_ddpm
 import train_interpreter
 from conftest import CELEBAMASK64, FAST_INTERPRETER, manifest, require, rule_weights
-from ddpmseg.numerics import NumericalError
-from ddpmseg.train import model_path, train_ensemble
+from ddpmseg.common.numerics import NumericalError
+from ddpmseg.classifier.train import model_path, train_ensemble
 from test_ddpm_train import TINY
 from test_train import make_data, make_settings, quiet
 

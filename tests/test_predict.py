@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpmseg.ensemble import PixelEnsemble
-from ddpmseg.predict import VOTING_MODES, Votes, ensemble_logits, image_uncertainty, predict_image, view_logits
-from ddpmseg.train import member_generator
+from ddpmseg.classifier.ensemble import PixelEnsemble
+from ddpmseg.classifier.predict import VOTING_MODES, Votes, ensemble_logits, image_uncertainty, predict_image, view_logits
+from ddpmseg.classifier.train import member_generator
 
 
 def trained_looking_ensemble(M, C, K, seed=0):

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from ddpmseg import procedural
-from ddpmseg.data import ImageLabelDataset, list_image_files
-from ddpmseg.procedural import (CLASS_NAMES, NUM_CLASSES, PALETTE, colorize, main, render_sample,
+from ddpmseg.data import procedural
+from ddpmseg.data.folders import ImageLabelDataset, list_image_files
+from ddpmseg.data.procedural import (CLASS_NAMES, NUM_CLASSES, PALETTE, colorize, main, render_sample,
                                 sample_rng, write_dataset)
 
 SMALL = dict(train=4, test=3, unlabeled=5, size=64, seed=7)

@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ddpmseg.refine import (CategoricalSchedule, MaskDenoiser, RefineSettings, hflip_sample, load_refiner, refine,
+from ddpmseg.classifier.refine import (CategoricalSchedule, MaskDenoiser, RefineSettings, hflip_sample, load_refiner, refine,
                             save_refiner, train_refiner)
 
 K, SIZE, IGNORE = 4, 24, 255

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from conftest import CELEBAMASK64, require
-from ddpmseg import atomic
-from ddpmseg.atomic import write_json_atomic
-from ddpmseg.report import colorize_mask, save_prediction, to_uint8_image
+from ddpmseg.common import atomic
+from ddpmseg.common.atomic import write_json_atomic
+from ddpmseg.common.report import colorize_mask, save_prediction, to_uint8_image
 
 
 def _palette():

@@ -4,8 +4,8 @@ import time
 
 import torch
 
-from ddpmseg.metrics import IoUAccumulator
-from ddpmseg.runfiles import experiment_dir, write_run_metrics
+from ddpmseg.common.metrics import IoUAccumulator
+from ddpmseg.common.runfiles import experiment_dir, write_run_metrics
 
 
 def test_experiment_dir_is_the_originals_layout():

@@ -10,11 +10,11 @@ import pytest
 
 import train_ddpm
 from conftest import CELEBAMASK64, require
-from ddpmseg.runlock import LOCK_NAME, RunLockError, acquire
+from ddpmseg.common.runlock import LOCK_NAME, RunLockError, acquire
 from test_ddpm_train import TINY
 
 HOLD = ("import sys, time\n"
-        "from ddpmseg.runlock import acquire\n"
+        "from ddpmseg.common.runlock import acquire\n"
         "acquire(sys.argv[1])\n"
         "open(sys.argv[1] + '/.model_0.pth.abcd1234.tmp', 'w').write('half a file')\n"
         "print('locked', flush=True)\n"

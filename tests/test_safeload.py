@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import evaluate
-import ddpmseg.train as train_mod
-from ddpmseg.safeload import load_plain
+import ddpmseg.classifier.train as train_mod
+from ddpmseg.common.safeload import load_plain
 from guided_diffusion.checkpoint import CheckpointError
 from test_train import make_data, make_settings, quiet
 

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from ddpmseg.seeding import (MEMBER_LIMIT, MEMBER_PARTS, STREAMS, member_key, member_seed, seed_of, stream_key,
+from ddpmseg.common.seeding import (MEMBER_LIMIT, MEMBER_PARTS, STREAMS, member_key, member_seed, seed_of, stream_key,
                              stream_seed)
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "ddpmseg"
@@ -107,11 +107,11 @@ def test_keys_are_checked():
 
 # Where a seed reaches an RNG without going through the table, and why that is right.
 RAW_SEEDING = {
-    ("features.py", "shared_noise"): "the original's noise tensor, seeded with the seed itself",
-    ("interpreter.py", "open_backbone"): "the original seeds torch's global RNG with the seed itself",
-    ("ddpm_train.py", "__getitem__"): "its crop seed comes from the ddpm_crop stream",
-    ("augment.py", "augment_pair"): "its seed comes from the augment_copy stream",
-    ("augment.py", "tta_view"): "its seed comes from the test_view stream",
+    ("features/ddpm.py", "shared_noise"): "the original's noise tensor, seeded with the seed itself",
+    ("classifier/interpreter.py", "open_backbone"): "the original seeds torch's global RNG with the seed itself",
+    ("ddpm/train.py", "__getitem__"): "its crop seed comes from the ddpm_crop stream",
+    ("data/augment.py", "augment_pair"): "its seed comes from the augment_copy stream",
+    ("data/augment.py", "tta_view"): "its seed comes from the test_view stream",
 }
 SEEDING_CALLS = {"manual_seed", "default_rng", "SeedSequence"}
 
@@ -134,7 +134,7 @@ def test_every_draw_takes_its_stream_from_the_table():
                 if name not in SEEDING_CALLS:
                     continue
                 arg = ast.unparse(call.args[0]) if call.args else ""
-                if "stream_seed(" in arg or "member_seed(" in arg or (path.name, func.name) in RAW_SEEDING:
+                if "stream_seed(" in arg or "member_seed(" in arg or (path.relative_to(SRC).as_posix(), func.name) in RAW_SEEDING:
                     continue
                 offenders.append(f"{path.relative_to(SRC)}:{call.lineno} {func.name}: {name}({arg})")
     assert not offenders, "seeded outside ddpmseg.seeding's table:\n" + "\n".join(offenders)

@@ -11,8 +11,8 @@ from PIL import Image
 
 import segment
 from conftest import CELEBAMASK64, require
-from ddpmseg.predict import VOTING_MODES, Votes
-from ddpmseg.segmenter import Segmenter, window_starts
+from ddpmseg.classifier.predict import VOTING_MODES, Votes
+from ddpmseg.classifier.segmenter import Segmenter, window_starts
 
 
 def test_window_starts_cover_the_long_side_with_overlap():

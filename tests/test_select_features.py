@@ -14,9 +14,9 @@ from PIL import Image
 
 import select_features
 from conftest import CELEBAMASK64, require
-from ddpmseg import feature_selection
-from ddpmseg.config import load_config
-from ddpmseg.seeding import stream_seed
+from ddpmseg.classifier import feature_selection
+from ddpmseg.common.config import load_config
+from ddpmseg.common.seeding import stream_seed
 
 # A small grid and a tiny probe: 6 training images in 3 folds, 2 steps x 2 blocks, 30 iterations.
 TRAINING_NUMBER, FOLDS = 6, 3
@@ -133,15 +133,15 @@ def test_selection_json_scores_heatmap_and_selected_config(selection, tiny64_che
         "training_path": str(require(CELEBAMASK64) / "real" / "train"), "testing_path": selected["testing_path"],
         "model_path": str(tiny64_checkpoint), "training_number": TRAINING_NUMBER,
         "exp_dir": str(selection["tmp"] / "exp")}
-    from ddpmseg.features import FeatureExtractorDDPM
-    from ddpmseg.model_flags import resolve_model_flags
+    from ddpmseg.features.ddpm import FeatureExtractorDDPM
+    from ddpmseg.common.model_flags import resolve_model_flags
     from guided_diffusion.checkpoint import load_model_and_diffusion
     model, diffusion = load_model_and_diffusion(str(tiny64_checkpoint), resolve_model_flags(selected))
     acts = FeatureExtractorDDPM(steps=selected["steps"], blocks=selected["blocks"], model=model,
                                 diffusion=diffusion)(torch.zeros(1, 3, 64, 64))
     assert selected["dim"] == [64, 64, sum(a.shape[1] for a in acts)]
     # The heatmap: a cell grid, the chosen cells framed in red and the others not.
-    from ddpmseg.selection_heatmap import _CELL_PX, _FRAME, _MARGIN_PX
+    from ddpmseg.classifier.selection_heatmap import _CELL_PX, _FRAME, _MARGIN_PX
     img = np.asarray(Image.open(out / "selection_heatmap.png").convert("RGB"))
     for i, t in enumerate((50, 250)):
         for j, b in enumerate((5, 8)):

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpmseg.store import FeatureStore, upsample_pixels
+from ddpmseg.features.store import FeatureStore, upsample_pixels
 
 
 @pytest.mark.parametrize("in_hw,out_hw", [((8, 8), (32, 32)), ((16, 16), (64, 64)), ((32, 32), (32, 32)),

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 import suggest
-from ddpmseg.config import load_config, save_config
-from ddpmseg.ensemble import PixelEnsemble
-from ddpmseg.suggest import SHEET_TILE_PX
-from ddpmseg.train import model_path
+from ddpmseg.common.config import load_config, save_config
+from ddpmseg.classifier.ensemble import PixelEnsemble
+from ddpmseg.classifier.suggest import SHEET_TILE_PX
+from ddpmseg.classifier.train import model_path
 
 K, GAIN = 19, 4.0  # the celebamask64 classes; logit scale of the members' confident class
 BN_SCALE = 1 / math.sqrt(1 + 1e-5)  # eval-mode BatchNorm with running mean 0, variance 1
@@ -110,7 +110,7 @@ def test_known_uncertainty_ranks_the_pool_as_expected(known_run, pool, tmp_path,
 
 
 def test_random_strategy_is_the_seeded_permutation(known_run, pool, tmp_path):
-    from ddpmseg.seeding import stream_generator
+    from ddpmseg.common.seeding import stream_generator
 
     stems = sorted(_reds())
     for seed in (0, 1):
@@ -125,9 +125,9 @@ def test_contact_sheet_rows_show_image_prediction_and_uncertainty(known_run, poo
     out = tmp_path / "out"
     assert suggest.main(["--run", str(known_run), "--pool", str(pool), "--k", "1", "--out", str(out)]) == 0
     sheet = np.asarray(Image.open(out / "suggestions.png").convert("RGB"))
-    from ddpmseg.report import _GAP_PX, _LINE_PX
-    from ddpmseg.segment_folder import uncertainty_image
-    from ddpmseg.suggest import _LABEL_PX
+    from ddpmseg.common.report import _GAP_PX, _LINE_PX
+    from ddpmseg.classifier.segment_folder import uncertainty_image
+    from ddpmseg.classifier.suggest import _LABEL_PX
     row = sheet[_LINE_PX:_LINE_PX + SHEET_TILE_PX, _LABEL_PX:]
     assert (row[:, :SHEET_TILE_PX] == [255, 0, 0]).all()  # a_bright: pure red
     palette = json.loads((known_run / "config.json").read_text())["palette"]

@@ -4,9 +4,9 @@ import pytest
 from PIL import Image
 
 from conftest import CELEBAMASK64, require
-from ddpmseg.config import ConfigError
-from ddpmseg.data import DataError
-from ddpmseg.synthetic import check_masks, keep_by_uncertainty, load_synthetic
+from ddpmseg.common.config import ConfigError
+from ddpmseg.data.folders import DataError
+from ddpmseg.data.synthetic import check_masks, keep_by_uncertainty, load_synthetic
 
 
 @pytest.fixture(scope="module")

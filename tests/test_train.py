@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import ddpmseg.train as train_mod
-from ddpmseg.config import DEFAULTS, REQUIRED, ConfigError
-from ddpmseg.ensemble import PixelEnsemble
-from ddpmseg.store import FeatureStore
-from ddpmseg.train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, train_ensemble
+import ddpmseg.classifier.train as train_mod
+from ddpmseg.common.config import DEFAULTS, REQUIRED, ConfigError
+from ddpmseg.classifier.ensemble import PixelEnsemble
+from ddpmseg.features.store import FeatureStore
+from ddpmseg.classifier.train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, train_ensemble
 
 H = W = 16
 K = 4
@@ -605,7 +605,7 @@ def test_restore_puts_back_everything_a_snapshot_holds(tmp_path, monkeypatch):
 
 
 def test_settings_come_from_a_validated_config():
-    from ddpmseg.config import load_config
+    from ddpmseg.common.config import load_config
     cfg = load_config("experiments/celebamask64/ddpm.json", {"learning_rate": 2, "dropout": 0.1})
     s = EnsembleSettings.from_config(cfg)
     assert (s.seed, s.number_class, s.batch_size) == (cfg["seed"], cfg["number_class"], cfg["batch_size"])

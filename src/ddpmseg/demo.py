@@ -20,19 +20,19 @@ from typing import Callable
 
 import numpy as np
 
-from .atomic import write_json_atomic, write_text_atomic
-from .config import load_config
-from .data import ImageLabelDataset
-from .ddpm_train import DDPMTrainer, DDPMTrainOptions
-from .distributed import init_world
-from .generate import SampleOptions
-from .interpreter import run_interpreter
-from .labelling import generate_labelled_set
-from .model_flags import resolve_model_flags
-from .procedural import write_dataset
-from .report import annotate, colorize_mask, panel_spans, side_by_side, to_uint8_image, write_png_atomic
-from .runfiles import experiment_dir
-from .runlog import RunLog
+from .common.atomic import write_json_atomic, write_text_atomic
+from .common.config import load_config
+from .data.folders import ImageLabelDataset
+from .ddpm.train import DDPMTrainer, DDPMTrainOptions
+from .common.distributed import init_world
+from .ddpm.generate import SampleOptions
+from .classifier.interpreter import run_interpreter
+from .datasetddpm.labelling import generate_labelled_set
+from .common.model_flags import resolve_model_flags
+from .data.procedural import write_dataset
+from .common.report import annotate, colorize_mask, panel_spans, side_by_side, to_uint8_image, write_png_atomic
+from .common.runfiles import experiment_dir
+from .common.runlog import RunLog
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {"ddpm": "experiments/shapes64/ddpm.json", "rgb_xy": "experiments/shapes64/rgb_xy.json"}

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .augment import class_permutation
+from ..data.augment import class_permutation
 from .ensemble import PixelEnsemble
 
 

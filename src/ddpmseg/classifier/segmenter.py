@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import image_transform, to_rgb
+from ..data.folders import image_transform, to_rgb
 from .interpreter import REFINER_FILE, Run, load_trained_config
 from .predict import image_uncertainty
 from .refine import load_refiner, refine
-from .seeding import stream_generator
+from ..common.seeding import stream_generator
 from .train import load_ensemble
 
 # Neighbouring windows share half their width: every pixel away from the two ends is seen by two

@@ -19,24 +19,24 @@ from tqdm import tqdm
 
 from guided_diffusion.checkpoint import load_model_and_diffusion
 
-from .augment import augment_pair, copy_seed, tta_view, view_seed
-from .backbones import create_backbone_extractor
-from .config import BACKBONE_INPUT_ACTIVATIONS, ConfigError, save_config, validate
+from ..data.augment import augment_pair, copy_seed, tta_view, view_seed
+from ..features.backbones import create_backbone_extractor
+from ..common.config import BACKBONE_INPUT_ACTIVATIONS, ConfigError, save_config, validate
 from .crossfit import out_of_fold_probabilities
-from .data import ImageLabelDataset, drop_small_regions
-from .device import resolve_device
-from .features import FeatureExtractorDDPM, RGBPositionFeatures, shared_noise
-from .metrics import IoUAccumulator
-from .numerics import FLOAT16_MAX, check_features
+from ..data.folders import ImageLabelDataset, drop_small_regions
+from ..common.device import resolve_device
+from ..features.ddpm import FeatureExtractorDDPM, RGBPositionFeatures, shared_noise
+from ..common.metrics import IoUAccumulator
+from ..common.numerics import FLOAT16_MAX, check_features
 from .predict import VOTING_MODES, Votes, image_uncertainty, view_logits
 from .refine import load_refiner, refine, refine_settings, save_refiner, train_refiner
-from .report import save_prediction
-from .runfiles import experiment_dir, write_run_metrics
-from .runlock import run_lock
-from .runlog import RunLog
-from .safeload import load_plain
-from .seeding import stream_generator, stream_seed
-from .store import FeatureStore
+from ..common.report import save_prediction
+from ..common.runfiles import experiment_dir, write_run_metrics
+from ..common.runlock import run_lock
+from ..common.runlog import RunLog
+from ..common.safeload import load_plain
+from ..common.seeding import stream_generator, stream_seed
+from ..features.store import FeatureStore
 from .train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, train_ensemble
 
 EXCLUDED = -1  # training-label marker for pixels no member trains on

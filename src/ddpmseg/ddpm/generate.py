@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from guided_diffusion.respace import SpacedDiffusion
 
-from .atomic import atomic_write, write_json_atomic
-from .config import ConfigError
-from .distributed import World, barrier
-from .errors import DataError
-from .report import to_uint8_images
-from .runlock import run_lock
+from ..common.atomic import atomic_write, write_json_atomic
+from ..common.config import ConfigError
+from ..common.distributed import World, barrier
+from ..common.errors import DataError
+from ..common.report import to_uint8_images
+from ..common.runlock import run_lock
 from .sampling import sample_batch
 
 # A labeller maps a batch of samples in [-1, 1] to extra arrays ("masks", "uncertainty").

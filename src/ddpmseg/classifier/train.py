@@ -28,14 +28,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .atomic import torch_save_atomic
-from .config import DEFAULTS, ConfigError, check_choice, check_type
+from ..common.atomic import torch_save_atomic
+from ..common.config import DEFAULTS, ConfigError, check_choice, check_type
 from .ensemble import PixelEnsemble
 from .etf import load_or_create_etf
-from .numerics import NumericalError, nonfinite_members
-from .safeload import load_plain
-from .seeding import member_seed, torch_generator
-from .store import FeatureStore
+from ..common.numerics import NumericalError, nonfinite_members
+from ..common.safeload import load_plain
+from ..common.seeding import member_seed, torch_generator
+from ..features.store import FeatureStore
 
 STATE_FILE = "train_state.pt"
 # Largest float32 [pixels, dim] matrix feature_matrix "auto" builds: celebamask64 (80k pixels x

@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from .config import CHOICES, ConfigError
-from .errors import DataError
+from ..common.config import CHOICES, ConfigError
+from ..common.errors import DataError
 
 # The filter rules, named once in the config's CHOICES.
 UNCERTAINTY_RULES = CHOICES["uncertainty_filter"]

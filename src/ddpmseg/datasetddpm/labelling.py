@@ -13,14 +13,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import ConfigError
-from .distributed import World
-from .generate import Labeller, SampleOptions, generate
-from .interpreter import Run, load_trained_run
-from .predict import image_uncertainty
-from .report import synthetic_grid, write_png_atomic
-from .sampling import sampling_diffusion
-from .train import load_ensemble
+from ..common.config import ConfigError
+from ..common.distributed import World
+from ..ddpm.generate import Labeller, SampleOptions, generate
+from ..classifier.interpreter import Run, load_trained_run
+from ..classifier.predict import image_uncertainty
+from ..common.report import synthetic_grid, write_png_atomic
+from ..ddpm.sampling import sampling_diffusion
+from ..classifier.train import load_ensemble
 
 
 def ensemble_labeller(run: Run, run_dir: str) -> Labeller:

@@ -13,8 +13,8 @@ import os
 
 import torch
 
-from .atomic import torch_save_atomic
-from .seeding import stream_generator
+from ..common.atomic import torch_save_atomic
+from ..common.seeding import stream_generator
 
 ETF_FILE = "etf_matrix.pt"
 

@@ -20,12 +20,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .atomic import write_text_atomic
-from .data import load_rgb
-from .errors import DataError
+from ..common.atomic import write_text_atomic
+from ..data.folders import load_rgb
+from ..common.errors import DataError
 from .predict import image_uncertainty
-from .report import annotate, class_legend, colorize_mask, panel_spans, side_by_side, write_png_atomic
-from .seeding import stream_generator
+from ..common.report import annotate, class_legend, colorize_mask, panel_spans, side_by_side, write_png_atomic
+from ..common.seeding import stream_generator
 from .segment_folder import list_inputs, uncertainty_image
 from .segmenter import Segmenter
 

@@ -12,7 +12,7 @@ import torch
 from guided_diffusion.respace import SpacedDiffusion
 from guided_diffusion.script_util import create_gaussian_diffusion, merged_flags
 
-from .seeding import stream_seed
+from ..common.seeding import stream_seed
 
 
 def sampling_diffusion(model_flags: Mapping[str, Any], timestep_respacing: str = "") -> SpacedDiffusion:

@@ -30,10 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .atomic import torch_save_atomic
-from .augment import class_permutation, swap_classes
-from .refine_settings import RefineSettings
-from .seeding import stream_generator
+from ..common.atomic import torch_save_atomic
+from ..data.augment import class_permutation, swap_classes
+from ..common.refine_settings import RefineSettings
+from ..common.seeding import stream_generator
 
 CHECKPOINT_FORMAT = "ddpmseg-refiner-v1"  # tells a refiner file apart from any other torch file
 # Floor of the first prediction's probabilities in the log-prior: ensemble votes can be exactly 0,

@@ -34,9 +34,9 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from .atomic import write_json_atomic
-from .errors import DataError
-from .seeding import stream_rng
+from ..common.atomic import write_json_atomic
+from ..common.errors import DataError
+from ..common.seeding import stream_rng
 
 CLASS_NAMES: tuple[str, ...] = ("background", "disc", "square", "triangle", "ring", "cross")
 # Distinct, colour-blind-friendly-ish colours for visualising masks (not used to render images).

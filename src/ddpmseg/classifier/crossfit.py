@@ -14,9 +14,9 @@ from typing import Callable
 
 import torch
 
-from .atomic import torch_save_atomic
-from .seeding import stream_generator, stream_seed
-from .store import FeatureStore
+from ..common.atomic import torch_save_atomic
+from ..common.seeding import stream_generator, stream_seed
+from ..features.store import FeatureStore
 from .train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, train_ensemble
 
 

@@ -16,8 +16,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .config import TTA_VIEWS
-from .seeding import stream_seed
+from ..common.config import TTA_VIEWS
+from ..common.seeding import stream_seed
 
 # Coursework values: colour jitter strengths, crop scale range, rotation limit (albumentations'
 # default +-90 degrees), 2..4 holes of 40..60 px at 256 px (scaled with the image size).

@@ -23,12 +23,12 @@ import torch
 from guided_diffusion.checkpoint import sidecar_flags
 from guided_diffusion.script_util import merged_flags
 
-from .config import ConfigError, DEFAULTS, _read_json, save_config, validate
-from .data import ImageLabelDataset, read_mask
-from .errors import INPUT_ERRORS
+from ..common.config import ConfigError, DEFAULTS, _read_json, save_config, validate
+from ..data.folders import ImageLabelDataset, read_mask
+from ..common.errors import INPUT_ERRORS
 from .interpreter import Run
 
-PUBLISHED = os.path.join(os.path.dirname(__file__), "..", "..", "experiments")
+PUBLISHED = os.path.join(os.path.dirname(__file__), "..", "..", "..", "experiments")
 # The U-Net flags that decide which blocks exist and how wide they are: what "closest" compares.
 ARCHITECTURE_FLAGS = ("num_channels", "num_res_blocks", "channel_mult", "attention_resolutions", "resblock_updown")
 # A 30 % test split, the share the published datasets hold out at the smallest sizes.

@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .atomic import atomic_write, write_text_atomic
-from .data import IMAGE_EXTENSIONS, list_image_files, load_rgb
-from .errors import DataError
-from .report import colorize_mask, write_png_atomic
+from ..common.atomic import atomic_write, write_text_atomic
+from ..data.folders import IMAGE_EXTENSIONS, list_image_files, load_rgb
+from ..common.errors import DataError
+from ..common.report import colorize_mask, write_png_atomic
 from .segmenter import Segmenter
 
 CSV_NAME = "segments.csv"

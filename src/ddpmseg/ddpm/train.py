@@ -39,17 +39,17 @@ from guided_diffusion.checkpoint import check_state_dict, read_state_dict
 from guided_diffusion.resample import SCHEDULE_SAMPLERS, LossAwareSampler, create_named_schedule_sampler
 from guided_diffusion.script_util import create_model_and_diffusion, merged_flags, unknown_flags
 
-from .atomic import torch_save_atomic, write_json_atomic, write_text_atomic
-from .config import ConfigError
-from .data import list_image_files, load_rgb
-from .distributed import World, all_reduce_sum, barrier, init_world
-from .errors import DataError
-from .numerics import NumericalError
-from .report import image_grid, to_uint8_images, write_png_atomic
-from .runlock import run_lock
-from .safeload import load_plain
+from ..common.atomic import torch_save_atomic, write_json_atomic, write_text_atomic
+from ..common.config import ConfigError
+from ..data.folders import list_image_files, load_rgb
+from ..common.distributed import World, all_reduce_sum, barrier, init_world
+from ..common.errors import DataError
+from ..common.numerics import NumericalError
+from ..common.report import image_grid, to_uint8_images, write_png_atomic
+from ..common.runlock import run_lock
+from ..common.safeload import load_plain
 from .sampling import sample_batch, sampling_diffusion
-from .seeding import stream_generator, stream_rng, stream_seed
+from ..common.seeding import stream_generator, stream_rng, stream_seed
 
 # fp32 as published; bf16/fp16 autocast on CUDA; fp64 everywhere: float64 weights and arithmetic,
 # for checking that two ways of training (e.g. one process vs torchrun) compute the same thing.

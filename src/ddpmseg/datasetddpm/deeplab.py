@@ -29,17 +29,17 @@ from tqdm import tqdm
 
 from guided_diffusion.checkpoint import CheckpointError
 
-from .atomic import torch_save_atomic, write_json_atomic
-from .config import ConfigError, save_config
-from .data import ImageLabelDataset, nearest_resize
-from .device import resolve_device
-from .metrics import IoUAccumulator
-from .report import save_prediction
-from .runfiles import experiment_dir, write_run_metrics
-from .runlock import run_lock
-from .runlog import RunLog
-from .seeding import stream_generator, stream_seed
-from .synthetic import check_masks, keep_by_uncertainty, load_synthetic
+from ..common.atomic import torch_save_atomic, write_json_atomic
+from ..common.config import ConfigError, save_config
+from ..data.folders import ImageLabelDataset, nearest_resize
+from ..common.device import resolve_device
+from ..common.metrics import IoUAccumulator
+from ..common.report import save_prediction
+from ..common.runfiles import experiment_dir, write_run_metrics
+from ..common.runlock import run_lock
+from ..common.runlog import RunLog
+from ..common.seeding import stream_generator, stream_seed
+from ..data.synthetic import check_masks, keep_by_uncertainty, load_synthetic
 
 # torchvision's ImageNet statistics: the original's 'deeplab' transform.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -27,8 +27,8 @@ from torchvision.models.resnet import Bottleneck
 
 from guided_diffusion.checkpoint import SHOW, CheckpointError
 
-from .safeload import unsafe_global
-from .seeding import stream_seed
+from ..common.safeload import unsafe_global
+from ..common.seeding import stream_seed
 
 # Both backbones were pretrained on [0, 1] images normalised with ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms
 
-from .errors import DataError
+from ..common.errors import DataError
 
 # Decided by the last name suffix only, like guided-diffusion's `_list_image_files_recursively`
 # (its jpg, jpeg, png, gif), plus the other formats cameras and labelling tools write.

@@ -24,17 +24,17 @@ from tqdm import tqdm
 
 from guided_diffusion.checkpoint import load_model_and_diffusion
 
-from .atomic import write_json_atomic
-from .config import ConfigError, save_config
+from ..common.atomic import write_json_atomic
+from ..common.config import ConfigError, save_config
 from .crossfit import fold_assignment, pixels_outside_fold
-from .data import ImageLabelDataset, drop_small_regions
-from .features import FeatureExtractorDDPM, shared_noise
-from .metrics import IoUAccumulator
+from ..data.folders import ImageLabelDataset, drop_small_regions
+from ..features.ddpm import FeatureExtractorDDPM, shared_noise
+from ..common.metrics import IoUAccumulator
 from .predict import Votes, ensemble_logits
-from .report import write_png_atomic
+from ..common.report import write_png_atomic
 from .selection_heatmap import heatmap
-from .seeding import stream_seed
-from .store import FeatureStore
+from ..common.seeding import stream_seed
+from ..features.store import FeatureStore
 from .train import EnsembleSettings, LabelledPixels, load_ensemble, train_ensemble
 
 # The default step grid as fractions of the diffusion's length: for 1000 steps 10, 25, 50, 100, 150,
