@@ -5,7 +5,7 @@
 
 The arguments are the original's. A rerun continues from the last finished epoch; once
 every epoch exists it only evaluates. The epoch with the best mIoU on the real labelled
-training images is scored on the test set. See ddpmseg.deeplab for the run folder's contents.
+training images is scored on the test set. See ddpmseg.datasetddpm.deeplab for the run folder's contents.
 """
 import argparse
 import dataclasses

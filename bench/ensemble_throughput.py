@@ -7,7 +7,7 @@ Baseline (the original's train()): per member a fresh nn.Sequential MLP, Adam, a
 (batch 64, shuffle, drop_last) over precomputed float32 pixel features X [pixels, C] in RAM.
 A second baseline run uses the fused Adam kernel that we use, isolating batching's share.
 Ours: train_ensemble, the function a real run calls, with the workload's experiment config
-(loaded and validated by ddpmseg.config); beside it the candidates measured in the same run:
+(loaded and validated by ddpmseg.common.config); beside it the candidates measured in the same run:
 per-batch upsampling ("lazy") where the config chose the dense feature matrix, and a loop that
 trains one member at a time. The floor is the arithmetic of one step (forward and
 backward matmul FLOPs of all members) divided by the matmul FLOP/s this machine reaches on the

@@ -1,6 +1,6 @@
 """Synthetic workloads shaped like the real ones, shared by the benchmarks.
 
-Training configs come from the experiment files through ``ddpmseg.config.load_config``, the
+Training configs come from the experiment files through ``ddpmseg.common.config.load_config``, the
 loader every tool uses, so a bench sees every key (and default) a real run sees.
 """
 from __future__ import annotations

@@ -106,7 +106,7 @@ def tiny_interpreter_run(tmp_path_factory, tiny64_checkpoint):
 def recomputed_iou(run_dir: Path) -> dict:
     """A finished run's IoU by the definition, from its predictions/*.npy and the test labels its
     config.json names (intersections and unions summed over images; absent classes count 0):
-    float64 with the same divisions as ddpmseg.metrics, so equal to its numbers to 1e-12."""
+    float64 with the same divisions as ddpmseg.common.metrics, so equal to its numbers to 1e-12."""
     import numpy as np
 
     cfg = json.loads((run_dir / "config.json").read_text())

@@ -1,4 +1,4 @@
-"""ddpmseg.atomic: writes land whole or not at all."""
+"""ddpmseg.common.atomic: writes land whole or not at all."""
 import json
 import os
 

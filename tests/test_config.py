@@ -1,4 +1,4 @@
-"""ddpmseg.config: validation, error messages, overrides, loading and saving."""
+"""ddpmseg.common.config: validation, error messages, overrides, loading and saving."""
 from __future__ import annotations
 
 import json

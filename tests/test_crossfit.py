@@ -1,4 +1,4 @@
-"""ddpmseg.crossfit: fold assignment and the pixels each fold ensemble may train on."""
+"""ddpmseg.classifier.crossfit: fold assignment and the pixels each fold ensemble may train on."""
 import torch
 
 from ddpmseg.classifier.crossfit import fold_assignment, pixels_outside_fold

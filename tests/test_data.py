@@ -1,4 +1,4 @@
-"""ddpmseg.data: folder listing, up-front validation, transforms, small-region removal."""
+"""ddpmseg.data.folders: folder listing, up-front validation, transforms, small-region removal."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""ddpmseg.data's image and mask formats, on real celebamask64 files converted as users have them."""
+"""ddpmseg.data.folders's image and mask formats, on real celebamask64 files converted as users have them."""
 from __future__ import annotations
 
 import json

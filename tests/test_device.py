@@ -1,4 +1,4 @@
-"""ddpmseg.device: the one device resolver (interpreter, DeepLab, torchrun workers)."""
+"""ddpmseg.common.device: the one device resolver (interpreter, DeepLab, torchrun workers)."""
 import pytest
 import torch
 

@@ -117,7 +117,7 @@ def test_datasetddpm_masks_and_uncertainty_are_what_the_run_predicts(tmp_path, t
     here from the same batch seeds, with the run's U-Net features upsampled (bilinear) to full size,
     each member's logits in float64, the hard vote (ties to the lowest id) and the mean of the top
     10% of per-pixel mutual information. The run computes in float32 with the upsampling after the
-    first layer (ddpmseg.predict), so a pixel may differ only where two members' classes are within
+    first layer (ddpmseg.classifier.predict), so a pixel may differ only where two members' classes are within
     1e-3 in logit (an exact tie in float64 is impossible to reproduce across orders); uncertainty
     agrees to 1e-4 relative."""
     import torch.nn.functional as F

@@ -1,5 +1,6 @@
-"""The package's import structure: no import cycle (module-level or inside a function), and the
-light command-line tools load neither the interpreter nor timm."""
+"""The package's import structure: no import cycle (module-level or inside a function), no import
+from a later stage's sub-package, guided_diffusion free of ddpmseg, the light command-line tools
+free of the interpreter and timm, and the flat layout's module names still importable."""
 from __future__ import annotations
 
 import ast
@@ -103,7 +104,7 @@ LIGHT_TOOLS = ("train_ddpm.py", "sample.py")
 
 
 def test_light_tools_load_neither_the_interpreter_nor_timm():
-    """train_ddpm.py and sample.py (and every tool, through ddpmseg.cli) start without the
+    """train_ddpm.py and sample.py (and every tool, through ddpmseg.common.cli) start without the
     segmentation job's modules: timm alone takes seconds to import."""
     wanted = {"ddpmseg.common.cli"}
     for tool in LIGHT_TOOLS:
@@ -119,3 +120,61 @@ def test_light_tools_load_neither_the_interpreter_nor_timm():
     heavy = [m for m in loaded if m == "timm" or m.startswith("timm.") or m.split(".")[-1] == "interpreter"
              and m.startswith("ddpmseg")]
     assert not heavy, f"{sorted(wanted)} load {heavy[:5]}"
+
+
+# The sub-packages by stage: a module imports from its own sub-package or from one of a lower
+# rank, never upward, and never sideways between two of one rank (classifier and ddpm stay apart).
+RANKS = {"common": 0, "data": 1, "features": 2, "classifier": 3, "ddpm": 3, "datasetddpm": 4}
+TOP_RANK = 5  # the package itself and the tools beside the sub-packages (ddpmseg.demo)
+
+
+def place(module: str) -> tuple[str, int]:
+    """(sub-package, rank) of a package module; the top level is ("", TOP_RANK)."""
+    parts = module.split(".")
+    if len(parts) > 2 or (len(parts) == 2 and parts[1] in RANKS):
+        assert parts[1] in RANKS, f"{module}: sub-package {parts[1]!r} has no rank in RANKS"
+        return parts[1], RANKS[parts[1]]
+    return "", TOP_RANK
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, targets in graph.items():
+        own, rank = place(module)
+        for target in sorted(targets):
+            other, other_rank = place(target)
+            if other != own and other_rank >= rank:
+                bad.append(f"{module} ({own or 'top'}) imports {target} ({other or 'top'})")
+    return bad
+
+
+def test_no_module_imports_upward_or_sideways():
+    assert layering_violations(import_graph()) == []
+
+
+def test_the_layering_check_sees_an_upward_import():
+    graph = {"ddpmseg.common.config": {"ddpmseg.classifier.refine"}, "ddpmseg.classifier.refine": set(),
+             "ddpmseg.ddpm.train": {"ddpmseg.classifier.train"}, "ddpmseg.classifier.train": set(),
+             "ddpmseg.demo": {"ddpmseg.data.augment"}, "ddpmseg.data.augment": set()}
+    assert layering_violations(graph) == [
+        "ddpmseg.common.config (common) imports ddpmseg.classifier.refine (classifier)",
+        "ddpmseg.ddpm.train (ddpm) imports ddpmseg.classifier.train (classifier)"]
+    assert set(place(m)[0] for m in import_graph()) == {"", *RANKS}  # every module has its place
+
+
+def test_the_flat_layouts_names_import_the_moved_modules():
+    """``ddpmseg.<old name>`` (and the README's imports before issue 17) give the module itself."""
+    import importlib
+
+    import ddpmseg
+    from ddpmseg.features import FeatureExtractorDDPM, collect_features  # noqa: F401
+
+    for old, new in ddpmseg.MOVED.items():
+        moved = importlib.import_module(f"ddpmseg.{new}")
+        assert importlib.import_module(f"ddpmseg.{old}") is moved
+        assert moved.__spec__.name == moved.__name__ == f"ddpmseg.{new}"
+    from ddpmseg.segmenter import Segmenter
+    from ddpmseg.classifier.segmenter import Segmenter as Moved
+    assert Segmenter is Moved
+    assert set(ddpmseg.MOVED.values()) == {m.removeprefix("ddpmseg.") for m in modules()} - {
+        "ddpmseg", "demo", *RANKS, "data.folders", "features.ddpm"}

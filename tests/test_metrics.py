@@ -1,4 +1,4 @@
-"""ddpmseg.metrics: the published dataset-level IoU semantics, checked by hand."""
+"""ddpmseg.common.metrics: the published dataset-level IoU semantics, checked by hand."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""ddpmseg.procedural: determinism, the written layout, rerun safety, and the design property
+"""ddpmseg.data.procedural: determinism, the written layout, rerun safety, and the design property
 the demo relies on: a pixel's RGB (and position) barely tells one shape class from another."""
 from __future__ import annotations
 

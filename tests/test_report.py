@@ -1,4 +1,4 @@
-"""ddpmseg.report: colours, comparison images, npy round trip, no partial files."""
+"""ddpmseg.common.report: colours, comparison images, npy round trip, no partial files."""
 from __future__ import annotations
 
 import json

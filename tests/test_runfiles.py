@@ -1,4 +1,4 @@
-"""ddpmseg.runfiles: the run-folder layout and the metrics every finished run writes."""
+"""ddpmseg.common.runfiles: the run-folder layout and the metrics every finished run writes."""
 import json
 import time
 

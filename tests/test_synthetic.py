@@ -1,4 +1,4 @@
-"""ddpmseg.synthetic: the .npz formats on real celebamask64 images, every error, both filter rules."""
+"""ddpmseg.data.synthetic: the .npz formats on real celebamask64 images, every error, both filter rules."""
 import numpy as np
 import pytest
 from PIL import Image

@@ -1,6 +1,6 @@
 """The offline demo: every stage of the method on data the project generates itself.
 
-1. a procedural labelled dataset (ddpmseg.procedural: shapes whose class is their outline, not
+1. a procedural labelled dataset (ddpmseg.data.procedural: shapes whose class is their outline, not
    their colour) with unlabelled images;
 2. a small DDPM trained from scratch on the unlabelled images;
 3. the pixel-classifier ensemble on its features, trained on a few labelled images;

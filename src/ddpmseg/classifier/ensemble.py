@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 INIT_STD = 0.02  # the original init_weights: Linear weights ~ N(0, 0.02), biases 0
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # BatchNorm1d defaults
-DROPOUT_POSITIONS = ("before_bn", "after_bn")  # the config key dropout_position (ddpmseg.config)
+DROPOUT_POSITIONS = ("before_bn", "after_bn")  # the config key dropout_position (ddpmseg.common.config)
 
 
 def hidden_sizes(num_classes: int) -> tuple[int, int]:

@@ -197,7 +197,7 @@ class Run:
         return votes.probabilities().T.reshape(self.cfg["number_class"], *self.hw)
 
     def train_refiner(self, store: FeatureStore, pixels: LabelledPixels, exp_dir: str) -> None:
-        """The mask refiner (ddpmseg.refine), trained on out-of-fold first predictions."""
+        """The mask refiner (ddpmseg.classifier.refine), trained on out-of-fold first predictions."""
         c, s, t0 = self.cfg, self.refine, time.time()
         n = len(self.train_set)
         items = [self.train_set[i] for i in range(n)]

@@ -21,7 +21,7 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # --- the original keys (ddpm-segmentation experiments/*/ddpm.json) ---
     "exp_dir": ((str,), REQUIRED),
     # "ddpm": U-Net features; "mae", "swav", "swav_w2": the paper's comparison backbones
-    # (ddpmseg.backbones); "rgb_xy": each pixel's colour and position only, the no-context
+    # (ddpmseg.features.backbones); "rgb_xy": each pixel's colour and position only, the no-context
     # baseline that shows what any learned features add.
     "model_type": ((str,), "ddpm"),
     "category": ((str,), REQUIRED),
@@ -32,7 +32,7 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # Read by DatasetDDPM's DeepLab stage only; the interpreter never uses it.
     "validation_path": ((str,), ""),
     "testing_path": ((str,), REQUIRED),
-    # --- additions: masks in their own folder (ddpmseg.data.resolve_folders); "" = .npy labels beside
+    # --- additions: masks in their own folder (ddpmseg.data.folders.resolve_folders); "" = .npy labels beside
     # the images, or the images/ + masks/ sub-folders of the dataset folder when it has both ---
     "training_masks_path": ((str,), ""),
     "testing_masks_path": ((str,), ""),
@@ -78,7 +78,7 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # The ensemble's per-batch features: "lazy" upsamples each batch's pixels from the native maps;
     # "dense" upsamples every training pixel once into a float32 [pixels, dim] matrix (the same
     # values; a batch is then one row gather); "auto" = dense when that matrix fits the budget in
-    # ddpmseg.train (celebamask64: yes; a bedroom_28-shaped run: no, it would be ~80 GiB).
+    # ddpmseg.classifier.train (celebamask64: yes; a bedroom_28-shaped run: no, it would be ~80 GiB).
     "feature_matrix": ((str,), "auto"),
     # "auto" = CUDA when available, else CPU.
     "device": ((str,), "auto"),
@@ -92,7 +92,7 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # Loss = etf_alpha * CE(classifier) + etf_beta * CE(ETF logits) (published: 1 and 0.4).
     "etf_alpha": ((float,), 1.0),
     "etf_beta": ((float,), 0.4),
-    # How member (and test-time view) predictions merge: see ddpmseg.predict.VOTING_MODES.
+    # How member (and test-time view) predictions merge: see ddpmseg.classifier.predict.VOTING_MODES.
     "voting": ((str,), "hard"),
     # Also score every voting mode on the same ensemble (metrics.json "by_voting").
     "report_all_votings": ((bool,), False),
@@ -106,7 +106,7 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # keeps BatchNorm's statistics those of the undropped activations. Default: the published placement.
     "dropout_position": ((str,), "before_bn"),
     # Augmented copies of each training image (image and mask transformed jointly, see
-    # ddpmseg.augment); their features go into the same store. 0 = none, as published.
+    # ddpmseg.data.augment); their features go into the same store. 0 = none, as published.
     "augmentation_copies": ((int,), 0),
     # Probability of each transform in the augmentation pipeline (coursework: 0.4).
     "augmentation_p": ((float,), 0.4),
@@ -115,7 +115,7 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "epoch_pixels": ((str,), "original"),
     # Extra test-time views merged with the original by the configured voting (TTA_VIEWS below).
     "tta": ((list,), []),
-    # Mask-prior refinement after the ensemble (ddpmseg.refine, after DDPS): {} = none, as published;
+    # Mask-prior refinement after the ensemble (ddpmseg.classifier.refine, after DDPS): {} = none, as published;
     # {"method": "ddps"} plus any RefineSettings field to change (the run's seed seeds it).
     "refine": ((dict,), {}),
     # --- DatasetDDPM's DeepLab stage (train_deeplab.py); every default is the published run ---
@@ -125,7 +125,7 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "deeplab_backbone": ((str,), "resnet101"),
     # Start from ImageNet backbone weights, as torchvision 0.11's default did for the published run.
     "deeplab_pretrained_backbone": ((bool,), True),
-    # Which synthetic samples the uncertainty filter drops: see ddpmseg.synthetic.keep_by_uncertainty.
+    # Which synthetic samples the uncertainty filter drops: see ddpmseg.data.synthetic.keep_by_uncertainty.
     "uncertainty_filter": ((str,), "most_uncertain"),
 }
 
@@ -146,7 +146,7 @@ CHOICES = {
     "uncertainty_filter": ("most_uncertain", "published"),
 }
 
-# The test-time views a config's "tta" may list (made by ddpmseg.augment.tta_view); "hflip" is
+# The test-time views a config's "tta" may list (made by ddpmseg.data.augment.tta_view); "hflip" is
 # geometric and undone on the prediction (left/right classes swapped back), the rest are photometric.
 TTA_VIEWS = ("hflip", "color_jitter", "grayscale", "color_jitter_hflip")
 

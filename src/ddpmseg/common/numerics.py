@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-# The largest float16 value: the feature store keeps activations in float16 (ddpmseg.store).
+# The largest float16 value: the feature store keeps activations in float16 (ddpmseg.features.store).
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 FEATURE_HINT = ("if the U-Net runs in float16 (model flag use_fp16 true), run it with use_fp16 false; "
                 "otherwise check model_path for a damaged checkpoint (NaN/inf weights)")

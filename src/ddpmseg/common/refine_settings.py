@@ -1,4 +1,4 @@
-"""The mask refiner's settings (ddpmseg.refine): plain values, so the config can check them
+"""The mask refiner's settings (ddpmseg.classifier.refine): plain values, so the config can check them
 without importing the refiner's network."""
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class RefineSettings:
     hflip: bool = True
     # Seeds the weights, the batches, the noise and the flips: same seed, same refiner.
     seed: int = 0
-    # The first predictions it trains on are out-of-fold (ddpmseg.crossfit): the training images in
+    # The first predictions it trains on are out-of-fold (ddpmseg.classifier.crossfit): the training images in
     # this many folds, each predicted by an ensemble trained on the others. 4 folds of 20 images
     # train on 15, close to the test-time ensemble's 20.
     folds: int = 4

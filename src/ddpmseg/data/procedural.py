@@ -18,7 +18,7 @@ Layout written by :func:`write_dataset` (as ``../shared/data/celebamask64``)::
     <out>/unlabeled/<stem>.png                 (images only, from a disjoint seed stream)
     <out>/classes.json, <out>/dataset.json     (classes/palette; parameters and class counts)
 
-CLI: ``python -m ddpmseg.procedural --out DIR [--train N --test N --unlabeled N --size 64 --seed 0]``.
+CLI: ``python -m ddpmseg.data.procedural --out DIR [--train N --test N --unlabeled N --size 64 --seed 0]``.
 """
 from __future__ import annotations
 
@@ -430,7 +430,7 @@ def write_dataset(out_dir: str, train: int = DEFAULT_TRAIN, test: int = DEFAULT_
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ddpmseg.procedural",
+    p = argparse.ArgumentParser(prog="python -m ddpmseg.data.procedural",
                                 description="Write the procedural labelled shapes dataset.")
     p.add_argument("--out", required=True, help="output folder (created atomically)")
     p.add_argument("--train", type=int, default=DEFAULT_TRAIN, help="labelled train images")

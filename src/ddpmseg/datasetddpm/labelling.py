@@ -1,6 +1,6 @@
 """DatasetDDPM's first stage: samples of a finished interpreter run's U-Net, labelled by its ensemble.
 
-The samples are drawn and saved by ddpmseg.generate (sharded, resumable, the same images on any
+The samples are drawn and saved by ddpmseg.ddpm.generate (sharded, resumable, the same images on any
 number of processes); this module adds the labels: each sample's mask under the run's voting and
 test-time views, and the image uncertainty DeepLab's filter ranks by.
 """

@@ -1,4 +1,4 @@
-"""Sample many images from a DDPM, optionally label them (ddpmseg.labelling), and save them crash-safely.
+"""Sample many images from a DDPM, optionally label them (ddpmseg.datasetddpm.labelling), and save them crash-safely.
 
 Work is cut into batches of ``batch_size`` samples; batch k is drawn from its own seed stream
 (ddpmseg.sampling), so it is the same images whichever process draws it. Under ``torchrun``

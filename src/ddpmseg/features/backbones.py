@@ -3,7 +3,7 @@
 Baranchuk et al. compare DDPM features with features of self-supervised models trained on
 the same data. Each backbone here has the exact state-dict layout of its published
 checkpoint, loads it with errors that say what is wrong, and is wrapped in an extractor
-with the interface of ``ddpmseg.features.FeatureExtractorDDPM``: ``extractor(img, noise)``
+with the interface of ``ddpmseg.features.ddpm.FeatureExtractorDDPM``: ``extractor(img, noise)``
 -> list of float32 activations [N, C, h, w] at native resolution, in the original order.
 
 Hooked layers, as published: MAE, the outputs of the last 12 of 24 encoder blocks (before

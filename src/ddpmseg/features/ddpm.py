@@ -104,7 +104,7 @@ def collect_features(args: dict, activations: Sequence[torch.Tensor], sample_idx
     """Upsample every activation of one sample to ``args['dim'][:2]`` and concatenate: [C, H, W].
 
     The full tensor is what the original stores per image; the pipeline itself never builds it
-    (see ddpmseg.store), but this is the reference it is tested against.
+    (see ddpmseg.features.store), but this is the reference it is tested against.
     """
     size = tuple(args["dim"][:2])
     mode = args.get("upsample_mode", "bilinear")
