@@ -137,4 +137,4 @@ def test_every_draw_takes_its_stream_from_the_table():
                 if "stream_seed(" in arg or "member_seed(" in arg or (path.relative_to(SRC).as_posix(), func.name) in RAW_SEEDING:
                     continue
                 offenders.append(f"{path.relative_to(SRC)}:{call.lineno} {func.name}: {name}({arg})")
-    assert not offenders, "seeded outside ddpmseg.seeding's table:\n" + "\n".join(offenders)
+    assert not offenders, "seeded outside ddpmseg.common.seeding's table:\n" + "\n".join(offenders)

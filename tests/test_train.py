@@ -618,7 +618,7 @@ def test_settings_name_what_is_missing_or_wrong():
     cfg = make_cfg()
     del cfg["early_stop_patience"], cfg["feature_matrix"]
     with pytest.raises(ConfigError, match="ensemble settings: the config has no 'feature_matrix', "
-                                          "'early_stop_patience'; build it with ddpmseg.config.load_config"):
+                                          "'early_stop_patience'; build it with ddpmseg.common.config.load_config"):
         EnsembleSettings.from_config(cfg)
     with pytest.raises(ConfigError, match="ensemble settings: 'batch_size' must be int, got str '64'"):
         EnsembleSettings.from_config(make_cfg(batch_size="64"))

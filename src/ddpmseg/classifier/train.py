@@ -61,13 +61,13 @@ class LabelledPixels:
 
 
 def member_generator(seed: int, member: int, part: str = "member", device: str = "cpu") -> torch.Generator:
-    """Member ``member``'s stream ``part`` (ddpmseg.seeding.MEMBER_PARTS) on ``device``."""
+    """Member ``member``'s stream ``part`` (ddpmseg.common.seeding.MEMBER_PARTS) on ``device``."""
     return torch_generator(member_seed(seed, member, part), device)
 
 
 @dataclass(frozen=True)
 class EnsembleSettings:
-    """The experiment-config keys ensemble training reads (their meaning and defaults: ddpmseg.config).
+    """The experiment-config keys ensemble training reads (their meaning and defaults: ddpmseg.common.config).
 
     Build it once with ``from_config`` from a validated config, so that a missing or mistyped key
     is an error where the settings are made, not a KeyError deep in the training loop.
@@ -103,7 +103,7 @@ class EnsembleSettings:
         missing = [k for k in names if k not in cfg]
         if missing:
             raise ConfigError(f"{where}: the config has no {', '.join(map(repr, missing))}; build it with "
-                              "ddpmseg.config.load_config or validate, which fill in every default")
+                              "ddpmseg.common.config.load_config or validate, which fill in every default")
         values = {k: check_type(k, cfg[k], DEFAULTS[k][0], where) for k in names}
         for k in names:
             check_choice(k, values[k], where)

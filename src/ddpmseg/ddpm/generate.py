@@ -1,7 +1,7 @@
 """Sample many images from a DDPM, optionally label them (ddpmseg.datasetddpm.labelling), and save them crash-safely.
 
 Work is cut into batches of ``batch_size`` samples; batch k is drawn from its own seed stream
-(ddpmseg.sampling), so it is the same images whichever process draws it. Under ``torchrun``
+(ddpmseg.ddpm.sampling), so it is the same images whichever process draws it. Under ``torchrun``
 rank r draws batches r, r + W, r + 2W, ...: together the ranks produce every batch exactly
 once. Each finished batch is written at once as ``shards/batch_<k>.npz`` (atomically), so a
 crash loses at most the batches in flight and a rerun draws only the missing ones. Rank 0
