@@ -38,7 +38,7 @@ import torch
 from line_plot import line_plot, save_png
 from ddpmseg.common.atomic import write_json_atomic
 from ddpmseg.common.seeding import stream_generator
-from readme_block import publish
+from readme_block import add_study_arguments, publish
 from variants import run, set_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -281,17 +281,13 @@ def plot(found: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="celebamask64", help="a folder of experiments/ with ddpm.json")
-    p.add_argument("--out", default="runs/active_learning", help="where the rounds go (relative to the repository root)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    add_study_arguments(p, "runs/active_learning", "active_learning", "a folder of experiments/ with ddpm.json")
     p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     p.add_argument("--start", type=int, default=None, help=f"random labelled images of round 0 (default {START})")
     p.add_argument("--rounds", type=int, default=None, help=f"rounds after the start (default {ROUNDS})")
     p.add_argument("--add", type=int, default=None, help=f"images suggest.py adds per round (default {ADD})")
     p.add_argument("--quick", action="store_true", help="a few images and a tiny ensemble (for tests)")
     p.add_argument("--plot", default="docs/active_learning.png", help="the plot PNG to write")
-    p.add_argument("--table", default="docs/RESULTS.md", help="the markdown file whose active_learning block to write")
-    p.add_argument("--no_readme", action="store_true", help="do not write README.md's block")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table, plot and verdict")
     args = p.parse_args(argv)
     quick = QUICK if args.quick else {"start": START, "rounds": ROUNDS, "add": ADD}

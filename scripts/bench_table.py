@@ -16,6 +16,21 @@ from readme_block import replace_block
 
 # bench/ensemble_throughput.py targets (issue 15): speed-up over the original loop by feature size.
 THROUGHPUT_TARGETS = {1152: 3.0, 8448: 2.0}
+# Benches whose row is its JSON line's fields put into words: (what was measured, the result).
+PLAIN_ROWS = {
+    "extraction": (
+        "feature extraction, {image_size} px ({workload} flags, {images} image(s) per call, {precision}, "
+        "{torch_threads} threads)",
+        "{ours_images_per_s} vs {original_images_per_s} images/s for the original's one-step-per-forward batch-1 "
+        "path: **{speedup}x**; {ours_tflop_per_image} vs {original_tflop_per_image} TFLOP per image (one full "
+        "forward: {forward_tflop} TFLOP); achieved {ours_tflop_per_s} vs {original_tflop_per_s} TFLOP/s"),
+    "segment": (
+        "segmenting new images, celebamask64 test ({images} images, {members} members, {dim}-d, {torch_threads} "
+        "threads)",
+        "segment.py {segment_images_per_s} vs evaluation {evaluation_images_per_s} images/s: "
+        "**{segment_over_evaluation}x** (same votes, plus probabilities, uncertainty map, 3 PNGs and a CSV row "
+        "per image); 2:1 images (3 windows each) {segment_2to1_images_per_s} images/s"),
+}
 
 
 def command(r: dict) -> str:
@@ -44,19 +59,8 @@ def row(r: dict) -> str | None:
                   f"Arithmetic floor {r['floor_pixels_per_s']:,} pixels/s ({r['step_gflop']} GFLOP a step at "
                   f"the measured {r['matmul_gflop_per_s']} GFLOP/s); we run at {r['fraction_of_floor']} of it, the "
                   f"original loop at {original_at:.2f}{need}")
-    elif b == "extraction":
-        what = (f"feature extraction, {r['image_size']} px ({r['workload']} flags, {r['images']} image(s) per call, "
-                f"{r['precision']}, {r['torch_threads']} threads)")
-        result = (f"{r['ours_images_per_s']} vs {r['original_images_per_s']} images/s for the original's "
-                  f"one-step-per-forward batch-1 path: **{r['speedup']}x**; {r['ours_tflop_per_image']} vs "
-                  f"{r['original_tflop_per_image']} TFLOP per image (one full forward: {r['forward_tflop']} TFLOP); "
-                  f"achieved {r['ours_tflop_per_s']} vs {r['original_tflop_per_s']} TFLOP/s")
-    elif b == "segment":
-        what = (f"segmenting new images, celebamask64 test ({r['images']} images, {r['members']} members, "
-                f"{r['dim']}-d, {r['torch_threads']} threads)")
-        result = (f"segment.py {r['segment_images_per_s']} vs evaluation {r['evaluation_images_per_s']} images/s: "
-                  f"**{r['segment_over_evaluation']}x** (same votes, plus probabilities, uncertainty map, 3 PNGs and "
-                  f"a CSV row per image); 2:1 images (3 windows each) {r['segment_2to1_images_per_s']} images/s")
+    elif b in PLAIN_ROWS:
+        what, result = (template.format(**r) for template in PLAIN_ROWS[b])
     else:
         return None
     return f"| {what} | `{command(r)}` | {result} |"

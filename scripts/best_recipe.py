@@ -21,7 +21,7 @@ import sys
 
 import variants
 from ddpmseg.common.atomic import write_json_atomic
-from readme_block import publish
+from readme_block import add_study_arguments, publish
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ETF = {"regularizer": "etf", "etf_alpha": 1.0, "etf_beta": 0.4}  # etf.json's own keys over ddpm.json
@@ -115,14 +115,10 @@ def sentence(out: str, variants_out: str, seeds: list[int], verdicts: list[dict]
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="celebamask64")
+    add_study_arguments(p, "runs/best_recipe", "best_recipe")
     p.add_argument("--variants", default="runs/variants", help="scripts/variants.py's --out")
     p.add_argument("--selection", default="runs/selection", help="scripts/selection_study.py's --out")
     p.add_argument("--active_learning", default="runs/active_learning", help="scripts/active_learning.py's --out")
-    p.add_argument("--out", default="runs/best_recipe", help="where best.json's runs go")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--table", default="docs/RESULTS.md", help="the markdown file whose best_recipe block to write")
-    p.add_argument("--no_readme", action="store_true", help="do not write README.md's block")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--decide-only", action="store_true", help="write best.json, run nothing")
     group.add_argument("--table-only", action="store_true", help="only rebuild the sentence")

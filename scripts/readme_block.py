@@ -50,3 +50,12 @@ def publish(name: str, text: str, results: str, readme: bool = True) -> None:
     write_block(name, text, results)
     if readme:
         replace_block(name, text)
+
+
+def add_study_arguments(parser, out: str, block: str, dataset_help: str = "a folder of experiments/") -> None:
+    """The options every results script shares: --dataset, --out, --seeds, --table, --no_readme."""
+    parser.add_argument("--dataset", default="celebamask64", help=dataset_help)
+    parser.add_argument("--out", default=out, help="where the runs go (relative to the repository root)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--table", default="docs/RESULTS.md", help=f"the markdown file whose {block} block to write")
+    parser.add_argument("--no_readme", action="store_true", help="do not write README.md's block")

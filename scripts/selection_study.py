@@ -23,7 +23,7 @@ import statistics
 import sys
 
 from from_scratch import checkpoints
-from readme_block import publish
+from readme_block import add_study_arguments, publish
 from variants import run, set_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,15 +134,11 @@ def table(found: list[dict], command: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="celebamask64", help="a folder of experiments/ with ddpm.json")
+    add_study_arguments(p, "runs/selection", "selection", "a folder of experiments/ with ddpm.json")
     p.add_argument("--ddpm", default=None, help="the train_ddpm.py folder (needed for the 'trained' U-Net)")
-    p.add_argument("--out", default="runs/selection", help="where the runs go (relative to the repository root)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--unets", nargs="+", choices=UNETS, default=list(UNETS), help="which U-Nets to run")
     p.add_argument("--budget_minutes", type=float, default=None, help="select_features.py's --budget_minutes")
     p.add_argument("--quick", action="store_true", help="a tiny grid, probe and ensemble (for tests)")
-    p.add_argument("--table", default="docs/RESULTS.md", help="the markdown file whose selection block to write")
-    p.add_argument("--no_readme", action="store_true", help="do not write README.md's block")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table")
     args = p.parse_args(argv)
     if not os.path.isfile(os.path.join(REPO, "experiments", args.dataset, "ddpm.json")):

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from readme_block import replace_block, write_block
+from readme_block import add_study_arguments, replace_block, write_block
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TTA_VIEWS = ["hflip", "color_jitter", "grayscale", "color_jitter_hflip"]
@@ -64,7 +64,7 @@ ROWS = [
     ("DDPM, before DDPS refinement", "ddps", "hard" + UNREFINED,
      "the DDPS run's own ensemble (the same members as DDPM), its masks before refinement"),
     ("DDPM + DDPS refinement", "ddps", "hard",
-     "the mask-prior refiner (ddpmseg.refine, default settings) applied to that ensemble's prediction"),
+     "the mask-prior refiner (ddpmseg.classifier.refine, default settings) applied to that ensemble's prediction"),
     ("DDPM + dropout 0.4 before BN", "ddpm_dropout", "hard",
      "the coursework's dropout alone: after each hidden ReLU, before its BatchNorm (`dropout_position` before_bn)"),
     ("DDPM + dropout 0.4 after BN", "ddpm_dropout_after_bn", "hard",
@@ -220,12 +220,8 @@ def refinement_summary(out: str, seeds: list[int]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="celebamask64", help="a folder of experiments/ with ddpm.json and etf.json")
-    p.add_argument("--out", default="runs/variants", help="where the runs go (relative to the repository root)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--table", default="docs/RESULTS.md", help="the markdown file whose variants block to write")
+    add_study_arguments(p, "runs/variants", "variants", "a folder of experiments/ with ddpm.json and etf.json")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from existing runs")
-    p.add_argument("--no_readme", action="store_true", help="do not write the README's DDPS sentence")
     p.add_argument("--note", default="", help="how the runs were made (e.g. several at a time), for the table")
     args = p.parse_args(argv)
     if not os.path.isfile(os.path.join(REPO, "experiments", args.dataset, "etf.json")):
