@@ -9,8 +9,9 @@ key with zeros appended as equal, so the table keeps keys apart by construction:
   ensemble in the README was trained with, so those numbers stay reproducible;
 - every other stream has an id of its own >= ``MEMBER_LIMIT`` and a fixed number of indices, so two
   keys of one stream have the same length and keys of two streams differ in their second word;
-- ``RAW_SEED_USES`` are the two draws that take the seed itself, as the original does (it seeds
-  torch's global RNG and draws its one noise tensor from it): together they are the "noise" stream.
+- two draws take the seed itself, as the original does: it seeds torch's global RNG and draws its
+  one noise tensor from a generator seeded with it (``features.ddpm.shared_noise``); fixture parity
+  needs both, and together they are the "noise" stream (tests/test_seeding.py lists the places).
 
 ``tests/test_seeding.py`` enumerates the streams of every kind of run and asserts they are distinct.
 """
@@ -68,10 +69,6 @@ MEMBER_PARTS = {
     "trunk": 2,  # the decoupled ETF regulariser's own trunk (etf_decoupled)
     "trunk_dropout": 3,  # that trunk's dropout masks
 }
-
-# What draws from the seed itself: the original seeds torch's global RNG with it and draws its one
-# noise tensor from a generator seeded with it (features.shared_noise); fixture parity needs both.
-RAW_SEED_USES = ("torch global RNG of a pixel-classifier run", "the shared noise tensor")
 
 
 def stream_key(name: str, seed: int, *indices: int) -> tuple[int, ...]:
