@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -35,6 +37,13 @@ def require(path: Path) -> Path:
     if os.environ.get("DDPMSEG_REQUIRE_SHARED") == "1":
         pytest.fail(msg + "; DDPMSEG_REQUIRE_SHARED=1 forbids skipping")
     pytest.skip(msg)
+
+
+def run_repo_script(script: str, *args: str) -> str:
+    """Run ``python <script> <args>`` from the repository root as a user would; its stdout (it must succeed)."""
+    r = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
 
 
 def rule_weights(keys: dict[str, list[int]]) -> dict[str, torch.Tensor]:

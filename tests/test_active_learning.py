@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CELEBAMASK64, FACES_CKPT, REPO, require
+from conftest import CELEBAMASK64, FACES_CKPT, REPO, require, run_repo_script
 from ddpmseg.common.seeding import stream_generator
 
 sys.path.insert(0, str(REPO / "scripts"))  # the scripts import their neighbours, as when run
@@ -22,11 +22,9 @@ STRATEGIES = ["uncertainty", "random"]
 
 
 def run_script(tmp):
-    cmd = [sys.executable, "scripts/active_learning.py", "--out", str(tmp / "al"), "--seeds", "0", "--strategies",
-           *STRATEGIES, "--quick", "--table", str(tmp / "RESULTS.md"), "--plot", str(tmp / "al.png"), "--no_readme"]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout
+    return run_repo_script("scripts/active_learning.py", "--out", str(tmp / "al"), "--seeds", "0", "--strategies",
+                           *STRATEGIES, "--quick", "--table", str(tmp / "RESULTS.md"), "--plot", str(tmp / "al.png"),
+                           "--no_readme")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import CELEBAMASK64, FACES_CKPT, REPO, require
+from conftest import CELEBAMASK64, FACES_CKPT, REPO, require, run_repo_script
 
 sys.path.insert(0, str(REPO / "scripts"))  # the scripts import their neighbours, as when run
 spec = importlib.util.spec_from_file_location("selection_study", REPO / "scripts" / "selection_study.py")
@@ -20,11 +20,8 @@ SEEDS = ["0", "1"]
 
 
 def run_script(tmp):
-    cmd = [sys.executable, "scripts/selection_study.py", "--out", str(tmp / "sel"), "--seeds", *SEEDS, "--unets",
-           *UNETS, "--quick", "--table", str(tmp / "RESULTS.md"), "--no_readme"]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r.stdout
+    return run_repo_script("scripts/selection_study.py", "--out", str(tmp / "sel"), "--seeds", *SEEDS, "--unets",
+                           *UNETS, "--quick", "--table", str(tmp / "RESULTS.md"), "--no_readme")
 
 
 @pytest.fixture(scope="module")
