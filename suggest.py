@@ -1,14 +1,16 @@
 """Which unlabelled images to label next, by what a trained ensemble does not know.
 
-    python suggest.py --run <run folder> --pool DIR --k N [--strategy uncertainty|disagreement|random]
+    python suggest.py --run <run folder> --pool DIR --k N [--strategy uncertainty|disagreement|diverse|random]
                       [--out DIR] [--seed S]
 
 Segments every image of --pool (searched recursively) with the run's full inference and ranks them:
 "uncertainty" is the original's image uncertainty (mean of the top uncertainty_top_fraction of the
 pixels' mutual information between members), "disagreement" the same mean over the share of member
-votes that differ from the majority, "random" a seeded random order (the control). Writes to --out
-(default <run>/suggestions_<strategy>): suggestions.csv (rank, stem, file, uncertainty, disagreement)
-of the top N, and suggestions.png, a contact sheet of image | prediction | uncertainty per suggestion.
+votes that differ from the majority, "diverse" the uncertainty spread out by feature diversity (each
+next image maximises its uncertainty times its feature distance to the nearest one already chosen, so
+the k suggestions are not near-copies of one hard image), "random" a seeded random order (the control).
+Writes to --out (default <run>/suggestions_<strategy>): suggestions.csv (rank, stem, file, uncertainty,
+disagreement) of the top N, and suggestions.png, a contact sheet of image | prediction | uncertainty per suggestion.
 """
 import argparse
 import os

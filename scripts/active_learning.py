@@ -1,5 +1,6 @@
 """Active learning on celebamask64 (issue 14): does choosing the next images to label by the ensemble's
-uncertainty or member disagreement beat labelling random ones? Writes the table into docs/RESULTS.md and
+uncertainty, member disagreement or uncertainty spread out by feature diversity beat labelling random
+ones? Writes the table into docs/RESULTS.md and
 README.md, and a plot, from the runs' metrics.json files.
 
     python scripts/active_learning.py --dataset celebamask64 --out runs/active_learning --seeds 0 1 2 3 4
@@ -37,12 +38,12 @@ import torch
 
 from line_plot import line_plot, save_png
 from ddpmseg.common.atomic import write_json_atomic
+from ddpmseg.classifier.suggest import STRATEGIES  # suggest.py's --strategy choices
 from ddpmseg.common.seeding import stream_generator
 from readme_block import add_study_arguments, publish
 from variants import run, set_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STRATEGIES = ("uncertainty", "disagreement", "random")  # suggest.py's --strategy choices
 POOL_TEST = 30  # test images (first by sorted stem) that join the pool; the other 20 of 50 are the evaluation set
 # The issue's protocol: 8 random labelled images, then 3 rounds of +4.
 START, ROUNDS, ADD = 8, 3, 4

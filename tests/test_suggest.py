@@ -109,6 +109,44 @@ def test_known_uncertainty_ranks_the_pool_as_expected(known_run, pool, tmp_path,
     assert "suggested 3 of 4 pool images" in capsys.readouterr().out
 
 
+def _image(stem: str, uncertainty: float, descriptor) -> "PoolImage":
+    from ddpmseg.classifier.suggest import PoolImage
+    d = np.asarray(descriptor, dtype=np.float32)
+    return PoolImage(stem, stem, uncertainty, 0.0, d / np.linalg.norm(d), [])
+
+
+def test_spread_out_weighs_uncertainty_by_distance_to_the_nearest_chosen_image():
+    from ddpmseg.classifier.suggest import spread_out
+    images = [_image("a", 1.0, [1, 0]), _image("b", 0.9, [1, 0.01]), _image("c", 0.5, [0, 1]),
+              _image("d", 0.2, [-1, 0])]
+    # After a: b is a near-copy (distance 5e-5, gain 4.5e-5); c is at distance 1 (gain 0.5), d at 2 (0.4).
+    # After a and c: b's nearest is a (gain 4.5e-5), d's nearest is c at distance 1 (gain 0.2).
+    assert [im.stem for im in spread_out(images)] == ["a", "c", "d", "b"]
+    # No uncertainty anywhere: distance alone, the first image first (ties keep the given order).
+    flat = [_image(s, 0.0, d) for s, d in (("a", [1, 0]), ("b", [1, 0.01]), ("c", [0, 1]), ("d", [-1, 0]))]
+    assert [im.stem for im in spread_out(flat)] == ["a", "d", "c", "b"]
+
+
+def test_diverse_strategy_skips_a_copy_of_the_image_already_chosen(known_run, tmp_path):
+    """Two identical bright-red images and a slightly less red, green one: by uncertainty the copy comes
+    second, by 'diverse' the green one does (the copy's feature distance to the first is exactly 0)."""
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for stem, (red, green) in {"a1": (255, 0), "a2": (255, 0), "d_dark": (0, 0), "e_green": (250, 255)}.items():
+        rgb = np.zeros((64, 64, 3), dtype=np.uint8)
+        rgb[..., 0], rgb[..., 1] = red, green
+        Image.fromarray(rgb).save(folder / f"{stem}.png")
+    orders = {}
+    for strategy in ("uncertainty", "diverse"):
+        out = tmp_path / strategy
+        assert suggest.main(["--run", str(known_run), "--pool", str(folder), "--k", "4", "--strategy", strategy,
+                             "--out", str(out)]) == 0
+        orders[strategy] = [r["stem"] for r in read_csv(out / "suggestions.csv")]
+    assert orders["uncertainty"] == ["a1", "a2", "e_green", "d_dark"]
+    # d_dark and a2 both gain 0 at the third pick (no uncertainty / no distance): stem order decides.
+    assert orders["diverse"] == ["a1", "e_green", "a2", "d_dark"]
+
+
 def test_random_strategy_is_the_seeded_permutation(known_run, pool, tmp_path):
     from ddpmseg.common.seeding import stream_generator
 

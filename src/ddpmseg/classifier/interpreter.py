@@ -213,12 +213,14 @@ class Run:
         save_refiner(model, s, c["number_class"], os.path.join(exp_dir, REFINER_FILE))
         self.timings["refiner_s"] = time.time() - t0
 
-    def votes(self, ens, image: torch.Tensor, image_index: int, name: str | None = None) -> Votes:
-        """The ensemble's votes on one test image and on each configured test-time view of it."""
+    def votes(self, ens, image: torch.Tensor, image_index: int, name: str | None = None,
+              layers: list[torch.Tensor] | None = None) -> Votes:
+        """The ensemble's votes on one test image and on each configured test-time view of it;
+        ``layers`` are the image's activation maps when the caller already has them (``features``)."""
         c = self.cfg
         what = name or f"image {image_index}"
         votes = Votes(self.size * self.size, c["number_class"], self.device)
-        votes.add(view_logits(ens, self.features(image, what), self.hw))
+        votes.add(view_logits(ens, layers if layers is not None else self.features(image, what), self.hw))
         for j, view in enumerate(c["tta"]):
             seen, flipped = tta_view(image, view, view_seed(c["seed"], image_index, j))
             votes.add(view_logits(ens, self.features(seen, f"{what} ({view} view)"), self.hw, flipped,

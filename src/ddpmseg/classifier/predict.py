@@ -134,6 +134,15 @@ def view_logits(ens: PixelEnsemble, layers: Sequence[torch.Tensor], out_hw: tupl
     return logits.reshape(M, *out_hw, K).flip(2).reshape(M, -1, K)[..., order]
 
 
+def feature_descriptor(layers: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One unit vector per image for telling images apart by their features: each activation map's
+    channel means, L2-normalised per map (so no block dominates by its width or scale), concatenated
+    and normalised again. Cosine distances between descriptors say how differently two images look
+    to the backbone."""
+    parts = [F.normalize(layer.float().mean(dim=(-2, -1)).flatten(), dim=0) for layer in layers]
+    return F.normalize(torch.cat(parts), dim=0)
+
+
 def image_uncertainty(js: torch.Tensor, top_fraction: float = 0.1) -> float:
     """The original's image score: mean of the top ``top_fraction`` of pixel JS values."""
     k = max(1, int(js.numel() * top_fraction))

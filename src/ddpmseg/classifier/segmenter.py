@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..data.folders import image_transform, to_rgb
 from .interpreter import REFINER_FILE, Run, load_trained_config
-from .predict import image_uncertainty
+from .predict import feature_descriptor, image_uncertainty
 from .refine import load_refiner, refine
 from ..common.seeding import stream_generator
 from .train import load_ensemble
@@ -41,6 +41,7 @@ class Segmentation:
     uncertainty: np.ndarray    # [H, W] float32 members' mutual information per pixel, in nats
     score: float               # the image's uncertainty: mean of its top uncertainty_top_fraction pixels
     disagreement: np.ndarray   # [H, W] float32 share of member (and view) votes that differ from the majority
+    descriptor: np.ndarray     # [D] float32 unit vector: the windows' mean ``feature_descriptor`` (plain view)
 
 
 def window_starts(length: int, size: int, overlap: float = WINDOW_OVERLAP) -> list[int]:
@@ -82,12 +83,13 @@ class Segmenter:
     def palette(self) -> list[list[int]]:
         return self.cfg["palette"]
 
-    def window(self, crop: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(class distribution [K, S, S], uncertainty [S, S], disagreement [S, S]) of one working-resolution
-        window; ``index`` seeds its random test-time views and refiner noise as a test image index does in
-        evaluation."""
+    def window(self, crop: torch.Tensor, index: int) -> tuple[torch.Tensor, ...]:
+        """(class distribution [K, S, S], uncertainty [S, S], disagreement [S, S], feature descriptor [D])
+        of one working-resolution window; ``index`` seeds its random test-time views and refiner noise as
+        a test image index does in evaluation."""
         run, c = self.run, self.cfg
-        votes = run.votes(self.ensemble, crop, index)
+        layers = run.features(crop, f"image {index}")
+        votes = run.votes(self.ensemble, crop, index, layers=layers)
         probs = votes.distribution(c["voting"]).T.reshape(c["number_class"], *run.hw)
         if self.refiner is not None:
             probs, _ = refine(self.refiner, crop[None], run.probability_map(votes)[None], self.refine_settings,
@@ -95,7 +97,7 @@ class Segmenter:
             probs = probs[0]
         disagreement = 1 - votes.counts.max(1).values / votes.n
         return (probs.float().cpu(), votes.uncertainty().reshape(run.hw).float().cpu(),
-                disagreement.reshape(run.hw).float().cpu())
+                disagreement.reshape(run.hw).float().cpu(), feature_descriptor(layers).cpu())
 
     @torch.no_grad()
     def predict(self, image: Image.Image, probabilities: bool = True) -> Segmentation:
@@ -112,8 +114,10 @@ class Segmenter:
         prob_sum = torch.zeros(k, h, w)
         unc_sum, dis_sum, cover = torch.zeros(h, w), torch.zeros(h, w), torch.zeros(h, w)
         tops, lefts = window_starts(h, size), window_starts(w, size)
+        descriptors = []
         for i, (top, left) in enumerate((t, l) for t in tops for l in lefts):
-            probs, unc, dis = self.window(x[:, top:top + size, left:left + size], i)
+            probs, unc, dis, descriptor = self.window(x[:, top:top + size, left:left + size], i)
+            descriptors.append(descriptor)
             prob_sum[:, top:top + size, left:left + size] += probs
             unc_sum[top:top + size, left:left + size] += unc
             dis_sum[top:top + size, left:left + size] += dis
@@ -133,4 +137,5 @@ class Segmenter:
                 best = torch.maximum(best, p)
         return Segmentation(mask=mask.numpy(), probabilities=probs.numpy() if probabilities else None,
                             uncertainty=unc.numpy(), score=image_uncertainty(unc, self.cfg["uncertainty_top_fraction"]),
-                            disagreement=dis.numpy())
+                            disagreement=dis.numpy(),
+                            descriptor=F.normalize(torch.stack(descriptors).mean(0), dim=0).numpy())

@@ -2,8 +2,8 @@
 
 Strategies (``STRATEGIES``): the original's image uncertainty (mean of the top
 ``uncertainty_top_fraction`` of the pixels' mutual information between members), member disagreement
-(the same mean over the share of member votes that differ from the majority), and a seeded random
-order as the control. Every pool image is segmented with the run's full inference (``Segmenter``), so
+(the same mean over the share of member votes that differ from the majority), uncertainty spread out
+by feature diversity ("diverse", ``spread_out``), and a seeded random order as the control. Every pool image is segmented with the run's full inference (``Segmenter``), so
 the CSV lists both scores whatever the strategy; the contact sheet shows image | prediction |
 uncertainty of the suggested images.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -29,7 +30,7 @@ from ..common.seeding import stream_generator
 from .segment_folder import list_inputs, uncertainty_image
 from .segmenter import Segmenter
 
-STRATEGIES = ("uncertainty", "disagreement", "random")
+STRATEGIES = ("uncertainty", "disagreement", "diverse", "random")
 # The original's image score, until the active-learning measurement (issue 14) says otherwise.
 DEFAULT_STRATEGY = "uncertainty"
 CSV_NAME, SHEET_NAME = "suggestions.csv", "suggestions.png"
@@ -45,6 +46,7 @@ class PoolImage:
     path: str
     uncertainty: float  # the original's image uncertainty (top-fraction mean of mutual information)
     disagreement: float  # the same top-fraction mean of the per-pixel vote disagreement
+    descriptor: np.ndarray  # unit feature vector of the image (``feature_descriptor``)
     panels: list[np.ndarray]  # image | prediction | uncertainty, SHEET_TILE_PX tall
 
 
@@ -56,7 +58,28 @@ def rank(images: list[PoolImage], strategy: str, seed: int) -> list[PoolImage]:
     if strategy == "random":
         order = torch.randperm(len(by_stem), generator=stream_generator("suggest_order", seed)).tolist()
         return [by_stem[i] for i in order]
+    if strategy == "diverse":
+        return spread_out(by_stem)
     return sorted(by_stem, key=lambda im: -getattr(im, strategy))  # sorted() is stable: ties keep stem order
+
+
+def spread_out(images: list[PoolImage]) -> list[PoolImage]:
+    """Uncertainty spread out by feature diversity: the most uncertain image first, then each time the
+    one with the largest (uncertainty / the pool's largest) x (cosine distance of its descriptor to the
+    nearest image already chosen), so k suggestions are not spent on near-copies of one hard image.
+    A pool with no uncertainty at all is ordered by distance alone. Ties keep the given order."""
+    top = max(im.uncertainty for im in images)
+    weight = torch.tensor([im.uncertainty / top if top > 0 else 1.0 for im in images], dtype=torch.float64)
+    features = torch.from_numpy(np.stack([im.descriptor for im in images])).double()
+    nearest = torch.full((len(images),), math.inf, dtype=torch.float64)  # distance to the nearest chosen
+    left, order = torch.ones(len(images), dtype=torch.bool), []
+    for _ in range(len(images)):
+        gain = torch.where(left, weight * nearest.clamp(max=2.0), -1.0)  # cosine distances are <= 2
+        pick = int(gain.argmax())  # argmax returns the first of equal gains
+        order.append(pick)
+        left[pick] = False
+        nearest = torch.minimum(nearest, (1 - features @ features[pick]).clamp(min=0))
+    return [images[i] for i in order]
 
 
 def _tile(rgb: np.ndarray, resample: int) -> np.ndarray:
@@ -81,7 +104,7 @@ def score_pool(segmenter: Segmenter, inputs: dict[str, str],
                   _tile(colorize_mask(seg.mask, segmenter.palette), Image.NEAREST),
                   _tile(uncertainty_image(seg.uncertainty), Image.BILINEAR)]
         scored.append(PoolImage(stem, path, seg.score, image_uncertainty(torch.from_numpy(seg.disagreement), top),
-                                panels))
+                                seg.descriptor, panels))
     return scored
 
 
