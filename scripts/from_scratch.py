@@ -1,7 +1,7 @@
 """The pipeline on celebamask64 with a DDPM trained here, vs the same U-Net untrained, vs the
 reference faces checkpoint; writes the table into README.md from the runs' metrics.json.
 
-    python scripts/from_scratch.py --ddpm runs/ddpm/celebamask64 --out runs/from_scratch --seeds 0 1 2
+    python scripts/from_scratch.py --ddpm runs/ddpm/celebamask64 --out runs/from_scratch --seeds 0 1 2 3 4
 
 --ddpm is a train_ddpm.py folder (see the README for the command that made it): its latest EMA
 checkpoint is "trained", its model000000.pt (the initialisation, same flags) is "untrained".
@@ -81,14 +81,30 @@ def table(ckpts: dict[str, str], out: str, seeds: list[int]) -> str:
         cell = "not run" if not values else (
             f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}")
         lines.append(f"| {what[row]} | {steps_of(ckpt)} | {cell} | {len(values)} | `{ckpt}` |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", reading(out, seeds)]) + "\n"
+
+
+def reading(out: str, seeds: list[int]) -> str:
+    """The table's two comparisons, from the same metrics: the untrained U-Net's mIoU as a share of the
+    trained one's, and trained minus reference per seed (mean ± sample std of the differences)."""
+    miou = {row: {s: 100 * m["miou"] for s in seeds if (m := metrics(out, row, s))}
+            for row in ("trained", "untrained", "reference")}
+    parts = []
+    if miou["trained"] and miou["untrained"]:
+        share = statistics.mean(miou["untrained"].values()) / statistics.mean(miou["trained"].values())
+        parts.append(f"the untrained U-Net reaches {100 * share:.0f} % of the trained one's mean mIoU")
+    diff = [miou["trained"][s] - miou["reference"][s] for s in seeds if s in miou["trained"] and s in miou["reference"]]
+    if len(diff) > 1:
+        parts.append(f"trained here minus reference, per seed: {statistics.mean(diff):+.2f} ± "
+                     f"{statistics.stdev(diff):.2f} points over {len(diff)} seeds")
+    return ("Reading: " + "; ".join(parts) + ".") if parts else "Reading: not enough runs yet."
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ddpm", required=True, help="the train_ddpm.py folder (relative to the repository root)")
     p.add_argument("--out", default="runs/from_scratch")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--rows", nargs="+", default=["trained", "untrained", "reference"],
                    help="which rows to run (the table always shows all)")
     p.add_argument("--table-only", action="store_true")
