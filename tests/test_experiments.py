@@ -155,3 +155,10 @@ def test_celebamask64_matches_its_dataset_and_checkpoint():
                         ("testing_path", CELEBAMASK64 / "real/test"),
                         ("model_path", FACES_CKPT)]:
         assert (REPO / cfg[key]).resolve() == target.resolve()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*/*.json")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_config_file_validates(path):
+    """Generated configs too (best.json from scripts/best_recipe.py): each loads through its base."""
+    cfg = load_config(str(path))
+    assert cfg["number_class"] == load_config(str(path.with_name("ddpm.json")))["number_class"]
