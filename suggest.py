@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     p.add_argument("--run", required=True, help="folder of a finished run (holds config.json and model_*.pth)")
     p.add_argument("--pool", required=True, help="folder of unlabelled images")
     p.add_argument("--k", type=int, required=True, help="how many images to suggest")
-    p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY, help=f"(default: {DEFAULT_STRATEGY})")
+    p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY, help=f"(default: {DEFAULT_STRATEGY}; on celebamask64 no score beat a random "
+                   "choice: docs/RESULTS.md, 'Active learning')")
     p.add_argument("--out", default=None, help="output folder (default: <run>/suggestions_<strategy>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random strategy's order (default: 0)")
     args = p.parse_args(argv)

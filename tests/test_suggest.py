@@ -161,7 +161,8 @@ def test_random_strategy_is_the_seeded_permutation(known_run, pool, tmp_path):
 
 def test_contact_sheet_rows_show_image_prediction_and_uncertainty(known_run, pool, tmp_path):
     out = tmp_path / "out"
-    assert suggest.main(["--run", str(known_run), "--pool", str(pool), "--k", "1", "--out", str(out)]) == 0
+    assert suggest.main(["--run", str(known_run), "--pool", str(pool), "--k", "1", "--strategy", "uncertainty",
+                         "--out", str(out)]) == 0
     sheet = np.asarray(Image.open(out / "suggestions.png").convert("RGB"))
     from ddpmseg.common.report import _GAP_PX, _LINE_PX
     from ddpmseg.classifier.segment_folder import uncertainty_image
