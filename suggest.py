@@ -10,7 +10,8 @@ votes that differ from the majority, "diverse" the uncertainty spread out by fea
 next image maximises its uncertainty times its feature distance to the nearest one already chosen, so
 the k suggestions are not near-copies of one hard image), "random" a seeded random order (the control).
 Writes to --out (default <run>/suggestions_<strategy>): suggestions.csv (rank, stem, file, uncertainty,
-disagreement) of the top N, and suggestions.png, a contact sheet of image | prediction | uncertainty per suggestion.
+disagreement) of the top N, and suggestions.png, a contact sheet of image | prediction | uncertainty
+per suggestion.
 """
 import argparse
 import os
@@ -26,8 +27,9 @@ def main(argv=None) -> int:
     p.add_argument("--run", required=True, help="folder of a finished run (holds config.json and model_*.pth)")
     p.add_argument("--pool", required=True, help="folder of unlabelled images")
     p.add_argument("--k", type=int, required=True, help="how many images to suggest")
-    p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY, help=f"(default: {DEFAULT_STRATEGY}; on celebamask64 no score beat a random "
-                   "choice: docs/RESULTS.md, 'Active learning')")
+    p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
+                   help=f"(default: {DEFAULT_STRATEGY}; on celebamask64 no score beat a random choice: "
+                        "docs/RESULTS.md, 'Active learning')")
     p.add_argument("--out", default=None, help="output folder (default: <run>/suggestions_<strategy>)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random strategy's order (default: 0)")
     args = p.parse_args(argv)

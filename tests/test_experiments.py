@@ -157,7 +157,8 @@ def test_celebamask64_matches_its_dataset_and_checkpoint():
         assert (REPO / cfg[key]).resolve() == target.resolve()
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*/*.json")), ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*/*.json")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_config_file_validates(path):
     """Generated configs too (best.json from scripts/best_recipe.py): each loads through its base."""
     cfg = load_config(str(path))

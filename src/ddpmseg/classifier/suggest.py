@@ -3,9 +3,10 @@
 Strategies (``STRATEGIES``): the original's image uncertainty (mean of the top
 ``uncertainty_top_fraction`` of the pixels' mutual information between members), member disagreement
 (the same mean over the share of member votes that differ from the majority), uncertainty spread out
-by feature diversity ("diverse", ``spread_out``), and a seeded random order as the control. Every pool image is segmented with the run's full inference (``Segmenter``), so
-the CSV lists both scores whatever the strategy; the contact sheet shows image | prediction |
-uncertainty of the suggested images.
+by feature diversity ("diverse", ``spread_out``), and a seeded random order as the control. Every pool
+image is segmented with the run's full inference (``Segmenter``), so the CSV lists both scores
+whatever the strategy; the contact sheet shows image | prediction | uncertainty of the suggested
+images.
 """
 from __future__ import annotations
 
