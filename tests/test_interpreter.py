@@ -304,7 +304,8 @@ def test_training_store_holds_each_labelled_pixel_with_its_own_features(data):
     cfg = load_config("experiments/celebamask64/ddpm.json", {
         "exp_dir": str(data / "exp"), "training_path": str(data / "train"), "testing_path": str(data / "test"),
         "model_type": "rgb_xy", "model_path": "", "steps": [], "blocks": [], "dim": [64, 64, 5], "ignore_label": 255,
-        "training_number": 3, "testing_number": 2, "augmentation_copies": 1, "device": "cpu"})
+        "training_number": 3, "testing_number": 2, "augmentation_copies": 1, "device": "cpu",
+        "min_region_pixels": 20})  # the 256 px threshold, so that this small set has regions below it
     run = Run(cfg, {}, log=lambda msg: None)
     run.validate_inputs()
     store, pixels = run.build_training_store(str(data / "exp"))

@@ -31,6 +31,7 @@ from ..common.numerics import FLOAT16_MAX, check_features
 from .predict import VOTING_MODES, Votes, image_uncertainty, view_logits
 from .refine import load_refiner, refine, refine_settings, save_refiner, train_refiner
 from ..common.report import save_prediction
+from ..common.atomic import write_json_atomic
 from ..common.runfiles import experiment_dir, write_run_metrics
 from ..common.runlock import run_lock
 from ..common.runlog import RunLog
@@ -41,6 +42,8 @@ from .train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, 
 
 EXCLUDED = -1  # training-label marker for pixels no member trains on
 REFINER_FILE = "refiner.pt"
+# What training saw of each class, written with the feature store and kept for a resumed run's metrics.
+TRAINING_LABELS_FILE = "training_labels.json"
 # Config keys that only change inference: the ones evaluate_run may override.
 INFERENCE_KEYS = ("voting", "report_all_votings", "tta", "hflip_class_pairs", "testing_path", "testing_masks_path",
                   "testing_number", "device", "uncertainty_top_fraction")
@@ -66,6 +69,7 @@ class Run:
         self.refine = refine_settings(cfg["refine"], cfg["seed"])  # None: no mask refinement
         self.ensemble_settings = EnsembleSettings.from_config(cfg)
         self.timings: dict[str, float] = {}
+        self.training_labels: dict | None = None  # summarise_training_labels, once training labels were read
 
     # -- checks before anything is written ------------------------------------------------
     def validate_inputs(self, train: bool = True) -> None:
@@ -147,7 +151,7 @@ class Run:
         location = os.path.join(exp_dir, "feature_store") if c["feature_store"] == "disk" else None
         num_images = len(self.train_set) * (1 + c["augmentation_copies"])
         store = FeatureStore(num_images, self.layer_shapes, self.hw, location=location)
-        index, labels = [], []
+        index, labels, excluded = [], [], []
         images = tqdm(self.training_images(), total=num_images, desc="training features", unit="img",
                       dynamic_ncols=True)
         for i, (name, image, label) in enumerate(images):
@@ -155,18 +159,45 @@ class Run:
                                                                                  store=True))
             label, dropped = drop_small_regions(label.numpy(), c["ignore_label"], c["min_region_pixels"],
                                                 fill=EXCLUDED)
-            for cls, n in dropped:
-                self.log(f"{name}: class {cls} has only {n} pixels; excluded from training")
+            excluded += [(name, cls, n) for cls, n in dropped]
             flat = label.reshape(-1).astype(np.int64)
             keep = np.flatnonzero((flat != self.fill) & (flat != EXCLUDED))
             index.append(torch.from_numpy(keep + i * self.size * self.size))
             labels.append(torch.from_numpy(flat[keep]))
         pixels = LabelledPixels(torch.cat(index), torch.cat(labels), self.hw)
+        self.training_labels = self.summarise_training_labels(pixels.labels, excluded, num_images)
+        write_json_atomic(os.path.join(exp_dir, TRAINING_LABELS_FILE), self.training_labels)
         self.timings["train_features_s"] = time.time() - t0
         where = "disk" if location else "RAM"
         self.log(f"feature store: {num_images} images, {store.nbytes / 2**20:.1f} MiB ({where}, float16, "
                  f"native resolution); {len(pixels.labels):,} labelled training pixels")
         return store, pixels
+
+    def summarise_training_labels(self, labels: torch.Tensor, excluded: list[tuple[str, int, int]],
+                                  num_images: int) -> dict:
+        """One printed line each for the small regions excluded and for classes left without a training
+        pixel (per-region details go to log.txt only); the same facts as a dict for metrics.json."""
+        c = self.cfg
+        names = c["class_names"]
+        # A plain callable for a log (tests, new_experiment's checks) gets the details printed too.
+        detail = getattr(self.log, "detail", self.log)
+        per_class: dict[str, int] = {}
+        for name, cls, n in excluded:
+            detail(f"{name}: class {names[cls]} ({cls}) has only {n} pixels; excluded from training")
+            per_class[names[cls]] = per_class.get(names[cls], 0) + 1
+        if excluded:
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(per_class.items(), key=lambda kv: -kv[1]))
+            self.log(f"min_region_pixels {c['min_region_pixels']:g}: {len(excluded)} regions in "
+                     f"{len({name for name, _, _ in excluded})} of {num_images} training images excluded from "
+                     f"training (regions per class: {shown}; each one in log.txt)")
+        counts = torch.bincount(labels, minlength=c["number_class"])[:c["number_class"]].tolist()
+        missing = [names[k] for k in range(c["number_class"]) if counts[k] == 0 and k != c["ignore_label"]]
+        if missing:
+            self.log(f"warning: {len(missing)} class(es) have no training pixel, so no member can predict them "
+                     f"and their test IoU is 0: {', '.join(missing)}")
+        return {"min_region_pixels": c["min_region_pixels"], "excluded_regions": len(excluded),
+                "excluded_regions_per_class": per_class,
+                "pixels_per_class": dict(zip(names, counts)), "classes_without_training_pixels": missing}
 
     def train(self, exp_dir: str) -> dict:
         """Train the members and refiner missing from ``exp_dir``; returns every member's stats."""
@@ -175,6 +206,10 @@ class Run:
         refiner_todo = self.refine is not None and not os.path.exists(os.path.join(exp_dir, REFINER_FILE))
         if not todo and not refiner_todo:
             self.log(f"all {c['model_num']} ensemble members exist in {exp_dir}; skipping training")
+            labels_file = os.path.join(exp_dir, TRAINING_LABELS_FILE)
+            if os.path.isfile(labels_file):
+                with open(labels_file) as f:
+                    self.training_labels = json.load(f)
             return member_stats(exp_dir, c["model_num"])
         if 0 < len(todo) < c["model_num"]:
             self.log(f"resuming: members {todo} remain to be trained")
@@ -327,7 +362,8 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
         log.attach(os.path.join(exp_dir, "log.txt"))
         members = run.train(exp_dir)
         result = run.evaluate(exp_dir, exp_dir)
-        return write_metrics(run, result, exp_dir, t_start, members=members)
+        extra = {"training_labels": run.training_labels} if run.training_labels is not None else {}
+        return write_metrics(run, result, exp_dir, t_start, **extra, members=members)
 
 
 def load_trained_config(run_dir: str, overrides: dict[str, Any]) -> dict:

@@ -69,8 +69,11 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "early_stop_after_epoch": ((int,), 3),
     # Stop after this many consecutive batches without a new best batch loss (original: 50).
     "early_stop_patience": ((int,), 50),
-    # Training classes with fewer pixels than this in an image are relabelled to ignore (original: 20).
-    "min_region_pixels": ((int,), 20),
+    # A class with fewer pixels than this in a training image is excluded from training there, to spare
+    # the MLPs label noise (the original: 20, for 256 x 256 images). "auto" scales those 20 pixels by area,
+    # 20 * H * W / 256^2 and at least 1, and validate() writes the number into the resolved config:
+    # 20 at 256 px, 1.25 at 64 px (single-pixel regions only). 0 keeps every region.
+    "min_region_pixels": ((int, float, str), "auto"),
     # Image uncertainty = mean of this top fraction of per-pixel JS values (original: 0.1).
     "uncertainty_top_fraction": ((float,), 0.1),
     # Where native-resolution activations live: "ram" or "disk" (a memmap under exp_dir).
@@ -208,6 +211,23 @@ def _check_model_type(cfg: dict, where: str) -> None:
                           f"\"random_weights\": true for an untrained backbone")
 
 
+# The original's min_region_pixels and the image side it was chosen for.
+ORIGINAL_MIN_REGION_PIXELS, ORIGINAL_RESOLUTION = 20, 256
+
+
+def scaled_min_region_pixels(height: int, width: int) -> float:
+    """The original's 20-pixel threshold scaled from 256 x 256 to ``height`` x ``width`` by area, at least 1."""
+    return max(1.0, ORIGINAL_MIN_REGION_PIXELS * height * width / ORIGINAL_RESOLUTION ** 2)
+
+
+def _resolve_min_region_pixels(out: dict, where: str) -> None:
+    value = out["min_region_pixels"]
+    if value == "auto":
+        out["min_region_pixels"] = scaled_min_region_pixels(out["dim"][0], out["dim"][1])
+    elif isinstance(value, str) or value < 0:
+        raise ConfigError(f"{where}: 'min_region_pixels' must be \"auto\" or a number >= 0, got {value!r}")
+
+
 def check_choice(key: str, value: Any, where: str) -> None:
     """Raise ConfigError if ``key`` has a fixed set of CHOICES and ``value`` is not one of them."""
     choices = CHOICES.get(key)
@@ -298,6 +318,7 @@ def validate(cfg: dict, where: str = "config") -> dict:
         raise ConfigError(f"{where}: 'dim' must be square [S, S, C], got {out['dim']}")
     _check_classes(out, where)
     _check_ranges(out, where)
+    _resolve_min_region_pixels(out, where)
     _check_hflip_pairs(out, where)
     out["refine"] = refine_config(out["refine"], where)
 

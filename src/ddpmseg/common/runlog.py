@@ -15,6 +15,10 @@ class RunLog:
 
     def __call__(self, msg: str) -> None:
         tqdm.write(msg)
+        self.detail(msg)
+
+    def detail(self, msg: str) -> None:
+        """Keep ``msg`` in log.txt without printing it: per-image details that one printed line sums up."""
         if self.path:
             with open(self.path, "a") as f:
                 f.write(msg + "\n")
