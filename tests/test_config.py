@@ -285,3 +285,24 @@ def test_save_config_failure_keeps_the_previous_file(tmp_path):
     with pytest.raises(TypeError):
         save_config(with_(exp_dir=object()), str(path))  # not JSON-serializable: fails mid-write
     assert path.read_text() == before
+
+
+@pytest.mark.parametrize("side,want", [(256, 20.0), (128, 5.0), (64, 1.25), (32, 1.0)])
+def test_min_region_pixels_auto_is_the_originals_20_pixels_scaled_by_area(side, want):
+    """20 pixels at 256 x 256 (the original's images) scales with the image area, floored at one pixel
+    (below that no region is small enough to drop); these are exact in binary floating point."""
+    cfg = validate(with_(dim=[side, side, 384]))
+    assert cfg["min_region_pixels"] == want
+    assert validate(with_(dim=[side, side, 384], min_region_pixels=7))["min_region_pixels"] == 7.0
+
+
+def test_min_region_pixels_of_the_published_256_px_configs_stays_20():
+    for path in ("experiments/bedroom_28/ddpm.json", "experiments/ffhq_34/ddpm.json"):
+        assert load_config(path)["min_region_pixels"] == 20.0
+    assert load_config("experiments/celebamask64/ddpm.json")["min_region_pixels"] == 1.25
+
+
+@pytest.mark.parametrize("value", ["scaled", -1, True])
+def test_min_region_pixels_rejects_what_is_not_auto_or_a_count(value):
+    with pytest.raises(ConfigError, match="min_region_pixels"):
+        validate(with_(min_region_pixels=value))

@@ -73,6 +73,29 @@ def test_rerun_keeps_finished_members(tmp_path, data, tiny64_checkpoint):
     assert "members [1] remain to be trained" in (out / "log.txt").read_text()
 
 
+def test_training_labels_summary_counts_what_training_saw(tmp_path, data, tiny64_checkpoint, capsys):
+    """metrics.json's training_labels against the .npy masks themselves: with the original's 20-pixel
+    rule, the excluded regions are the (image, class) pairs with 1-19 pixels, printed as one line (each
+    region in log.txt only); a class in no training mask is named in a warning and in metrics.json."""
+    assert run(tmp_path, data, tiny64_checkpoint, "--set", "min_region_pixels=20") == 0
+    out = tmp_path / "exp" / "50_4_5_6_7_8"
+    names = json.loads((out / "config.json").read_text())["class_names"]
+    masks = [np.load(p) for p in sorted((data / "train").glob("*.npy"))]
+    small = [(k, n) for m in masks for k, n in zip(*np.unique(m, return_counts=True)) if n < 20]
+    kept = sum(np.bincount(np.where(np.isin(m, [k for k, n in zip(*np.unique(m, return_counts=True)) if n < 20]),
+                                    19, m).ravel(), minlength=20)[:19] for m in masks)
+    summary = json.loads((out / "metrics.json").read_text())["training_labels"]
+    assert summary["min_region_pixels"] == 20 and summary["excluded_regions"] == len(small) > 0
+    assert summary["pixels_per_class"] == dict(zip(names, kept.tolist()))
+    absent = [names[k] for k in range(19) if kept[k] == 0]
+    assert absent and summary["classes_without_training_pixels"] == absent
+    printed = capsys.readouterr().out
+    assert printed.count("excluded from training") == 1 and f"{len(small)} regions in" in printed
+    assert "warning: " in printed and ", ".join(absent) in printed
+    log = (out / "log.txt").read_text()
+    assert sum("has only" in line for line in log.splitlines()) == len(small)
+
+
 def _break(kind, data):
     train = data / "train"
     first = sorted(train.glob("*.png"))[0]
