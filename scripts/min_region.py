@@ -23,7 +23,7 @@ from ddpmseg.common.config import ORIGINAL_MIN_REGION_PIXELS
 
 # Rows: name -> (min_region_pixels value, what it is).
 SETTINGS = {
-    "none": (0, "none: every labelled pixel trains"),
+    "none": (0, "none (0, the default): every labelled pixel trains"),
     "scaled": ("auto", "scaled by area from 256 px (`\"auto\"`)"),
     "original": (ORIGINAL_MIN_REGION_PIXELS, "the original's 20 pixels"),
 }
@@ -74,7 +74,24 @@ def table(dataset: str, out: str, seeds: list[int]) -> str:
         lines.append(f"| {what} | {used:g} | {regions:.0f} | {mean_std([100 * m['miou'] for m in runs])} | "
                      + " | ".join(per_class) + f" | {len(runs)} |")
     device = next((r[0]["device"] for r in found.values() if r), "?")
-    return "\n".join(lines) + f"\n\nDevice {device}.\n"
+    return "\n".join(lines) + "\n\n" + reading(out, seeds) + f"\n\nDevice {device}.\n"
+
+
+def reading(out: str, seeds: list[int]) -> str:
+    """Each setting against the one with the highest mean mIoU, as per-seed differences on common seeds."""
+    by_seed = {name: {s: 100 * m["miou"] for s in seeds if (m := load(out, s, name))} for name in SETTINGS}
+    ran = {name: v for name, v in by_seed.items() if v}
+    if len(ran) < 2:
+        return "Fewer than two settings have runs: no comparison yet."
+    best = max(ran, key=lambda name: statistics.mean(ran[name].values()))
+    parts = []
+    for name, values in ran.items():
+        common = sorted(set(values) & set(ran[best]))
+        if name == best or len(common) < 2:
+            continue
+        diffs = [values[s] - ran[best][s] for s in common]
+        parts.append(f"`{name}` {mean_std(diffs)} points ({sum(d < 0 for d in diffs)} of {len(diffs)} seeds lower)")
+    return (f"Highest mean: `{best}`. Per-seed difference to it (same seeds): " + "; ".join(parts) + ".")
 
 
 def main(argv=None) -> int:

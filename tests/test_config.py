@@ -291,15 +291,20 @@ def test_save_config_failure_keeps_the_previous_file(tmp_path):
 def test_min_region_pixels_auto_is_the_originals_20_pixels_scaled_by_area(side, want):
     """20 pixels at 256 x 256 (the original's images) scales with the image area, floored at one pixel
     (below that no region is small enough to drop); these are exact in binary floating point."""
-    cfg = validate(with_(dim=[side, side, 384]))
+    cfg = validate(with_(dim=[side, side, 384], min_region_pixels="auto"))
     assert cfg["min_region_pixels"] == want
     assert validate(with_(dim=[side, side, 384], min_region_pixels=7))["min_region_pixels"] == 7.0
 
 
 def test_min_region_pixels_of_the_published_256_px_configs_stays_20():
-    for path in ("experiments/bedroom_28/ddpm.json", "experiments/ffhq_34/ddpm.json"):
-        assert load_config(path)["min_region_pixels"] == 20.0
-    assert load_config("experiments/celebamask64/ddpm.json")["min_region_pixels"] == 1.25
+    import glob
+
+    published = [p for p in glob.glob("experiments/*/*.json") if load_config(p)["dim"][0] == 256]
+    assert len(published) == 30  # 6 datasets x ddpm, etf, mae, swav, swav_w2
+    for path in published:
+        assert load_config(path)["min_region_pixels"] == 20.0, path
+    assert load_config("experiments/celebamask64/ddpm.json")["min_region_pixels"] == 0  # the default
+    assert validate(minimal())["min_region_pixels"] == 0
 
 
 @pytest.mark.parametrize("value", ["scaled", -1, True])
