@@ -66,7 +66,7 @@ def test_table_only_writes_the_markdown(tmp_path, monkeypatch):
     assert variants.main(["--out", "runs", "--seeds", "0", "--docs", ".", "--table-only"]) == 0
     text = (tmp_path / "experiments.md").read_text()
     assert text == "<!-- variants:begin -->\n" + variants.table("celebamask64", "runs", [0]) + "<!-- variants:end -->\n"
-    assert text.splitlines()[1] == "## Results: method variants"
+    assert text.splitlines()[1] == "#### Results: method variants"
 
 
 def test_table_only_keeps_the_other_scripts_blocks(tmp_path, monkeypatch):
@@ -84,7 +84,7 @@ def test_table_only_keeps_the_other_scripts_blocks(tmp_path, monkeypatch):
     # A file without the block gets it appended after what it holds.
     (tmp_path / "experiments.md").write_text(others)
     assert variants.main(["--out", "runs", "--seeds", "0", "--docs", ".", "--table-only"]) == 0
-    assert (tmp_path / "experiments.md").read_text().startswith(others + "\n<!-- variants:begin -->\n## Results: method variants")
+    assert (tmp_path / "experiments.md").read_text().startswith(others + "\n<!-- variants:begin -->\n#### Results: method variants")
 
 
 def test_dropout_rows_explain_themselves():
