@@ -107,7 +107,8 @@ def test_every_covering_test_exists(command):
     assert command in COMMANDS, f"COVERED lists `{command}`, which README.md no longer has"
     for where in COVERED[command]:
         if where == ".ci/run":
-            ci = [" ".join(shlex.split(line, comments=True)) for line in (REPO / ".ci" / "run").read_text().splitlines()]
+            lines = (REPO / ".ci" / "run").read_text().splitlines()
+            ci = [" ".join(shlex.split(line, comments=True)) for line in lines]
             assert command in ci, f".ci/run does not run `{command}`"
             continue
         path, name = where.split("::")
