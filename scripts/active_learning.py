@@ -1,7 +1,6 @@
-"""Active learning on celebamask64 (issue 14): does choosing the next images to label by the ensemble's
+"""Active learning on celebamask64: does choosing the next images to label by the ensemble's
 uncertainty, member disagreement or uncertainty spread out by feature diversity beat labelling random
-ones? Writes the table into docs/RESULTS.md and
-README.md, and a plot, from the runs' metrics.json files.
+ones? Writes the table into docs/selection.md, and a plot, from the runs' metrics.json files.
 
     python scripts/active_learning.py --dataset celebamask64 --out runs/active_learning --seeds 0 1 2 3 4
 
@@ -45,7 +44,7 @@ from variants import run, set_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POOL_TEST = 30  # test images (first by sorted stem) that join the pool; the other 20 of 50 are the evaluation set
-# The issue's protocol: 8 random labelled images, then 3 rounds of +4.
+# The protocol: 8 random labelled images, then 3 rounds of +4.
 START, ROUNDS, ADD = 8, 3, 4
 # --quick: the same machinery on 4 training + 4 test images in the pool, 2 evaluation images, a start
 # of 2 and 2 rounds of +1, with a 2-member ensemble trained for one epoch.
@@ -282,7 +281,7 @@ def plot(found: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_study_arguments(p, "runs/active_learning", "active_learning", "a folder of experiments/ with ddpm.json")
+    add_study_arguments(p, "runs/active_learning", "a folder of experiments/ with ddpm.json")
     p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     p.add_argument("--start", type=int, default=None, help=f"random labelled images of round 0 (default {START})")
     p.add_argument("--rounds", type=int, default=None, help=f"rounds after the start (default {ROUNDS})")
@@ -312,7 +311,7 @@ def main(argv=None) -> int:
                f"{' '.join(map(str, args.seeds))} --strategies {' '.join(args.strategies)} --start {start} "
                f"--rounds {rounds} --add {add}" + (" --quick" if args.quick else ""))
     text = table(found, command, decision, args.plot)
-    publish("active_learning", text, os.path.join(REPO, args.table), readme=not args.no_readme)
+    publish("active_learning", text, os.path.join(REPO, args.docs))
     print(decision["text"])
     return 0
 

@@ -1,5 +1,5 @@
 """The paper's backbone comparison on one dataset: DDPM vs MAE vs SwAV vs SwAV-w2 under the same
-pixel classifier; writes the README table from the runs' metrics.json.
+pixel classifier; writes the table into docs/backbones.md from the runs' metrics.json.
 
     python scripts/backbones.py --dataset celebamask64 --out runs/backbones --seeds 0 1 2
 
@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from readme_block import replace_block
+from readme_block import publish
 # The same run layout (<out>/seed<N>/<row>) and helpers as the variants table.
 from variants import REPO, load, mean_std, metrics_path, run, run_dir, set_args, shell_set_args
 
@@ -87,8 +87,7 @@ def main(argv=None) -> int:
     if not args.table_only:
         run_all(args.dataset, args.out, args.seeds, args.rows, protocol)
     text = table(args.dataset, args.out, args.seeds, protocol)
-    print(text)
-    replace_block("backbones", text)
+    publish("backbones", text)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Write the README's benchmark table from the benches' JSON lines (never typed by hand).
+"""Write the benchmark table of docs/benchmarks.md from the benches' JSON lines (never typed by hand).
 
     python bench/memory.py > docs/bench/cpu.jsonl
     python bench/ensemble_throughput.py --workload lsun256 >> docs/bench/cpu.jsonl   # etc.
@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import sys
 
-from readme_block import replace_block
+from readme_block import publish
 
-# bench/ensemble_throughput.py targets (issue 15): speed-up over the original loop by feature size.
+# bench/ensemble_throughput.py targets: speed-up over the original loop by feature size.
 THROUGHPUT_TARGETS = {1152: 3.0, 8448: 2.0}
 # Benches whose row is its JSON line's fields put into words: (what was measured, the result).
 PLAIN_ROWS = {
@@ -76,5 +76,4 @@ if __name__ == "__main__":
     path = sys.argv[1] if len(sys.argv) > 1 else "docs/bench/cpu.jsonl"
     with open(path) as f:
         text = table([json.loads(line) for line in f if line.strip()])
-    print(text)
-    replace_block("bench", text)
+    publish("bench", text)

@@ -1,4 +1,4 @@
-"""Write the demo's numbers into README.md from a finished demo's metrics.json.
+"""Write the demo's numbers into docs/demo.md from a finished demo's metrics.json.
 
     python scripts/demo_table.py runs/demo/metrics.json
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 
-from readme_block import replace_block
+from readme_block import publish
 
 
 def table(m: dict) -> str:
@@ -24,5 +24,4 @@ def table(m: dict) -> str:
 if __name__ == "__main__":
     with open(sys.argv[1] if len(sys.argv) > 1 else "runs/demo/metrics.json") as f:
         text = table(json.load(f))
-    print(text)
-    replace_block("demo", text)
+    publish("demo", text)

@@ -1,4 +1,4 @@
-"""Write bench/faults.py's figures (kills survived / kills, per tool) into README.md's reliability section.
+"""Write bench/faults.py's figures (kills survived / kills, per tool) into docs/reliability.md.
 
     python bench/faults.py --tool all --kills 10 --out bench/results/faults.json
     python scripts/faults_table.py bench/results/faults.json [more.json ...]   # one table per file
@@ -9,7 +9,7 @@ import json
 import sys
 from collections import Counter
 
-from readme_block import replace_block
+from readme_block import publish
 
 TOOL_NAMES = {"train_interpreter": "`train_interpreter.py`", "train_interpreter_refine": "`train_interpreter.py` with `refine`",
               "train_ddpm": "`train_ddpm.py`", "generate_dataset": "`generate_dataset.py`",
@@ -56,5 +56,4 @@ if __name__ == "__main__":
         with open(path) as f:
             texts.append(table(json.load(f)))
     text = "\n".join(texts)
-    print(text)
-    replace_block("faults", text)
+    publish("faults", text)

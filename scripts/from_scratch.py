@@ -1,9 +1,9 @@
 """The pipeline on celebamask64 with a DDPM trained here, vs the same U-Net untrained, vs the
-reference faces checkpoint; writes the table into README.md from the runs' metrics.json.
+reference faces checkpoint; writes the table into docs/train-ddpm.md from the runs' metrics.json.
 
     python scripts/from_scratch.py --ddpm runs/ddpm/celebamask64 --out runs/from_scratch --seeds 0 1 2 3 4
 
---ddpm is a train_ddpm.py folder (see the README for the command that made it): its latest EMA
+--ddpm is a train_ddpm.py folder (docs/train-ddpm.md gives the command that made it): its latest EMA
 checkpoint is "trained", its model000000.pt (the initialisation, same flags) is "untrained".
 Finished runs (metrics.json present) are skipped, so the command resumes; --table-only rebuilds
 the table from existing metrics files alone. No number in the table is typed by hand.
@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 
-from readme_block import replace_block
+from readme_block import publish
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "experiments/celebamask64/ddpm.json"
@@ -33,7 +33,7 @@ def checkpoints(ddpm_dir: str) -> dict[str, str]:
     0.999 still gives the initialisation about half the weight."""
     models = sorted(glob.glob(os.path.join(ddpm_dir, "model*.pt")), key=lambda p: int(re.findall(r"(\d+)\.pt$", p)[0]))
     if not models:
-        sys.exit(f"error: no model<step>.pt in {ddpm_dir}; train it first (README, 'Train a DDPM')")
+        sys.exit(f"error: no model<step>.pt in {ddpm_dir}; train it first (docs/train-ddpm.md)")
     return {"trained": models[-1], "untrained": models[0], "reference": REFERENCE}
 
 
@@ -118,8 +118,7 @@ def main(argv=None) -> int:
     if not args.table_only:
         run_all({k: v for k, v in ckpts.items() if k in args.rows}, out, args.seeds)
     text = table(ckpts, out, args.seeds)
-    print(text)
-    replace_block("from_scratch", text)
+    publish("from_scratch", text)
     return 0
 
 

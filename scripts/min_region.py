@@ -96,15 +96,14 @@ def reading(out: str, seeds: list[int]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_study_arguments(p, "runs/min_region", "min_region", "a folder of experiments/ with ddpm.json")
+    add_study_arguments(p, "runs/min_region", "a folder of experiments/ with ddpm.json")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from existing runs")
     args = p.parse_args(argv)
     if not os.path.isfile(os.path.join(REPO, "experiments", args.dataset, "ddpm.json")):
         p.error(f"experiments/{args.dataset}/ddpm.json does not exist")
     if not args.table_only:
         run_all(args.dataset, args.out, args.seeds)
-    publish("min_region", table(args.dataset, args.out, args.seeds), os.path.join(REPO, args.table),
-            readme=not args.no_readme)
+    publish("min_region", table(args.dataset, args.out, args.seeds), os.path.join(REPO, args.docs))
     return 0
 
 

@@ -1,6 +1,6 @@
-"""Steps x blocks chosen by select_features.py vs the hand-set protocol (issue 14), for three U-Nets:
+"""Steps x blocks chosen by select_features.py vs the hand-set protocol, for three U-Nets:
 the reference checkpoint, a DDPM trained here, and the untrained U-Net. Writes the table into
-docs/RESULTS.md and README.md from the runs' metrics.json and selection.json files.
+docs/selection.md from the runs' metrics.json and selection.json files.
 
     python scripts/selection_study.py --ddpm runs/ddpm/celebamask64 --out runs/selection --seeds 0 1 2 3 4
 
@@ -134,7 +134,7 @@ def table(found: list[dict], command: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_study_arguments(p, "runs/selection", "selection", "a folder of experiments/ with ddpm.json")
+    add_study_arguments(p, "runs/selection", "a folder of experiments/ with ddpm.json")
     p.add_argument("--ddpm", default=None, help="the train_ddpm.py folder (needed for the 'trained' U-Net)")
     p.add_argument("--unets", nargs="+", choices=UNETS, default=list(UNETS), help="which U-Nets to run")
     p.add_argument("--budget_minutes", type=float, default=None, help="select_features.py's --budget_minutes")
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
                f"--out {args.out} --seeds {' '.join(map(str, args.seeds))} --unets {' '.join(args.unets)}"
                + (" --quick" if args.quick else ""))
     text = table(rows(out, args.seeds, args.unets), command)
-    publish("selection", text, os.path.join(REPO, args.table), readme=not args.no_readme)
+    publish("selection", text, os.path.join(REPO, args.docs))
     return 0
 
 

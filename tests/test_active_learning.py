@@ -23,15 +23,14 @@ STRATEGIES = ["uncertainty", "random"]
 
 def run_script(tmp):
     return run_repo_script("scripts/active_learning.py", "--out", str(tmp / "al"), "--seeds", "0", "--strategies",
-                           *STRATEGIES, "--quick", "--table", str(tmp / "RESULTS.md"), "--plot", str(tmp / "al.png"),
-                           "--no_readme")
+                           *STRATEGIES, "--quick", "--docs", str(tmp), "--plot", str(tmp / "al.png"))
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     require(CELEBAMASK64), require(FACES_CKPT)
     tmp = tmp_path_factory.mktemp("al")
-    (tmp / "RESULTS.md").write_text("<!-- variants:begin -->\nvariants table\n<!-- variants:end -->\n")
+    (tmp / "selection.md").write_text("<!-- selection:begin -->\nselection table\n<!-- selection:end -->\n")
     return tmp, run_script(tmp)
 
 
@@ -116,8 +115,8 @@ def test_uncertainty_picks_the_most_uncertain_pool_image(study, tmp_path):
 def test_table_plot_and_verdict_come_from_the_metrics(study):
     tmp, printed = study
     out = str(tmp / "al")
-    text = (tmp / "RESULTS.md").read_text()
-    assert text.startswith("<!-- variants:begin -->\nvariants table\n<!-- variants:end -->")  # kept
+    text = (tmp / "selection.md").read_text()
+    assert text.startswith("<!-- selection:begin -->\nselection table\n<!-- selection:end -->")  # kept
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines()
             if line.startswith("| ") and not line.startswith("| strategy")}
     means = {}

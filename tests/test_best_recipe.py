@@ -52,11 +52,11 @@ def test_best_json_takes_what_beats_the_seed_spread_and_the_sentence_compares_it
     monkeypatch.setattr(best_recipe, "REPO", str(tmp_path))
     monkeypatch.setattr(best_recipe.variants, "REPO", str(tmp_path))
     fabricate(tmp_path)
-    assert best_recipe.main(["--seeds", *map(str, SEEDS), "--decide-only", "--table", "RESULTS.md", "--no_readme"]) == 0
+    assert best_recipe.main(["--seeds", *map(str, SEEDS), "--decide-only", "--docs", "."]) == 0
     best = json.loads((tmp_path / "experiments" / "celebamask64" / "best.json").read_text())
     assert best == {"base": "ddpm.json", "exp_dir": "pixel_classifiers/celebamask64/best", "steps": [250],
                     "blocks": [5], "dim": [64, 64, 96], "voting": "soft", "refine": {"method": "ddps"}}
-    text = (tmp_path / "RESULTS.md").read_text()
+    text = (tmp_path / "experiments.md").read_text()
     assert "takes selected steps x blocks, soft voting, DDPS refinement;" in text
     assert "- selected steps x blocks: +3.50 points vs a seed spread of 1.00 over 3 seeds (helps)" in text
     assert "- soft voting: +2.00 points vs a seed spread of 0.50 over 3 seeds (helps)" in text
@@ -93,4 +93,4 @@ def test_runs_of_another_recipe_are_refused(tmp_path, monkeypatch):
     fabricate(tmp_path)
     (tmp_path / "runs" / "best_recipe" / "recipe.json").write_text(json.dumps({"base": "ddpm.json"}))
     with pytest.raises(SystemExit, match="were trained with another best.json"):
-        best_recipe.main(["--seeds", *map(str, SEEDS), "--table", "RESULTS.md", "--no_readme"])
+        best_recipe.main(["--seeds", *map(str, SEEDS), "--docs", "."])

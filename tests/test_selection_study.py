@@ -21,7 +21,7 @@ SEEDS = ["0", "1"]
 
 def run_script(tmp):
     return run_repo_script("scripts/selection_study.py", "--out", str(tmp / "sel"), "--seeds", *SEEDS, "--unets",
-                           *UNETS, "--quick", "--table", str(tmp / "RESULTS.md"), "--no_readme")
+                           *UNETS, "--quick", "--docs", str(tmp))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_selection_reads_training_images_and_each_protocol_trains_its_own(study)
 
 def test_table_numbers_are_the_runs_mean_and_std(study):
     tmp, printed = study
-    text = (tmp / "RESULTS.md").read_text()
+    text = (tmp / "selection.md").read_text()
     body = text.removeprefix("<!-- selection:begin -->\n").removesuffix("<!-- selection:end -->\n")
     assert body.startswith("#### Steps and blocks") and body in printed  # the printed table is the block
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}

@@ -63,28 +63,28 @@ def test_table_only_writes_the_markdown(tmp_path, monkeypatch):
     monkeypatch.setattr(variants, "REPO", str(tmp_path))
     (tmp_path / "experiments" / "celebamask64").mkdir(parents=True)
     (tmp_path / "experiments" / "celebamask64" / "etf.json").write_text("{}")
-    assert variants.main(["--out", "runs", "--seeds", "0", "--table", "RESULTS.md", "--table-only", "--no_readme"]) == 0
-    text = (tmp_path / "RESULTS.md").read_text()
+    assert variants.main(["--out", "runs", "--seeds", "0", "--docs", ".", "--table-only"]) == 0
+    text = (tmp_path / "experiments.md").read_text()
     assert text == "<!-- variants:begin -->\n" + variants.table("celebamask64", "runs", [0]) + "<!-- variants:end -->\n"
-    assert text.splitlines()[1] == "# Results: method variants"
+    assert text.splitlines()[1] == "#### Results: method variants"
 
 
 def test_table_only_keeps_the_other_scripts_blocks(tmp_path, monkeypatch):
-    """docs/RESULTS.md is shared: variants.py replaces its own block and leaves the others as they are."""
+    """docs/experiments.md is shared: variants.py replaces its own block and leaves the others as they are."""
     monkeypatch.setattr(variants, "REPO", str(tmp_path))
     (tmp_path / "experiments" / "celebamask64").mkdir(parents=True)
     (tmp_path / "experiments" / "celebamask64" / "etf.json").write_text("{}")
-    others = ("<!-- selection:begin -->\nselection table\n<!-- selection:end -->\n\n"
-              "<!-- active_learning:begin -->\nrounds table\n<!-- active_learning:end -->\n")
-    (tmp_path / "RESULTS.md").write_text("<!-- variants:begin -->\nold variants table\n<!-- variants:end -->\n\n" + others)
-    assert variants.main(["--out", "runs", "--seeds", "0", "--table", "RESULTS.md", "--table-only", "--no_readme"]) == 0
-    text = (tmp_path / "RESULTS.md").read_text()
+    others = ("<!-- best_recipe:begin -->\nbest recipe\n<!-- best_recipe:end -->\n\n"
+              "<!-- min_region:begin -->\nmin region table\n<!-- min_region:end -->\n")
+    (tmp_path / "experiments.md").write_text("<!-- variants:begin -->\nold variants table\n<!-- variants:end -->\n\n" + others)
+    assert variants.main(["--out", "runs", "--seeds", "0", "--docs", ".", "--table-only"]) == 0
+    text = (tmp_path / "experiments.md").read_text()
     assert text == ("<!-- variants:begin -->\n" + variants.table("celebamask64", "runs", [0]) + "<!-- variants:end -->\n\n"
                     + others)
     # A file without the block gets it appended after what it holds.
-    (tmp_path / "RESULTS.md").write_text(others)
-    assert variants.main(["--out", "runs", "--seeds", "0", "--table", "RESULTS.md", "--table-only", "--no_readme"]) == 0
-    assert (tmp_path / "RESULTS.md").read_text().startswith(others + "\n<!-- variants:begin -->\n# Results: method variants")
+    (tmp_path / "experiments.md").write_text(others)
+    assert variants.main(["--out", "runs", "--seeds", "0", "--docs", ".", "--table-only"]) == 0
+    assert (tmp_path / "experiments.md").read_text().startswith(others + "\n<!-- variants:begin -->\n#### Results: method variants")
 
 
 def test_dropout_rows_explain_themselves():
