@@ -100,24 +100,26 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-# Runs that only add a comparison row go after every other run of every seed.
-LAST = ("etf_decoupled", "ddps", "ddpm_dropout", "ddpm_dropout_after_bn", "etf_reg_after_bn")
+# The order runs are made in, a row (every seed) at a time so that a stopped command leaves whole rows
+# behind: the original method and the rows the best recipe is judged on first, the augmented ones
+# (five times the features to extract and train on) and the four-view evaluation last.
+RUN_ORDER = ("ddpm", "etf", "etf_tta_flip", "ddps", "etf_decoupled", "ddpm_dropout", "ddpm_dropout_after_bn",
+             "etf_tta", "etf_reg", "etf_reg_tta", "etf_reg_after_bn")
 
 
-def run_all(dataset: str, out: str, seeds: list[int]) -> None:
-    order = [n for n in TRAINED if n not in LAST]
-    for seed in seeds:
-        for name in order:
-            run_trained(dataset, out, seed, name)
-        for name, (source, overrides) in EVALUATED.items():
+def run_all(dataset: str, out: str, seeds: list[int], names: list[str]) -> None:
+    for name in names:
+        for seed in seeds:
+            if name in TRAINED:
+                run_trained(dataset, out, seed, name)
+                continue
+            source, overrides = EVALUATED[name]
             folder = run_dir(out, seed, name)
             if metrics_path(folder):
                 continue
+            run_trained(dataset, out, seed, source)
             trained = os.path.dirname(metrics_path(run_dir(out, seed, source)))
             run([sys.executable, "evaluate.py", "--run", trained, "--out", folder, *set_args(overrides)])
-    for name in LAST:  # a row at a time, so a stopped run leaves whole rows behind
-        for seed in seeds:
-            run_trained(dataset, out, seed, name)
 
 
 def run_trained(dataset: str, out: str, seed: int, name: str) -> None:
@@ -222,12 +224,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(p, "runs/variants", "a folder of experiments/ with ddpm.json and etf.json")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from existing runs")
+    p.add_argument("--runs", nargs="+", choices=RUN_ORDER, default=list(RUN_ORDER),
+                   help="which runs to make, in this order (the table always shows every row)")
     p.add_argument("--note", default="", help="how the runs were made (e.g. several at a time), for the table")
     args = p.parse_args(argv)
     if not os.path.isfile(os.path.join(REPO, "experiments", args.dataset, "etf.json")):
         p.error(f"experiments/{args.dataset}/etf.json does not exist")
     if not args.table_only:
-        run_all(args.dataset, args.out, args.seeds)
+        run_all(args.dataset, args.out, args.seeds, args.runs)
     # Only this script's blocks: the other scripts that share their pages write theirs.
     docs = os.path.join(REPO, args.docs)
     publish("variants", table(args.dataset, args.out, args.seeds, args.note), docs)

@@ -141,5 +141,6 @@ def test_dropout_position_rows_read_their_own_runs(tmp_path, monkeypatch):
     assert rows["DDPM_VE + aug/AdamW/dropout after BN"][1:3] == ["32.00", "1"]  # soft voting
     assert "--exp_dir <out>/seed<N>/ddpm_dropout_after_bn --seed <N> --set 'dropout=0.4' " \
            "--set 'dropout_position=\"after_bn\"'" in text
-    # The new runs are trained after every other run, so they never delay the main table.
-    assert all(name in variants.LAST for name in ("ddpm_dropout", "ddpm_dropout_after_bn", "etf_reg_after_bn"))
+    # Every run is made, once, the original method first and the augmented (five-fold costlier) ones last.
+    assert sorted(variants.RUN_ORDER) == sorted([*variants.TRAINED, *variants.EVALUATED])
+    assert variants.RUN_ORDER[0] == "ddpm" and variants.RUN_ORDER.index("etf_reg") > variants.RUN_ORDER.index("ddps")
