@@ -14,13 +14,19 @@ import sys
 
 from ddpmseg.common.cli import add_model_flag_args, passed_model_flags, run_cli
 from ddpmseg.classifier.new_experiment import DEFAULT_TEST_FRACTION, new_experiment
+from ddpmseg.data.annotations import FORMATS
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="experiment name: experiments/NAME, pixel_classifiers/NAME")
-    p.add_argument("--images", required=True, help="folder of training images")
-    p.add_argument("--masks", required=True, help="folder of their masks (same stems): .npy or PNG")
+    p.add_argument("--images", default=None,
+                   help="folder of training images (optional where the --masks export holds them)")
+    p.add_argument("--masks", required=True, help="folder of their masks (same stems): .npy or PNG; or an "
+                   "annotation export: CVAT Segmentation mask 1.1 folder or zip, Pascal VOC / labelme2voc "
+                   "folder, COCO JSON file, LabelMe JSON folder")
+    p.add_argument("--format", default=None, choices=FORMATS,
+                   help="the --masks format where it cannot be told apart (default: detected)")
     p.add_argument("--model_path", required=True, help="guided-diffusion checkpoint")
     p.add_argument("--classes", default=None, help="class file: one 'name' or 'name R G B' per line")
     p.add_argument("--test_images", default=None, help="folder of test images (default: split --images)")
@@ -36,7 +42,7 @@ def main(argv=None) -> int:
     return run_cli(lambda: new_experiment(
         args.name, args.images, args.masks, args.model_path, classes=args.classes, test_images=args.test_images,
         test_masks=args.test_masks, test_fraction=args.test_fraction, steps=args.steps, blocks=args.blocks,
-        model_flags=passed_model_flags(args), seed=args.seed, force=args.force))
+        model_flags=passed_model_flags(args), seed=args.seed, force=args.force, annotation_format=args.format))
 
 
 if __name__ == "__main__":
