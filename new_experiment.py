@@ -8,6 +8,11 @@
 classes are class_0.. up to the largest id in the masks. Without --steps/--blocks, those of the
 closest published config. MODEL_FLAGS (guided-diffusion's) are needed only when the checkpoint has no
 <checkpoint>.json beside it. Writes experiments/NAME/ddpm.json and prints the command that trains it.
+
+--masks may instead be an annotation tool's export, converted into experiments/NAME/data/ (its classes,
+its ignore label, its train/test split where it has one): a CVAT "Segmentation mask 1.1" folder or zip,
+a Pascal VOC / labelme2voc folder, a COCO JSON file (or the folder holding it and its images), a folder
+of LabelMe JSON files. --images is needed only where the export does not hold the images.
 """
 import argparse
 import sys

@@ -89,12 +89,11 @@ def test_cvat_zip_and_its_train_test_subsets(tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         for p in sorted(root.rglob("*")):
             z.write(p, p.relative_to(root))
-    notes = []
     export = open_export(str(archive), None)
-    export.notes and notes.extend(export.notes)
     masks = _converted(export, tmp_path)
     assert masks.keys() == {"train/a", "train/b", "test/c"}  # val is neither train nor test when test.txt exists
-    assert "1 image(s) in neither train.txt nor test.txt are left out" in notes[0]
+    assert export.notes == [f"{export.notes[0].split(':')[0]}: 1 image(s) in neither train.txt nor test.txt "
+                            f"are left out"]
     np.testing.assert_array_equal(masks["test/c"], truth["c"])
 
 
@@ -289,6 +288,12 @@ def _bad_export(tmp_path, kind):
     if kind == "unknown category id":
         path = _coco(tmp_path, [{"category_id": 5, "segmentation": [[2, 3, 10, 3, 10, 8]]}])
         return path, "instances.json: annotation 1 has category_id 5, which is not in 'categories' (ids [3, 7])"
+    if kind == "COCO image without its size":
+        path = _coco(tmp_path, [])
+        data = json.loads(path.read_text())
+        del data["images"][0]["height"]
+        path.write_text(json.dumps(data))
+        return path, "instances.json: images[0] lacks height"
     if kind == "missing image file":
         path = _coco(tmp_path, [])
         (tmp_path / "images" / "img0.jpg").unlink()
@@ -307,7 +312,8 @@ def _bad_export(tmp_path, kind):
     raise ValueError(kind)
 
 
-BAD = ["polygon outside the image", "unknown category id", "missing image file", "empty labelmap",
+BAD = ["polygon outside the image", "unknown category id", "COCO image without its size", "missing image file",
+       "empty labelmap",
        "colour not in the labelmap"]
 
 
@@ -318,7 +324,7 @@ def test_bad_export_is_a_data_error_naming_the_file(tmp_path, kind):
         export = open_export(str(path), str(tmp_path / "images") if path.suffix == ".json" else None)
         export.write(str(tmp_path / "out"), log=lambda _: None)
     assert message in str(e.value) and "\n" not in str(e.value)
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))  # nothing half-written
+    assert not (tmp_path / "out").exists()  # nothing half-written
 
 
 @pytest.mark.parametrize("kind", [*BAD, "labelme label not in --classes"])
@@ -374,7 +380,7 @@ def _export_coco(root):
     (root / "coco" / "_annotations.coco.json").write_text(json.dumps({  # images beside it, as Roboflow exports
         "images": images, "annotations": annotations,
         "categories": [{"id": 1, "name": "red car"}, {"id": 2, "name": "tree"}]}))
-    return ["--masks", str(root / "coco" / "_annotations.coco.json")]
+    return ["--masks", str(root / "coco")]  # the folder: its one COCO JSON is found
 
 
 def _export_labelme(root):
@@ -394,6 +400,8 @@ def test_each_format_trains_and_segments_without_hand_conversion(tmp_path, tiny6
     assert new_experiment.main(["--name", fmt, *masks, "--model_path", str(tiny64_checkpoint), "--steps", "50",
                                 "--test_fraction", "0.25"]) == 0
     cfg = load_config(f"experiments/{fmt}/ddpm.json")
+    # CVAT's export has train.txt and test.txt: its own split; the others are split by --test_fraction
+    assert cfg["testing_path"] == f"experiments/{fmt}/" + ("data/test" if fmt == "cvat" else "split/test")
     assert cfg["number_class"] == classes and (cfg["training_number"], cfg["testing_number"]) == (3, 1)
     assert cfg["ignore_label"] == (255 if fmt == "voc" else None)
     shutil.rmtree(tmp_path / "data")  # the experiment holds its converted data: nothing points back

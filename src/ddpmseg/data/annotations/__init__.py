@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from ..folders import DataError
-from .coco import is_coco, load_json, read_coco
+from .coco import coco_file, is_coco, load_json, read_coco
 from .common import Export, unpack_zip
 from .cvat import is_cvat, read_cvat
 from .labelme import is_labelme, json_files, read_labelme
@@ -36,6 +36,8 @@ def detect_format(root: str) -> str | None:
         return "cvat"
     if is_voc(root):
         return "voc"
+    if coco_file(root):
+        return "coco"
     jsons = [p for p in sorted(os.listdir(root)) if p.lower().endswith(".json")]
     if jsons and is_labelme(load_json(os.path.join(root, jsons[0]))):
         return "labelme"
@@ -107,6 +109,8 @@ def _read(fmt: str, root: str, images: str | None, names: list[str] | None, sour
             raise DataError(f"{source}: a VOC export is a folder (JPEGImages/, SegmentationClass/)")
         return read_voc(root, images, names, source)
     if fmt == "coco":
+        if os.path.isdir(root):
+            root = coco_file(root) or root
         data = load_json(root) if os.path.isfile(root) else None
         if not is_coco(data):
             raise DataError(f"{source}: not a COCO JSON file (needs 'images', 'annotations', 'categories')")

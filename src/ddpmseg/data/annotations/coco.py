@@ -19,6 +19,9 @@ from ..folders import DataError
 from .common import Export, Item, check_points, image_extension, safe_stem
 
 BACKGROUND = "background"
+# The keys every entry of each list needs (COCO's own "id" included: annotations name their image by it).
+REQUIRED = {"images": ("id", "file_name", "width", "height"), "categories": ("id", "name"),
+            "annotations": ("image_id", "category_id", "segmentation")}
 
 
 def is_coco(data: object) -> bool:
@@ -26,6 +29,12 @@ def is_coco(data: object) -> bool:
 
 
 def read_coco(path: str, data: dict, images: str | None, source: str) -> Export:
+    for key, needed in REQUIRED.items():
+        for i, entry in enumerate(data[key]):
+            missing = [k for k in needed if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise DataError(f"{path}: {key}[{i}] lacks {', '.join(missing)}; export the dataset again "
+                                f"(COCO JSON gives {', '.join(needed)} for each)")
     image_dir = images or os.path.dirname(os.path.abspath(path))
     categories = sorted(data["categories"], key=lambda c: c["id"])
     if not categories:
@@ -95,6 +104,12 @@ def region(segmentation: list | dict, height: int, width: int, where: str) -> np
     else:
         raise DataError(f"{where}: 'segmentation' is neither polygons nor an RLE {{size, counts}}")
     return coco_mask.decode(rle).astype(bool)
+
+
+def coco_file(folder: str) -> str | None:
+    """The one COCO JSON of a folder that holds its images beside it (as Roboflow exports), or None."""
+    jsons = [os.path.join(folder, p) for p in sorted(os.listdir(folder)) if p.lower().endswith(".json")]
+    return jsons[0] if len(jsons) == 1 and is_coco(load_json(jsons[0])) else None
 
 
 def load_json(path: str) -> object:

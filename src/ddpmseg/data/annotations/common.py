@@ -58,19 +58,15 @@ class Export:
         return any(item.split == "test" for item in self.items)
 
     def write(self, out: str, log: Callable[[str], None] = print) -> tuple[int, int]:
-        """Draw every mask and copy every image into ``out``/{train,test}/{images,masks}, staged beside
-        ``out`` and renamed onto it only when all are written; returns the train and test counts."""
-        parent = os.path.dirname(os.path.abspath(out))
-        os.makedirs(parent, exist_ok=True)
-        stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.")
+        """Draw every mask and copy every image into the new folder ``out``/{train,test}/{images,masks},
+        removed again if any fails; returns the train and test counts. new_experiment makes ``out`` in
+        the experiment's staging folder, so the data appears with the experiment, whole or not at all."""
+        os.makedirs(out)  # a new folder: an existing one would mix two exports
         try:
             for item in self.items:
-                _write_item(item, stage, len(self.names), self.ignore_label)
-            if os.path.exists(out):
-                shutil.rmtree(out)
-            os.replace(stage, out)
+                _write_item(item, out, len(self.names), self.ignore_label)
         except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
             raise
         finally:
             for folder in self.keep:
@@ -79,13 +75,13 @@ class Export:
             log(note)
         counts = (sum(i.split == "train" for i in self.items), sum(i.split == "test" for i in self.items))
         test = f", {counts[1]} test" if counts[1] else ""
-        log(f"read {self.source} as {self.format}: {len(self.names)} classes, {counts[0]} train{test} images "
-            f"written to {out}" + (f"; ignore label {self.ignore_label} ({self.ignore_source})"
+        log(f"read {self.source} as {self.format}: {counts[0]} train{test} images, {len(self.names)} classes "
+            f"({', '.join(self.names)})" + (f"; ignore label {self.ignore_label} ({self.ignore_source})"
                                    if self.ignore_label is not None else ""))
         return counts
 
 
-def _write_item(item: Item, stage: str, number_class: int, ignore_label: int | None) -> None:
+def _write_item(item: Item, out: str, number_class: int, ignore_label: int | None) -> None:
     where = item.image if isinstance(item.image, str) else f"the image embedded for {item.stem}"
     try:
         if isinstance(item.image, str):
@@ -103,7 +99,7 @@ def _write_item(item: Item, stage: str, number_class: int, ignore_label: int | N
     bad = np.setdiff1d(np.unique(ids), [*range(number_class), *([ignore_label] if ignore_label is not None else [])])
     if bad.size:  # the readers map every annotation to a class; this guards their own arithmetic
         raise DataError(f"{where}: drawn class ids {bad.tolist()} are not classes 0..{number_class - 1}")
-    folder = os.path.join(stage, item.split)
+    folder = os.path.join(out, item.split)
     image_path = os.path.join(folder, "images", f"{item.stem}.{item.extension}")
     if isinstance(item.image, str):
         with open(item.image, "rb") as f:
