@@ -186,11 +186,12 @@ def _coco(tmp_path, annotations, categories=({"id": 3, "name": "hair band"}, {"i
     return path
 
 
-def _coco_ids(tmp_path, annotations, **kwargs):
+def _coco_ids(tmp_path, annotations, names=("background", "hair band", "cat"), **kwargs):
     path = _coco(tmp_path, annotations, **kwargs)
     assert detect_format(str(path)) == "coco"
     export = open_export(str(path), str(tmp_path / "images"))
-    assert export.names == ["background", "hair band", "cat"]  # ids 3, 7 -> classes 1, 2; background 0
+    if names:  # ids 3, 7 -> classes 1, 2; background 0
+        assert export.names == list(names)
     return _converted(export, tmp_path)["train/img0"]
 
 
@@ -413,3 +414,22 @@ def test_each_format_trains_and_segments_without_hand_conversion(tmp_path, tiny6
     _image(shots / "wide.jpg", 90, 50)
     assert segment.main(["--run", str(run), "--images", str(shots), "--out", "segmented"]) == 0
     assert Image.open(tmp_path / "segmented" / "wide.png").size == (90, 50)
+
+
+def test_coco_train_and_val_files_give_the_train_and_test_splits(tmp_path):
+    train = _coco(tmp_path / "train", [{"category_id": 3, "segmentation": [[2, 3, 10, 3, 10, 8, 2, 8]]}])
+    val = _coco(tmp_path / "val", [{"category_id": 7, "segmentation": [[12, 0, 20, 0, 12, 8]]}])
+    export = open_export(str(train), str(tmp_path / "train" / "images"), test_masks=str(val),
+                         test_images=str(tmp_path / "val" / "images"))
+    masks = _converted(export, tmp_path)
+    assert masks.keys() == {"train/img0", "test/img0"}
+    assert set(np.unique(masks["train/img0"])) == {0, 1} and set(np.unique(masks["test/img0"])) == {0, 2}
+    with pytest.raises(DataError, match="pass the test annotations"):  # an export with plain test folders
+        open_export(str(train), str(tmp_path / "train" / "images"), test_images=str(tmp_path / "val" / "images"))
+
+
+def test_more_than_255_classes_are_written_as_16_bit_masks(tmp_path):
+    categories = [{"id": i, "name": f"part {i}"} for i in range(1, 301)]
+    ids = _coco_ids(tmp_path, [{"category_id": 300, "segmentation": [[2, 3, 10, 3, 10, 8, 2, 8]]}],
+                    categories=categories, names=None)
+    assert ids.dtype == np.uint16 and ids[3, 2] == 300 and ids[0, 0] == 0

@@ -115,7 +115,7 @@ def save_ids(ids: np.ndarray, f) -> None:
     if ids.max(initial=0) <= MAX_L_ID:
         Image.fromarray(ids.astype(np.uint8), "L").save(f, format="PNG")
     else:
-        Image.fromarray(ids.astype(np.uint16), "I;16").save(f, format="PNG")
+        Image.fromarray(ids.astype(np.uint16)).save(f, format="PNG")  # uint16 arrays become mode I;16
 
 
 def image_extension(path: str) -> str:
