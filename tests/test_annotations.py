@@ -295,6 +295,13 @@ def _bad_export(tmp_path, kind):
         del data["images"][0]["height"]
         path.write_text(json.dumps(data))
         return path, "instances.json: images[0] lacks height"
+    if kind == "two images of one stem":
+        path = _coco(tmp_path, [], sizes=((W, H), (W, H)))
+        data = json.loads(path.read_text())
+        data["images"][1]["file_name"] = "img0.png"
+        _image(tmp_path / "images" / "img0.png")
+        path.write_text(json.dumps(data))
+        return path, "img0.png have the same name stem 'img0'"
     if kind == "missing image file":
         path = _coco(tmp_path, [])
         (tmp_path / "images" / "img0.jpg").unlink()
@@ -314,7 +321,7 @@ def _bad_export(tmp_path, kind):
 
 
 BAD = ["polygon outside the image", "unknown category id", "COCO image without its size", "missing image file",
-       "empty labelmap",
+       "two images of one stem", "empty labelmap",
        "colour not in the labelmap"]
 
 
@@ -433,3 +440,10 @@ def test_more_than_255_classes_are_written_as_16_bit_masks(tmp_path):
     ids = _coco_ids(tmp_path, [{"category_id": 300, "segmentation": [[2, 3, 10, 3, 10, 8, 2, 8]]}],
                     categories=categories, names=None)
     assert ids.dtype == np.uint16 and ids[3, 2] == 300 and ids[0, 0] == 0
+
+
+def test_labelme_windows_image_path(tmp_path):
+    json_path = _labelme(tmp_path / "lm" / "b.json", [("boat", "rectangle", [[0, 0], [3, 3]])], "pics/b.png")
+    data = json.loads(json_path.read_text())
+    json_path.write_text(json.dumps({**data, "imagePath": "pics\\b.png"}))  # as LabelMe on Windows saves it
+    assert _converted(open_export(str(tmp_path / "lm"), None), tmp_path)["train/b"][:4, :4].tolist() == [[1] * 4] * 4

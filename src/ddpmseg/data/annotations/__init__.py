@@ -75,6 +75,7 @@ def open_export(masks: str, images: str | None, fmt: str | None = None, names: l
     elif test_images or test_masks:
         raise DataError(f"--test_images/--test_masks with an annotation export: pass the test annotations "
                         f"(same format) as --test_masks, or leave both out to split by --test_fraction")
+    export.check_stems()
     return export
 
 

@@ -49,6 +49,16 @@ class Export:
     notes: list[str] = field(default_factory=list)  # what the reading left out, said when writing
     keep: list = field(default_factory=list)  # temp folders (an unpacked zip) kept until written
 
+    def check_stems(self) -> None:
+        """Two images of one split with the same stem (a.jpg, a.png) would write one mask file."""
+        seen: dict[tuple[str, str], Item] = {}
+        for item in self.items:
+            other = seen.setdefault((item.split, item.stem), item)
+            if other is not item:
+                names = [i.image if isinstance(i.image, str) else i.stem for i in (other, item)]
+                raise DataError(f"{self.source}: {names[0]} and {names[1]} have the same name stem {item.stem!r}, "
+                                f"so their masks would be one file; rename one of the images")
+
     @property
     def classes(self) -> tuple[list[str], list[list[int]], int | None]:
         return self.names, self.palette, self.ignore_label
@@ -151,8 +161,8 @@ def unpack_zip(path: str) -> tuple[str, tempfile.TemporaryDirectory]:
     try:
         with zipfile.ZipFile(path) as z:
             for member in z.namelist():
-                target = os.path.realpath(os.path.join(temp.name, member))
-                if not target.startswith(os.path.realpath(temp.name) + os.sep):
+                target, inside = os.path.realpath(os.path.join(temp.name, member)), os.path.realpath(temp.name)
+                if os.path.commonpath([target, inside]) != inside:
                     raise DataError(f"{path}: member {member!r} would be written outside the folder it is "
                                     f"unpacked into; re-export the zip")
             z.extractall(temp.name)

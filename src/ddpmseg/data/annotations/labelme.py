@@ -64,7 +64,7 @@ def read_labelme(paths: list[str], root: str, images: str | None, names: list[st
 
 def _item(path: str, data: dict, root: str, images: str | None, class_of: dict[str, int]) -> Item:
     stem = safe_stem(os.path.relpath(path, root), path)
-    image_path = data.get("imagePath") or ""
+    image_path = (data.get("imagePath") or "").replace("\\", "/")  # LabelMe on Windows writes backslashes
     if data.get("imageData"):
         try:
             blob = base64.b64decode(data["imageData"], validate=True)
