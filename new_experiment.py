@@ -8,19 +8,30 @@
 classes are class_0.. up to the largest id in the masks. Without --steps/--blocks, those of the
 closest published config. MODEL_FLAGS (guided-diffusion's) are needed only when the checkpoint has no
 <checkpoint>.json beside it. Writes experiments/NAME/ddpm.json and prints the command that trains it.
+
+--masks may instead be an annotation tool's export, converted into experiments/NAME/data/ (its classes,
+its ignore label, its train/test split where it has one): a CVAT "Segmentation mask 1.1" folder or zip,
+a Pascal VOC / labelme2voc folder, a COCO JSON file (or the folder holding it and its images), a folder
+of LabelMe JSON files. --images is needed only where the export does not hold the images.
 """
 import argparse
 import sys
 
 from ddpmseg.common.cli import add_model_flag_args, passed_model_flags, run_cli
 from ddpmseg.classifier.new_experiment import DEFAULT_TEST_FRACTION, new_experiment
+from ddpmseg.data.annotations import FORMATS
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="experiment name: experiments/NAME, pixel_classifiers/NAME")
-    p.add_argument("--images", required=True, help="folder of training images")
-    p.add_argument("--masks", required=True, help="folder of their masks (same stems): .npy or PNG")
+    p.add_argument("--images", default=None,
+                   help="folder of training images (optional where the --masks export holds them)")
+    p.add_argument("--masks", required=True, help="folder of their masks (same stems): .npy or PNG; or an "
+                   "annotation export: CVAT Segmentation mask 1.1 folder or zip, Pascal VOC / labelme2voc "
+                   "folder, COCO JSON file, LabelMe JSON folder")
+    p.add_argument("--format", default=None, choices=FORMATS,
+                   help="the --masks format where it cannot be told apart (default: detected)")
     p.add_argument("--model_path", required=True, help="guided-diffusion checkpoint")
     p.add_argument("--classes", default=None, help="class file: one 'name' or 'name R G B' per line")
     p.add_argument("--test_images", default=None, help="folder of test images (default: split --images)")
@@ -36,7 +47,7 @@ def main(argv=None) -> int:
     return run_cli(lambda: new_experiment(
         args.name, args.images, args.masks, args.model_path, classes=args.classes, test_images=args.test_images,
         test_masks=args.test_masks, test_fraction=args.test_fraction, steps=args.steps, blocks=args.blocks,
-        model_flags=passed_model_flags(args), seed=args.seed, force=args.force))
+        model_flags=passed_model_flags(args), seed=args.seed, force=args.force, annotation_format=args.format))
 
 
 if __name__ == "__main__":

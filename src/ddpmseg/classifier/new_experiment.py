@@ -24,6 +24,7 @@ from guided_diffusion.checkpoint import sidecar_flags
 from guided_diffusion.script_util import merged_flags
 
 from ..common.config import ConfigError, DEFAULTS, _read_json, save_config, validate
+from ..data.annotations import open_export
 from ..data.folders import ImageLabelDataset, read_mask
 from ..common.errors import INPUT_ERRORS
 from .interpreter import Run
@@ -113,9 +114,18 @@ def _split(images: str, masks: str | None, palette: list, fraction: float, seed:
             rel = os.path.relpath(src, ds.data_dir if sub == "images" else ds.masks_dir or ds.data_dir)
             dst = os.path.join(split, sub, rel)
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            os.symlink(os.path.abspath(src), dst)
+            os.symlink(_link_target(src, dst, os.path.dirname(stage)), dst)
     log(f"split {len(pairs)} labelled images: {len(pairs) - n_test} train, {n_test} test (seed {seed})")
     return len(pairs) - n_test, n_test
+
+
+def _link_target(src: str, link: str, experiment: str) -> str:
+    """What a split link holds: a path relative to the link for a file of the experiment folder itself
+    (a converted annotation export, which moves with it), the absolute path of the user's own file."""
+    src, folder = os.path.abspath(src), os.path.abspath(experiment)
+    if os.path.commonpath([src, folder]) == folder:
+        return os.path.relpath(src, os.path.dirname(os.path.abspath(link)))
+    return src
 
 
 def _labels_found(images: str, masks: str, palette: list | None) -> np.ndarray:
@@ -163,18 +173,22 @@ def _classes(images: str, masks: str, classes: str | None) -> tuple[list[str], l
     return names, palette or distinct_palette(len(names)), ignore
 
 
-def new_experiment(name: str, images: str, masks: str, model_path: str, classes: str | None = None,
+def new_experiment(name: str, images: str | None, masks: str, model_path: str, classes: str | None = None,
                    test_images: str | None = None, test_masks: str | None = None,
                    test_fraction: float = DEFAULT_TEST_FRACTION, steps: list[int] | None = None,
                    blocks: list[int] | None = None, model_flags: dict[str, Any] | None = None,
                    seed: int = 0, force: bool = False, root: str = "experiments",
-                   log: Callable[[str], None] = print) -> str:
+                   log: Callable[[str], None] = print, annotation_format: str | None = None) -> str:
     """Write ``<root>/NAME/ddpm.json`` (see the module docstring); returns its path."""
     final = _check_arguments(name, root, test_images, test_masks, test_fraction, force)
     config_path = os.path.join(final, "ddpm.json")
     flags = merged_flags(sidecar_flags(model_path), model_flags)
     size = flags["image_size"]
-    names, palette, ignore = _classes(images, masks, classes)
+    # An annotation tool's export (CVAT, VOC, COCO, LabelMe) names its classes; a masks folder is read as it is.
+    export = open_export(masks, images, annotation_format, read_classes(classes)[0] if classes else None,
+                         test_masks, test_images)
+    names, palette, ignore = export.classes if export else _classes(images, masks, classes)
+    palette = palette or distinct_palette(len(names))
     if steps is None or blocks is None:
         source, default_steps, default_blocks = closest_published(size, flags)
         steps, blocks = steps or default_steps, blocks or default_blocks
@@ -185,7 +199,13 @@ def new_experiment(name: str, images: str, masks: str, model_path: str, classes:
         cfg = {"exp_dir": os.path.join("pixel_classifiers", name), "category": name, "number_class": len(names),
                "ignore_label": ignore, "model_path": model_path, "steps": list(steps), "blocks": list(blocks),
                "class_names": names, "palette": palette, "seed": seed, "model_flags": flags}
-        if test_images:
+        if export:  # converted into the stage (train/, test/ of images/ + masks/), named where it will be
+            counts = export.write(os.path.join(stage, "data"), log)
+            images, masks, test_images = os.path.join(stage, "data", "train"), None, None
+        if export and export.has_test:
+            cfg.update(training_path=os.path.join(final, "data", "train"),
+                       testing_path=os.path.join(final, "data", "test"))
+        elif test_images:
             cfg.update(training_path=images, training_masks_path=masks, testing_path=test_images,
                        testing_masks_path=test_masks or "")
             counts = [len(ImageLabelDataset(p, 1, masks_dir=m or "", palette=palette))
