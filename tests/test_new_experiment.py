@@ -14,7 +14,8 @@ import segment
 import train_interpreter
 from conftest import CELEBAMASK64, FAST_INTERPRETER, require
 from ddpmseg.common.config import ConfigError, load_config
-from ddpmseg.classifier.new_experiment import closest_published, distinct_palette, read_classes
+from ddpmseg.classifier.new_experiment import closest_published
+from ddpmseg.data.classes import distinct_palette, read_classes
 
 
 def _celeba():
@@ -46,14 +47,15 @@ def _new(root, ckpt, *extra, name="faces"):
     return new_experiment.main(["--name", name, "--images", str(root / "train" / "images"), "--masks",
                                 str(root / "train" / "masks"), "--model_path", str(ckpt), "--classes",
                                 str(root / "classes.txt"), "--test_images", str(root / "test" / "images"),
-                                "--test_masks", str(root / "test" / "masks"), "--steps", "50", *extra])
+                                "--test_masks", str(root / "test" / "masks"), "--steps", "50",
+                                "--allow_missing_classes", *extra])  # 3 faces do not show all 19 classes
 
 
 def test_read_classes_and_palette(tmp_path):
     (tmp_path / "a.txt").write_text("# comment\nsky\n\nroad\n")
-    assert read_classes(str(tmp_path / "a.txt")) == (["sky", "road"], None)
+    assert read_classes(str(tmp_path / "a.txt")) == (["sky", "road"], None, None)
     (tmp_path / "b.txt").write_text("sky 0 0 255\nroad 128 128 128\n")
-    assert read_classes(str(tmp_path / "b.txt")) == (["sky", "road"], [[0, 0, 255], [128, 128, 128]])
+    assert read_classes(str(tmp_path / "b.txt")) == (["sky", "road"], [[0, 0, 255], [128, 128, 128]], None)
     for bad, message in (("sky 0 0 255\nroad\n", "on every line or on none"), ("sky 0 0 256\nroad\n", "line 1"),
                          ("sky\n", "at least 2")):
         (tmp_path / "c.txt").write_text(bad)
@@ -174,7 +176,8 @@ def test_test_fraction_splits_into_linked_folders(tmp_path, tiny64_checkpoint, m
     monkeypatch.chdir(tmp_path)
     assert new_experiment.main(["--name", "split", "--images", str(root / "train" / "images"), "--masks",
                                 str(root / "train" / "masks"), "--model_path", str(tiny64_checkpoint), "--classes",
-                                str(root / "classes.txt"), "--test_fraction", "0.25", "--steps", "50"]) == 0
+                                str(root / "classes.txt"), "--test_fraction", "0.25", "--steps", "50",
+                                "--allow_missing_classes"]) == 0
     cfg = load_config("experiments/split/ddpm.json")
     assert (cfg["training_number"], cfg["testing_number"]) == (3, 1)
     assert cfg["testing_path"] == "experiments/split/split/test"
