@@ -51,8 +51,8 @@ def summary_markdown(title: str, splits: dict[str, SplitCounts], class_names: li
         lines.append(f"ignore label: none ({ignore_source}); every pixel is a class and is scored")
     else:
         per_split = ", ".join(f"{s} {c.ignored:,}" for s, c in splits.items())
-        lines.append(f"ignore label: {ignore_label} (from {ignore_source}), left out of training and scoring: "
-                     f"{per_split} pixels")
+        lines.append(f"ignore label: {ignore_label} (from {ignore_source}), left out of training and never a "
+                     f"class in scoring: {per_split} pixels")
     for split, c in splits.items():
         if c.binary_masks:
             lines.append(f"{split}: {c.binary_masks} of {c.images} masks hold only 0 and 255 and there are 2 "
