@@ -15,7 +15,7 @@ import segment
 import train_interpreter
 from conftest import CELEBAMASK64, FAST_INTERPRETER, require, strict_json
 from ddpmseg.common.config import ConfigError, load_config
-from ddpmseg.classifier.new_experiment import closest_published
+from ddpmseg.classifier.new_experiment import PUBLISHED_DATASETS, closest_published
 from ddpmseg.data.classes import distinct_palette, read_classes
 
 
@@ -64,6 +64,45 @@ def test_read_classes_and_palette(tmp_path):
             read_classes(str(tmp_path / "c.txt"))
     pal = distinct_palette(300)
     assert len({tuple(c) for c in pal}) == 300 and pal[:3] == [[0, 0, 0], [128, 0, 0], [0, 128, 0]]
+
+
+def test_class_names_may_hold_spaces_and_labelme2voc_labels_set_the_ignore_label(tmp_path):
+    (tmp_path / "tab.txt").write_text("background\t0 0 0\nleft eye\t255 0 170\n")
+    assert read_classes(str(tmp_path / "tab.txt")) == (["background", "left eye"], [[0, 0, 0], [255, 0, 170]], None)
+    (tmp_path / "quoted.txt").write_text('"background" 0 0 0\n"left eye" 255 0 170\n\'right eye\' 1 2 3\n')
+    assert read_classes(str(tmp_path / "quoted.txt")).names == ["background", "left eye", "right eye"]
+    # the issue's own line: the three numbers at the end are the colour, the words before them the name
+    (tmp_path / "plain.txt").write_text("background 0 0 0\nleft eye 255 0 170\n")
+    assert read_classes(str(tmp_path / "plain.txt")) == (["background", "left eye"], [[0, 0, 0], [255, 0, 170]],
+                                                         None)
+    (tmp_path / "names.txt").write_text("background\nleft eye\n")
+    assert read_classes(str(tmp_path / "names.txt")) == (["background", "left eye"], None, None)
+    (tmp_path / "labels.txt").write_text("__ignore__\n_background_\ncat\n")  # labelme2voc
+    assert read_classes(str(tmp_path / "labels.txt")) == (["_background_", "cat"], None, 255)
+    for bad, message in (("sky\t0 0\nroad\n", "line 1"), ('"sky 0 0 0\nroad\n', "line 1"),
+                         ("sky\nsky\n", "'sky' is listed twice"), ("a\t\nb\tx\n", "line 2"),
+                         ("__ignore__\nsky\n", "lists 1 class")):
+        (tmp_path / "c.txt").write_text(bad)
+        with pytest.raises(ConfigError, match=message):
+            read_classes(str(tmp_path / "c.txt"))
+
+
+def test_closest_config_is_a_published_one_never_the_users_own(tmp_path, tiny64_checkpoint):
+    from guided_diffusion.script_util import merged_flags
+
+    repo = Path(__file__).resolve().parents[1] / "experiments"
+    folder = tmp_path / "experiments"
+    shutil.copytree(repo / "celebamask64", folder / "celebamask64")
+    # the user's earlier experiment with their own, wider U-Net: the same size and, unlike any published
+    # config, the same architecture as the checkpoint asked about
+    wide = {**json.loads(tiny64_checkpoint.with_suffix(".json").read_text())["flags"], "num_channels": 64}
+    mine = {**json.loads((repo / "celebamask64" / "ddpm.json").read_text()), "blocks": [1, 2], "model_flags": wide}
+    (folder / "mine").mkdir()
+    (folder / "mine" / "ddpm.json").write_text(json.dumps(mine))
+    name, _, blocks = closest_published(64, merged_flags(wide), folder=str(folder))
+    assert name == "experiments/celebamask64/ddpm.json" and blocks == [4, 5, 6, 7, 8]
+    # every dataset folder of the repository's experiments/ is a published one
+    assert set(PUBLISHED_DATASETS) == {p.parent.name for p in repo.glob("*/ddpm.json")}
 
 
 def test_closest_published_config_matches_resolution_then_architecture():
