@@ -178,3 +178,24 @@ def test_a_png_palette_gives_the_class_colours_when_no_classes_file_does(tmp_pat
     assert (found.ignore_label, found.names) == (255, ["class_0", "class_1", "class_2"])
     assert dataset_classes(str(tmp_path / "voc" / "images"), str(tmp_path / "voc" / "masks"), None,
                            0).ignore_source == "--ignore_label"
+
+
+@pytest.mark.parametrize("ext,ignore", [("png", 255), ("npy", -1)])
+def test_labelme2voc_ignore_is_255_in_its_pngs_and_minus_1_in_its_npy_masks(tmp_path, ext, ignore):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.jpg")
+    label = np.zeros((8, 8), np.int32)
+    label[:2], label[4:] = -1, 1  # labelme2voc's label array: -1 where __ignore__ was drawn
+    if ext == "npy":
+        np.save(tmp_path / "masks" / "a.npy", label)
+    else:
+        png = Image.fromarray(label.astype(np.uint8), "P")
+        png.putpalette([v for c in distinct_palette(256) for v in c])  # labelme2voc's colour map: VOC's
+        png.save(tmp_path / "masks" / "a.png")
+    (tmp_path / "labels.txt").write_text("__ignore__\n_background_\nperson\n")
+    found = dataset_classes(str(tmp_path / "images"), str(tmp_path / "masks"), str(tmp_path / "labels.txt"), None)
+    assert (found.names, found.ignore_label) == (["_background_", "person"], ignore)
+    ds = ImageLabelDataset(str(tmp_path / "images"), 8, number_class=2, ignore_label=ignore,
+                           masks_dir=str(tmp_path / "masks"))
+    assert (ds[0]["label"].numpy()[:2] == ignore).all() and ds[0]["label"].numpy()[4:].min() == 1

@@ -18,6 +18,8 @@ VOC_IGNORE = 255
 VOC_VOID_COLOUR = [224, 224, 192]
 # labelme2voc's labels.txt names the ignored pixels on a line of their own (written as 255).
 LABELME_IGNORE = "__ignore__"
+# ... which its .npy masks hold as -1 (its PNGs as 255, the same -1 written as uint8).
+LABELME_NPY_IGNORE = -1
 _COLOUR = r"(\d{1,3})\s+(\d{1,3})\s+(\d{1,3})"
 CLASS_LINE_FORMS = "'name', 'name R G B', 'name<TAB>R G B' or '\"name with spaces\" R G B'"
 
@@ -108,14 +110,17 @@ class DatasetClasses(NamedTuple):
     ignore_source: str
 
 
-def _ignore_label(given: int | None, listed: Classes | None, classes_path: str | None,
+def _ignore_label(given: int | None, listed: Classes | None, classes_path: str | None, first_mask: str,
                   png_palette: list | None) -> tuple[int | None, str]:
     """(ignore label, where it came from): --ignore_label, then a labelme2voc __ignore__ line, then
     masks in VOC's palette; otherwise none."""
     if given is not None:
         return given, "--ignore_label"
     if listed is not None and listed.ignore_label is not None:
-        return listed.ignore_label, f"the {LABELME_IGNORE} line of {classes_path} (labelme2voc's ignored pixels)"
+        npy = first_mask.lower().endswith(".npy")
+        return (LABELME_NPY_IGNORE if npy else listed.ignore_label,
+                f"the {LABELME_IGNORE} line of {classes_path} (labelme2voc's ignored pixels, "
+                f"{LABELME_NPY_IGNORE} in .npy masks, {VOC_IGNORE} in PNGs)")
     if png_palette is not None and png_palette[VOC_IGNORE] == VOC_VOID_COLOUR:
         return VOC_IGNORE, (f"the masks' Pascal VOC palette (entry {VOC_IGNORE} is VOC's void colour "
                             f"{tuple(VOC_VOID_COLOUR)})")
@@ -149,10 +154,13 @@ def dataset_classes(images: str, masks: str, classes_path: str | None, ignore_la
     """The classes of the training folders (every mask is read and checked on the way)."""
     listed = read_classes(classes_path) if classes_path else None
     colours = listed.colours if listed else None
-    probe = ImageLabelDataset(images, resolution=1, masks_dir=masks, palette=colours)
+    # Reads and checks every mask; a labelme2voc __ignore__ may stand for -1 in .npy masks.
+    labelme = listed is not None and listed.ignore_label is not None
+    probe_ignore = LABELME_NPY_IGNORE if ignore_label is None and labelme else ignore_label
+    probe = ImageLabelDataset(images, resolution=1, masks_dir=masks, palette=colours, ignore_label=probe_ignore)
     mask_paths = list(probe.label_paths.values())
     png_palette = mask_palette(mask_paths[0])
-    ignore, source = _ignore_label(ignore_label, listed, classes_path, png_palette)
+    ignore, source = _ignore_label(ignore_label, listed, classes_path, mask_paths[0], png_palette)
     names = listed.names if listed else _names_from_ids(
         np.unique(np.concatenate([np.unique(read_mask(p, colours)) for p in mask_paths])), ignore)
     palette = colours or _png_colours(png_palette, len(names)) or distinct_palette(len(names))
