@@ -2,12 +2,16 @@
 
     python new_experiment.py --name NAME --images DIR --masks DIR --model_path CKPT [--classes FILE]
         [--test_images DIR [--test_masks DIR] | --test_fraction 0.3] [--steps 50 150 250] [--blocks 5 6 7 8 12]
-        [MODEL_FLAGS] [--force]
+        [--ignore_label N] [--allow_missing_classes] [MODEL_FLAGS] [--force]
 
---classes FILE: one class per line, "name" or "name R G B" (its colour in RGB masks); without it the
-classes are class_0.. up to the largest id in the masks. Without --steps/--blocks, those of the
-closest published config. MODEL_FLAGS (guided-diffusion's) are needed only when the checkpoint has no
-<checkpoint>.json beside it. Writes experiments/NAME/ddpm.json and prints the command that trains it.
+--classes FILE: one class per line, "name" or "name R G B" (its colour in RGB masks); a name with spaces
+goes before a tab ("left eye<TAB>255 0 170") or in quotes; labelme2voc's labels.txt works as it is (its
+__ignore__ line sets the ignore label 255). Without it the classes are class_0.. up to the largest id in
+the masks. Masks of 0 and 255 only, with two classes, are binary (255 = class 1). There is no ignore label
+unless --ignore_label, a labelme2voc __ignore__ line or VOC palette masks set one. Without --steps/--blocks,
+those of the closest published config. MODEL_FLAGS (guided-diffusion's) are needed only when the checkpoint
+has no <checkpoint>.json beside it. Writes experiments/NAME/ddpm.json and data_summary.md (images, sizes,
+pixels per class and split) and prints the command that trains it.
 
 --masks may instead be an annotation tool's export, converted into experiments/NAME/data/ (its classes,
 its ignore label, its train/test split where it has one): a CVAT "Segmentation mask 1.1" folder or zip,
@@ -34,6 +38,10 @@ def main(argv=None) -> int:
                    help="the --masks format where it cannot be told apart (default: detected)")
     p.add_argument("--model_path", required=True, help="guided-diffusion checkpoint")
     p.add_argument("--classes", default=None, help="class file: one 'name' or 'name R G B' per line")
+    p.add_argument("--ignore_label", type=int, default=None,
+                   help="mask value of pixels left out of training and scoring, e.g. 255 (default: none)")
+    p.add_argument("--allow_missing_classes", action="store_true",
+                   help="train although a listed class has no training pixel (it will score IoU 0)")
     p.add_argument("--test_images", default=None, help="folder of test images (default: split --images)")
     p.add_argument("--test_masks", default=None, help="folder of the test masks")
     p.add_argument("--test_fraction", type=float, default=DEFAULT_TEST_FRACTION,
@@ -47,7 +55,8 @@ def main(argv=None) -> int:
     return run_cli(lambda: new_experiment(
         args.name, args.images, args.masks, args.model_path, classes=args.classes, test_images=args.test_images,
         test_masks=args.test_masks, test_fraction=args.test_fraction, steps=args.steps, blocks=args.blocks,
-        model_flags=passed_model_flags(args), seed=args.seed, force=args.force, annotation_format=args.format))
+        model_flags=passed_model_flags(args), seed=args.seed, force=args.force, ignore_label=args.ignore_label,
+        allow_missing_classes=args.allow_missing_classes, annotation_format=args.format))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from ddpmseg.common.cli import add_model_flag_args, passed_model_flags, run_cli
 from ddpmseg.common.config import load_config, parse_override
 from ddpmseg.classifier.interpreter import run_interpreter
 from ddpmseg.common.model_flags import resolve_model_flags
+from ddpmseg.common.runfiles import experiment_dir
 
 PATH_KEYS = ("exp_dir", "training_path", "training_masks_path", "testing_path", "testing_masks_path", "model_path")
 
@@ -39,6 +40,8 @@ def main(argv=None) -> int:
             overrides["seed"] = args.seed
         cfg = load_config(args.exp, overrides)
         run_interpreter(cfg, resolve_model_flags(cfg, passed_model_flags(args)))
+        print(f"segment new images (any size) with:\n  python segment.py --run {experiment_dir(cfg)} "
+              f"--images YOUR_IMAGES --out segmented")
 
     return run_cli(job)
 

@@ -133,3 +133,10 @@ def recomputed_iou(run_dir: Path) -> dict:
     scored = [c for c in range(K) if c != cfg["ignore_label"]]
     return {"miou": iou[scored].mean(), "miou_present": iou[[c for c in scored if union[c] > 0]].mean(),
             "per_class_iou": [iou[c] for c in scored], "class_names": [cfg["class_names"][c] for c in scored]}
+
+
+def strict_json(text: str):
+    """json.loads that rejects Infinity, -Infinity and NaN, as strict JSON parsers (jq, browsers) do."""
+    def refuse(name: str):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)

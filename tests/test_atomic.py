@@ -5,7 +5,9 @@ import os
 import pytest
 import torch
 
+from conftest import strict_json
 from ddpmseg.common.atomic import atomic_write, torch_save_atomic, write_json_atomic, write_text_atomic
+
 
 
 def test_json_and_text_atomic(tmp_path):
@@ -38,3 +40,13 @@ def test_torch_save_atomic_round_trip(tmp_path):
     torch_save_atomic({"w": torch.ones(2)}, str(path))
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
     assert os.listdir(tmp_path) == ["m.pth"]
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path):
+    path = tmp_path / "m.json"
+    write_json_atomic(str(path), {"best_batch_loss": float("inf"), "x": [float("nan"), -float("inf"), 1.5],
+                                  "nested": {"t": (2.0, float("inf"))}})
+    assert strict_json(path.read_text()) == {"best_batch_loss": None, "x": [None, None, 1.5],
+                                             "nested": {"t": [2.0, None]}}
+    with pytest.raises(ValueError, match="not JSON: Infinity"):
+        strict_json(json.dumps({"a": float("inf")}))  # the parser itself refuses what Python would write

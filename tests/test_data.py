@@ -138,8 +138,10 @@ def test_label_values_out_of_range(tmp_path):
     _write_pair(tmp_path, "a", label=lab)
     msg = _error(tmp_path, number_class=5, ignore_label=255)
     assert "a.npy" in msg and "[-2, 5, 7]" in msg and "number_class=5" in msg
-    # without an ignore label, 255 is invalid as well
-    assert "[-2, 5, 7, 255]" in _error(tmp_path, number_class=5, ignore_label=None)
+    # without an ignore label, 255 is invalid as well, and the message says how to ignore it
+    msg = _error(tmp_path, number_class=5, ignore_label=None)
+    assert "[-2, 5, 7, 255]" in msg and "pass --ignore_label 255" in msg
+    assert "--ignore_label" not in _error(tmp_path, number_class=256, ignore_label=None)  # 255 valid: no hint
     lab[lab < 0] = 0
     lab[lab > 4] = 255
     _write_pair(tmp_path, "a", label=lab)
@@ -214,3 +216,21 @@ def test_drop_small_regions_ignore_zero_like_bedroom():
     lab[0, 0] = 3
     out, dropped = drop_small_regions(lab, 0, 20)
     assert dropped == [(3, 1)] and (out == 0).all()
+
+
+def test_binary_0_255_masks_read_as_two_classes_only_when_that_is_unambiguous(tmp_path):
+    lab = np.zeros((8, 8), np.uint8)
+    lab[2:6, 2:6] = 255
+    _write_pair(tmp_path, "a", label=lab)
+    _write_pair(tmp_path, "b", label=np.zeros((8, 8), np.uint8), seed=1)  # all background: 0/1 either way
+    ds = ImageLabelDataset(str(tmp_path), 8, number_class=2, ignore_label=None)
+    assert np.array_equal(ds[0]["label"].numpy(), (lab == 255).astype(np.int64))
+    assert [os.path.basename(p) for p in ds.binary_masks] == ["a.npy"]
+    # with 255 the ignore label (a config's default), or more than two classes, 255 keeps its meaning
+    kept = ImageLabelDataset(str(tmp_path), 8, number_class=2, ignore_label=255)
+    assert kept[0]["label"][3, 3] == 255 and kept.binary_masks == []
+    assert "[255]" in _error(tmp_path, number_class=3, ignore_label=None)
+    # a mask holding a third value is no binary mask: 255 stays invalid
+    lab[0, 0] = 1
+    _write_pair(tmp_path, "a", label=lab)
+    assert "[255]" in _error(tmp_path, number_class=2, ignore_label=None)

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import CELEBAMASK64, require
-from ddpmseg.data.folders import DataError, ImageLabelDataset, load_rgb, read_mask
+from ddpmseg.data.classes import dataset_classes, distinct_palette
+from ddpmseg.data.folders import DataError, ImageLabelDataset, load_rgb, mask_palette, read_mask
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +140,62 @@ def test_masks_folder_may_be_the_images_folder_with_npy_labels():
     folder = require(CELEBAMASK64) / "real" / "train"
     ds = ImageLabelDataset(str(folder), 64, number_class=19, ignore_label=None, masks_dir=str(folder))
     assert len(ds) == 20 and np.array_equal(ds[0]["label"].numpy(), np.load(folder / f"{ds[0]['stem']}.npy"))
+
+
+def _palette_masks(root, ids, colours):
+    """images/ + masks/ of one face whose mask is a palette PNG of ``ids`` carrying ``colours``."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.new("RGB", ids.shape[::-1]).save(root / "images" / "a.png")
+    mask = Image.fromarray(ids, "P")
+    if colours is not None:
+        mask.putpalette([v for c in colours for v in c])
+    mask.save(root / "masks" / "a.png")
+
+
+def test_a_png_palette_gives_the_class_colours_when_no_classes_file_does(tmp_path, face):
+    _, ids, palette = face
+    three = np.minimum(ids, 2).astype(np.uint8)
+    own = [[10, 20, 30], [200, 0, 0], [0, 0, 250]] + [[0, 0, 0]] * 253
+    _palette_masks(tmp_path / "own", three, own)
+    assert mask_palette(str(tmp_path / "own" / "masks" / "a.png")) == own
+    found = dataset_classes(str(tmp_path / "own" / "images"), str(tmp_path / "own" / "masks"), None, None)
+    assert (found.names, found.palette, found.ignore_label) == (["class_0", "class_1", "class_2"], own[:3], None)
+    assert found.ignore_source.startswith("none given")
+    # a palette whose first colours repeat cannot tell the classes apart: the VOC colour map instead
+    _palette_masks(tmp_path / "flat", three, [[7, 7, 7]] * 256)
+    assert dataset_classes(str(tmp_path / "flat" / "images"), str(tmp_path / "flat" / "masks"), None,
+                           None).palette == distinct_palette(3)
+    # the grey ramp PIL writes for a P image given no colours, and non-palette masks, carry none
+    Image.fromarray(three, "L").convert("P").save(tmp_path / "ramp.png")
+    Image.fromarray(three, "L").save(tmp_path / "grey.png")
+    np.save(tmp_path / "ids.npy", three)
+    assert [mask_palette(str(tmp_path / n)) for n in ("ramp.png", "grey.png", "ids.npy")] == [None, None, None]
+    # --ignore_label wins over everything the files say
+    voc = distinct_palette(256)
+    _palette_masks(tmp_path / "voc", np.where(ids == 0, 255, np.minimum(ids, 2)).astype(np.uint8), voc)
+    found = dataset_classes(str(tmp_path / "voc" / "images"), str(tmp_path / "voc" / "masks"), None, None)
+    assert (found.ignore_label, found.names) == (255, ["class_0", "class_1", "class_2"])
+    assert dataset_classes(str(tmp_path / "voc" / "images"), str(tmp_path / "voc" / "masks"), None,
+                           0).ignore_source == "--ignore_label"
+
+
+@pytest.mark.parametrize("ext,ignore", [("png", 255), ("npy", -1)])
+def test_labelme2voc_ignore_is_255_in_its_pngs_and_minus_1_in_its_npy_masks(tmp_path, ext, ignore):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.jpg")
+    label = np.zeros((8, 8), np.int32)
+    label[:2], label[4:] = -1, 1  # labelme2voc's label array: -1 where __ignore__ was drawn
+    if ext == "npy":
+        np.save(tmp_path / "masks" / "a.npy", label)
+    else:
+        png = Image.fromarray(label.astype(np.uint8), "P")
+        png.putpalette([v for c in distinct_palette(256) for v in c])  # labelme2voc's colour map: VOC's
+        png.save(tmp_path / "masks" / "a.png")
+    (tmp_path / "labels.txt").write_text("__ignore__\n_background_\nperson\n")
+    found = dataset_classes(str(tmp_path / "images"), str(tmp_path / "masks"), str(tmp_path / "labels.txt"), None)
+    assert (found.names, found.ignore_label) == (["_background_", "person"], ignore)
+    ds = ImageLabelDataset(str(tmp_path / "images"), 8, number_class=2, ignore_label=ignore,
+                           masks_dir=str(tmp_path / "masks"))
+    assert (ds[0]["label"].numpy()[:2] == ignore).all() and ds[0]["label"].numpy()[4:].min() == 1

@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import CELEBAMASK64, require
 from ddpmseg.common import atomic
 from ddpmseg.common.atomic import write_json_atomic
-from ddpmseg.common.report import colorize_mask, save_prediction, to_uint8_image
+from ddpmseg.common.report import class_legend, colorize_mask, ignore_colour, save_prediction, to_uint8_image
 
 
 def _palette():
@@ -28,7 +28,11 @@ def test_colorize_celebamask64_palette():
     assert rgb[0, 0].tolist() == pal[0] == [255, 255, 255]
     assert rgb[0, 1].tolist() == pal[1] and rgb[0, 2].tolist() == pal[18]
     assert rgb[1, 0].tolist() == pal[13]
-    assert rgb[1, 1].tolist() == [0, 0, 0] and rgb[1, 2].tolist() == [0, 0, 0]
+    # ids that are no class (255, -1) get the ignore colour, which no celebamask64 class has
+    assert rgb[1, 1].tolist() == rgb[1, 2].tolist() == [224, 224, 192] and [224, 224, 192] not in pal
+    # a palette that already holds VOC's void colour gets the next candidate, never a class colour
+    taken = [[224, 224, 192], [0, 0, 0]]
+    assert colorize_mask(np.array([[255]]), taken)[0, 0].tolist() == [255, 0, 255] == list(ignore_colour(taken))
 
 
 def test_to_uint8_image_truncates_and_clamps():
@@ -61,7 +65,7 @@ def test_save_prediction_files(tmp_path):
     assert cmp_.shape == (h, 3 * w + 4, 3)
     assert cmp_[3, 3].tolist() == [255, 0, 0]                  # image panel
     assert cmp_[3, w].tolist() == [255, 255, 255]              # gap
-    assert cmp_[0, w + 2].tolist() == [0, 0, 0]                # GT 255 -> black
+    assert cmp_[0, w + 2].tolist() == [224, 224, 192]          # GT 255 -> the ignore colour
     assert cmp_[6, w + 2].tolist() == pal[0]                   # GT class 0
     assert cmp_[5, 2 * w + 4 + 1].tolist() == pal[0]           # prediction, left half
     assert cmp_[5, 3 * w + 3].tolist() == pal[13]              # prediction, right edge
@@ -118,3 +122,19 @@ def test_compare_figure_has_column_titles_and_a_legend_of_the_classes_shown(tmp_
     colours = {tuple(c) for c in legend.reshape(-1, 3).tolist()}
     assert tuple(pal[0]) in colours and tuple(pal[13]) in colours  # swatches of the two classes shown
     assert not any(tuple(pal[c]) in colours for c in (1, 2, 5))    # and of no other class
+
+
+def test_ignored_pixels_are_named_in_the_legend_in_their_own_colour(tmp_path):
+    pal = [[0, 0, 0], [128, 0, 0]]
+    gt = np.zeros((64, 64), np.int64)
+    gt[:, :8] = 255  # a VOC border
+    gt[20:40, 20:40] = 1
+    assert class_legend([gt], pal, ["background", "cat"]) == [
+        ("background", [0, 0, 0]), ("cat", [128, 0, 0]), ("ignored (255)", (224, 224, 192))]
+    save_prediction(str(tmp_path), "v", gt.clip(0, 1), image=torch.zeros(3, 64, 64), gt=gt, palette=pal,
+                    class_names=["background", "cat"])
+    fig = np.asarray(Image.open(tmp_path / "visualizations" / "v_compare.png").convert("RGB"))
+    title_px, panels_px = 14, 64
+    assert fig[title_px + 5, 66 + 2].tolist() == [224, 224, 192]  # the border in the ground-truth panel
+    legend = fig[title_px + panels_px:]
+    assert (legend.reshape(-1, 3) == (224, 224, 192)).all(-1).any()  # and its swatch in the legend

@@ -1,14 +1,14 @@
 """A new experiment config from folders of images and masks (new_experiment.py).
 
 Everything is decided from the data and the checkpoint, and checked as training checks it, before
-``experiments/NAME`` is written: class names and colours (``--classes`` or the ids found), ``dim``
+``experiments/NAME`` is written: class names, colours and the ignore label (ddpmseg.data.classes), a
+summary of what the masks hold (``data_summary.md``: a class without a training pixel stops it), ``dim``
 from the working resolution and the feature width a real forward pass of the U-Net gives, and the
 steps/blocks of the closest published config unless given. A ``--test_fraction`` split is a pair
 of folders of links to the user's files, so the config keeps the folder-per-split format.
 """
 from __future__ import annotations
 
-import glob
 import math
 import os
 import random
@@ -17,72 +17,39 @@ import shutil
 import tempfile
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from guided_diffusion.checkpoint import sidecar_flags
 from guided_diffusion.script_util import merged_flags
 
 from ..common.config import ConfigError, DEFAULTS, _read_json, save_config, validate
+from ..common.atomic import write_text_atomic
 from ..data.annotations import open_export
-from ..data.folders import ImageLabelDataset, read_mask
+from ..data.classes import DatasetClasses, dataset_classes, distinct_palette, read_classes
+from ..data.folders import ImageLabelDataset
+from ..data.summary import classes_without_pixels, count_split, summary_markdown
 from ..common.errors import INPUT_ERRORS
 from .interpreter import Run
 
 PUBLISHED = os.path.join(os.path.dirname(__file__), "..", "..", "..", "experiments")
+# The repository's own datasets under PUBLISHED: "closest" chooses among these only, never among the
+# user's own experiments/NAME folders, which new_experiment.py writes beside them.
+PUBLISHED_DATASETS = ("ade_bedroom_30", "bedroom_28", "cat_15", "celeba_19", "celebamask64", "ffhq_34",
+                      "horse_21", "shapes64")
 # The U-Net flags that decide which blocks exist and how wide they are: what "closest" compares.
 ARCHITECTURE_FLAGS = ("num_channels", "num_res_blocks", "channel_mult", "attention_resolutions", "resblock_updown")
+# What new_experiment.py says about the data, written beside the config.
+SUMMARY_FILE = "data_summary.md"
 # A 30 % test split, the share the published datasets hold out at the smallest sizes.
 DEFAULT_TEST_FRACTION = 0.3
-# The ignore id of VOC-style masks (object borders); an id this large is never a class of a small set.
-VOC_IGNORE = 255
-
-
-def read_classes(path: str) -> tuple[list[str], list[list[int]] | None]:
-    """Class names and, if every line gives one, colours from a file of ``name`` or ``name R G B`` lines
-    (class id = line number among non-empty, non-# lines)."""
-    try:
-        with open(path) as f:
-            lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-    except OSError as e:
-        raise ConfigError(f"--classes {path}: cannot read it ({e.strerror})") from None
-    names, colours = [], []
-    for i, line in enumerate(lines):
-        parts = line.split()
-        if len(parts) not in (1, 4) or (len(parts) == 4 and not all(re.fullmatch(r"\d{1,3}", v) and int(v) < 256
-                                                                  for v in parts[1:])):
-            raise ConfigError(f"--classes {path}: line {i + 1} {line!r} must be 'name' or 'name R G B' "
-                              f"with R, G, B in 0..255")
-        names.append(parts[0])
-        if len(parts) == 4:
-            colours.append([int(v) for v in parts[1:]])
-    if len(names) < 2:
-        raise ConfigError(f"--classes {path}: lists {len(names)} class(es); a segmentation needs at least 2")
-    if colours and len(colours) != len(names):
-        raise ConfigError(f"--classes {path}: give a colour on every line or on none ({len(colours)} of "
-                          f"{len(names)} lines have one)")
-    return names, colours or None
-
-
-def distinct_palette(k: int) -> list[list[int]]:
-    """The PASCAL VOC colour map: class i's bits spread over the high bits of R, G, B (all distinct)."""
-    palette = []
-    for i in range(k):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= (c & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append([r, g, b])
-    return palette
 
 
 def closest_published(size: int, flags: dict[str, Any], folder: str = PUBLISHED) -> tuple[str, list, list]:
     """(name, steps, blocks) of the published ddpm config nearest in resolution, then in architecture."""
     best = None
-    for path in sorted(glob.glob(os.path.join(folder, "*", "ddpm.json"))):
+    for path in sorted(os.path.join(folder, name, "ddpm.json") for name in PUBLISHED_DATASETS):
+        if not os.path.isfile(path):
+            continue
         cfg = _read_json(path)
         if cfg.get("model_type", "ddpm") != "ddpm" or not cfg.get("steps"):
             continue
@@ -96,9 +63,9 @@ def closest_published(size: int, flags: dict[str, Any], folder: str = PUBLISHED)
 
 
 def _split(images: str, masks: str | None, palette: list, fraction: float, seed: int, stage: str,
-           log: Callable[[str], None]) -> tuple[int, int]:
+           log: Callable[[str], None]) -> None:
     """Links to a seeded random ``fraction`` of the labelled images (at least one) in ``stage``/test,
-    the rest in ``stage``/train, each as images/ + masks/; returns the train and test counts."""
+    the rest in ``stage``/train, each as images/ + masks/."""
     ds = ImageLabelDataset(images, resolution=1, masks_dir=masks or "", palette=palette)
     pairs = sorted(ds.label_paths.items())
     n_test = max(1, round(fraction * len(pairs)))
@@ -116,7 +83,6 @@ def _split(images: str, masks: str | None, palette: list, fraction: float, seed:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             os.symlink(_link_target(src, dst, os.path.dirname(stage)), dst)
     log(f"split {len(pairs)} labelled images: {len(pairs) - n_test} train, {n_test} test (seed {seed})")
-    return len(pairs) - n_test, n_test
 
 
 def _link_target(src: str, link: str, experiment: str) -> str:
@@ -126,11 +92,6 @@ def _link_target(src: str, link: str, experiment: str) -> str:
     if os.path.commonpath([src, folder]) == folder:
         return os.path.relpath(src, os.path.dirname(os.path.abspath(link)))
     return src
-
-
-def _labels_found(images: str, masks: str, palette: list | None) -> np.ndarray:
-    ds = ImageLabelDataset(images, resolution=1, masks_dir=masks, palette=palette)
-    return np.unique(np.concatenate([np.unique(read_mask(p, palette)) for p in ds.label_paths.values()]))
 
 
 def _feature_width(cfg: dict, flags: dict, log: Callable[[str], None]) -> int:
@@ -161,34 +122,48 @@ def _check_arguments(name: str, root: str, test_images: str | None, test_masks: 
     return final
 
 
-def _classes(images: str, masks: str, classes: str | None) -> tuple[list[str], list, int | None]:
-    """(class names, palette, ignore label): from the ``classes`` file if given, else from the
-    label values the masks hold (255 is VOC's ignore label when it is not a class)."""
-    names, palette = read_classes(classes) if classes else (None, None)
-    found = _labels_found(images, masks, palette)
-    ignore = VOC_IGNORE if VOC_IGNORE in found and (names is None or len(names) <= VOC_IGNORE) else None
-    if names is None:
-        k = int(found[found != ignore].max()) + 1 if ignore is not None else int(found.max()) + 1
-        names = [f"class_{i}" for i in range(k)]
-    return names, palette or distinct_palette(len(names)), ignore
+def _summarise(name: str, splits: dict[str, ImageLabelDataset], classes: DatasetClasses, allow_missing: bool,
+               log: Callable[[str], None]) -> str:
+    """The data summary (printed, and returned for data_summary.md); a class without a training pixel
+    is an error naming it unless ``allow_missing``."""
+    counts = {split: count_split(ds) for split, ds in splits.items()}
+    text = summary_markdown(name, counts, classes.names, classes.ignore_label, classes.ignore_source)
+    log(text.rstrip("\n"))
+    missing = classes_without_pixels(counts["train"], classes.names, classes.ignore_label)
+    if missing and not allow_missing:
+        raise ConfigError(f"class(es) {', '.join(missing)} have no pixel in the {counts['train'].images} training "
+                          f"masks, so no model could learn them; fix the masks or the classes file, or pass "
+                          f"--allow_missing_classes to train without them")
+    if missing:
+        log(f"warning: class(es) {', '.join(missing)} have no training pixel (--allow_missing_classes): they will "
+            f"never be predicted and score IoU 0")
+    return text
 
 
 def new_experiment(name: str, images: str | None, masks: str, model_path: str, classes: str | None = None,
                    test_images: str | None = None, test_masks: str | None = None,
                    test_fraction: float = DEFAULT_TEST_FRACTION, steps: list[int] | None = None,
                    blocks: list[int] | None = None, model_flags: dict[str, Any] | None = None,
-                   seed: int = 0, force: bool = False, root: str = "experiments",
-                   log: Callable[[str], None] = print, annotation_format: str | None = None) -> str:
+                   seed: int = 0, force: bool = False, root: str = "experiments", ignore_label: int | None = None,
+                   allow_missing_classes: bool = False, log: Callable[[str], None] = print,
+                   annotation_format: str | None = None) -> str:
     """Write ``<root>/NAME/ddpm.json`` (see the module docstring); returns its path."""
     final = _check_arguments(name, root, test_images, test_masks, test_fraction, force)
     config_path = os.path.join(final, "ddpm.json")
     flags = merged_flags(sidecar_flags(model_path), model_flags)
     size = flags["image_size"]
     # An annotation tool's export (CVAT, VOC, COCO, LabelMe) names its classes; a masks folder is read as it is.
-    export = open_export(masks, images, annotation_format, read_classes(classes)[0] if classes else None,
+    export = open_export(masks, images, annotation_format, read_classes(classes).names if classes else None,
                          test_masks, test_images)
-    names, palette, ignore = export.classes if export else _classes(images, masks, classes)
-    palette = palette or distinct_palette(len(names))
+    if export:
+        names, palette, ignore = export.classes
+        source = export.ignore_source or "none given: pass --ignore_label N for a value that marks pixels to leave out"
+        if ignore_label is not None:
+            ignore, source = ignore_label, "--ignore_label"
+        found = DatasetClasses(names, palette or distinct_palette(len(names)), ignore, source)
+    else:
+        found = dataset_classes(images, masks, classes, ignore_label)
+    names, palette, ignore = found.names, found.palette, found.ignore_label
     if steps is None or blocks is None:
         source, default_steps, default_blocks = closest_published(size, flags)
         steps, blocks = steps or default_steps, blocks or default_blocks
@@ -200,20 +175,26 @@ def new_experiment(name: str, images: str | None, masks: str, model_path: str, c
                "ignore_label": ignore, "model_path": model_path, "steps": list(steps), "blocks": list(blocks),
                "class_names": names, "palette": palette, "seed": seed, "model_flags": flags}
         if export:  # converted into the stage (train/, test/ of images/ + masks/), named where it will be
-            counts = export.write(os.path.join(stage, "data"), log)
+            export.write(os.path.join(stage, "data"), log)
             images, masks, test_images = os.path.join(stage, "data", "train"), None, None
         if export and export.has_test:
             cfg.update(training_path=os.path.join(final, "data", "train"),
                        testing_path=os.path.join(final, "data", "test"))
+            folders = {split: (os.path.join(stage, "data", split), "") for split in ("train", "test")}
         elif test_images:
             cfg.update(training_path=images, training_masks_path=masks, testing_path=test_images,
                        testing_masks_path=test_masks or "")
-            counts = [len(ImageLabelDataset(p, 1, masks_dir=m or "", palette=palette))
-                      for p, m in ((images, masks), (test_images, test_masks))]
+            folders = {"train": (images, masks), "test": (test_images, test_masks or "")}
         else:
-            counts = _split(images, masks, palette, test_fraction, seed, os.path.join(stage, "split"), log)
+            _split(images, masks, palette, test_fraction, seed, os.path.join(stage, "split"), log)
             cfg.update(training_path=os.path.join(final, "split", "train"),
                        testing_path=os.path.join(final, "split", "test"))
+            folders = {split: (os.path.join(stage, "split", split), "") for split in ("train", "test")}
+        splits = {split: ImageLabelDataset(path, 1, masks_dir=m, number_class=len(names), ignore_label=ignore,
+                                           palette=palette) for split, (path, m) in folders.items()}
+        counts = [len(splits["train"]), len(splits["test"])]
+        write_text_atomic(os.path.join(stage, SUMMARY_FILE), _summarise(name, splits, found, allow_missing_classes,
+                                                                        log))
         cfg.update(training_number=counts[0], testing_number=counts[1], dim=[size, size, 1])
         # Validation reads the split where it is staged; the config names where it will be.
         staged = {**cfg, **{k: stage + cfg[k][len(final):] for k in ("training_path", "testing_path")

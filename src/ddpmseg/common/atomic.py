@@ -6,6 +6,7 @@ that a later step (or a resumed run) would trust.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -45,9 +46,26 @@ def write_text_atomic(path: str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every non-finite float (inf, -inf, NaN) replaced by None, in nested dicts, lists, tuples.
+
+    JSON has no Infinity or NaN: Python's json writes them anyway and strict parsers (browsers, jq, pandas)
+    reject the file. null stands for "no finite value", e.g. the best_batch_loss of an ensemble member
+    that stopped before early stopping compared any loss (max_epochs=1), whose best is still +inf.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON (indent 1, trailing newline) to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
+    """Write ``obj`` as strict JSON (non-finite numbers as null, see finite_or_null; indent 1, trailing
+    newline) to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(finite_or_null(obj), indent=1, allow_nan=False) + "\n")
 
 
 def torch_save_atomic(obj: Any, path: str) -> None:

@@ -19,6 +19,9 @@ _LINE_PX = _FONT_PX + 4
 _SWATCH_PX = 9
 # Space between legend entries on a row.
 _ENTRY_GAP_PX = 8
+# Colours for pixels whose id is no class (the ignore label), tried in order until one is no class colour:
+# Pascal VOC's void colour first, then colours no standard palette gives a class.
+IGNORE_COLOURS = ((224, 224, 192), (255, 0, 255), (0, 255, 255), (255, 255, 0))
 
 
 def write_png_atomic(path: str, rgb: np.ndarray) -> None:
@@ -35,11 +38,19 @@ def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
+def ignore_colour(palette: Sequence[Sequence[int]]) -> tuple[int, int, int]:
+    """The colour of ignored pixels: the first of IGNORE_COLOURS that no class of ``palette`` has."""
+    taken = {tuple(int(v) for v in c) for c in palette}
+    return next((c for c in IGNORE_COLOURS if c not in taken), IGNORE_COLOURS[-1])
+
+
 def colorize_mask(mask: np.ndarray | torch.Tensor, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """Map class ids [H,W] to RGB uint8 [H,W,3]; ids outside the palette (e.g. 255) are black."""
+    """Map class ids [H,W] to RGB uint8 [H,W,3]; ids outside the palette (the ignore label, e.g. 255)
+    get ``ignore_colour(palette)``, so they are not mistaken for a class."""
     m = _to_numpy(mask).astype(np.int64)
     colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    out = np.zeros(m.shape + (3,), dtype=np.uint8)
+    out = np.empty(m.shape + (3,), dtype=np.uint8)
+    out[...] = ignore_colour(palette)
     inside = (m >= 0) & (m < len(colours))
     out[inside] = colours[m[inside]]
     return out
@@ -80,11 +91,16 @@ def panel_spans(widths: Sequence[int], gap: int = _GAP_PX) -> list[tuple[int, in
 
 def class_legend(masks: Sequence[np.ndarray | torch.Tensor], palette: Sequence[Sequence[int]],
                  class_names: Sequence[str]) -> list[tuple[str, Sequence[int]]]:
-    """(name, colour) of every class that occurs in ``masks``, in class-id order."""
+    """(name, colour) of every class that occurs in ``masks``, in class-id order, then "ignored (ids)" in
+    ``ignore_colour`` when ids outside the classes occur."""
     present = set()
     for m in masks:
         present.update(int(c) for c in np.unique(_to_numpy(m)))
-    return [(class_names[c], palette[c]) for c in sorted(present) if 0 <= c < len(class_names)]
+    legend = [(class_names[c], palette[c]) for c in sorted(present) if 0 <= c < len(class_names)]
+    ignored = sorted(c for c in present if not 0 <= c < len(class_names))
+    if ignored:
+        legend.append((f"ignored ({', '.join(map(str, ignored))})", ignore_colour(palette)))
+    return legend
 
 
 def annotate(figure: np.ndarray, titles: Sequence[tuple[tuple[int, int], str]] = (),

@@ -25,6 +25,9 @@ MASK_EXTENSIONS = ("npy", "png", "bmp", "tif", "tiff")
 _ID_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
 # How many offending files a message names before it says "and N more".
 _MAX_LISTED = 5
+# The foreground value of binary masks as image tools save them (0 = background, 255 = foreground), and the
+# ignore value of VOC-style masks: one number, two meanings, told apart by the ignore label and class count.
+BINARY_FOREGROUND = 255
 
 
 def list_image_files(data_dir: str) -> list[str]:
@@ -131,6 +134,21 @@ def read_mask(path: str, palette: list | None = None) -> np.ndarray:
     return _colours_to_ids(path, pixels, palette)
 
 
+def mask_palette(path: str) -> list[list[int]] | None:
+    """The 256 [R, G, B] colours a palette ('P') mask image carries, entry i being id i's colour; None
+    for other files, and for the grey ramp (entry i = (i, i, i)) that tools write when no colours were set."""
+    if path.lower().endswith(".npy"):
+        return None
+    with Image.open(path) as img:
+        if img.mode != "P" or img.palette is None:
+            return None
+        raw = img.getpalette() or []
+    colours = [raw[i:i + 3] for i in range(0, len(raw) - 2, 3)]
+    if all(c == [i, i, i] for i, c in enumerate(colours)):
+        return None
+    return colours + [[0, 0, 0]] * (256 - len(colours))  # PNG may store fewer entries: the rest read as black
+
+
 def _colours_to_ids(path: str, rgb: np.ndarray, palette: list | None) -> np.ndarray:
     if not palette:
         raise DataError(f"{path}: an RGB mask needs the class colours: set 'palette' in the config "
@@ -205,9 +223,23 @@ def _check_label(path: str, label: np.ndarray, hw: tuple[int, int],
         allowed = f"0..{number_class - 1}" if number_class is not None else ">= 0"
         if ignore_label is not None:
             allowed += f" or the ignore_label {ignore_label}"
+        hint = (f"; if {BINARY_FOREGROUND} marks pixels to leave out (VOC borders), pass --ignore_label "
+                f"{BINARY_FOREGROUND} to new_experiment.py (config: \"ignore_label\": {BINARY_FOREGROUND})"
+                if BINARY_FOREGROUND in bad and ignore_label is None else "")
         return (f"{path}: label values {bad[:10].tolist()} are invalid with number_class="
-                f"{number_class} (allowed: {allowed}); fix the labels or the config")
+                f"{number_class} (allowed: {allowed}); fix the labels or the config{hint}")
     return None
+
+
+def binary_as_ids(label: np.ndarray, number_class: int | None, ignore_label: int | None) -> tuple[np.ndarray, bool]:
+    """(class ids, whether ``label`` is a binary mask saved as 0/255): a two-class dataset whose ignore
+    label is not 255 reads a mask holding 255 and nothing but 0 as 0/1; any other label is returned as is."""
+    if number_class != 2 or ignore_label == BINARY_FOREGROUND:
+        return label, False
+    values = set(np.unique(label).tolist())
+    if BINARY_FOREGROUND not in values or not values <= {0, BINARY_FOREGROUND}:
+        return label, False
+    return (label == BINARY_FOREGROUND).astype(np.uint8), True
 
 
 class ImageLabelDataset(torch.utils.data.Dataset):
@@ -216,6 +248,7 @@ class ImageLabelDataset(torch.utils.data.Dataset):
 
     Items are dicts: "image" float32 [3,S,S] in [-1,1], "label" int64 [S,S] raw class ids
     (ignore pixels keep ignore_label; absent when require_labels=False), "path", "stem".
+    A two-class dataset reads 0/255 masks as 0/1 (``binary_as_ids``); ``binary_masks`` lists them.
     """
 
     def __init__(self, data_dir: str, resolution: int, num_images: int = -1,
@@ -235,11 +268,18 @@ class ImageLabelDataset(torch.utils.data.Dataset):
         self.resolution = resolution
         self.require_labels = require_labels
         self.palette = palette
+        self.number_class, self.ignore_label = number_class, ignore_label
+        self.sizes: dict[str, tuple[int, int]] = {}  # (W, H) of each used image, read by _validate
+        self.binary_masks: list[str] = []
         self.transform = image_transform(resolution)
         self.label_paths: dict[str, str] = {}
         if require_labels:
             self.label_paths = self._find_labels(paths)
-        self._validate(number_class, ignore_label)
+        self._validate()
+
+    def read_label(self, path: str) -> tuple[np.ndarray, bool]:
+        """(class ids of the label file of image ``path``, whether it is a 0/255 binary mask read as 0/1)."""
+        return binary_as_ids(read_mask(self.label_paths[path], self.palette), self.number_class, self.ignore_label)
 
     def _find_labels(self, all_paths: list[str]) -> dict[str, str]:
         """The label file of each used image; every mask must belong to an image of the folder."""
@@ -276,7 +316,7 @@ class ImageLabelDataset(torch.utils.data.Dataset):
                             f"{_listing(problems)}")
         return found
 
-    def _validate(self, number_class: int | None, ignore_label: int | None) -> None:
+    def _validate(self) -> None:
         problems: list[str] = []
         for path in self.image_paths:
             try:
@@ -285,6 +325,7 @@ class ImageLabelDataset(torch.utils.data.Dataset):
                 problems.append(f"{path}: cannot be read as an image ({type(e).__name__}: {e}); "
                                 f"replace or remove the file")
                 continue
+            self.sizes[path] = (width, height)
             if width != height:
                 problems.append(f"{path}: image is {width}x{height} (WxH) but must be square; "
                                 f"crop it to a square together with its label")
@@ -293,11 +334,13 @@ class ImageLabelDataset(torch.utils.data.Dataset):
                 continue
             lpath = self.label_paths[path]
             try:
-                label = read_mask(lpath, self.palette)
+                label, binary = self.read_label(path)
             except DataError as e:
                 problems.append(str(e))
                 continue
-            problem = _check_label(lpath, label, (height, width), number_class, ignore_label)
+            if binary:
+                self.binary_masks.append(lpath)
+            problem = _check_label(lpath, label, (height, width), self.number_class, self.ignore_label)
             if problem:
                 problems.append(problem)
         if problems:
@@ -315,7 +358,7 @@ class ImageLabelDataset(torch.utils.data.Dataset):
             "stem": os.path.splitext(os.path.basename(path))[0],
         }
         if self.require_labels:
-            label = read_mask(self.label_paths[path], self.palette).astype(np.int64)
+            label = self.read_label(path)[0].astype(np.int64)
             item["label"] = torch.from_numpy(nearest_resize(label, self.resolution))
         return item
 
