@@ -3,7 +3,6 @@ model_type names the registered ones; every backbone's layer catalogue states th
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 import torch
