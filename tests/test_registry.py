@@ -163,3 +163,20 @@ def test_validation_in_a_fresh_process_registers_the_backbones_itself():
             "'input_activations': True})['model_type'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "swav"
+
+
+def test_fresh_noise_comes_from_the_feature_noise_stream_not_the_global_rng():
+    """share_noise false: each call draws new noise from the seed's "feature_noise" stream, so two builds
+    of one config give the same features and the global RNG is neither read nor reseeded."""
+    def build(seed):
+        cfg = load_config(CONFIG, {"model_path": "", "random_weights": True, "share_noise": False, "seed": seed})
+        return backbone_class("ddpm").from_config(cfg, resolve_model_flags(cfg), torch.device("cpu"), lambda m: None)
+
+    image = torch.zeros(1, 3, 64, 64)
+    state = torch.get_rng_state()
+    a, b = build(0), build(0)
+    first, again = a(image), a(image)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(x, y) for x, y in zip(first, b(image), strict=True))  # same seed, same draws
+    assert not torch.equal(first[0], again[0])  # a later call draws new noise
+    assert not torch.equal(first[0], build(1)(image)[0])
