@@ -108,7 +108,6 @@ def test_keys_are_checked():
 # Where a seed reaches an RNG without going through the table, and why that is right.
 RAW_SEEDING = {
     ("features/ddpm.py", "shared_noise"): "the original's noise tensor, seeded with the seed itself",
-    ("classifier/interpreter.py", "open_backbone"): "the original seeds torch's global RNG with the seed itself",
     ("ddpm/train.py", "__getitem__"): "its crop seed comes from the ddpm_crop stream",
     ("data/augment.py", "augment_pair"): "its seed comes from the augment_copy stream",
     ("data/augment.py", "tta_view"): "its seed comes from the test_view stream",

@@ -22,25 +22,19 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from guided_diffusion.checkpoint import load_model_and_diffusion
-
 from ..common.atomic import write_json_atomic
 from ..common.config import ConfigError, save_config
 from .crossfit import fold_assignment, pixels_outside_fold
 from ..data.folders import ImageLabelDataset, drop_small_regions
-from ..features.ddpm import FeatureExtractorDDPM, shared_noise
+from ..features.registry import backbone_class
 from ..common.metrics import IoUAccumulator
 from .predict import Votes, ensemble_logits
 from ..common.report import write_png_atomic
-from .selection_heatmap import heatmap
 from ..common.seeding import stream_seed
+from .selection_heatmap import heatmap
 from ..features.store import FeatureStore
 from .train import EnsembleSettings, LabelledPixels, load_ensemble, train_ensemble
 
-# The default step grid as fractions of the diffusion's length: for 1000 steps 10, 25, 50, 100, 150,
-# 250, 500, 800 -- denser at small t, where the paper's best features are, and holding the
-# hand-set protocol's 50/150/250 so the selection can rediscover it.
-DEFAULT_STEP_FRACTIONS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.8)
 SCORES_FILE = "scores.json"
 EXCLUDED = -1  # training-label marker of pixels no probe trains on (the interpreter's EXCLUDED)
 
@@ -89,17 +83,9 @@ class LayerSubset(FeatureStore):
         return [m[i].permute(2, 0, 1) for m in self.maps]
 
 
-def check_grid(steps: list[int], blocks: list[int], num_timesteps: int, num_blocks: int) -> None:
-    """A step or block the U-Net does not have is an input error that says what exists."""
-    bad_t = [t for t in steps if not 0 <= t < num_timesteps]
-    if bad_t:
-        raise ConfigError(f"steps {bad_t} do not exist: this diffusion has {num_timesteps} steps, so "
-                          f"--steps must lie in 0..{num_timesteps - 1}")
-    bad_b = [b for b in blocks if not 0 <= b < num_blocks]
-    if bad_b:
-        raise ConfigError(f"blocks {bad_b} do not exist: this U-Net has decoder blocks (output_blocks) "
-                          f"0..{num_blocks - 1}; pick --blocks among them")
-    for name, values in (("steps", steps), ("blocks", blocks)):
+def check_distinct(steps: list[int], blocks: list[int], uses_timesteps: bool) -> None:
+    """The grid's blocks (and steps, for a backbone with timesteps) are distinct, and there are some."""
+    for name, values in (("steps", steps), ("blocks", blocks)) if uses_timesteps else (("blocks", blocks),):
         if not values or len(set(values)) != len(values):
             raise ConfigError(f"--{name} must list distinct values, got {values}")
 
@@ -110,9 +96,9 @@ class Selection:
     def __init__(self, cfg: dict, flags: dict, device: torch.device, out_dir: str, steps: list[int] | None,
                  blocks: list[int] | None, probe: ProbeSettings, budget_minutes: float | None = None,
                  log: Callable[[str], None] = print):
-        if cfg["model_type"] != "ddpm":
-            raise ConfigError(f"feature selection picks diffusion steps and U-Net blocks: model_type must be "
-                              f"'ddpm', not '{cfg['model_type']}'")
+        kind = backbone_class(cfg["model_type"])
+        self.steps, self.blocks = kind.candidate_grid(cfg, flags, steps, blocks)  # ConfigError: nothing to pick
+        check_distinct(self.steps, self.blocks, kind.uses_timesteps)
         if probe.folds < 2:
             raise ConfigError(f"--folds must be >= 2 (one fold is held out, the others train), got {probe.folds}")
         self.cfg, self.device, self.out_dir, self.probe, self.log = cfg, device, out_dir, probe, log
@@ -125,17 +111,8 @@ class Selection:
         n = len(self.train_set)
         if probe.folds > n:
             raise ConfigError(f"--folds {probe.folds} is more than the {n} training images; use at most {n}")
-        model, diffusion = load_model_and_diffusion(cfg["model_path"] or None, flags, self.device,
-                                                    seed=stream_seed("unet_init", cfg["seed"]))
-        num_blocks = len(model.output_blocks)
-        self.steps = sorted(steps if steps is not None else
-                            sorted({round(f * diffusion.num_timesteps) for f in DEFAULT_STEP_FRACTIONS}))
-        self.blocks = sorted(blocks if blocks is not None else range(num_blocks))
-        check_grid(self.steps, self.blocks, diffusion.num_timesteps, num_blocks)
-        self.extractor = FeatureExtractorDDPM(steps=self.steps, blocks=self.blocks,
-                                              input_activations=cfg["input_activations"], device=self.device,
-                                              model=model, diffusion=diffusion)
-        self.noise = shared_noise(cfg["seed"], size, self.device) if cfg["share_noise"] else None
+        # One backbone for the whole grid: its layers are every cell, step-major as a run extracts them.
+        self.backbone = kind.from_config({**cfg, "steps": self.steps, "blocks": self.blocks}, flags, self.device, log)
         self.fold = fold_assignment(n, probe.folds, cfg["seed"])
         self.settings = {"config": {k: v for k, v in cfg.items() if k not in (
             "exp_dir", "testing_path", "testing_masks_path", "testing_number", "device", "steps", "blocks", "dim",
@@ -172,7 +149,7 @@ class Selection:
         self.store, self.labels, index, labels = None, [], [], []
         for i in tqdm(range(n), desc="candidate features (training images)", unit="img", dynamic_ncols=True):
             item = self.train_set[i]
-            acts = self.extractor(item["image"][None].to(self.device), noise=self.noise)
+            acts = self.backbone(item["image"][None].to(self.device))
             if self.store is None:
                 self.store = FeatureStore(n, [tuple(a.shape[1:]) for a in acts], (size, size))
             self.store.put(i, acts)
@@ -188,10 +165,14 @@ class Selection:
         self.log(f"candidate store: {n} training images x {len(self.steps)} steps x {len(self.blocks)} blocks, "
                  f"{self.store.nbytes / 2**20:.1f} MiB (float16, native resolution)")
 
+    def step_rows(self) -> list[int | None]:
+        """The grid's steps; [None] (one row of blocks) for a backbone without timesteps."""
+        return self.steps or [None]
+
     def layers_of(self, steps, blocks) -> list[int]:
         """Store layers of steps x blocks in the extractor's order (step-major, then block)."""
-        nb = len(self.blocks)
-        return [self.steps.index(t) * nb + self.blocks.index(b) for t in sorted(steps) for b in sorted(blocks)]
+        nb, rows = len(self.blocks), self.step_rows()
+        return [rows.index(t) * nb + self.blocks.index(b) for t in sorted(steps) or [None] for b in sorted(blocks)]
 
     # -- scoring -------------------------------------------------------------------------------
     def score(self, steps, blocks) -> Score:
@@ -226,11 +207,11 @@ class Selection:
 
     def search(self) -> tuple[list[Score], list[Score], str]:
         """(single-cell scores, the greedy path from the best cell, why the search stopped)."""
-        cells = [(t, b) for t in self.steps for b in self.blocks]
+        cells = [(t, b) for t in self.step_rows() for b in self.blocks]
         singles, path = [], []
         try:
             for t, b in tqdm(cells, desc="single cells", unit="cell", dynamic_ncols=True):
-                singles.append(self.score([t], [b]))
+                singles.append(self.score([] if t is None else [t], [b]))
             current = max(singles, key=lambda s: s.miou)
             path.append(current)
             round_no = 0
@@ -275,10 +256,10 @@ class Selection:
         if chosen is not None:
             dim = sum(self.store.layer_shapes[i][0] for i in self.layers_of(chosen.steps, chosen.blocks))
             selected = {**self.cfg, "steps": chosen.steps, "blocks": chosen.blocks, "dim": [size, size, dim]}
-        cells = {(s.steps[0], s.blocks[0]): s.miou for s in singles}
-        marked = {(t, b) for t in chosen.steps for b in chosen.blocks} if chosen else set()
+        cells = {((s.steps or [None])[0], s.blocks[0]): s.miou for s in singles}
+        marked = {(t, b) for t in chosen.steps or [None] for b in chosen.blocks} if chosen else set()
         write_png_atomic(os.path.join(self.out_dir, "selection_heatmap.png"),
-                         heatmap(cells, self.steps, self.blocks, marked))
+                         heatmap(cells, self.step_rows(), self.blocks, marked))
         write_json_atomic(os.path.join(self.out_dir, "selection.json"), {
             "grid": {"steps": self.steps, "blocks": self.blocks},
             "training_images": [os.path.basename(p) for p in self.train_set.image_paths],
