@@ -133,3 +133,14 @@ def recomputed_iou(run_dir: Path) -> dict:
     scored = [c for c in range(K) if c != cfg["ignore_label"]]
     return {"miou": iou[scored].mean(), "miou_present": iou[[c for c in scored if union[c] > 0]].mean(),
             "per_class_iou": [iou[c] for c in scored], "class_names": [cfg["class_names"][c] for c in scored]}
+
+
+def backbone_config(**keys) -> dict:
+    """A complete config dict (every DEFAULTS key) for building a backbone class directly, without
+    the file-level validation: ``keys`` set model_type, model_path, dim, steps, blocks, ..."""
+    from ddpmseg.common.config import DEFAULTS, REQUIRED
+
+    cfg = {k: json.loads(json.dumps(v)) for k, (_, v) in DEFAULTS.items() if v is not REQUIRED}
+    cfg.update(exp_dir="", model_path="", dim=[16, 16, 0])
+    cfg.update(keys)
+    return cfg

@@ -60,6 +60,8 @@ STREAMS: dict[str, Stream] = {
     "deeplab_dropout": Stream(1_000_302, ("epoch",), "the ASPP dropout masks of an epoch"),
     # the procedural demo dataset (demo.py)
     "procedural_image": Stream(1_000_400, ("split", "index"), "image i of a split (0 train, 1 test, 2 unlabeled)"),
+    # the diffusers and Stable Diffusion backbones (ddpmseg.features)
+    "backbone_noise": Stream(1_000_500, (), "their noise where the run's shared image noise does not fit or is off"),
 }
 
 # A member's streams, after (seed, member): 0 is the bare key (seed, member).

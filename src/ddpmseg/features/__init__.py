@@ -7,3 +7,6 @@ and the README's Python API imports them from here.
 from .ddpm import FeatureExtractorDDPM, RGBPositionFeatures, collect_features, shared_noise
 
 __all__ = ["FeatureExtractorDDPM", "RGBPositionFeatures", "collect_features", "shared_noise"]
+
+# Backbone families register themselves with ddpmseg.features.registry on import.
+from . import diffusers_ddpm  # noqa: E402,F401
