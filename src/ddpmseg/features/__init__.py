@@ -11,3 +11,4 @@ __all__ = ["FeatureExtractorDDPM", "RGBPositionFeatures", "collect_features", "s
 # Backbone families register themselves with ddpmseg.features.registry on import.
 from . import diffusers_ddpm  # noqa: E402,F401
 from . import dinov2  # noqa: E402,F401
+from . import stable_diffusion  # noqa: E402,F401
