@@ -7,6 +7,7 @@ import torch
 
 from conftest import backbone_config
 from ddpmseg.common.config import ConfigError
+from ddpmseg.features.ddpm import shared_noise
 from ddpmseg.features.diffusers_ddpm import DiffusersDDPM
 from ddpmseg.features.registry import REGISTRY
 from ddpmseg.features.unet_hooks import hookable_layers
@@ -63,7 +64,7 @@ def manual_maps(unet, x_t, t):
 
 
 def test_registered():
-    assert REGISTRY["diffusers"] is DiffusersDDPM and DiffusersDDPM.can_sample and DiffusersDDPM.uses_timesteps
+    assert REGISTRY["diffusers"] is DiffusersDDPM and not DiffusersDDPM.can_sample and DiffusersDDPM.uses_timesteps
 
 
 def test_hooked_maps_equal_a_manual_forward_in_float64(folder):
@@ -115,17 +116,28 @@ def test_layer_catalogue_and_candidate_grid(folder):
                                                                     ("step 50, up_blocks.1", 8, 1)]
     assert [n for n, _, _ in hookable_layers(bb.unet)][:3] == ["up_blocks.0.resnets.0", "up_blocks.0.attentions.0",
                                                                 "up_blocks.0.resnets.1"]
-    steps, blocks = DiffusersDDPM.candidate_grid(backbone_config(model_type="diffusers", model_path=str(folder)))
+    cfg = backbone_config(model_type="diffusers", model_path=str(folder))
+    steps, blocks = DiffusersDDPM.candidate_grid(cfg, {})
     assert blocks == [0, 1] and len(steps) >= 5 and max(steps) < 1000
+    assert DiffusersDDPM.candidate_grid(cfg, {}, [300, 20], [1]) == ([20, 300], [1])
+    with pytest.raises(ConfigError, match="up_blocks 0..1"):
+        DiffusersDDPM.candidate_grid(cfg, {}, None, [2])
+    with pytest.raises(ConfigError, match="0..999"):
+        DiffusersDDPM.candidate_grid(cfg, {}, [1000], None)
+    with pytest.raises(ConfigError, match="drop \"hook_layers\""):
+        DiffusersDDPM.candidate_grid({**cfg, "hook_layers": ["up_blocks.0.resnets.0"]}, {})
 
 
-def test_shared_noise_serves_every_image_and_none_draws_its_own_stream(folder):
-    bb = build(folder, steps=[300], blocks=[1])
+def test_noise_is_the_seeds_shared_noise_or_fresh_from_the_feature_noise_stream(folder):
     img = torch.zeros(2, 3, 16, 16)
-    shared = bb(img, torch.randn(1, 3, 16, 16))[0]
-    assert torch.equal(shared[0], shared[1])  # same image, same noise
-    first, again = bb(img)[0], build(folder, steps=[300], blocks=[1])(img)[0]
-    assert not torch.equal(first[0], first[1]) and torch.equal(first, again)  # fresh per image, seeded
+    shared = build(folder, steps=[300], blocks=[1], seed=4)(img)[0]
+    assert torch.equal(shared, build(folder, steps=[300], blocks=[1])(img, shared_noise(4, 16))[0])
+    assert torch.equal(shared[0], shared[1])  # the same image under the same noise
+    fresh = build(folder, steps=[300], blocks=[1], share_noise=False)
+    first = fresh(img)[0]
+    assert not torch.equal(first[0], first[1])  # each image its own draw
+    assert torch.equal(first, build(folder, steps=[300], blocks=[1], share_noise=False)(img)[0])  # seeded
+    assert not torch.equal(first, fresh(img)[0])  # and fresh on every call
 
 
 @pytest.mark.parametrize("keys, message", [
@@ -134,6 +146,7 @@ def test_shared_noise_serves_every_image_and_none_draws_its_own_stream(folder):
     (dict(blocks=[0, 0]), "listed twice"),
     (dict(blocks=[0], dim=[15, 15, 0]), "multiple of 2"),
     (dict(blocks=[0], steps=[]), "needs timesteps"),
+    (dict(blocks=[0], steps=[1000]), "within 0..999"),
 ])
 def test_bad_layer_or_size_is_one_clear_error(folder, keys, message):
     cfg = backbone_config(model_type="diffusers", model_path=str(folder), **{"steps": [5], **keys})

@@ -143,6 +143,16 @@ def test_missing_checkpoint_says_how_to_download(tmp_path):
         build(tmp_path / "dinov2_vits14_pretrain.pth")
 
 
+def test_candidate_grid_is_every_block_or_the_given_ones():
+    cfg = backbone_config(model_type="dinov2", random_weights=True, steps=[], blocks=[0], dinov2_arch="vitl14")
+    assert DINOv2.candidate_grid(cfg, {}) == ([], list(range(24)))
+    assert DINOv2.candidate_grid(cfg, {}, None, [23, 5]) == ([], [5, 23])
+    with pytest.raises(ConfigError, match="blocks 0..23"):
+        DINOv2.candidate_grid(cfg, {}, None, [24])
+    with pytest.raises(ConfigError, match="no steps to select"):
+        DINOv2.candidate_grid(cfg, {}, [50], None)
+
+
 def test_every_arch_has_its_depth_and_width():
     for arch, (_, depth, width) in ARCHS.items():
         with torch.device("meta"):

@@ -8,10 +8,13 @@ import torch
 import torch.nn as nn
 
 from conftest import FIXTURES, load_fixture, require, rule_weights
-from ddpmseg.features.backbones import (FEATURE_DIMS, IMAGENET_MEAN, IMAGENET_STD, SWAV_HOOKED_BLOCKS,
-                               FeatureExtractorMAE, FeatureExtractorSwAV, MaskedAutoencoderViT,
-                               create_backbone_extractor, load_mae_checkpoint, load_swav_checkpoint,
-                               mae_vit_large_patch8, sincos_pos_embed_2d, swav_block_inputs, swav_resnet50)
+from ddpmseg.common.config import ConfigError
+from ddpmseg.features.backbones import (IMAGENET_MEAN, IMAGENET_STD, SWAV_HOOKED_BLOCKS, MaskedAutoencoderViT,
+                                        load_mae_checkpoint, load_swav_checkpoint, mae_vit_large_patch8,
+                                        sincos_pos_embed_2d, swav_block_inputs, swav_resnet50)
+from ddpmseg.features.mae import FeatureExtractorMAE
+from ddpmseg.features.registry import backbone_class
+from ddpmseg.features.swav import FeatureExtractorSwAV
 from guided_diffusion.checkpoint import CheckpointError
 
 
@@ -123,8 +126,9 @@ def test_swav_hooked_channels_and_sizes(model_name, size, request):
     acts = FeatureExtractorSwAV(model)(torch.rand(2, 3, size, size) * 2 - 1)
     assert list(SWAV_HOOKED_BLOCKS) == [name for name, _ in manifest["hooked_block_inputs"]]
     assert [a.shape[1] for a in acts] == [c for _, c in manifest["hooked_block_inputs"]]
-    key = "swav" if model_name == "rn50" else "swav_w2"
-    assert sum(a.shape[1] for a in acts) == manifest["feature_dim"] == FEATURE_DIMS[key]
+    # The published feature width, which the class's layer catalogue states without running the model.
+    assert sum(a.shape[1] for a in acts) == manifest["feature_dim"] == sum(
+        layer.channels for layer in FeatureExtractorSwAV(model).layers())
     # At 256 px: 64,64 | 64,32 | 32,16,16 | 16,8, i.e. size / 4, 4 | 4, 8 | 8, 16, 16 | 16, 32.
     assert [a.shape[-1] for a in acts] == [size // d for d in (4, 4, 4, 8, 8, 16, 16, 16, 32)]
     assert all(a.shape[0] == 2 and a.shape[-2] == a.shape[-1] and a.dtype == torch.float32 for a in acts)
@@ -273,7 +277,7 @@ def test_missing_checkpoint_names_its_download_script(model_type, tmp_path):
     script = f"bash checkpoints/{model_type}/download_checkpoint.sh ffhq"
     # The factory checks the file before building the model (seconds for ViT-L).
     with pytest.raises(CheckpointError, match=script):
-        create_backbone_extractor(model_type, path, 256, "cpu")
+        backbone_class(model_type).build(path, 256, "cpu")
     if model_type == "mae":
         with pytest.raises(CheckpointError, match=script):
             load_mae_checkpoint(mae_tiny(), path)
@@ -290,9 +294,9 @@ def test_factory_random_weights_are_seeded_and_leave_global_rng_alone():
     img = torch.linspace(-1, 1, 2 * 3 * 32 * 32).view(2, 3, 32, 32)
     state = torch.get_rng_state()
     logs = []
-    a = create_backbone_extractor("swav", None, 32, "cpu", seed=0, log=logs.append)(img)
-    b = create_backbone_extractor("swav", None, 32, "cpu", seed=0, log=logs.append)(img)
-    c = create_backbone_extractor("swav", None, 32, "cpu", seed=1, log=logs.append)(img)
+    a = FeatureExtractorSwAV.build(None, 32, "cpu", seed=0, log=logs.append)(img)
+    b = FeatureExtractorSwAV.build(None, 32, "cpu", seed=0, log=logs.append)(img)
+    c = FeatureExtractorSwAV.build(None, 32, "cpu", seed=1, log=logs.append)(img)
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not torch.equal(a[-1], c[-1])
@@ -301,10 +305,10 @@ def test_factory_random_weights_are_seeded_and_leave_global_rng_alone():
 
 def test_factory_loads_checkpoint_and_logs_ignored_keys(swav_checkpoint, rn50):
     logs = []
-    extractor = create_backbone_extractor("swav", str(swav_checkpoint), 32, "cpu", log=logs.append)
+    extractor = FeatureExtractorSwAV.build(str(swav_checkpoint), 32, "cpu", log=logs.append)
     assert isinstance(extractor, FeatureExtractorSwAV)
     assert torch.equal(extractor.model.conv1.weight, rn50.conv1.weight)
     assert len(logs) == 1 and "ignored 2 checkpoint keys" in logs[0]
     assert logs[0].endswith("(projection_head, prototypes)")
-    with pytest.raises(ValueError, match="model_type"):
-        create_backbone_extractor("vit", None, 32, "cpu")
+    with pytest.raises(ConfigError, match=r"'model_type' must be one of \['ddpm', 'mae', 'swav', 'swav_w2', 'rgb_xy'"):
+        backbone_class("vit")

@@ -76,7 +76,7 @@ def test_shared_noise_is_seeded():
 
 
 def test_rgb_position_features_are_colour_then_x_then_y():
-    from ddpmseg.features.ddpm import RGBPositionFeatures
+    from ddpmseg.features.rgb_xy import RGBPositionFeatures
 
     img = torch.rand(2, 3, 4, 6) * 2 - 1
     (feat,) = RGBPositionFeatures()(img)

@@ -136,12 +136,12 @@ def test_datasetddpm_masks_and_uncertainty_are_what_the_run_predicts(tmp_path, t
     run = load_trained_run(str(tiny_interpreter_run), {"device": "cpu"}, lambda m: None)
     c = run.cfg
     diffusion = sampling_diffusion(run.flags, "ddim2")
-    x = torch.cat([sample_batch(run.extractor.model, diffusion, 2, 64, c["seed"], k, use_ddim=True)
+    x = torch.cat([sample_batch(run.backbone.sampling_network(), diffusion, 2, 64, c["seed"], k, use_ddim=True)
                    for k in range(2)])[:3]
     assert np.array_equal(images, to_uint8_images(x))
     ens = load_ensemble(str(tiny_interpreter_run), c["model_num"], c["dim"][2], c["number_class"]).double()
     for i in range(3):
-        layers = run.features(x[i], f"sample {i}")
+        layers = run.predictor.features(x[i], f"sample {i}")
         feats = torch.cat([F.interpolate(a.half().double(), size=(64, 64), mode="bilinear", align_corners=False)
                            for a in layers], dim=1)[0].reshape(c["dim"][2], -1).T
         with torch.no_grad():

@@ -307,7 +307,6 @@ def test_training_store_holds_each_labelled_pixel_with_its_own_features(data):
         "training_number": 3, "testing_number": 2, "augmentation_copies": 1, "device": "cpu",
         "min_region_pixels": 20})  # the 256 px threshold, so that this small set has regions below it
     run = Run(cfg, {}, log=lambda msg: None)
-    run.validate_inputs()
     store, pixels = run.build_training_store(str(data / "exp"))
     n, hw = 3, 64 * 64
     want_index, want_labels, want_features, too_small = [], [], [], 0

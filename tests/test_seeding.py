@@ -57,7 +57,7 @@ def ddpm_runs(seed: int, steps: int = 60, batch: int = 16, ranks: int = 2) -> di
         "deeplab": [stream_key("deeplab_head", seed)]
         + [stream_key(n, seed, e) for n in ("deeplab_shuffle", "deeplab_dropout") for e in range(steps)],
         "procedural": [stream_key("procedural_image", seed, s, i) for s in range(3) for i in range(steps)],
-        "backbone noise": [stream_key("backbone_noise", seed)],
+        "latent noise": [stream_key("latent_noise", seed)],
     }
 
 
@@ -109,7 +109,6 @@ def test_keys_are_checked():
 # Where a seed reaches an RNG without going through the table, and why that is right.
 RAW_SEEDING = {
     ("features/ddpm.py", "shared_noise"): "the original's noise tensor, seeded with the seed itself",
-    ("classifier/interpreter.py", "open_backbone"): "the original seeds torch's global RNG with the seed itself",
     ("ddpm/train.py", "__getitem__"): "its crop seed comes from the ddpm_crop stream",
     ("data/augment.py", "augment_pair"): "its seed comes from the augment_copy stream",
     ("data/augment.py", "tta_view"): "its seed comes from the test_view stream",

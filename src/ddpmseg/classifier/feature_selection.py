@@ -22,25 +22,18 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from guided_diffusion.checkpoint import load_model_and_diffusion
-
 from ..common.atomic import write_json_atomic
 from ..common.config import ConfigError, save_config
 from .crossfit import fold_assignment, pixels_outside_fold
 from ..data.folders import ImageLabelDataset, drop_small_regions
-from ..features.ddpm import FeatureExtractorDDPM, shared_noise
+from ..features.registry import backbone_class
 from ..common.metrics import IoUAccumulator
 from .predict import Votes, ensemble_logits
 from ..common.report import write_png_atomic
 from .selection_heatmap import heatmap
-from ..common.seeding import stream_seed
 from ..features.store import FeatureStore
 from .train import EnsembleSettings, LabelledPixels, load_ensemble, train_ensemble
 
-# The default step grid as fractions of the diffusion's length: for 1000 steps 10, 25, 50, 100, 150,
-# 250, 500, 800 -- denser at small t, where the paper's best features are, and holding the
-# hand-set protocol's 50/150/250 so the selection can rediscover it.
-DEFAULT_STEP_FRACTIONS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.8)
 SCORES_FILE = "scores.json"
 EXCLUDED = -1  # training-label marker of pixels no probe trains on (the interpreter's EXCLUDED)
 
@@ -89,17 +82,9 @@ class LayerSubset(FeatureStore):
         return [m[i].permute(2, 0, 1) for m in self.maps]
 
 
-def check_grid(steps: list[int], blocks: list[int], num_timesteps: int, num_blocks: int) -> None:
-    """A step or block the U-Net does not have is an input error that says what exists."""
-    bad_t = [t for t in steps if not 0 <= t < num_timesteps]
-    if bad_t:
-        raise ConfigError(f"steps {bad_t} do not exist: this diffusion has {num_timesteps} steps, so "
-                          f"--steps must lie in 0..{num_timesteps - 1}")
-    bad_b = [b for b in blocks if not 0 <= b < num_blocks]
-    if bad_b:
-        raise ConfigError(f"blocks {bad_b} do not exist: this U-Net has decoder blocks (output_blocks) "
-                          f"0..{num_blocks - 1}; pick --blocks among them")
-    for name, values in (("steps", steps), ("blocks", blocks)):
+def check_distinct(steps: list[int], blocks: list[int], uses_timesteps: bool) -> None:
+    """The grid's blocks (and steps, for a backbone with timesteps) are distinct, and there are some."""
+    for name, values in (("steps", steps), ("blocks", blocks)) if uses_timesteps else (("blocks", blocks),):
         if not values or len(set(values)) != len(values):
             raise ConfigError(f"--{name} must list distinct values, got {values}")
 
@@ -110,9 +95,9 @@ class Selection:
     def __init__(self, cfg: dict, flags: dict, device: torch.device, out_dir: str, steps: list[int] | None,
                  blocks: list[int] | None, probe: ProbeSettings, budget_minutes: float | None = None,
                  log: Callable[[str], None] = print):
-        if cfg["model_type"] != "ddpm":
-            raise ConfigError(f"feature selection picks diffusion steps and U-Net blocks: model_type must be "
-                              f"'ddpm', not '{cfg['model_type']}'")
+        kind = backbone_class(cfg["model_type"])
+        self.steps, self.blocks = kind.candidate_grid(cfg, flags, steps, blocks)  # ConfigError: nothing to pick
+        check_distinct(self.steps, self.blocks, kind.uses_timesteps)
         if probe.folds < 2:
             raise ConfigError(f"--folds must be >= 2 (one fold is held out, the others train), got {probe.folds}")
         self.cfg, self.device, self.out_dir, self.probe, self.log = cfg, device, out_dir, probe, log
@@ -125,17 +110,8 @@ class Selection:
         n = len(self.train_set)
         if probe.folds > n:
             raise ConfigError(f"--folds {probe.folds} is more than the {n} training images; use at most {n}")
-        model, diffusion = load_model_and_diffusion(cfg["model_path"] or None, flags, self.device,
-                                                    seed=stream_seed("unet_init", cfg["seed"]))
-        num_blocks = len(model.output_blocks)
-        self.steps = sorted(steps if steps is not None else
-                            sorted({round(f * diffusion.num_timesteps) for f in DEFAULT_STEP_FRACTIONS}))
-        self.blocks = sorted(blocks if blocks is not None else range(num_blocks))
-        check_grid(self.steps, self.blocks, diffusion.num_timesteps, num_blocks)
-        self.extractor = FeatureExtractorDDPM(steps=self.steps, blocks=self.blocks,
-                                              input_activations=cfg["input_activations"], device=self.device,
-                                              model=model, diffusion=diffusion)
-        self.noise = shared_noise(cfg["seed"], size, self.device) if cfg["share_noise"] else None
+        # One backbone for the whole grid: its layers are every cell, step-major as a run extracts them.
+        self.backbone = kind.from_config({**cfg, "steps": self.steps, "blocks": self.blocks}, flags, self.device, log)
         self.fold = fold_assignment(n, probe.folds, cfg["seed"])
         self.settings = {"config": {k: v for k, v in cfg.items() if k not in (
             "exp_dir", "testing_path", "testing_masks_path", "testing_number", "device", "steps", "blocks", "dim",
@@ -172,7 +148,7 @@ class Selection:
         self.store, self.labels, index, labels = None, [], [], []
         for i in tqdm(range(n), desc="candidate features (training images)", unit="img", dynamic_ncols=True):
             item = self.train_set[i]
-            acts = self.extractor(item["image"][None].to(self.device), noise=self.noise)
+            acts = self.backbone(item["image"][None].to(self.device))
             if self.store is None:
                 self.store = FeatureStore(n, [tuple(a.shape[1:]) for a in acts], (size, size))
             self.store.put(i, acts)

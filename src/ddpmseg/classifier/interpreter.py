@@ -17,31 +17,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from guided_diffusion.checkpoint import load_model_and_diffusion
-
-from ..data.augment import augment_pair, copy_seed, tta_view, view_seed
-from ..features.backbones import create_backbone_extractor
-from ..common.config import BACKBONE_INPUT_ACTIVATIONS, ConfigError, save_config, validate
+from ..data.augment import augment_pair, copy_seed
+from ..common.config import ConfigError, save_config, validate
 from .crossfit import out_of_fold_probabilities
 from ..data.folders import ImageLabelDataset, drop_small_regions
 from ..common.device import resolve_device
-from ..features.ddpm import FeatureExtractorDDPM, RGBPositionFeatures, shared_noise
+from ..features.registry import open_backbone
 from ..common.metrics import IoUAccumulator
-from ..common.numerics import FLOAT16_MAX, check_features
-from .predict import VOTING_MODES, Votes, image_uncertainty, view_logits
-from .refine import load_refiner, refine, refine_settings, save_refiner, train_refiner
+from .predict import VOTING_MODES, image_uncertainty
+from .predictor import REFINER_FILE, Predictor
+from .refine import refine_settings, save_refiner, train_refiner
 from ..common.report import save_prediction
 from ..common.atomic import write_json_atomic
 from ..common.runfiles import experiment_dir, write_run_metrics
 from ..common.runlock import run_lock
 from ..common.runlog import RunLog
 from ..common.safeload import load_plain
-from ..common.seeding import stream_generator, stream_seed
 from ..features.store import FeatureStore
-from .train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, train_ensemble
+from .train import EnsembleSettings, LabelledPixels, model_path, train_ensemble
 
 EXCLUDED = -1  # training-label marker for pixels no member trains on
-REFINER_FILE = "refiner.pt"
 # What training saw of each class, written with the feature store and kept for a resumed run's metrics.
 TRAINING_LABELS_FILE = "training_labels.json"
 # Config keys that only change inference: the ones evaluate_run may override.
@@ -56,9 +51,12 @@ def member_stats(exp_dir: str, num_members: int) -> dict[int, dict]:
 
 
 class Run:
-    """Holds what the stages share; ``run_interpreter`` is the entry point."""
+    """The job's stages on one config: its inputs opened and checked at construction (before anything
+    is written), then ``train`` and ``evaluate``; ``run_interpreter`` is the entry point. Features and
+    predictions come from its ``predictor``."""
 
-    def __init__(self, cfg: dict, model_flags: dict, log: Callable[[str], None]):
+    def __init__(self, cfg: dict, model_flags: dict, log: Callable[[str], None], train: bool = True):
+        """Open the datasets (the training set only if ``train``) and the backbone; check the feature size."""
         self.cfg, self.flags, self.log = cfg, model_flags, log
         self.device = resolve_device(cfg["device"])
         self.size = cfg["dim"][0]
@@ -70,64 +68,27 @@ class Run:
         self.ensemble_settings = EnsembleSettings.from_config(cfg)
         self.timings: dict[str, float] = {}
         self.training_labels: dict | None = None  # summarise_training_labels, once training labels were read
-
-    # -- checks before anything is written ------------------------------------------------
-    def validate_inputs(self, train: bool = True) -> None:
-        """Open the datasets (the training set only if ``train``) and the U-Net; check the feature size."""
-        c = self.cfg
-        ds_kw = dict(resolution=self.size, number_class=c["number_class"], ignore_label=c["ignore_label"],
-                     palette=c["palette"])
-        if train:
-            self.train_set = ImageLabelDataset(c["training_path"], num_images=c["training_number"],
-                                               masks_dir=c["training_masks_path"], **ds_kw)
-        self.test_set = ImageLabelDataset(c["testing_path"], num_images=c["testing_number"],
-                                          masks_dir=c["testing_masks_path"], **ds_kw)
-        self.open_backbone()
+        ds_kw = dict(resolution=self.size, number_class=cfg["number_class"], ignore_label=cfg["ignore_label"],
+                     palette=cfg["palette"])
+        self.train_set = ImageLabelDataset(cfg["training_path"], num_images=cfg["training_number"],
+                                           masks_dir=cfg["training_masks_path"], **ds_kw) if train else None
+        self.test_set = ImageLabelDataset(cfg["testing_path"], num_images=cfg["testing_number"],
+                                          masks_dir=cfg["testing_masks_path"], **ds_kw)
+        self.backbone = open_backbone(cfg, model_flags, self.device, log)
+        self.predictor = Predictor(cfg, self.backbone, self.device)
         first_set = self.train_set if train else self.test_set
-        first = self.features(first_set[0]["image"], f"{'training' if train else 'test'} image {first_set[0]['stem']}",
-                              store=train)
+        first = self.predictor.features(first_set[0]["image"], f"{'training' if train else 'test'} image "
+                                        f"{first_set[0]['stem']}", store=train)
         self.first_train_features = first if train else None
         self.layer_shapes = [tuple(a.shape[1:]) for a in first]
         dim = sum(s[0] for s in self.layer_shapes)
-        if dim != c["dim"][2]:
+        if dim != cfg["dim"][2]:
             raise ConfigError(
-                f"'dim' says {c['dim'][2]} feature channels, but steps {c['steps']} x blocks {c['blocks']} of "
+                f"'dim' says {cfg['dim'][2]} feature channels, but steps {cfg['steps']} x blocks {cfg['blocks']} of "
                 f"this U-Net give {dim}: set \"dim\": [{self.size}, {self.size}, {dim}]")
-        self.log((f"train {len(self.train_set)} images, " if train else "") +
-                 f"test {len(self.test_set)} images, {len(self.layer_shapes)} activation maps, "
-                 f"{dim} features per pixel, device {self.device}")
-
-    def open_backbone(self) -> None:
-        """The feature extractor of this config and its shared noise (no dataset needed)."""
-        c = self.cfg
-        if c["model_type"] == "rgb_xy":
-            self.extractor = RGBPositionFeatures()
-        elif c["model_type"] in BACKBONE_INPUT_ACTIVATIONS:
-            self.extractor = create_backbone_extractor(c["model_type"], c["model_path"] or None, self.size,
-                                                       self.device, seed=c["seed"], log=self.log)
-        else:
-            model, diffusion = load_model_and_diffusion(c["model_path"] or None, self.flags, self.device,
-                                                        seed=stream_seed("unet_init", c["seed"]))
-            self.extractor = FeatureExtractorDDPM(steps=c["steps"], blocks=c["blocks"],
-                                                  input_activations=c["input_activations"], device=self.device,
-                                                  model=model, diffusion=diffusion)
-        torch.manual_seed(c["seed"])
-        self.noise = shared_noise(c["seed"], self.size, self.device) if c["share_noise"] else None
-
-    def features(self, image: torch.Tensor, what: str, store: bool = False) -> list[torch.Tensor]:
-        """The activation maps of one image; NumericalError (naming ``what``) on NaN/inf, or on values
-        the float16 feature store cannot hold when they are for the ``store``."""
-        activations = self.extractor(image[None], noise=self.noise)
-        check_features(activations, self.layer_names(len(activations)), what, FLOAT16_MAX if store else None)
-        return activations
-
-    def layer_names(self, count: int) -> list[str]:
-        """What each activation map is, for messages: "step 50, block 6" (step-major, as extracted)."""
-        c = self.cfg
-        if c["model_type"] != "ddpm":
-            return [f"activation map {i}" for i in range(count)]
-        blocks = sorted(c["blocks"])
-        return [f"step {t}, block {b}" for t in c["steps"] for b in blocks]
+        log((f"train {len(self.train_set)} images, " if train else "") +
+            f"test {len(self.test_set)} images, {len(self.layer_shapes)} activation maps, "
+            f"{dim} features per pixel, device {self.device}")
 
     # -- stages ------------------------------------------------------------------------------
     def training_images(self):
@@ -155,8 +116,8 @@ class Run:
         images = tqdm(self.training_images(), total=num_images, desc="training features", unit="img",
                       dynamic_ncols=True)
         for i, (name, image, label) in enumerate(images):
-            store.put(i, self.first_train_features if i == 0 else self.features(image, f"training image {name}",
-                                                                                 store=True))
+            store.put(i, self.first_train_features if i == 0 else
+                      self.predictor.features(image, f"training image {name}", store=True))
             label, dropped = drop_small_regions(label.numpy(), c["ignore_label"], c["min_region_pixels"],
                                                 fill=EXCLUDED)
             excluded += [(name, cls, n) for cls, n in dropped]
@@ -227,10 +188,6 @@ class Run:
         store.close()
         return member_stats(exp_dir, c["model_num"])
 
-    def probability_map(self, votes: Votes) -> torch.Tensor:
-        """The mean class probabilities [K, H, W] of one image's votes: a refiner's first prediction."""
-        return votes.probabilities().T.reshape(self.cfg["number_class"], *self.hw)
-
     def train_refiner(self, store: FeatureStore, pixels: LabelledPixels, exp_dir: str) -> None:
         """The mask refiner (ddpmseg.classifier.refine), trained on out-of-fold first predictions."""
         c, s, t0 = self.cfg, self.refine, time.time()
@@ -238,8 +195,8 @@ class Run:
         items = [self.train_set[i] for i in range(n)]
         first = out_of_fold_probabilities(
             store, pixels, c, n, s.folds, s.fold_members, os.path.join(exp_dir, "refiner_folds"),
-            lambda ens, i: self.probability_map(self.votes(ens, items[i]["image"], i,
-                                                           f"training image {items[i]['stem']}")),
+            lambda ens, i: self.predictor.probability_map(self.predictor.votes(
+                items[i]["image"], i, f"training image {items[i]['stem']}", ensemble=ens)),
             str(self.device), self.log)
         images = torch.stack([item["image"] for item in items])
         labels = torch.stack([torch.as_tensor(item["label"]) for item in items]).long()
@@ -248,43 +205,28 @@ class Run:
         save_refiner(model, s, c["number_class"], os.path.join(exp_dir, REFINER_FILE))
         self.timings["refiner_s"] = time.time() - t0
 
-    def votes(self, ens, image: torch.Tensor, image_index: int, name: str | None = None,
-              layers: list[torch.Tensor] | None = None) -> Votes:
-        """The ensemble's votes on one test image and on each configured test-time view of it;
-        ``layers`` are the image's activation maps when the caller already has them (``features``)."""
-        c = self.cfg
-        what = name or f"image {image_index}"
-        votes = Votes(self.size * self.size, c["number_class"], self.device)
-        votes.add(view_logits(ens, layers if layers is not None else self.features(image, what), self.hw))
-        for j, view in enumerate(c["tta"]):
-            seen, flipped = tta_view(image, view, view_seed(c["seed"], image_index, j))
-            votes.add(view_logits(ens, self.features(seen, f"{what} ({view} view)"), self.hw, flipped,
-                                  c["hflip_class_pairs"]))
-        return votes
-
     def evaluate(self, models_dir: str, out_dir: str) -> dict:
         """Score the ensemble in ``models_dir`` on the test set; predictions go to ``out_dir``."""
         c, t0 = self.cfg, time.time()
-        ens = load_ensemble(models_dir, c["model_num"], c["dim"][2], c["number_class"], str(self.device))
+        predictor = Predictor.load(c, self.backbone, models_dir, self.device)
         modes = VOTING_MODES if c["report_all_votings"] else (c["voting"],)
         new_iou = lambda: IoUAccumulator(c["number_class"], c["ignore_label"], c["class_names"])  # noqa: E731
         ious = {m: new_iou() for m in modes}
         if self.refine is not None:
-            refiner, settings = load_refiner(os.path.join(models_dir, REFINER_FILE), self.device)
+            settings = predictor.refine_settings
             step_ious = [new_iou() for _ in settings.step_schedule()]
         uncertainties = {}
         for i in tqdm(range(len(self.test_set)), desc="evaluation", unit="img", dynamic_ncols=True):
             item = self.test_set[i]
-            votes = self.votes(ens, item["image"], i, f"test image {item['stem']}")
+            votes = predictor.votes(item["image"], i, f"test image {item['stem']}")
             for mode, iou in ious.items():
                 iou.update(votes.mask(mode).reshape(self.hw).cpu(), item["label"])
             pred = before = votes.mask(c["voting"]).reshape(self.hw).cpu()
             if self.refine is not None:
-                _, masks = refine(refiner, item["image"][None], self.probability_map(votes)[None], settings,
-                                  generator=stream_generator("refine_noise", c["seed"], i))
+                _, masks = predictor.refined(item["image"], votes, i)
                 for iou, mask in zip(step_ious, masks):
-                    iou.update(mask[0], item["label"])
-                pred = masks[-1][0]
+                    iou.update(mask, item["label"])
+                pred = masks[-1]
             uncertainties[item["stem"]] = image_uncertainty(votes.uncertainty(), c["uncertainty_top_fraction"])
             save_prediction(out_dir, item["stem"], pred, image=item["image"], gt=item["label"], palette=c["palette"],
                             before=before if self.refine is not None else None, class_names=c["class_names"])
@@ -353,7 +295,6 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
                           "(train_ddpm.py, sample.py and generate_dataset.py are the multi-process tools)")
     log = log or RunLog()
     run = Run(cfg, model_flags, log)
-    run.validate_inputs()
     exp_dir = experiment_dir(cfg)
     with run_lock(exp_dir, log):
         resolved = {**cfg, "model_flags": model_flags}
@@ -391,9 +332,7 @@ def load_trained_run(run_dir: str, overrides: dict[str, Any], log: Callable[[str
     """The finished run in ``run_dir``, from its ``config.json`` alone, with ``overrides`` of
     inference-only keys; its test set and U-Net are opened and checked."""
     cfg = load_trained_config(run_dir, overrides)
-    run = Run(cfg, cfg["model_flags"], log)
-    run.validate_inputs(train=False)
-    return run
+    return Run(cfg, cfg["model_flags"], log, train=False)
 
 
 def evaluate_run(run_dir: str, overrides: dict[str, Any], out_dir: str, log: RunLog | None = None) -> dict:

@@ -2,7 +2,8 @@
 
 Everything is decided from the data and the checkpoint, and checked as training checks it, before
 ``experiments/NAME`` is written: class names and colours (``--classes`` or the ids found), ``dim``
-from the working resolution and the feature width a real forward pass of the U-Net gives, and the
+from the working resolution and the feature width of the backbone's layers (then checked by a real
+forward pass, as train_interpreter.py checks it), and the
 steps/blocks of the closest published config unless given. A ``--test_fraction`` split is a pair
 of folders of links to the user's files, so the config keeps the folder-per-split format.
 """
@@ -18,14 +19,15 @@ import tempfile
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from guided_diffusion.checkpoint import sidecar_flags
 from guided_diffusion.script_util import merged_flags
 
 from ..common.config import ConfigError, DEFAULTS, _read_json, save_config, validate
 from ..data.folders import ImageLabelDataset, read_mask
+from ..common.device import resolve_device
 from ..common.errors import INPUT_ERRORS
+from ..features.registry import backbone_class, open_backbone
 from .interpreter import Run
 
 PUBLISHED = os.path.join(os.path.dirname(__file__), "..", "..", "..", "experiments")
@@ -83,7 +85,9 @@ def closest_published(size: int, flags: dict[str, Any], folder: str = PUBLISHED)
     best = None
     for path in sorted(glob.glob(os.path.join(folder, "*", "ddpm.json"))):
         cfg = _read_json(path)
-        if cfg.get("model_type", "ddpm") != "ddpm" or not cfg.get("steps"):
+        # Only configs of a guided-diffusion U-Net, whose flags can be compared with this one's.
+        if not backbone_class(cfg.get("model_type", DEFAULTS["model_type"][1])).takes_model_flags \
+                or not cfg.get("steps"):
             continue
         theirs = merged_flags(cfg.get("model_flags", {}))
         key = (abs(math.log2(cfg["dim"][0] / size)), sum(theirs[f] != flags[f] for f in ARCHITECTURE_FLAGS))
@@ -124,16 +128,14 @@ def _labels_found(images: str, masks: str, palette: list | None) -> np.ndarray:
 
 
 def _feature_width(cfg: dict, flags: dict, log: Callable[[str], None]) -> int:
-    """Channels per pixel that the U-Net gives for cfg's steps and blocks, from a forward pass."""
-    run = Run(cfg, flags, log)
+    """Channels per pixel that the backbone gives for cfg's steps and blocks, from its layer catalogue."""
     try:
-        run.open_backbone()
+        backbone = open_backbone(cfg, flags, resolve_device(cfg["device"]), log)
     except ValueError as e:  # blocks or steps this U-Net does not have
         if isinstance(e, INPUT_ERRORS):
             raise
         raise ConfigError(f"{e}; choose others with --steps / --blocks") from None
-    image = torch.zeros(3, run.size, run.size)
-    return sum(a.shape[1] for a in run.features(image, "a blank image (measuring the feature width)"))
+    return sum(layer.channels for layer in backbone.layers())
 
 
 def _check_arguments(name: str, root: str, test_images: str | None, test_masks: str | None,
@@ -201,7 +203,7 @@ def new_experiment(name: str, images: str, masks: str, model_path: str, classes:
         width = _feature_width(validate(staged, where="new config"), flags, log)
         cfg["dim"] = staged["dim"] = [size, size, width]
         staged = validate(staged, where="new config")
-        Run(staged, flags, log).validate_inputs()  # the same checks train_interpreter.py makes
+        Run(staged, flags, log)  # opens and checks the inputs as train_interpreter.py does
         save_config(cfg, os.path.join(stage, "ddpm.json"))
         if os.path.exists(final):
             shutil.rmtree(final)

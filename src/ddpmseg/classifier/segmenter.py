@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..common.device import resolve_device
 from ..data.folders import image_transform, to_rgb
-from .interpreter import REFINER_FILE, Run, load_trained_config
+from ..features.registry import open_backbone
+from .interpreter import load_trained_config
 from .predict import feature_descriptor, image_uncertainty
-from .refine import load_refiner, refine
-from ..common.seeding import stream_generator
-from .train import load_ensemble
+from .predictor import Predictor
 
 # Neighbouring windows share half their width: every pixel away from the two ends is seen by two
 # windows, so no window's border (where a U-Net has the least context) decides a pixel alone.
@@ -56,11 +56,11 @@ def window_starts(length: int, size: int, overlap: float = WINDOW_OVERLAP) -> li
 class Segmenter:
     """The ensemble (and refiner) of one finished run, ready to segment PIL images."""
 
-    def __init__(self, run: Run, ensemble, refiner=None, refine_settings=None):
-        self.run, self.ensemble = run, ensemble
-        self.refiner, self.refine_settings = refiner, refine_settings
-        self.cfg = run.cfg
-        self.transform = image_transform(run.size)
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+        self.cfg = predictor.cfg
+        self.size = self.cfg["dim"][0]
+        self.transform = image_transform(self.size)
 
     @classmethod
     def from_run(cls, run_dir: str, overrides: dict[str, Any] | None = None,
@@ -68,12 +68,9 @@ class Segmenter:
         """The run in ``run_dir`` from its ``config.json``, with ``overrides`` of inference-only keys
         (e.g. ``{"voting": "soft", "tta": ["hflip"]}``). Its test set is not needed."""
         cfg = load_trained_config(run_dir, overrides or {})
-        run = Run(cfg, cfg["model_flags"], log)
-        run.open_backbone()
-        ens = load_ensemble(run_dir, cfg["model_num"], cfg["dim"][2], cfg["number_class"], str(run.device))
-        refiner, settings = (load_refiner(os.path.join(run_dir, REFINER_FILE), run.device) if run.refine is not None
-                             else (None, None))
-        return cls(run, ens, refiner, settings)
+        device = resolve_device(cfg["device"])
+        backbone = open_backbone(cfg, cfg["model_flags"], device, log)
+        return cls(Predictor.load(cfg, backbone, run_dir, device))
 
     @property
     def class_names(self) -> list[str]:
@@ -87,17 +84,13 @@ class Segmenter:
         """(class distribution [K, S, S], uncertainty [S, S], disagreement [S, S], feature descriptor [D])
         of one working-resolution window; ``index`` seeds its random test-time views and refiner noise as
         a test image index does in evaluation."""
-        run, c = self.run, self.cfg
-        layers = run.features(crop, f"image {index}")
-        votes = run.votes(self.ensemble, crop, index, layers=layers)
-        probs = votes.distribution(c["voting"]).T.reshape(c["number_class"], *run.hw)
-        if self.refiner is not None:
-            probs, _ = refine(self.refiner, crop[None], run.probability_map(votes)[None], self.refine_settings,
-                              generator=stream_generator("refine_noise", c["seed"], index))
-            probs = probs[0]
+        p = self.predictor
+        layers = p.features(crop, f"image {index}")
+        votes = p.votes(crop, index, layers=layers)
+        probs = p.distribution(votes) if p.refiner is None else p.refined(crop, votes, index)[0]
         disagreement = 1 - votes.counts.max(1).values / votes.n
-        return (probs.float().cpu(), votes.uncertainty().reshape(run.hw).float().cpu(),
-                disagreement.reshape(run.hw).float().cpu(), feature_descriptor(layers).cpu())
+        return (probs.float().cpu(), votes.uncertainty().reshape(p.hw).float().cpu(),
+                disagreement.reshape(p.hw).float().cpu(), feature_descriptor(layers).cpu())
 
     @torch.no_grad()
     def predict(self, image: Image.Image, probabilities: bool = True) -> Segmentation:
@@ -110,7 +103,7 @@ class Segmenter:
         width, height = rgb.size
         x = self.transform(rgb)
         _, h, w = x.shape
-        size, k = self.run.size, self.cfg["number_class"]
+        size, k = self.size, self.cfg["number_class"]
         prob_sum = torch.zeros(k, h, w)
         unc_sum, dis_sum, cover = torch.zeros(h, w), torch.zeros(h, w), torch.zeros(h, w)
         tops, lefts = window_starts(h, size), window_starts(w, size)

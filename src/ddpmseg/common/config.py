@@ -20,8 +20,8 @@ REQUIRED = object()
 DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # --- the original keys (ddpm-segmentation experiments/*/ddpm.json) ---
     "exp_dir": ((str,), REQUIRED),
-    # "ddpm": U-Net features; "mae", "swav", "swav_w2": the paper's comparison backbones
-    # (ddpmseg.features.backbones); "rgb_xy": each pixel's colour and position only, the no-context
+    # A registered backbone (ddpmseg.features.registry): "ddpm": U-Net features; "mae", "swav", "swav_w2":
+    # the paper's comparison backbones; "rgb_xy": each pixel's colour and position only, the no-context
     # baseline that shows what any learned features add.
     "model_type": ((str,), "ddpm"),
     "category": ((str,), REQUIRED),
@@ -151,7 +151,6 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
 IGNORED_LEGACY_KEYS = {"max_training"}
 
 CHOICES = {
-    "model_type": ("ddpm", "mae", "swav", "swav_w2", "rgb_xy"),
     "upsample_mode": ("bilinear",),
     "feature_store": ("ram", "disk"),
     "feature_matrix": ("auto", "lazy", "dense"),
@@ -200,30 +199,20 @@ def _int_list(cfg: dict, key: str, where: str, length: int | None = None) -> Non
         raise ConfigError(f"{where}: '{key}' must be {want}, got {v!r}")
 
 
-# The comparison backbones hook fixed layers (the original's choice): block outputs of MAE's
-# last 12 encoder blocks, inputs of every other SwAV bottleneck; value of input_activations.
-BACKBONE_INPUT_ACTIVATIONS = {"mae": False, "swav": True, "swav_w2": True}
+# model_type -> its backbone class, filled by ddpmseg.features.registry.register: common comes before
+# features, so validation reaches each backbone's own checks (check_config) through this table.
+BACKBONE_CLASSES: dict[str, Any] = {}
 
 
 def _check_model_type(cfg: dict, where: str) -> None:
-    """Keys that only make sense for some model types must agree with ``model_type``."""
-    kind = cfg["model_type"]
-    if kind in BACKBONE_INPUT_ACTIVATIONS:
-        if cfg["steps"] or cfg["blocks"]:
-            raise ConfigError(f"{where}: model_type '{kind}' hooks fixed layers and adds no noise: set "
-                              f"\"steps\": [] and \"blocks\": [] (got {cfg['steps']} and {cfg['blocks']})")
-        if cfg["input_activations"] != BACKBONE_INPUT_ACTIVATIONS[kind]:
-            raise ConfigError(f"{where}: model_type '{kind}' captures block "
-                              f"{'inputs' if BACKBONE_INPUT_ACTIVATIONS[kind] else 'outputs'}, as published: set "
-                              f"\"input_activations\": {str(BACKBONE_INPUT_ACTIVATIONS[kind]).lower()}")
-    if kind == "rgb_xy" and cfg["random_weights"]:
-        raise ConfigError(f"{where}: model_type 'rgb_xy' has no weights; remove 'random_weights'")
-    if cfg["random_weights"] and cfg["model_path"]:
-        raise ConfigError(f"{where}: 'random_weights' builds the backbone without a checkpoint, but 'model_path' "
-                          f"is {cfg['model_path']!r}: set \"model_path\": \"\" (or drop random_weights)")
-    if not cfg["random_weights"] and not cfg["model_path"] and kind != "rgb_xy":
-        raise ConfigError(f"{where}: 'model_path' is empty: name the {kind} checkpoint, or set "
-                          f"\"random_weights\": true for an untrained backbone")
+    """``model_type`` is a registered backbone, and the keys that depend on it fit that backbone."""
+    if not BACKBONE_CLASSES:
+        raise RuntimeError("no backbone is registered: import ddpmseg.features (it registers them) before "
+                           "validating a config")
+    cls = BACKBONE_CLASSES.get(cfg["model_type"])
+    if cls is None:
+        raise ConfigError(f"{where}: 'model_type' must be one of {list(BACKBONE_CLASSES)}, got {cfg['model_type']!r}")
+    cls.check_config(cfg, where)
 
 
 # The original's min_region_pixels and the image side it was chosen for.

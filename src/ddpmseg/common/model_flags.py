@@ -6,16 +6,17 @@ from typing import Any
 from guided_diffusion.checkpoint import sidecar_flags
 from guided_diffusion.script_util import merged_flags, model_and_diffusion_defaults, unknown_flags
 
-from .config import ConfigError
+from .config import BACKBONE_CLASSES, ConfigError
 
 
 def resolve_model_flags(cfg: dict, cli_flags: dict[str, Any] | None = None) -> dict[str, Any]:
     """U-Net flags: defaults < ``<checkpoint>.json`` "flags" beside the checkpoint (written by our
     trainer) < config ``model_flags`` < flags given on the command line. ``image_size`` is the
-    working resolution ``dim[0]``, as in the original. Other model types take none: {}."""
-    if cfg["model_type"] != "ddpm":
+    working resolution ``dim[0]``, as in the original. Backbones that take no such flags get {}."""
+    if not BACKBONE_CLASSES[cfg["model_type"]].takes_model_flags:  # a validated cfg: the type is registered
         if cli_flags:
-            raise ConfigError(f"guided-diffusion flags {sorted(cli_flags)} apply to model_type 'ddpm' only, "
+            takers = " or ".join(f"'{t}'" for t, cls in BACKBONE_CLASSES.items() if cls.takes_model_flags)
+            raise ConfigError(f"guided-diffusion flags {sorted(cli_flags)} apply to model_type {takers} only, "
                               f"not '{cfg['model_type']}': drop them")
         return {}
     flags = merged_flags(sidecar_flags(cfg["model_path"]), cfg["model_flags"], cli_flags)

@@ -9,9 +9,9 @@ key with zeros appended as equal, so the table keeps keys apart by construction:
   ensemble in the README was trained with, so those numbers stay reproducible;
 - every other stream has an id of its own >= ``MEMBER_LIMIT`` and a fixed number of indices, so two
   keys of one stream have the same length and keys of two streams differ in their second word;
-- two draws take the seed itself, as the original does: it seeds torch's global RNG and draws its
-  one noise tensor from a generator seeded with it (``features.ddpm.shared_noise``); fixture parity
-  needs both, and together they are the "noise" stream (tests/test_seeding.py lists the places).
+- one draw takes the seed itself, as the original does: its one noise tensor comes from a generator
+  seeded with it (``features.ddpm.shared_noise``), which fixture parity needs (tests/test_seeding.py
+  lists the places).
 
 ``tests/test_seeding.py`` enumerates the streams of every kind of run and asserts they are distinct.
 """
@@ -39,6 +39,7 @@ STREAMS: dict[str, Stream] = {
     "fold_seed": Stream(1_000_101, ("fold",), "the root seed of fold f's ensemble (its members' streams)"),
     "augment_copy": Stream(1_000_110, ("image", "copy"), "augmented copy k of training image i"),
     "test_view": Stream(1_000_111, ("image", "view"), "test-time view j of test image i"),
+    "feature_noise": Stream(1_000_112, (), "the DDPM features' fresh noise of every image when share_noise is false"),
     "refiner_training": Stream(1_000_120, (), "the DDPS refiner's weights, batches, noise and flips"),
     "refine_noise": Stream(1_000_121, ("image",), "the refiner's re-noising of test image i"),
     "suggest_order": Stream(1_000_130, (), "the random control's order in suggest.py"),
@@ -60,8 +61,8 @@ STREAMS: dict[str, Stream] = {
     "deeplab_dropout": Stream(1_000_302, ("epoch",), "the ASPP dropout masks of an epoch"),
     # the procedural demo dataset (demo.py)
     "procedural_image": Stream(1_000_400, ("split", "index"), "image i of a split (0 train, 1 test, 2 unlabeled)"),
-    # the diffusers and Stable Diffusion backbones (ddpmseg.features)
-    "backbone_noise": Stream(1_000_500, (), "their noise where the run's shared image noise does not fit or is off"),
+    # the Stable Diffusion backbone (ddpmseg.features.stable_diffusion)
+    "latent_noise": Stream(1_000_500, (), "its one latent noise tensor for every image and step (share_noise)"),
 }
 
 # A member's streams, after (seed, member): 0 is the bare key (seed, member).

@@ -18,9 +18,10 @@ from ..common.distributed import World
 from ..ddpm.generate import Labeller, SampleOptions, generate
 from ..classifier.interpreter import Run, load_trained_run
 from ..classifier.predict import image_uncertainty
+from ..classifier.predictor import Predictor
+from ..features.registry import REGISTRY
 from ..common.report import synthetic_grid, write_png_atomic
 from ..ddpm.sampling import sampling_diffusion
-from ..classifier.train import load_ensemble
 
 
 def ensemble_labeller(run: Run, run_dir: str) -> Labeller:
@@ -29,13 +30,13 @@ def ensemble_labeller(run: Run, run_dir: str) -> Labeller:
     voting and test-time views. Adds "masks" (uint8 when the classes fit) and "uncertainty"
     (the image score that DeepLab's filter ranks by)."""
     c = run.cfg
-    ens = load_ensemble(run_dir, c["model_num"], c["dim"][2], c["number_class"], str(run.device))
+    predictor = Predictor.load(c, run.backbone, run_dir, run.device)
     dtype = np.uint8 if c["number_class"] <= 256 else np.int16
 
     def label(x: torch.Tensor) -> dict[str, np.ndarray]:
         masks, scores = [], []
         for i, image in enumerate(x):
-            votes = run.votes(ens, image, i)
+            votes = predictor.votes(image, i)
             masks.append(votes.mask(c["voting"]).reshape(run.hw).cpu().numpy().astype(dtype))
             scores.append(image_uncertainty(votes.uncertainty(), c["uncertainty_top_fraction"]))
         return {"masks": np.stack(masks), "uncertainty": np.asarray(scores, dtype=np.float64)}
@@ -49,11 +50,13 @@ def generate_labelled_set(run_dir: str, out_dir: str, opts: SampleOptions, world
     ensemble labels; writes ``samples_<S>x<S>x3.npz`` and ``synthetic_grid.png`` to ``out_dir``."""
     opts.validate()
     run = load_trained_run(run_dir, {"device": str(world.device)}, log)
-    if run.cfg["model_type"] != "ddpm":
+    if not run.backbone.can_sample:
+        samplers = " or ".join(f"'{t}'" for t, cls in REGISTRY.items() if cls.can_sample)
         raise ConfigError(f"{run_dir} is a model_type '{run.cfg['model_type']}' run, which has no DDPM to draw "
-                          f"samples from: give the folder of a model_type 'ddpm' run")
+                          f"samples from: give the folder of a model_type {samplers} run")
     diffusion = sampling_diffusion(run.flags, opts.timestep_respacing)
-    path = generate(out_dir, f"samples_{run.size}x{run.size}x3.npz", run.extractor.model, diffusion, run.size, opts,
+    path = generate(out_dir, f"samples_{run.size}x{run.size}x3.npz", run.backbone.sampling_network(), diffusion,
+                    run.size, opts,
                     world, record={"run": os.path.abspath(run_dir)}, labeller=ensemble_labeller(run, run_dir), log=log)
     if world.is_main:
         with np.load(path) as f:

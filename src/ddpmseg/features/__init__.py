@@ -1,14 +1,18 @@
-"""Per-pixel features: the DDPM U-Net's decoder activations and the RGB+xy baseline (``ddpm``), the
-comparison backbones MAE and SwAV (``backbones``) and the native-resolution store (``store``).
+"""Per-pixel features: the backbone interface and registry (``registry``), one module per backbone family
+(``ddpm``: the guided-diffusion U-Net; ``mae``, ``swav``: the paper's comparison backbones, whose networks
+live in ``backbones``; ``rgb_xy``: the no-context baseline; ``diffusers_ddpm``, ``stable_diffusion``: diffusers
+U-Nets, hooked by ``unet_hooks``; ``dinov2``) and the native-resolution store (``store``).
 
-The names of ``ddpm`` are re-exported: this was the module ``ddpmseg.features`` before issue 17,
-and the README's Python API imports them from here.
+Importing the package registers every family; adding one is a module with an ``@register``ed
+``Backbone`` and its import here. The README's Python API imports the DDPM names from here.
 """
-from .ddpm import FeatureExtractorDDPM, RGBPositionFeatures, collect_features, shared_noise
+from .registry import REGISTRY, Backbone, Layer, backbone_class, register
+from .ddpm import FeatureExtractorDDPM, collect_features, shared_noise
+from .mae import FeatureExtractorMAE
+from .swav import FeatureExtractorSwAV, FeatureExtractorSwAVW2
+from .rgb_xy import RGBPositionFeatures
+from . import diffusers_ddpm, dinov2, stable_diffusion  # noqa: F401 (registers them; diffusers loads lazily)
 
-__all__ = ["FeatureExtractorDDPM", "RGBPositionFeatures", "collect_features", "shared_noise"]
-
-# Backbone families register themselves with ddpmseg.features.registry on import.
-from . import diffusers_ddpm  # noqa: E402,F401
-from . import dinov2  # noqa: E402,F401
-from . import stable_diffusion  # noqa: E402,F401
+__all__ = ["REGISTRY", "Backbone", "Layer", "backbone_class", "register", "FeatureExtractorDDPM",
+           "collect_features", "shared_noise", "FeatureExtractorMAE", "FeatureExtractorSwAV",
+           "FeatureExtractorSwAVW2", "RGBPositionFeatures"]

@@ -1,10 +1,9 @@
-"""The paper's comparison backbones: MAE ViT-L/8 and SwAV ResNet-50 (width 1 and 2).
+"""The networks of the paper's comparison backbones: MAE ViT-L/8 and SwAV ResNet-50 (width 1 and 2).
 
 Baranchuk et al. compare DDPM features with features of self-supervised models trained on
-the same data. Each backbone here has the exact state-dict layout of its published
-checkpoint, loads it with errors that say what is wrong, and is wrapped in an extractor
-with the interface of ``ddpmseg.features.ddpm.FeatureExtractorDDPM``: ``extractor(img, noise)``
--> list of float32 activations [N, C, h, w] at native resolution, in the original order.
+the same data. Each network here has the exact state-dict layout of its published
+checkpoint and loads it with errors that say what is wrong; the backbones that extract
+features with them are ``ddpmseg.features.mae`` and ``ddpmseg.features.swav``.
 
 Hooked layers, as published: MAE, the outputs of the last 12 of 24 encoder blocks (before
 the final norm); SwAV, the inputs of every other bottleneck of each stage (9 maps).
@@ -33,9 +32,6 @@ from ..common.seeding import stream_seed
 # Both backbones were pretrained on [0, 1] images normalised with ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Channels each extractor yields (summed over its maps); independent of the image size.
-FEATURE_DIMS = {"mae": 12 * 1024, "swav": 6720, "swav_w2": 13440}
 
 # Bottlenecks whose INPUTS SwAV's extractor keeps: layer[::2] of each stage, in forward order.
 SWAV_HOOKED_BLOCKS = ("layer1.0", "layer1.2", "layer2.0", "layer2.2",
@@ -247,7 +243,7 @@ def swav_block_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return captured
 
 
-# --------------------------------------------------------------------------- extractors
+# --------------------------------------------------------------------------- input
 
 
 def imagenet_normalise(img: torch.Tensor) -> torch.Tensor:
@@ -257,47 +253,11 @@ def imagenet_normalise(img: torch.Tensor) -> torch.Tensor:
     return ((img.float() + 1) / 2 - mean) / std
 
 
-class FeatureExtractorMAE:
-    """Callable: ``extractor(img, noise=None)`` -> ``num_blocks`` maps [N, embed_dim, H/p, W/p]."""
-
-    def __init__(self, model: MaskedAutoencoderViT, num_blocks: int = 12, device: str | torch.device = "cpu"):
-        depth = len(model.blocks)
-        if not 1 <= num_blocks <= depth:
-            raise ValueError(f"num_blocks must be in 1..{depth}, got {num_blocks}")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.num_blocks = num_blocks
-
-    @torch.no_grad()
-    def __call__(self, img: torch.Tensor, noise: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """``noise`` is accepted for the common interface and ignored: MAE takes clean images."""
-        size = self.model.img_size
-        if tuple(img.shape[-2:]) != (size, size):
-            raise ValueError(f"this MAE was built for {size}x{size} images (its position embedding has one "
-                             f"entry per patch), got {img.shape[-2]}x{img.shape[-1]}; set dim to "
-                             f"[{size}, {size}, ...] or build the model at the image size")
-        x = imagenet_normalise(img.to(self.device))
-        return [a.float() for a in self.model.block_outputs(x, self.num_blocks)]
-
-
-class FeatureExtractorSwAV:
-    """Callable: ``extractor(img, noise=None)`` -> the 9 hooked bottleneck inputs [N, C, h, w]."""
-
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
-        # eval(): BatchNorm must use the checkpoint's running statistics, not the batch's.
-        self.model = model.to(self.device).eval()
-
-    @torch.no_grad()
-    def __call__(self, img: torch.Tensor, noise: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """``noise`` is accepted for the common interface and ignored: SwAV takes clean images."""
-        return swav_block_inputs(self.model, imagenet_normalise(img.to(self.device)))
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _require_file(path: str, kind: str) -> None:
+def require_checkpoint(path: str, kind: str) -> None:
+    """CheckpointError naming the download script when ``path`` is not a file (checked before building)."""
     if os.path.isfile(path):
         return
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -308,7 +268,7 @@ def _require_file(path: str, kind: str) -> None:
 
 def _read_entry(path: str, entry: str, kind: str) -> dict[str, torch.Tensor]:
     """``torch.load(path)[entry]`` as a name -> tensor dict, loaded without running pickled code."""
-    _require_file(path, kind)
+    require_checkpoint(path, kind)
     try:
         # The official MAE checkpoints also pickle their training arguments (a Namespace).
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -416,38 +376,10 @@ def load_swav_checkpoint(model: nn.Module, path: str) -> list[str]:
     return sorted(k for k in sd if k not in expected)
 
 
-# --------------------------------------------------------------------------- factory
-
-
-def create_backbone_extractor(model_type: str, model_path: str | None, image_size: int,
-                              device: str | torch.device = "cpu", seed: int = 0,
-                              log: Callable[[str], None] = print) -> FeatureExtractorMAE | FeatureExtractorSwAV:
-    """Build ``model_type`` ("mae", "swav", "swav_w2") and wrap it in its feature extractor.
-
-    ``model_path`` None gives random weights drawn from the "backbone_init" stream of ``seed`` (the untrained-backbone
-    control); the global RNG is left as it was either way.
-    """
-    if model_type not in FEATURE_DIMS:
-        raise ValueError(f"model_type must be one of {', '.join(FEATURE_DIMS)}, got {model_type!r}")
-    if model_path is not None:
-        _require_file(model_path, model_type)  # before spending seconds on building the model
-    # The weights are drawn on the CPU so that a seed gives the same backbone on every device.
+def seeded_weights(make: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``make()`` with its initial weights drawn from the "backbone_init" stream of ``seed`` (the
+    untrained-backbone control), on the CPU so that a seed gives the same backbone on every device;
+    the global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed("backbone_init", seed))
-        if model_type == "mae":
-            model = mae_vit_large_patch8(img_size=image_size)
-        else:
-            model = swav_resnet50(width=2 if model_type == "swav_w2" else 1)
-    if model_path is None:
-        log(f"{model_type}: random weights (seed {seed}), no checkpoint")
-    elif model_type == "mae":
-        load_mae_checkpoint(model, model_path)
-        log(f"mae: loaded {model_path}")
-    else:
-        ignored = load_swav_checkpoint(model, model_path)
-        prefixes = sorted({k.split(".")[0] for k in ignored})
-        log(f"{model_type}: loaded {model_path}; ignored {len(ignored)} checkpoint keys outside the backbone"
-            + (f" ({', '.join(prefixes)})" if prefixes else ""))
-    if model_type == "mae":
-        return FeatureExtractorMAE(model, num_blocks=12, device=device)
-    return FeatureExtractorSwAV(model, device=device)
+        return make()

@@ -6,32 +6,72 @@ one U-Net forward takes all steps (and all images) as one batch, and forward hoo
 step-major, then ascending block index: the original's feature order. The forward stops right
 after the last hooked block, since later decoder blocks (the most expensive, at full
 resolution) cannot change the hooked values.
+
+``FeatureExtractorDDPM`` is the backbone of ``"model_type": "ddpm"`` (ddpmseg.features.registry).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion.checkpoint import load_model_and_diffusion
+from guided_diffusion.checkpoint import CheckpointError, load_model_and_diffusion
+from guided_diffusion.script_util import create_model_and_diffusion
+from guided_diffusion.unet import Downsample, ResBlock, Upsample
+
+from ..common.config import ConfigError
+from ..common.seeding import stream_generator, stream_seed
+from .registry import Backbone, Layer, register
+
+# select_features.py's default step grid as fractions of the diffusion's length: for 1000 steps 10, 25, 50,
+# 100, 150, 250, 500, 800 -- denser at small t, where the paper's best features are, and holding the
+# hand-set protocol's 50/150/250 so the selection can rediscover it.
+DEFAULT_STEP_FRACTIONS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.8)
 
 
 class _StopForward(Exception):
     """Raised by the last hook: the rest of the U-Net is not needed for features."""
 
 
-class FeatureExtractorDDPM:
+def _resamples(block: torch.nn.Module, kind: type) -> bool:
+    """Whether a U-Net block changes resolution: holds a ``kind`` (Upsample / Downsample) layer, or a
+    ResBlock that resamples with one (resblock_updown)."""
+    return any(isinstance(m, kind) or isinstance(m, ResBlock) and isinstance(m.h_upd, kind) for m in block)
+
+
+def unet_block_layers(model: torch.nn.Module, input_activations: bool) -> list[tuple[int, int]]:
+    """(channels, stride) of every ``output_blocks[b]`` output (or input), read from the U-Net's modules."""
+    stride = 2 ** sum(_resamples(b, Downsample) for b in model.input_blocks)
+    shapes = []
+    for block in model.output_blocks:
+        first = block[0]  # every decoder block opens with the ResBlock that takes the skip connection
+        after = stride // 2 if _resamples(block, Upsample) else stride
+        shapes.append((first.channels, stride) if input_activations else (first.out_channels, after))
+        stride = after
+    return shapes
+
+
+@register
+class FeatureExtractorDDPM(Backbone):
     """Callable: ``extractor(img, noise=None)`` -> list of activations [N, C, h, w] (float32, or
     float64 for a float64 model).
 
     Pass ``model_path`` and the guided-diffusion flags as keywords (like the original), or an
-    already-built ``model`` and ``diffusion``.
+    already-built ``model`` and ``diffusion``. ``noise`` is the default noise of every call (the
+    run's shared noise); ``generator`` draws fresh noise where neither gives one (else the global RNG).
     """
+
+    model_type = "ddpm"
+    uses_timesteps = True
+    can_sample = True
+    hooks_fixed_layers = False
+    takes_model_flags = True
 
     def __init__(self, model_path: str | None = None, steps: Sequence[int] = (50, 150, 250),
                  blocks: Sequence[int] = (5, 6, 7, 8, 12), input_activations: bool = False,
-                 device: str | torch.device = "cpu", model=None, diffusion=None, **model_flags: Any):
+                 device: str | torch.device = "cpu", model=None, diffusion=None, noise: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, **model_flags: Any):
         if model is None:
             if model_path is None:
                 raise ValueError("give model_path (with the model flags) or model and diffusion")
@@ -48,6 +88,8 @@ class FeatureExtractorDDPM:
         if bad_t:
             raise ValueError(f"steps {bad_t} out of range 0..{diffusion.num_timesteps - 1}")
         self.input_activations = input_activations
+        self.noise, self.generator = noise, generator
+        self.image_size: int | None = None  # from_config sets it: the config's working resolution
         self._acts: list[torch.Tensor] = []
         self._active = False
         self._handles = [model.output_blocks[b].register_forward_hook(self._hook(last=b == self.blocks[-1]))
@@ -63,6 +105,56 @@ class FeatureExtractorDDPM:
             if last:
                 raise _StopForward
         return hook
+
+    @classmethod
+    def from_config(cls, cfg: dict, model_flags: dict, device: torch.device,
+                    log: Callable[[str], None]) -> "FeatureExtractorDDPM":
+        """The U-Net of ``cfg`` (random weights from the "unet_init" stream without a checkpoint), with the
+        shared noise of the seed when ``share_noise``, else fresh noise per call from "feature_noise"."""
+        seed, size = cfg["seed"], cfg["dim"][0]
+        model, diffusion = load_model_and_diffusion(cfg["model_path"] or None, model_flags, device,
+                                                    seed=stream_seed("unet_init", seed))
+        noise = shared_noise(seed, size, device) if cfg["share_noise"] else None
+        extractor = cls(steps=cfg["steps"], blocks=cfg["blocks"], input_activations=cfg["input_activations"],
+                        device=device, model=model, diffusion=diffusion, noise=noise,
+                        generator=stream_generator("feature_noise", seed, device=device))
+        extractor.image_size = size
+        return extractor
+
+    @classmethod
+    def candidate_grid(cls, cfg: dict, model_flags: dict, steps: list[int] | None = None,
+                       blocks: list[int] | None = None) -> tuple[list[int], list[int]]:
+        """Every decoder block at ``DEFAULT_STEP_FRACTIONS`` of the diffusion, or the given ones if they exist."""
+        try:
+            with torch.device("meta"):  # only the U-Net's structure is needed: no weights are allocated
+                model, diffusion = create_model_and_diffusion(**model_flags)
+        except (TypeError, ValueError) as e:  # as load_model_and_diffusion reports flags it cannot build from
+            raise CheckpointError(f"cannot build a U-Net from these model flags: {e}") from None
+        num_timesteps, num_blocks = diffusion.num_timesteps, len(model.output_blocks)
+        steps = sorted(steps if steps is not None else {round(f * num_timesteps) for f in DEFAULT_STEP_FRACTIONS})
+        blocks = sorted(blocks if blocks is not None else range(num_blocks))
+        bad_t = [t for t in steps if not 0 <= t < num_timesteps]
+        if bad_t:
+            raise ConfigError(f"steps {bad_t} do not exist: this diffusion has {num_timesteps} steps, so "
+                              f"--steps must lie in 0..{num_timesteps - 1}")
+        bad_b = [b for b in blocks if not 0 <= b < num_blocks]
+        if bad_b:
+            raise ConfigError(f"blocks {bad_b} do not exist: this U-Net has decoder blocks (output_blocks) "
+                              f"0..{num_blocks - 1}; pick --blocks among them")
+        return steps, blocks
+
+    def input_size(self) -> tuple[int, int]:
+        if self.image_size is None:
+            raise ValueError("an extractor built from a model has no input size of its own; the images set it")
+        return self.image_size, self.image_size
+
+    def layers(self) -> list[Layer]:
+        """"step t, block b" for every step, then block (the extraction order)."""
+        shapes = unet_block_layers(self.model, self.input_activations)
+        return [Layer(f"step {t}, block {b}", *shapes[b]) for t in self.steps for b in self.blocks]
+
+    def sampling_network(self) -> torch.nn.Module:
+        return self.model
 
     def close(self) -> None:
         """Remove the hooks, leaving the U-Net as it was (for a model that outlives the extractor)."""
@@ -82,8 +174,10 @@ class FeatureExtractorDDPM:
         """
         img = img.to(self.device)
         S, n = len(self.steps), img.shape[0]
+        noise = self.noise if noise is None else noise
         if noise is None:
-            noise = torch.cat([torch.randn_like(img) for _ in self.steps])
+            noise = torch.cat([torch.randn(img.shape, generator=self.generator, dtype=img.dtype, device=img.device)
+                               for _ in self.steps])
         else:
             noise = noise.to(self.device).expand_as(img).repeat(S, 1, 1, 1)
         tt = torch.tensor(self.steps, dtype=torch.long, device=self.device).repeat_interleave(n)
@@ -119,17 +213,3 @@ def shared_noise(seed: int, size: int, device: str | torch.device = "cpu") -> to
     seeded with ``seed`` (a CUDA generator gives a different stream than the CPU one)."""
     g = torch.Generator(device=device).manual_seed(seed)
     return torch.randn(1, 3, size, size, generator=g, device=device)
-
-
-class RGBPositionFeatures:
-    """The no-context baseline: each pixel's colour and (x, y) position, all in [-1, 1].
-
-    Same interface as FeatureExtractorDDPM (one [N, 5, H, W] activation at full resolution),
-    so the store, the ensemble and evaluation run unchanged on it.
-    """
-
-    def __call__(self, img: torch.Tensor, noise: torch.Tensor | None = None) -> list[torch.Tensor]:
-        n, _, h, w = img.shape
-        ys = torch.linspace(-1, 1, h, device=img.device).view(1, 1, h, 1).expand(n, 1, h, w)
-        xs = torch.linspace(-1, 1, w, device=img.device).view(1, 1, 1, w).expand(n, 1, h, w)
-        return [torch.cat([img.float(), xs, ys], dim=1)]

@@ -5,7 +5,9 @@
 either at the top (as the google/ddpm-* repositories keep them) or in ``unet/``, and the
 scheduler's ``scheduler_config.json`` at the top or in ``scheduler/``. A hub id is fetched only
 where the hub can be reached. Each image is noised with the folder's scheduler (``add_noise``) at
-every timestep of "steps"; one U-Net pass takes all of them, hooked as ``unet_hooks`` describes.
+every timestep of "steps" (the run's shared noise, as for the guided-diffusion U-Net); one U-Net
+pass takes all of them, hooked as ``unet_hooks`` describes. ``sample()`` draws images with the
+folder's scheduler (DDPMPipeline's loop).
 These are Ho et al. DDPMs, not the paper's ADM U-Nets: the paper's block indices do not carry over
 (select_features.py searches every up block at a spread of timesteps).
 """
@@ -18,9 +20,10 @@ import torch
 
 from ..common.config import ConfigError
 from ..common.seeding import stream_generator, stream_seed
+from .ddpm import shared_noise
 from .registry import Backbone, Layer, register
-from .unet_hooks import (check_layer_names, config_layer_names, hookable_layers, hooked_forward,
-                         model_folder, read_json, scheduler_from_folder, split_steps, timestep_layers)
+from .unet_hooks import (check_layer_names, config_layer_names, hookable_layers, hooked_forward, model_folder,
+                         read_json, scheduler_from_folder, split_steps, timestep_layers, unet_grid)
 
 DOWNLOAD_HINT = "bash checkpoints/diffusers/download_checkpoint.sh NAME, NAME one of bedroom, cat, church, celebahq"
 
@@ -49,6 +52,11 @@ def _scheduler_folder(folder: str) -> str:
     return sub if os.path.isfile(os.path.join(sub, "scheduler_config.json")) else folder
 
 
+def _num_train_timesteps(cfg: dict) -> int:
+    folder = _scheduler_folder(model_folder(cfg["model_path"], "diffusers UNet2DModel", DOWNLOAD_HINT, "config"))
+    return read_json(os.path.join(folder, "scheduler_config.json"), "config").get("num_train_timesteps", 1000)
+
+
 def _architecture(cfg: dict, where: str) -> dict:
     """The UNet2DModel config of ``cfg`` (read from its folder, or the random-weights architecture)."""
     if cfg["random_weights"]:
@@ -61,24 +69,28 @@ def _architecture(cfg: dict, where: str) -> dict:
 class DiffusersDDPM(Backbone):
     model_type = "diffusers"
     uses_timesteps = True
-    can_sample = True
+    # sample() draws with the folder's scheduler, but generate_dataset.py samples with guided-diffusion's
+    # samplers (sampling_network + the run's flags), which a diffusers scheduler does not plug into.
+    can_sample = False
     hooks_fixed_layers = False
 
     def __init__(self, unet, scheduler, steps: list[int], layer_names: list[str], size: tuple[int, int],
-                 device: torch.device, noise_seed: int = 0):
+                 device: torch.device, noise: torch.Tensor | None = None, generator: torch.Generator | None = None):
         self.unet = unet.to(device).eval().requires_grad_(False)
         self.scheduler = scheduler
         self.steps = [int(t) for t in steps]
         self.layer_names = list(layer_names)
         self.size = size
         self.device = device
-        # Noise for calls without the run's shared noise: its own stream, never the global RNG.
-        self._noise = stream_generator("backbone_noise", noise_seed)
+        # The default noise of every call (the run's shared noise), else fresh draws from ``generator``.
+        self.noise = noise
+        self.generator = generator if generator is not None else torch.Generator(device=device)
 
     # ------------------------------------------------------------------ config side
 
     @classmethod
     def check_config(cls, cfg: dict, where: str) -> None:
+        super().check_config(cfg, where)
         arch = _architecture(cfg, where)
         if arch.get("_class_name", "UNet2DModel") != "UNet2DModel":
             raise ConfigError(f"{where}: model_type 'diffusers' reads a UNet2DModel, the folder holds a "
@@ -90,13 +102,19 @@ class DiffusersDDPM(Backbone):
         if cfg["dim"][0] % factor:
             raise ConfigError(f"{where}: this U-Net halves the image {factor.bit_length() - 1} times, so 'dim' must "
                               f"be a multiple of {factor}, got {cfg['dim'][0]}")
-        if not cfg["steps"]:
-            raise ConfigError(f"{where}: model_type 'diffusers' needs timesteps in \"steps\" (e.g. [50, 150])")
+        num_t = 1000 if cfg["random_weights"] else _num_train_timesteps(cfg)
+        bad = [t for t in cfg["steps"] if not 0 <= t < num_t]
+        if not cfg["steps"] or bad:
+            raise ConfigError(f"{where}: model_type 'diffusers' needs timesteps in \"steps\" within 0..{num_t - 1} "
+                              f"(e.g. [50, 150]), got {cfg['steps']}")
 
     @classmethod
-    def candidate_grid(cls, cfg: dict) -> tuple[list[int], list[int]]:
+    def candidate_grid(cls, cfg: dict, model_flags: dict, steps: list[int] | None = None,
+                       blocks: list[int] | None = None) -> tuple[list[int], list[int]]:
+        """Every up block at ``CANDIDATE_STEPS``, or the given steps / blocks if they exist."""
         num_up = len(_architecture(cfg, "config")["up_block_types"])
-        return list(CANDIDATE_STEPS), list(range(num_up))
+        num_t = 1000 if cfg["random_weights"] else _num_train_timesteps(cfg)
+        return unet_grid(cfg, num_up, num_t, CANDIDATE_STEPS, steps, blocks)
 
     @staticmethod
     def _build_unet(arch: dict, meta: bool = False):
@@ -127,10 +145,11 @@ class DiffusersDDPM(Backbone):
             scheduler = scheduler_from_folder(_scheduler_folder(folder))
             log(f"diffusers: loaded {folder} ({type(scheduler).__name__}, "
                 f"{scheduler.config.num_train_timesteps} steps)")
-        bad = [t for t in cfg["steps"] if not 0 <= t < scheduler.config.num_train_timesteps]
-        if bad:
-            raise ConfigError(f"config: steps {bad} out of range 0..{scheduler.config.num_train_timesteps - 1}")
-        return cls(unet, scheduler, cfg["steps"], config_layer_names(cfg), size, device, cfg["seed"])
+        # Noise as the guided-diffusion backbone draws it: the seed's shared image noise, or the
+        # feature_noise stream per call.
+        noise = shared_noise(cfg["seed"], size[0], device) if cfg["share_noise"] else None
+        return cls(unet, scheduler, cfg["steps"], config_layer_names(cfg), size, device, noise,
+                   stream_generator("feature_noise", cfg["seed"], device=device))
 
     # ------------------------------------------------------------------ features
 
@@ -147,8 +166,9 @@ class DiffusersDDPM(Backbone):
         dtype = self.unet.dtype
         x0 = images.to(self.device, dtype)
         S, n = len(self.steps), x0.shape[0]
+        noise = self.noise if noise is None else noise
         if noise is None:  # fresh noise for every step, as q_sample drew it per step
-            eps = torch.randn((S * n, *x0.shape[1:]), generator=self._noise, dtype=dtype).to(self.device)
+            eps = torch.randn((S * n, *x0.shape[1:]), generator=self.generator, dtype=dtype, device=self.device)
         else:  # the run's one noise tensor serves every image and step, as published
             eps = noise.to(self.device, dtype).expand_as(x0).repeat(S, 1, 1, 1)
         t = torch.tensor(self.steps, dtype=torch.long, device=self.device).repeat_interleave(n)

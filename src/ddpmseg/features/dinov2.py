@@ -135,12 +135,11 @@ class DINOv2(Backbone):
 
     @classmethod
     def check_config(cls, cfg: dict, where: str) -> None:
+        super().check_config(cfg, where)  # "steps" must be [], model_path xor random_weights
         arch = cfg["dinov2_arch"]
         if arch not in ARCHS:
             raise ConfigError(f"{where}: 'dinov2_arch' must be one of {list(ARCHS)}, got {arch!r}")
         depth = ARCHS[arch][1]
-        if cfg["steps"]:
-            raise ConfigError(f"{where}: model_type 'dinov2' adds no noise: set \"steps\": [] (got {cfg['steps']})")
         bad = [b for b in cfg["blocks"] if not 0 <= b < depth]
         if not cfg["blocks"] or bad or len(set(cfg["blocks"])) != len(cfg["blocks"]):
             raise ConfigError(f"{where}: 'blocks' must list distinct DINOv2 {arch} blocks 0..{depth - 1} "
@@ -153,8 +152,19 @@ class DINOv2(Backbone):
             raise ConfigError(f"{where}: 'hook_layers' names diffusers U-Net layers; DINOv2 takes \"blocks\"")
 
     @classmethod
-    def candidate_grid(cls, cfg: dict) -> tuple[list[int], list[int]]:
-        return [], list(range(ARCHS[cfg["dinov2_arch"]][1]))
+    def candidate_grid(cls, cfg: dict, model_flags: dict, steps: list[int] | None = None,
+                       blocks: list[int] | None = None) -> tuple[list[int], list[int]]:
+        """No steps; every block, or the given blocks if this ViT has them."""
+        depth = ARCHS[cfg["dinov2_arch"]][1]
+        if steps:
+            raise ConfigError(f"model_type 'dinov2' adds no noise, so there are no steps to select: drop --steps "
+                              f"(got {steps})")
+        blocks = sorted(blocks if blocks is not None else range(depth))
+        bad = [b for b in blocks if not 0 <= b < depth]
+        if bad:
+            raise ConfigError(f"blocks {bad} do not exist: DINOv2 {cfg['dinov2_arch']} has blocks 0..{depth - 1}; "
+                              f"pick --blocks among them")
+        return [], blocks
 
     @classmethod
     def from_config(cls, cfg: dict, model_flags: dict, device: torch.device,

@@ -13,8 +13,9 @@ exp_dir (``prompt_embedding_<hash>.safetensors``, the prompt in its metadata), a
 autocast (fp16 where bf16 is unsupported); maps come back float32.
 
 The noise lives in latent space, so the run's shared image-space noise does not fit: with
-"share_noise" one latent noise tensor, drawn once from the backbone_noise stream, serves every
-image and step (as published for the pixel-space U-Nets); without, each call draws fresh noise.
+"share_noise" one latent noise tensor, drawn once from the latent_noise stream, serves every
+image and step (as published for the pixel-space U-Nets); without, each call draws fresh noise
+from the feature_noise stream.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from ..common.config import ConfigError
 from ..common.seeding import stream_generator
 from .registry import Backbone, Layer, register
 from .unet_hooks import (check_layer_names, config_layer_names, hookable_layers, hooked_forward,
-                         model_folder, read_json, scheduler_from_folder, split_steps, timestep_layers)
+                         model_folder, read_json, scheduler_from_folder, split_steps, timestep_layers, unet_grid)
 
 DOWNLOAD_HINT = "bash checkpoints/stable_diffusion/download_checkpoint.sh NAME, NAME one of sd15, sd21"
 PARTS = ("unet", "vae", "scheduler")  # the text encoder and tokenizer are needed only without a saved embedding
@@ -41,6 +42,10 @@ CANDIDATE_STEPS = [50, 100, 200, 261, 400, 600]
 def _vae_factor(vae_config: dict) -> int:
     """Image pixels per latent pixel: each VAE encoder block but the last halves the image."""
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def _num_train_timesteps(folder: str) -> int:
+    return read_json(os.path.join(folder, "scheduler", "scheduler_config.json"), "config").get("num_train_timesteps", 1000)
 
 
 def embedding_path(cfg: dict, folder: str) -> str:
@@ -92,7 +97,8 @@ class StableDiffusion(Backbone):
     hooks_fixed_layers = False
 
     def __init__(self, unet, vae, scheduler, embedding: torch.Tensor, steps: list[int], layer_names: list[str],
-                 size: tuple[int, int], device: torch.device, seed: int = 0, share_noise: bool = True):
+                 size: tuple[int, int], device: torch.device, noise: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
         self.unet = unet.to(device).eval().requires_grad_(False)
         self.vae = vae.to(device).eval().requires_grad_(False)
         self.scheduler = scheduler
@@ -102,9 +108,9 @@ class StableDiffusion(Backbone):
         self.size = size
         self.device = device
         self.factor = _vae_factor(vae.config)
-        self._noise = stream_generator("backbone_noise", seed)
-        latent = (1, vae.config.latent_channels, size[0] // self.factor, size[1] // self.factor)
-        self.shared_noise = torch.randn(latent, generator=self._noise) if share_noise else None
+        # The latent noise of every call (shared), else fresh draws from ``generator``.
+        self.shared_noise = noise
+        self.generator = generator if generator is not None else torch.Generator(device=device)
         # bf16 keeps float32's range (fp16 can overflow in SD's attention), where the GPU has it.
         self.autocast = None if device.type != "cuda" else (
             torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
@@ -125,7 +131,8 @@ class StableDiffusion(Backbone):
     def check_config(cls, cfg: dict, where: str) -> None:
         from diffusers import UNet2DConditionModel
 
-        folder = cls._folder(cfg, where)
+        folder = cls._folder(cfg, where)  # first: its random_weights error is the more precise one
+        super().check_config(cfg, where)
         arch = read_json(os.path.join(folder, "unet", "config.json"), where)
         with torch.device("meta"):  # the layer catalogue only: no memory, no weights
             unet = UNet2DConditionModel.from_config({k: v for k, v in arch.items() if not k.startswith("_")})
@@ -134,8 +141,7 @@ class StableDiffusion(Backbone):
         if cfg["dim"][0] % factor or cfg["dim"][1] % factor:
             raise ConfigError(f"{where}: the VAE encodes {factor} x {factor} pixels into one latent, so 'dim' must "
                               f"be a multiple of {factor}, got {cfg['dim'][:2]}")
-        steps = read_json(os.path.join(folder, "scheduler", "scheduler_config.json"), where).get(
-            "num_train_timesteps", 1000)
+        steps = _num_train_timesteps(folder)
         bad = [t for t in cfg["steps"] if not 0 <= t < steps]
         if not cfg["steps"] or bad:
             raise ConfigError(f"{where}: model_type 'stable_diffusion' needs timesteps in \"steps\" within "
@@ -150,9 +156,12 @@ class StableDiffusion(Backbone):
                               f"{folder} to compute it: download the whole pipeline ({DOWNLOAD_HINT})")
 
     @classmethod
-    def candidate_grid(cls, cfg: dict) -> tuple[list[int], list[int]]:
-        arch = read_json(os.path.join(cls._folder(cfg, "config"), "unet", "config.json"), "config")
-        return list(CANDIDATE_STEPS), list(range(len(arch["up_block_types"])))
+    def candidate_grid(cls, cfg: dict, model_flags: dict, steps: list[int] | None = None,
+                       blocks: list[int] | None = None) -> tuple[list[int], list[int]]:
+        """Every up block at ``CANDIDATE_STEPS``, or the given steps / blocks if they exist."""
+        folder = cls._folder(cfg, "config")
+        num_up = len(read_json(os.path.join(folder, "unet", "config.json"), "config")["up_block_types"])
+        return unet_grid(cfg, num_up, _num_train_timesteps(folder), CANDIDATE_STEPS, steps, blocks)
 
     @classmethod
     def from_config(cls, cfg: dict, model_flags: dict, device: torch.device,
@@ -175,8 +184,13 @@ class StableDiffusion(Backbone):
         vae = AutoencoderKL.from_pretrained(os.path.join(folder, "vae"))
         scheduler = scheduler_from_folder(os.path.join(folder, "scheduler"))
         log(f"stable_diffusion: loaded {folder}")
-        return cls(unet, vae, scheduler, embedding, cfg["steps"], config_layer_names(cfg),
-                   (cfg["dim"][0], cfg["dim"][1]), device, cfg["seed"], cfg["share_noise"])
+        size = (cfg["dim"][0], cfg["dim"][1])
+        factor = _vae_factor(vae.config)
+        latent = (1, vae.config.latent_channels, size[0] // factor, size[1] // factor)
+        noise = torch.randn(latent, generator=stream_generator("latent_noise", cfg["seed"])) if cfg["share_noise"] \
+            else None
+        return cls(unet, vae, scheduler, embedding, cfg["steps"], config_layer_names(cfg), size, device,
+                   noise, stream_generator("feature_noise", cfg["seed"], device=device))
 
     def layers(self) -> list[Layer]:
         return timestep_layers(self.unet, self.layer_names, self.steps, scale=self.factor)
@@ -200,7 +214,7 @@ class StableDiffusion(Backbone):
             if self.shared_noise is not None:
                 eps = self.shared_noise.to(self.device, z0.dtype).expand_as(z0).repeat(S, 1, 1, 1)
             else:
-                eps = torch.randn((S * n, *z0.shape[1:]), generator=self._noise, dtype=z0.dtype).to(self.device)
+                eps = torch.randn((S * n, *z0.shape[1:]), generator=self.generator, dtype=z0.dtype, device=self.device)
             t = torch.tensor(self.steps, dtype=torch.long, device=self.device).repeat_interleave(n)
             z_t = self.scheduler.add_noise(z0.repeat(S, 1, 1, 1), eps, t)
             context = self.embedding.to(self.unet.dtype).expand(S * n, -1, -1)

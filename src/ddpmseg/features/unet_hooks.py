@@ -62,6 +62,27 @@ def check_layer_names(names: Sequence[str], available: Sequence[str], where: str
         raise ConfigError(f"{where}: a layer is listed twice in \"blocks\" / \"hook_layers\": {list(names)}")
 
 
+def unet_grid(cfg: dict, num_up_blocks: int, num_timesteps: int, default_steps: Sequence[int],
+              steps: list[int] | None, blocks: list[int] | None) -> tuple[list[int], list[int]]:
+    """select_features.py's (steps, blocks) for a diffusers U-Net: the given ones, checked, or every up
+    block at ``default_steps``. ConfigError for what does not exist, and for "hook_layers" (the search
+    picks whole up blocks)."""
+    if cfg["hook_layers"]:
+        raise ConfigError(f"feature selection picks timesteps and whole up blocks: drop \"hook_layers\" "
+                          f"(got {cfg['hook_layers']}) from the config it starts from")
+    steps = sorted(steps if steps is not None else default_steps)
+    blocks = sorted(blocks if blocks is not None else range(num_up_blocks))
+    bad_t = [t for t in steps if not 0 <= t < num_timesteps]
+    if bad_t:
+        raise ConfigError(f"steps {bad_t} do not exist: this scheduler has {num_timesteps} steps, so --steps must "
+                          f"lie in 0..{num_timesteps - 1}")
+    bad_b = [b for b in blocks if not 0 <= b < num_up_blocks]
+    if bad_b:
+        raise ConfigError(f"blocks {bad_b} do not exist: this U-Net has up_blocks 0..{num_up_blocks - 1}; pick "
+                          f"--blocks among them")
+    return steps, blocks
+
+
 def timestep_layers(unet: nn.Module, names: Sequence[str], steps: Sequence[int], scale: int) -> list[Layer]:
     """The Layer of every (step, hooked layer), step-major then forward order; ``scale`` = image
     pixels per U-Net input pixel (1 for a pixel-space U-Net, the VAE factor for a latent one)."""
