@@ -144,3 +144,43 @@ def backbone_config(**keys) -> dict:
     cfg.update(exp_dir="", model_path="", dim=[16, 16, 0])
     cfg.update(keys)
     return cfg
+
+
+def run_backbone_end_to_end(tmp_path: Path, keys: list[str], grid: list[str]) -> Path:
+    """train_interpreter.py -> segment.py (on the test images) -> select_features.py (over ``grid``)
+    on a few celebamask64 images with the config keys ``keys`` ("KEY=VALUE", after the fast settings);
+    asserts what every backbone must give and returns the run folder."""
+    import numpy as np
+    from PIL import Image
+
+    import segment
+    import select_features
+    import train_interpreter
+
+    data = require(CELEBAMASK64) / "real"
+    sets = [a for k in keys for a in ("--set", k)]
+    paths = ["--set", f"training_path={data / 'train'}", "--set", f"testing_path={data / 'test'}"]
+    exp = tmp_path / "exp"
+    assert train_interpreter.main(["--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(exp), *paths,
+                                   *FAST_INTERPRETER, *sets]) == 0
+    (run,) = [p.parent for p in exp.glob("*/metrics.json")]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["miou"] == pytest.approx(recomputed_iou(run)["miou"], abs=1e-12)
+    # segment.py on the run's own test images gives the run's own predictions (same features, same vote).
+    cfg = json.loads((run / "config.json").read_text())
+    stems = sorted(p.stem for p in (data / "test").glob("*.png"))[:cfg["testing_number"]]
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for stem in stems:
+        Image.open(data / "test" / f"{stem}.png").save(shots / f"{stem}.png")
+    assert segment.main(["--run", str(run), "--images", str(shots), "--out", str(tmp_path / "segmented")]) == 0
+    for stem in stems:
+        mask = np.asarray(Image.open(tmp_path / "segmented" / f"{stem}.png"))
+        np.testing.assert_array_equal(mask, np.load(run / "predictions" / f"{stem}.npy"))
+    out = tmp_path / "selection"
+    assert select_features.main(["--exp", "experiments/celebamask64/ddpm.json", "--out", str(out), *paths,
+                                 "--set", "training_number=6", "--set", f"exp_dir={exp}", *sets, *grid,
+                                 "--folds", "3", "--iterations", "30"]) == 0
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["grid"]["blocks"] == sorted(int(b) for b in grid[grid.index("--blocks") + 1:])
+    return run

@@ -1,11 +1,13 @@
 """model_type "diffusers": a tiny random UNet2DModel + DDPMScheduler written with save_pretrained."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import backbone_config
+from conftest import backbone_config, run_backbone_end_to_end
 from ddpmseg.common.config import ConfigError
 from ddpmseg.features.ddpm import shared_noise
 from ddpmseg.features.diffusers_ddpm import DiffusersDDPM
@@ -187,3 +189,10 @@ def test_random_weights_are_seeded_and_leave_the_global_rng_alone():
     wa, wb = a.unet.conv_in.weight, b.unet.conv_in.weight
     assert not torch.equal(wa, wb)
     assert torch.equal(wa, DiffusersDDPM.from_config(cfg, {}, torch.device("cpu"), log=lambda s: None).unet.conv_in.weight)
+
+
+def test_train_segment_and_select_end_to_end(folder, tmp_path):
+    run = run_backbone_end_to_end(tmp_path, ["model_type=diffusers", f"model_path={folder}", "steps=[50]",
+                                             "blocks=[0,1]", "dim=[64,64,24]"],
+                                  ["--steps", "50", "250", "--blocks", "0", "1"])
+    assert json.loads((run / "config.json").read_text())["model_type"] == "diffusers"

@@ -1,12 +1,14 @@
 """model_type "dinov2": both checkpoint layouts load strictly, and the maps are timm's own blocks."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from conftest import backbone_config
+from conftest import backbone_config, run_backbone_end_to_end
 from ddpmseg.common.config import ConfigError
 from ddpmseg.features.dinov2 import ARCHS, DINOv2, build_dinov2, official_to_timm
 from ddpmseg.features.registry import REGISTRY
@@ -158,3 +160,10 @@ def test_every_arch_has_its_depth_and_width():
         with torch.device("meta"):
             m = build_dinov2(arch)
         assert (len(m.blocks), m.embed_dim) == (depth, width), arch
+
+
+def test_train_segment_and_select_end_to_end(files, tmp_path):
+    run = run_backbone_end_to_end(tmp_path, ["model_type=dinov2", f"model_path={files / 'model.safetensors'}",
+                                             "steps=[]", "blocks=[10,11]", "dim=[64,64,768]"],
+                                  ["--blocks", "10", "11"])
+    assert json.loads((run / "config.json").read_text())["model_type"] == "dinov2"

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import backbone_config
+from conftest import backbone_config, run_backbone_end_to_end
 from ddpmseg.common.config import ConfigError
 from ddpmseg.features.registry import REGISTRY
 from ddpmseg.features.stable_diffusion import StableDiffusion, embedding_path
@@ -176,3 +176,12 @@ def test_a_folder_without_the_pipeline_parts_is_named(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(ConfigError, match="lacks vae/, scheduler/.*download_checkpoint.sh"):
         StableDiffusion.check_config(config(tmp_path, tmp_path), "config")
+
+
+def test_train_segment_and_select_end_to_end(folder, tmp_path):
+    run = run_backbone_end_to_end(tmp_path, ["model_type=stable_diffusion", f"model_path={folder}", "steps=[261]",
+                                             "blocks=[0,1]", "dim=[64,64,24]", f"prompt={PROMPT}"],
+                                  ["--steps", "50", "261", "--blocks", "0", "1"])
+    # the embedding was computed once, by the training run, and read back by segment.py and the selection
+    assert len(list((tmp_path / "exp").glob("prompt_embedding_*.safetensors"))) == 1
+    assert json.loads((run / "config.json").read_text())["prompt"] == PROMPT
