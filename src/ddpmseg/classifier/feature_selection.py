@@ -30,6 +30,7 @@ from ..features.registry import backbone_class
 from ..common.metrics import IoUAccumulator
 from .predict import Votes, ensemble_logits
 from ..common.report import write_png_atomic
+from ..common.seeding import stream_seed
 from .selection_heatmap import heatmap
 from ..features.store import FeatureStore
 from .train import EnsembleSettings, LabelledPixels, load_ensemble, train_ensemble

@@ -11,7 +11,6 @@ is exactly the evaluation path (one window, no resizing): same features, votes a
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 

@@ -47,7 +47,7 @@ def unet_block_layers(model: torch.nn.Module, input_activations: bool) -> list[t
     for block in model.output_blocks:
         first = block[0]  # every decoder block opens with the ResBlock that takes the skip connection
         after = stride // 2 if _resamples(block, Upsample) else stride
-        shapes.append((first.channels, stride) if input_activations else (first.out_channels, after))
+        shapes.append((first.in_layers[-1].in_channels, stride) if input_activations else (first.out_channels, after))
         stride = after
     return shapes
 
