@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import backbone_config, run_backbone_end_to_end
+from conftest import TINY_DIFFUSERS_UNET, backbone_config, run_backbone_end_to_end
 from ddpmseg.common.config import ConfigError
 from ddpmseg.features.ddpm import shared_noise
 from ddpmseg.features.diffusers_ddpm import DiffusersDDPM
@@ -18,18 +18,12 @@ from guided_diffusion.gaussian_diffusion import GaussianDiffusion, LossType, Mod
 
 diffusers = pytest.importorskip("diffusers")
 
-# Two resolutions, an attention up block and a plain one: every kind of hookable layer.
-TINY_UNET = dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                 norm_num_groups=4, attention_head_dim=4)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """The google/ddpm-* layout: the U-Net and the scheduler config at the top of one folder."""
     out = tmp_path_factory.mktemp("ddpm_tiny")
     torch.manual_seed(0)
-    diffusers.UNet2DModel(**TINY_UNET).save_pretrained(out)
+    diffusers.UNet2DModel(sample_size=16, **TINY_DIFFUSERS_UNET).save_pretrained(out)
     diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(out)
     return out
 
@@ -179,9 +173,8 @@ def test_sample_is_diffusers_ddpm_pipeline_with_the_same_generator(folder):
 
 
 def test_random_weights_are_seeded_and_leave_the_global_rng_alone():
-    arch = dict(TINY_UNET)
-    arch.pop("sample_size")
-    cfg = backbone_config(model_type="diffusers", random_weights=True, model_flags=arch, blocks=[0], steps=[5])
+    cfg = backbone_config(model_type="diffusers", random_weights=True, model_flags=dict(TINY_DIFFUSERS_UNET),
+                          blocks=[0], steps=[5])
     state = torch.random.get_rng_state()
     a = DiffusersDDPM.from_config(cfg, {}, torch.device("cpu"), log=lambda s: None)
     assert torch.equal(torch.random.get_rng_state(), state)

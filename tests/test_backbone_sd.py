@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import backbone_config, run_backbone_end_to_end
+from conftest import backbone_config, run_backbone_end_to_end, write_tiny_sd_pipeline
 from ddpmseg.common.config import ConfigError
 from ddpmseg.features.registry import REGISTRY
 from ddpmseg.features.stable_diffusion import StableDiffusion, embedding_path
@@ -17,43 +17,11 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 PROMPT = "a photo of a face"
-WIDTH = 16  # the text encoder's width = the U-Net's cross_attention_dim
-
-
-def write_tokenizer(out):
-    """A CLIP BPE tokenizer over single letters: vocab.json and an empty merges.txt, as CLIP writes them."""
-    out.mkdir()
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for token in letters + [c + "</w>" for c in letters]:
-        vocab[token] = len(vocab)
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
-    tok = transformers.CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77)
-    tok.save_pretrained(out)
-    return len(vocab)
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sd_tiny")
-    torch.manual_seed(0)
-    vocab = write_tokenizer(out / "tokenizer")
-    diffusers.UNet2DConditionModel(
-        sample_size=4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=WIDTH, norm_num_groups=4, attention_head_dim=4).save_pretrained(out / "unet")
-    # Four encoder blocks: 8 x 8 pixels per latent, as in every Stable Diffusion.
-    diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
-                            latent_channels=4, norm_num_groups=4, layers_per_block=1).save_pretrained(out / "vae")
-    transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=vocab, hidden_size=WIDTH, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)).save_pretrained(out / "text_encoder")
-    # Stable Diffusion's training schedule.
-    diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
-        out / "scheduler")
-    return out
+    return write_tiny_sd_pipeline(tmp_path_factory.mktemp("sd_tiny"))
 
 
 def config(folder, exp_dir, **keys):
