@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_DIFFUSERS_UNET, backbone_config, run_backbone_end_to_end
+from conftest import CELEBAMASK64, TINY_DIFFUSERS_UNET, backbone_config, require, run_backbone_end_to_end
 from ddpmseg.common.config import ConfigError
 from ddpmseg.features.ddpm import shared_noise
 from ddpmseg.features.diffusers_ddpm import DiffusersDDPM
@@ -153,11 +153,27 @@ def test_bad_layer_or_size_is_one_clear_error(folder, keys, message):
 def test_hub_id_offline_fails_at_once_saying_how_to_get_the_folder(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = backbone_config(model_type="diffusers", model_path="google/ddpm-ema-cat-256", blocks=[0], steps=[5])
+    DiffusersDDPM.check_config(cfg, "config")  # validation never downloads: a config may name a folder to fetch
     with pytest.raises(ConfigError, match="HF_HUB_OFFLINE.*checkpoints/diffusers/download_checkpoint.sh"):
-        DiffusersDDPM.check_config(cfg, "config")
+        DiffusersDDPM.from_config(cfg, {}, torch.device("cpu"), log=lambda s: None)
     cfg["model_path"] = "no/such/folder"
     with pytest.raises(ConfigError, match="not a diffusers UNet2DModel folder"):
-        DiffusersDDPM.check_config(cfg, "config")
+        DiffusersDDPM.from_config(cfg, {}, torch.device("cpu"), log=lambda s: None)
+
+
+def test_train_interpreter_offline_is_one_error_line_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    import train_interpreter
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = require(CELEBAMASK64) / "real"
+    code = train_interpreter.main(["--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(tmp_path / "exp"),
+                                   "--training_path", str(data / "train"), "--testing_path", str(data / "test"),
+                                   "--set", "model_type=diffusers", "--set", "model_path=google/ddpm-ema-celebahq-256",
+                                   "--set", "blocks=[1]", "--set", "dim=[64,64,512]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:")
+    assert "bash checkpoints/diffusers/download_checkpoint.sh" in err[0]
+    assert not (tmp_path / "exp").exists()
 
 
 def test_sample_is_diffusers_ddpm_pipeline_with_the_same_generator(folder):

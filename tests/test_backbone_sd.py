@@ -144,6 +144,10 @@ def test_a_folder_without_the_pipeline_parts_is_named(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(ConfigError, match="lacks vae/, scheduler/.*download_checkpoint.sh"):
         StableDiffusion.check_config(config(tmp_path, tmp_path), "config")
+    missing = config(tmp_path / "sd15", tmp_path)
+    StableDiffusion.check_config(missing, "config")  # a folder still to download validates (no download there)
+    with pytest.raises(ConfigError, match="not a Stable Diffusion pipeline folder.*download_checkpoint.sh"):
+        StableDiffusion.from_config(missing, {}, torch.device("cpu"), log=lambda s: None)
 
 
 def test_train_segment_and_select_end_to_end(folder, tmp_path):

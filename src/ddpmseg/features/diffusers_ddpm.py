@@ -90,7 +90,11 @@ class DiffusersDDPM(Backbone):
 
     @classmethod
     def check_config(cls, cfg: dict, where: str) -> None:
+        """The keys, and (when the model folder is here) the layers, size and steps against it. A folder
+        still to download, or a hub id, is checked by from_config: validation never downloads."""
         super().check_config(cfg, where)
+        if not (cfg["random_weights"] or os.path.isdir(cfg["model_path"])):
+            return
         arch = _architecture(cfg, where)
         if arch.get("_class_name", "UNet2DModel") != "UNet2DModel":
             raise ConfigError(f"{where}: model_type 'diffusers' reads a UNet2DModel, the folder holds a "

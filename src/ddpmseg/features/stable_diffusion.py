@@ -131,8 +131,12 @@ class StableDiffusion(Backbone):
     def check_config(cls, cfg: dict, where: str) -> None:
         from diffusers import UNet2DConditionModel
 
-        folder = cls._folder(cfg, where)  # first: its random_weights error is the more precise one
+        if cfg["random_weights"]:  # first: this error is more precise than the generic one
+            cls._folder(cfg, where)
         super().check_config(cfg, where)
+        if not os.path.isdir(cfg["model_path"]):  # to download, or a hub id: from_config checks it (no download here)
+            return
+        folder = cls._folder(cfg, where)
         arch = read_json(os.path.join(folder, "unet", "config.json"), where)
         with torch.device("meta"):  # the layer catalogue only: no memory, no weights
             unet = UNet2DConditionModel.from_config({k: v for k, v in arch.items() if not k.startswith("_")})
