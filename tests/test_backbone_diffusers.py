@@ -143,6 +143,7 @@ def test_noise_is_the_seeds_shared_noise_or_fresh_from_the_feature_noise_stream(
     (dict(blocks=[0], dim=[15, 15, 0]), "multiple of 2"),
     (dict(blocks=[0], steps=[]), "needs timesteps"),
     (dict(blocks=[0], steps=[1000]), "within 0..999"),
+    (dict(blocks=[0], input_size=70), "'diffusers' does not read 'input_size': drop it"),
 ])
 def test_bad_layer_or_size_is_one_clear_error(folder, keys, message):
     cfg = backbone_config(model_type="diffusers", model_path=str(folder), **{"steps": [5], **keys})

@@ -133,6 +133,7 @@ def test_random_weights_are_seeded_and_leave_the_global_rng_alone():
     (dict(blocks=[]), "blocks 0..11"),
     (dict(input_size=50), "multiple of DINOv2's patch 14"),
     (dict(dinov2_arch="vit_small"), "'dinov2_arch' must be one of"),
+    (dict(hook_layers=["blocks.0"], prompt="a face"), "'dinov2' does not read 'hook_layers', 'prompt': drop them"),
 ])
 def test_bad_config_is_one_clear_error(keys, message):
     cfg = backbone_config(model_type="dinov2", random_weights=True, **{"steps": [], "blocks": [0], **keys})

@@ -133,6 +133,7 @@ def test_the_prompt_changes_the_features(folder, tmp_path):
     (dict(steps=[1000]), "0..999"),
     (dict(blocks=[2]), "no layer up_blocks.2"),
     (dict(random_weights=True), "no random-weights build"),
+    (dict(dinov2_arch="vitb14"), "'stable_diffusion' does not read 'dinov2_arch': drop it"),
     (dict(prompt_embedding="/no/such/file.safetensors"), "prompt_embedding /no/such/file.safetensors not found"),
 ])
 def test_bad_config_is_one_clear_error(folder, tmp_path, keys, message):

@@ -21,6 +21,7 @@ import torch
 from ..common.config import ConfigError
 from ..common.seeding import stream_generator, stream_seed
 from .ddpm import shared_noise
+from .family_keys import reject_unread_keys
 from .registry import Backbone, Layer, register
 from .unet_hooks import (check_layer_names, config_layer_names, hookable_layers, hooked_forward, model_folder,
                          read_json, scheduler_from_folder, split_steps, timestep_layers, unet_grid)
@@ -93,6 +94,7 @@ class DiffusersDDPM(Backbone):
         """The keys, and (when the model folder is here) the layers, size and steps against it. A folder
         still to download, or a hub id, is checked by from_config: validation never downloads."""
         super().check_config(cfg, where)
+        reject_unread_keys(cfg, where, cls.model_type, ("hook_layers",))
         if not (cfg["random_weights"] or os.path.isdir(cfg["model_path"])):
             return
         arch = _architecture(cfg, where)

@@ -25,6 +25,7 @@ from guided_diffusion.checkpoint import CheckpointError
 from ..common.config import ConfigError
 from ..common.seeding import stream_seed
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, _listed, _shape_mismatches
+from .family_keys import reject_unread_keys
 from .registry import Backbone, Layer, register
 
 PATCH = 14
@@ -136,6 +137,7 @@ class DINOv2(Backbone):
     @classmethod
     def check_config(cls, cfg: dict, where: str) -> None:
         super().check_config(cfg, where)  # "steps" must be [], model_path xor random_weights
+        reject_unread_keys(cfg, where, cls.model_type, ("dinov2_arch", "input_size"))
         arch = cfg["dinov2_arch"]
         if arch not in ARCHS:
             raise ConfigError(f"{where}: 'dinov2_arch' must be one of {list(ARCHS)}, got {arch!r}")
@@ -148,8 +150,6 @@ class DINOv2(Backbone):
         if side is not None and (side < PATCH or side % PATCH):
             raise ConfigError(f"{where}: 'input_size' must be a multiple of DINOv2's patch {PATCH} (e.g. "
                               f"{PATCH * max(1, round(side / PATCH))}), got {side}")
-        if cfg["hook_layers"]:
-            raise ConfigError(f"{where}: 'hook_layers' names diffusers U-Net layers; DINOv2 takes \"blocks\"")
 
     @classmethod
     def candidate_grid(cls, cfg: dict, model_flags: dict, steps: list[int] | None = None,

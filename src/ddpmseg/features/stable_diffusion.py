@@ -29,6 +29,7 @@ import torch
 from ..common.atomic import atomic_write
 from ..common.config import ConfigError
 from ..common.seeding import stream_generator
+from .family_keys import reject_unread_keys
 from .registry import Backbone, Layer, register
 from .unet_hooks import (check_layer_names, config_layer_names, hookable_layers, hooked_forward,
                          model_folder, read_json, scheduler_from_folder, split_steps, timestep_layers, unet_grid)
@@ -134,6 +135,7 @@ class StableDiffusion(Backbone):
         if cfg["random_weights"]:  # first: this error is more precise than the generic one
             cls._folder(cfg, where)
         super().check_config(cfg, where)
+        reject_unread_keys(cfg, where, cls.model_type, ("hook_layers", "prompt", "prompt_embedding"))
         if not os.path.isdir(cfg["model_path"]):  # to download, or a hub id: from_config checks it (no download here)
             return
         folder = cls._folder(cfg, where)
