@@ -44,6 +44,12 @@ DDPM_256_ARCHITECTURE = {
 CANDIDATE_STEPS = [25, 50, 100, 150, 250, 400, 600]
 
 
+def _folder(cfg: dict, where: str) -> str:
+    """The model folder of ``cfg`` (a hub id's download takes the U-Net's and scheduler's files only)."""
+    return model_folder(cfg["model_path"], "diffusers UNet2DModel", DOWNLOAD_HINT, where,
+                        ("*.json", "diffusion_pytorch_model.*", "unet/*", "scheduler/*"))
+
+
 def _unet_folder(folder: str) -> str:
     return os.path.join(folder, "unet") if os.path.isfile(os.path.join(folder, "unet", "config.json")) else folder
 
@@ -54,7 +60,7 @@ def _scheduler_folder(folder: str) -> str:
 
 
 def _num_train_timesteps(cfg: dict) -> int:
-    folder = _scheduler_folder(model_folder(cfg["model_path"], "diffusers UNet2DModel", DOWNLOAD_HINT, "config"))
+    folder = _scheduler_folder(_folder(cfg, "config"))
     return read_json(os.path.join(folder, "scheduler_config.json"), "config").get("num_train_timesteps", 1000)
 
 
@@ -62,7 +68,7 @@ def _architecture(cfg: dict, where: str) -> dict:
     """The UNet2DModel config of ``cfg`` (read from its folder, or the random-weights architecture)."""
     if cfg["random_weights"]:
         return {**DDPM_256_ARCHITECTURE, **cfg["model_flags"]}
-    folder = model_folder(cfg["model_path"], "diffusers UNet2DModel", DOWNLOAD_HINT, where)
+    folder = _folder(cfg, where)
     return read_json(os.path.join(_unet_folder(folder), "config.json"), where)
 
 
@@ -146,7 +152,7 @@ class DiffusersDDPM(Backbone):
             scheduler = DDPMScheduler()  # diffusers' default: Ho et al.'s linear 1e-4..0.02 over 1000 steps
             log(f"diffusers: random weights (seed {cfg['seed']}), the google/ddpm-256 architecture")
         else:
-            folder = model_folder(cfg["model_path"], "diffusers UNet2DModel", DOWNLOAD_HINT, "config")
+            folder = _folder(cfg, "config")
             unet = UNet2DModel.from_pretrained(_unet_folder(folder))
             scheduler = scheduler_from_folder(_scheduler_folder(folder))
             log(f"diffusers: loaded {folder} ({type(scheduler).__name__}, "

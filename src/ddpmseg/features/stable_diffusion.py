@@ -36,6 +36,11 @@ from .unet_hooks import (check_layer_names, config_layer_names, hookable_layers,
 
 DOWNLOAD_HINT = "bash checkpoints/stable_diffusion/download_checkpoint.sh NAME, NAME one of sd15, sd21"
 PARTS = ("unet", "vae", "scheduler")  # the text encoder and tokenizer are needed only without a saved embedding
+# What a hub id's download takes: the float32 safetensors of each part (a hub pipeline also holds
+# fp16 variants and single-file checkpoints of several GB, which this backbone never reads).
+HUB_FILES = ("model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config.json", "text_encoder/model.safetensors",
+             "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+             "vae/diffusion_pytorch_model.safetensors")
 # Candidate timesteps of select_features.py: DIFT's t = 261 and a spread around it.
 CANDIDATE_STEPS = [50, 100, 200, 261, 400, 600]
 
@@ -121,7 +126,7 @@ class StableDiffusion(Backbone):
         if cfg["random_weights"]:
             raise ConfigError(f"{where}: model_type 'stable_diffusion' has no random-weights build: set "
                               f"\"random_weights\": false and name a pipeline folder in \"model_path\" ({DOWNLOAD_HINT})")
-        folder = model_folder(cfg["model_path"], "Stable Diffusion pipeline", DOWNLOAD_HINT, where)
+        folder = model_folder(cfg["model_path"], "Stable Diffusion pipeline", DOWNLOAD_HINT, where, HUB_FILES)
         missing = [p for p in PARTS if not os.path.isdir(os.path.join(folder, p))]
         if missing:
             raise ConfigError(f"{where}: {folder} is no Stable Diffusion pipeline folder: it lacks "

@@ -127,9 +127,10 @@ def split_steps(maps: Sequence[torch.Tensor], num_steps: int, n: int) -> list[to
     return [m[s * n:(s + 1) * n] for s in range(num_steps) for m in maps]
 
 
-def model_folder(path: str, kind: str, download_hint: str, where: str) -> str:
-    """``path`` if it is a local folder; else a hub id, resolved to its downloaded folder when the
-    hub can be reached. ConfigError, at once, when it is neither (HF_HUB_OFFLINE=1 or no network)."""
+def model_folder(path: str, kind: str, download_hint: str, where: str, files: Sequence[str] = ("*",)) -> str:
+    """``path`` if it is a local folder; else a hub id, whose ``files`` (glob patterns) are fetched to
+    the hub cache when the hub can be reached. ConfigError, at once, when it is neither
+    (HF_HUB_OFFLINE=1 or no network)."""
     if os.path.isdir(path):
         return path
     how = f"download the folder ({download_hint}) and set \"model_path\" to it"
@@ -140,7 +141,7 @@ def model_folder(path: str, kind: str, download_hint: str, where: str) -> str:
                           f"is not asked: {how}")
     from huggingface_hub import snapshot_download
     try:
-        return snapshot_download(path)
+        return snapshot_download(path, allow_patterns=list(files))
     except Exception as e:  # no network, unknown repo, gated repo: all end the same way
         raise ConfigError(f"{where}: model_path {path!r} is no local folder and the hub did not give it "
                           f"({type(e).__name__}): {how}") from None
