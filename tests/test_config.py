@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-import ddpmseg.features  # noqa: F401  (registers the backbones that validate() checks model_type against)
 from ddpmseg.common import config
 from ddpmseg.common.config import REQUIRED, ConfigError, load_config, parse_override, save_config, validate
 

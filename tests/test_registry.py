@@ -3,6 +3,8 @@ model_type names the registered ones; every backbone's layer catalogue states th
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -174,3 +176,13 @@ def test_ddpm_catalogue_matches_the_unet_of_the_config():
     assert [(layer.channels, layer.stride) for layer in layers] == [
         (128, 8), (128, 8), (128, 4), (96, 4), (96, 4), (96, 2), (64, 2), (64, 2), (64, 1), (32, 1), (32, 1), (32, 1)]
     assert [layer.name for layer in tiny_ddpm(False).layers()][12] == "step 250, block 0"
+
+
+def test_validation_in_a_fresh_process_registers_the_backbones_itself():
+    """``ddpmseg.common.config`` alone validates model_type: the package wires the registry in on first use."""
+    code = (f"import sys; sys.path[:0] = [{str(REPO / 'src')!r}, {str(REPO)!r}]\n"
+            "from ddpmseg.common.config import load_config\n"
+            f"print(load_config({CONFIG!r}, {{'model_type': 'swav', 'steps': [], 'blocks': [], "
+            "'input_activations': True})['model_type'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.strip() == "swav"

@@ -54,3 +54,13 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 sys.meta_path.append(_MovedModules())
+
+
+def _register_backbones() -> None:
+    """Register every backbone family (config validation needs them; common cannot import features)."""
+    from . import features  # noqa: F401
+
+
+from .common import config as _config  # noqa: E402  (after the finder: config's own imports may use old names)
+
+_config.register_backbones = _register_backbones

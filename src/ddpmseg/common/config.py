@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import fields
-from typing import Any
+from typing import Any, Callable
 
 from .atomic import write_json_atomic
 from .refine_settings import REFINE_METHODS, RefineSettings
@@ -202,13 +202,15 @@ def _int_list(cfg: dict, key: str, where: str, length: int | None = None) -> Non
 # model_type -> its backbone class, filled by ddpmseg.features.registry.register: common comes before
 # features, so validation reaches each backbone's own checks (check_config) through this table.
 BACKBONE_CLASSES: dict[str, Any] = {}
+# Imports ddpmseg.features, which fills BACKBONE_CLASSES; set by the top-level package (ddpmseg/__init__.py),
+# and called on the first validation, so tools that never validate a config never load the backbones.
+register_backbones: Callable[[], None] | None = None
 
 
 def _check_model_type(cfg: dict, where: str) -> None:
     """``model_type`` is a registered backbone, and the keys that depend on it fit that backbone."""
-    if not BACKBONE_CLASSES:
-        raise RuntimeError("no backbone is registered: import ddpmseg.features (it registers them) before "
-                           "validating a config")
+    if not BACKBONE_CLASSES and register_backbones is not None:
+        register_backbones()
     cls = BACKBONE_CLASSES.get(cfg["model_type"])
     if cls is None:
         raise ConfigError(f"{where}: 'model_type' must be one of {list(BACKBONE_CLASSES)}, got {cfg['model_type']!r}")

@@ -10,12 +10,13 @@ the final norm); SwAV, the inputs of every other bottleneck of each stage (9 map
 """
 from __future__ import annotations
 
+import abc
 import argparse
 import math
 import os
 import re
 from functools import partial
-from typing import Callable, Mapping
+from typing import Callable, ClassVar, Mapping
 
 import torch
 import torch.nn as nn
@@ -28,6 +29,7 @@ from guided_diffusion.checkpoint import SHOW, CheckpointError
 
 from ..common.safeload import unsafe_global
 from ..common.seeding import stream_seed
+from .registry import FixedLayerBackbone, check_input_activations, check_layer_keys, check_weight_keys
 
 # Both backbones were pretrained on [0, 1] images normalised with ImageNet statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -383,3 +385,26 @@ def seeded_weights(make: Callable[[], nn.Module], seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed("backbone_init", seed))
         return make()
+
+
+class ComparisonBackbone(FixedLayerBackbone):
+    """MAE or SwAV: a published network whose block inputs or outputs (``captures_inputs``) are the maps."""
+
+    captures_inputs: ClassVar[bool]  # the config's input_activations must equal it, as published
+
+    @classmethod
+    def check_config(cls, cfg: dict, where: str) -> None:
+        check_layer_keys(cls, cfg, where)
+        check_input_activations(cls, cfg, where, inputs=cls.captures_inputs)
+        check_weight_keys(cls, cfg, where)
+
+    @classmethod
+    @abc.abstractmethod
+    def build(cls, model_path: str | None, image_size: int, device: str | torch.device = "cpu", seed: int = 0,
+              log: Callable[[str], None] = print) -> "ComparisonBackbone":
+        """The backbone from the checkpoint ``model_path``, or with random weights of ``seed`` for None."""
+
+    @classmethod
+    def from_config(cls, cfg: dict, model_flags: dict, device: torch.device,
+                    log: Callable[[str], None]) -> "ComparisonBackbone":
+        return cls.build(cfg["model_path"] or None, cfg["dim"][0], device, cfg["seed"], log)

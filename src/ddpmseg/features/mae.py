@@ -6,23 +6,20 @@ from typing import Callable
 
 import torch
 
-from .backbones import (MaskedAutoencoderViT, imagenet_normalise, load_mae_checkpoint, mae_vit_large_patch8,
-                        require_checkpoint, seeded_weights)
-from .registry import (Backbone, Layer, check_input_activations, check_layer_keys, check_weight_keys, register,
-                       nothing_to_select)
+from .backbones import (ComparisonBackbone, MaskedAutoencoderViT, imagenet_normalise, load_mae_checkpoint,
+                        mae_vit_large_patch8, require_checkpoint, seeded_weights)
+from .registry import Layer, register
 
 # The published extractor's blocks: the last half of ViT-L's 24.
 PUBLISHED_NUM_BLOCKS = 12
 
 
 @register
-class FeatureExtractorMAE(Backbone):
+class FeatureExtractorMAE(ComparisonBackbone):
     """Callable: ``extractor(img, noise=None)`` -> ``num_blocks`` maps [N, embed_dim, H/p, W/p]."""
 
     model_type = "mae"
-    uses_timesteps = False
-    can_sample = False
-    hooks_fixed_layers = True
+    captures_inputs = False
 
     def __init__(self, model: MaskedAutoencoderViT, num_blocks: int = PUBLISHED_NUM_BLOCKS,
                  device: str | torch.device = "cpu"):
@@ -32,17 +29,6 @@ class FeatureExtractorMAE(Backbone):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.num_blocks = num_blocks
-
-    @classmethod
-    def check_config(cls, cfg: dict, where: str) -> None:
-        check_layer_keys(cls, cfg, where)
-        check_input_activations(cls, cfg, where, inputs=False)
-        check_weight_keys(cls, cfg, where)
-
-    @classmethod
-    def candidate_grid(cls, cfg: dict, model_flags: dict, steps: list[int] | None = None,
-                       blocks: list[int] | None = None) -> tuple[list[int], list[int]]:
-        raise nothing_to_select(cls)
 
     @classmethod
     def build(cls, model_path: str | None, image_size: int, device: str | torch.device = "cpu", seed: int = 0,
@@ -58,11 +44,6 @@ class FeatureExtractorMAE(Backbone):
             load_mae_checkpoint(model, model_path)
             log(f"mae: loaded {model_path}")
         return cls(model, num_blocks=PUBLISHED_NUM_BLOCKS, device=device)
-
-    @classmethod
-    def from_config(cls, cfg: dict, model_flags: dict, device: torch.device,
-                    log: Callable[[str], None]) -> "FeatureExtractorMAE":
-        return cls.build(cfg["model_path"] or None, cfg["dim"][0], device, cfg["seed"], log)
 
     def input_size(self) -> tuple[int, int]:
         return self.model.img_size, self.model.img_size

@@ -76,6 +76,20 @@ class Backbone(abc.ABC):
         noise for backbones that noise their input, ignored by the others."""
 
 
+class FixedLayerBackbone(Backbone):
+    """A backbone whose maps are fixed (the published choice) and whose input is not noised: select_features.py
+    has nothing to pick."""
+
+    uses_timesteps = False
+    can_sample = False
+    hooks_fixed_layers = True
+
+    @classmethod
+    def candidate_grid(cls, cfg: dict, model_flags: dict, steps: list[int] | None = None,
+                       blocks: list[int] | None = None) -> tuple[list[int], list[int]]:
+        raise nothing_to_select(cls)
+
+
 # The one table of backbone classes: common.config validates model_type (and each class's keys) against
 # it, and common comes before features in the layering, so the table lives there and is filled here.
 REGISTRY: dict[str, type[Backbone]] = BACKBONE_CLASSES

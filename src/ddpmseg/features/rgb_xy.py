@@ -5,18 +5,15 @@ from typing import Callable
 
 import torch
 
-from .registry import Backbone, Layer, check_weight_keys, nothing_to_select, register
+from .registry import FixedLayerBackbone, Layer, check_weight_keys, register
 
 
 @register
-class RGBPositionFeatures(Backbone):
+class RGBPositionFeatures(FixedLayerBackbone):
     """One [N, 5, H, W] map at full resolution: colour, then x, then y, all in [-1, 1], so the store,
     the ensemble and evaluation run unchanged on it."""
 
     model_type = "rgb_xy"
-    uses_timesteps = False
-    can_sample = False
-    hooks_fixed_layers = True
     has_weights = False
 
     def __init__(self, image_size: int | None = None):
@@ -27,11 +24,6 @@ class RGBPositionFeatures(Backbone):
         """Only the weight keys: steps and blocks are ignored, so a ddpm config turned into this baseline
         with ``--set model_type=rgb_xy`` runs as it is."""
         check_weight_keys(cls, cfg, where)
-
-    @classmethod
-    def candidate_grid(cls, cfg: dict, model_flags: dict, steps: list[int] | None = None,
-                       blocks: list[int] | None = None) -> tuple[list[int], list[int]]:
-        raise nothing_to_select(cls)
 
     @classmethod
     def from_config(cls, cfg: dict, model_flags: dict, device: torch.device,

@@ -7,23 +7,20 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .backbones import (SWAV_HOOKED_BLOCKS, imagenet_normalise, load_swav_checkpoint, require_checkpoint,
-                        seeded_weights, swav_block_inputs, swav_resnet50)
-from .registry import (Backbone, Layer, check_input_activations, check_layer_keys, check_weight_keys,
-                       nothing_to_select, register)
+from .backbones import (SWAV_HOOKED_BLOCKS, ComparisonBackbone, imagenet_normalise, load_swav_checkpoint,
+                        require_checkpoint, seeded_weights, swav_block_inputs, swav_resnet50)
+from .registry import Layer, register
 
 # ResNet's stem (7x7 convolution and max-pool, each of stride 2) divides the resolution by 4 before layer1.
 STEM_STRIDE = 4
 
 
 @register
-class FeatureExtractorSwAV(Backbone):
+class FeatureExtractorSwAV(ComparisonBackbone):
     """Callable: ``extractor(img, noise=None)`` -> the 9 hooked bottleneck inputs [N, C, h, w]."""
 
     model_type = "swav"
-    uses_timesteps = False
-    can_sample = False
-    hooks_fixed_layers = True
+    captures_inputs = True
     width = 1  # the ResNet-50's width multiplier
 
     def __init__(self, model: nn.Module, device: str | torch.device = "cpu", image_size: int | None = None):
@@ -31,17 +28,6 @@ class FeatureExtractorSwAV(Backbone):
         # eval(): BatchNorm must use the checkpoint's running statistics, not the batch's.
         self.model = model.to(self.device).eval()
         self.image_size = image_size  # None: any size (a ResNet is convolutional)
-
-    @classmethod
-    def check_config(cls, cfg: dict, where: str) -> None:
-        check_layer_keys(cls, cfg, where)
-        check_input_activations(cls, cfg, where, inputs=True)
-        check_weight_keys(cls, cfg, where)
-
-    @classmethod
-    def candidate_grid(cls, cfg: dict, model_flags: dict, steps: list[int] | None = None,
-                       blocks: list[int] | None = None) -> tuple[list[int], list[int]]:
-        raise nothing_to_select(cls)
 
     @classmethod
     def build(cls, model_path: str | None, image_size: int, device: str | torch.device = "cpu", seed: int = 0,
@@ -60,11 +46,6 @@ class FeatureExtractorSwAV(Backbone):
             log(f"{kind}: loaded {model_path}; ignored {len(ignored)} checkpoint keys outside the backbone"
                 + (f" ({', '.join(prefixes)})" if prefixes else ""))
         return cls(model, device=device, image_size=image_size)
-
-    @classmethod
-    def from_config(cls, cfg: dict, model_flags: dict, device: torch.device,
-                    log: Callable[[str], None]) -> "FeatureExtractorSwAV":
-        return cls.build(cfg["model_path"] or None, cfg["dim"][0], device, cfg["seed"], log)
 
     def input_size(self) -> tuple[int, int]:
         if self.image_size is None:
