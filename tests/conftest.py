@@ -146,12 +146,11 @@ def backbone_config(**keys) -> dict:
     return cfg
 
 
-def run_backbone_end_to_end(tmp_path: Path, keys: list[str], grid: list[str] | None) -> Path:
+def run_backbone_end_to_end(tmp_path: Path, keys: list[str], grid: list[str]) -> Path:
     """train_interpreter.py -> segment.py (on the test images) -> select_features.py (over ``grid``, its
     --steps / --blocks arguments, --blocks last) on a few celebamask64 images with the config keys ``keys``
     ("KEY=VALUE", after the fast settings); asserts what every backbone must give and returns the run
-    folder. ``grid`` None skips the selection: its search and heatmap are step x block cells, which a
-    backbone without timesteps does not have."""
+    folder."""
     import numpy as np
     from PIL import Image
 
@@ -179,14 +178,17 @@ def run_backbone_end_to_end(tmp_path: Path, keys: list[str], grid: list[str] | N
     for stem in stems:
         mask = np.asarray(Image.open(tmp_path / "segmented" / f"{stem}.png"))
         np.testing.assert_array_equal(mask, np.load(run / "predictions" / f"{stem}.npy"))
-    if grid is None:
-        return run
     out = tmp_path / "selection"
     assert select_features.main(["--exp", "experiments/celebamask64/ddpm.json", "--out", str(out), *paths,
                                  "--set", "training_number=6", "--set", f"exp_dir={exp}", *sets, *grid,
                                  "--folds", "3", "--iterations", "30"]) == 0
     selection = json.loads((out / "selection.json").read_text())
-    assert selection["grid"]["blocks"] == sorted(int(b) for b in grid[grid.index("--blocks") + 1:])
+    blocks = sorted(int(b) for b in grid[grid.index("--blocks") + 1:])
+    steps = sorted(int(t) for t in grid[grid.index("--steps") + 1:grid.index("--blocks")]) if "--steps" in grid else []
+    assert selection["grid"] == {"steps": steps, "blocks": blocks}
+    # one single-layer cell per (step, block); a backbone without timesteps has one row of blocks
+    assert sorted((c["steps"], c["blocks"]) for c in selection["cells"]) == sorted(
+        ([t] if steps else [], [b]) for t in (steps or [None]) for b in blocks)
     return run
 
 

@@ -163,8 +163,8 @@ def test_every_arch_has_its_depth_and_width():
         assert (len(m.blocks), m.embed_dim) == (depth, width), arch
 
 
-def test_train_and_segment_end_to_end(files, tmp_path):
+def test_train_segment_and_select_end_to_end(files, tmp_path):
     run = run_backbone_end_to_end(tmp_path, ["model_type=dinov2", f"model_path={files / 'model.safetensors'}",
                                              "steps=[]", "blocks=[10,11]", "dim=[64,64,768]"],
-                                  grid=None)
+                                  ["--blocks", "10", "11"])
     assert run.name == "10_11" and json.loads((run / "config.json").read_text())["model_type"] == "dinov2"

@@ -39,7 +39,8 @@ def heatmap(mious: dict[tuple[int, int], float], steps: Sequence[int], blocks: S
         draw.text((_MARGIN_PX + (j + 0.5) * _CELL_PX, _MARGIN_PX - 8), f"b{b}", fill=(0, 0, 0), font=font, anchor="mm")
     for i, t in enumerate(steps):
         y0 = _MARGIN_PX + i * _CELL_PX
-        draw.text((_MARGIN_PX - 4, y0 + _CELL_PX / 2), f"t={t}", fill=(0, 0, 0), font=font, anchor="rm")
+        draw.text((_MARGIN_PX - 4, y0 + _CELL_PX / 2), "clean" if t is None else f"t={t}", fill=(0, 0, 0), font=font,
+                  anchor="rm")
         for j, b in enumerate(blocks):
             x0 = _MARGIN_PX + j * _CELL_PX
             box = [x0, y0, x0 + _CELL_PX - 1, y0 + _CELL_PX - 1]
