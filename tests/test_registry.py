@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY_DIFFUSERS_UNET, write_tiny_sd_pipeline
+from conftest import CELEBAMASK64, REPO, TINY_DIFFUSERS_UNET, require, write_tiny_sd_pipeline
+from ddpmseg.classifier.feature_selection import ProbeSettings, Selection
 from ddpmseg.common.config import ConfigError, load_config, validate
 from ddpmseg.common.model_flags import resolve_model_flags
-from ddpmseg.features import REGISTRY, backbone_class
+from ddpmseg.features import REGISTRY, Backbone, Layer, backbone_class
 from ddpmseg.features.backbones import MaskedAutoencoderViT, swav_resnet50
 from ddpmseg.features.mae import FeatureExtractorMAE
 from ddpmseg.features.rgb_xy import RGBPositionFeatures
@@ -186,3 +187,69 @@ def test_validation_in_a_fresh_process_registers_the_backbones_itself():
             "'input_activations': True})['model_type'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "swav"
+
+
+def test_fresh_noise_comes_from_the_feature_noise_stream_not_the_global_rng():
+    """share_noise false: each call draws new noise from the seed's "feature_noise" stream, so two builds
+    of one config give the same features and the global RNG is neither read nor reseeded."""
+    def build(seed):
+        cfg = load_config(CONFIG, {"model_path": "", "random_weights": True, "share_noise": False, "seed": seed})
+        return backbone_class("ddpm").from_config(cfg, resolve_model_flags(cfg), torch.device("cpu"), lambda m: None)
+
+    image = torch.zeros(1, 3, 64, 64)
+    state = torch.get_rng_state()
+    a, b = build(0), build(0)
+    first, again = a(image), a(image)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(x, y) for x, y in zip(first, b(image), strict=True))  # same seed, same draws
+    assert not torch.equal(first[0], again[0])  # a later call draws new noise
+    assert not torch.equal(first[0], build(1)(image)[0])
+
+
+class PooledColour(Backbone):
+    """A test backbone without timesteps whose blocks can be chosen: block b is the image average-pooled
+    by 2**b, so select_features.py searches blocks alone (the DINOv2 shape of grid)."""
+
+    model_type = "pooled_colour"
+    uses_timesteps = False
+    can_sample = False
+    hooks_fixed_layers = False
+    has_weights = False
+    LEVELS = 3
+
+    def __init__(self, blocks):
+        self.blocks = sorted(blocks)
+
+    @classmethod
+    def candidate_grid(cls, cfg, model_flags, steps=None, blocks=None):
+        return [], sorted(blocks if blocks is not None else range(cls.LEVELS))
+
+    @classmethod
+    def from_config(cls, cfg, model_flags, device, log):
+        return cls(cfg["blocks"])
+
+    def layers(self):
+        return [Layer(f"pool {2 ** b}", 3, 2 ** b) for b in self.blocks]
+
+    def input_size(self):
+        return 64, 64
+
+    def __call__(self, images, noise=None):
+        return [torch.nn.functional.avg_pool2d(images.float(), 2 ** b) for b in self.blocks]
+
+
+def test_feature_selection_searches_the_blocks_of_a_backbone_without_timesteps(tmp_path, monkeypatch):
+    monkeypatch.setitem(REGISTRY, PooledColour.model_type, PooledColour)
+    data = require(CELEBAMASK64) / "real"
+    cfg = load_config(CONFIG, {"model_type": "pooled_colour", "model_path": "", "steps": [], "blocks": [0],
+                               "dim": [64, 64, 3], "training_path": str(data / "train"), "training_number": 4,
+                               "device": "cpu"})
+    probe = ProbeSettings(folds=2, members=1, iterations=20)
+    sel = Selection(cfg, {}, torch.device("cpu"), str(tmp_path), None, None, probe, log=lambda m: None)
+    sel.extract()
+    singles, path, stopped = sel.search()
+    selected, protocol = sel.write_outputs(singles, path, stopped, 0.0)
+    assert [(s.steps, s.blocks) for s in singles] == [([], [0]), ([], [1]), ([], [2])]
+    assert selected["steps"] == [] and selected["dim"] == [64, 64, 3 * len(selected["blocks"])]
+    assert protocol.steps == [] and protocol.blocks == [0] and protocol.miou == singles[0].miou
+    assert (tmp_path / "selection_heatmap.png").is_file()

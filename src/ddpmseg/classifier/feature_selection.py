@@ -165,11 +165,14 @@ class Selection:
         self.log(f"candidate store: {n} training images x {len(self.steps)} steps x {len(self.blocks)} blocks, "
                  f"{self.store.nbytes / 2**20:.1f} MiB (float16, native resolution)")
 
+    def step_rows(self) -> list[int | None]:
+        """The grid's steps; [None] (one row of blocks) for a backbone without timesteps."""
+        return self.steps or [None]
+
     def layers_of(self, steps, blocks) -> list[int]:
         """Store layers of steps x blocks in the extractor's order (step-major, then block)."""
-        nb = len(self.blocks)
-        rows = [self.steps.index(t) for t in sorted(steps)] if self.steps else [0]  # no timesteps: one row
-        return [r * nb + self.blocks.index(b) for r in rows for b in sorted(blocks)]
+        nb, rows = len(self.blocks), self.step_rows()
+        return [rows.index(t) * nb + self.blocks.index(b) for t in sorted(steps) or [None] for b in sorted(blocks)]
 
     # -- scoring -------------------------------------------------------------------------------
     def score(self, steps, blocks) -> Score:
@@ -204,12 +207,11 @@ class Selection:
 
     def search(self) -> tuple[list[Score], list[Score], str]:
         """(single-cell scores, the greedy path from the best cell, why the search stopped)."""
-        # A backbone without timesteps (DINOv2) has one row of cells: its blocks on the clean image.
-        cells = [(s, b) for s in ([[t] for t in self.steps] or [[]]) for b in self.blocks]
+        cells = [(t, b) for t in self.step_rows() for b in self.blocks]
         singles, path = [], []
         try:
-            for s, b in tqdm(cells, desc="single cells", unit="cell", dynamic_ncols=True):
-                singles.append(self.score(s, [b]))
+            for t, b in tqdm(cells, desc="single cells", unit="cell", dynamic_ncols=True):
+                singles.append(self.score([] if t is None else [t], [b]))
             current = max(singles, key=lambda s: s.miou)
             path.append(current)
             round_no = 0
@@ -254,10 +256,10 @@ class Selection:
         if chosen is not None:
             dim = sum(self.store.layer_shapes[i][0] for i in self.layers_of(chosen.steps, chosen.blocks))
             selected = {**self.cfg, "steps": chosen.steps, "blocks": chosen.blocks, "dim": [size, size, dim]}
-        cells = {((s.steps or [None])[0], s.blocks[0]): s.miou for s in singles}  # None: the row without noise
-        marked = {(t, b) for t in (chosen.steps or [None]) for b in chosen.blocks} if chosen else set()
+        cells = {((s.steps or [None])[0], s.blocks[0]): s.miou for s in singles}
+        marked = {(t, b) for t in chosen.steps or [None] for b in chosen.blocks} if chosen else set()
         write_png_atomic(os.path.join(self.out_dir, "selection_heatmap.png"),
-                         heatmap(cells, self.steps or [None], self.blocks, marked))
+                         heatmap(cells, self.step_rows(), self.blocks, marked))
         write_json_atomic(os.path.join(self.out_dir, "selection.json"), {
             "grid": {"steps": self.steps, "blocks": self.blocks},
             "training_images": [os.path.basename(p) for p in self.train_set.image_paths],

@@ -23,10 +23,11 @@ def _colour(t: float) -> tuple[int, int, int]:
     return tuple(int(round(v)) for v in rgb)
 
 
-def heatmap(mious: dict[tuple[int, int], float], steps: Sequence[int], blocks: Sequence[int],
-            chosen: set[tuple[int, int]]) -> np.ndarray:
-    """RGB uint8 image: rows are steps, columns blocks, each cell coloured by its mIoU (0..1, written in
-    %) between the lowest and highest scored cell; cells in ``chosen`` are framed in red."""
+def heatmap(mious: dict[tuple[int | None, int], float], steps: Sequence[int | None], blocks: Sequence[int],
+            chosen: set[tuple[int | None, int]]) -> np.ndarray:
+    """RGB uint8 image: rows are steps (one row, step None, for a backbone without timesteps), columns
+    blocks, each cell coloured by its mIoU (0..1, written in %) between the lowest and highest scored
+    cell; cells in ``chosen`` are framed in red."""
     font = ImageFont.load_default(size=_FONT_PX)
     width = _MARGIN_PX + _CELL_PX * len(blocks) + 4
     height = _MARGIN_PX + _CELL_PX * len(steps) + 4
@@ -39,8 +40,7 @@ def heatmap(mious: dict[tuple[int, int], float], steps: Sequence[int], blocks: S
         draw.text((_MARGIN_PX + (j + 0.5) * _CELL_PX, _MARGIN_PX - 8), f"b{b}", fill=(0, 0, 0), font=font, anchor="mm")
     for i, t in enumerate(steps):
         y0 = _MARGIN_PX + i * _CELL_PX
-        draw.text((_MARGIN_PX - 4, y0 + _CELL_PX / 2), "clean" if t is None else f"t={t}", fill=(0, 0, 0), font=font,
-                  anchor="rm")
+        draw.text((_MARGIN_PX - 4, y0 + _CELL_PX / 2), f"t={t}" if t is not None else "no t", fill=(0, 0, 0), font=font, anchor="rm")
         for j, b in enumerate(blocks):
             x0 = _MARGIN_PX + j * _CELL_PX
             box = [x0, y0, x0 + _CELL_PX - 1, y0 + _CELL_PX - 1]
