@@ -140,3 +140,112 @@ def strict_json(text: str):
     def refuse(name: str):
         raise ValueError(f"not JSON: {name}")
     return json.loads(text, parse_constant=refuse)
+
+
+def backbone_config(**keys) -> dict:
+    """A complete config dict (every DEFAULTS key) for building a backbone class directly, without
+    the file-level validation: ``keys`` set model_type, model_path, dim, steps, blocks, ..."""
+    from ddpmseg.common.config import DEFAULTS, REQUIRED
+
+    cfg = {k: json.loads(json.dumps(v)) for k, (_, v) in DEFAULTS.items() if v is not REQUIRED}
+    cfg.update(exp_dir="", model_path="", dim=[16, 16, 0])
+    cfg.update(keys)
+    return cfg
+
+
+def run_backbone_end_to_end(tmp_path: Path, keys: list[str], grid: list[str]) -> Path:
+    """train_interpreter.py -> segment.py (on the test images) -> select_features.py (over ``grid``, its
+    --steps / --blocks arguments, --blocks last) on a few celebamask64 images with the config keys ``keys``
+    ("KEY=VALUE", after the fast settings); asserts what every backbone must give and returns the run
+    folder."""
+    import numpy as np
+    from PIL import Image
+
+    import segment
+    import select_features
+    import train_interpreter
+
+    data = require(CELEBAMASK64) / "real"
+    sets = [a for k in keys for a in ("--set", k)]
+    paths = ["--set", f"training_path={data / 'train'}", "--set", f"testing_path={data / 'test'}"]
+    exp = tmp_path / "exp"
+    assert train_interpreter.main(["--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(exp), *paths,
+                                   *FAST_INTERPRETER, *sets]) == 0
+    (run,) = [p.parent for p in exp.glob("*/metrics.json")]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["miou"] == pytest.approx(recomputed_iou(run)["miou"], abs=1e-12)
+    # segment.py on the run's own test images gives the run's own predictions (same features, same vote).
+    cfg = json.loads((run / "config.json").read_text())
+    stems = sorted(p.stem for p in (data / "test").glob("*.png"))[:cfg["testing_number"]]
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for stem in stems:
+        Image.open(data / "test" / f"{stem}.png").save(shots / f"{stem}.png")
+    assert segment.main(["--run", str(run), "--images", str(shots), "--out", str(tmp_path / "segmented")]) == 0
+    for stem in stems:
+        mask = np.asarray(Image.open(tmp_path / "segmented" / f"{stem}.png"))
+        np.testing.assert_array_equal(mask, np.load(run / "predictions" / f"{stem}.npy"))
+    out = tmp_path / "selection"
+    assert select_features.main(["--exp", "experiments/celebamask64/ddpm.json", "--out", str(out), *paths,
+                                 "--set", "training_number=6", "--set", f"exp_dir={exp}", *sets, *grid,
+                                 "--folds", "3", "--iterations", "30"]) == 0
+    selection = json.loads((out / "selection.json").read_text())
+    blocks = sorted(int(b) for b in grid[grid.index("--blocks") + 1:])
+    steps = sorted(int(t) for t in grid[grid.index("--steps") + 1:grid.index("--blocks")]) if "--steps" in grid else []
+    assert selection["grid"] == {"steps": steps, "blocks": blocks}
+    # one single-layer cell per (step, block); a backbone without timesteps has one row of blocks
+    assert sorted((c["steps"], c["blocks"]) for c in selection["cells"]) == sorted(
+        ([t] if steps else [], [b]) for t in (steps or [None]) for b in blocks)
+    return run
+
+
+# A tiny diffusers UNet2DModel: two resolutions, an attention up block and a plain one (every kind of
+# hookable layer); up_blocks.0 gives 16 channels, up_blocks.1 gives 8, both at full resolution.
+TINY_DIFFUSERS_UNET = dict(in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
+                           down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                           up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
+
+
+def write_clip_tokenizer(out: Path) -> int:
+    """A CLIP BPE tokenizer over single letters: vocab.json and an empty merges.txt, as CLIP writes them,
+    saved with save_pretrained; returns the vocabulary size."""
+    import transformers
+
+    out.mkdir(parents=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in letters + [c + "</w>" for c in letters]:
+        vocab[token] = len(vocab)
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    transformers.CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), model_max_length=77).save_pretrained(out)
+    return len(vocab)
+
+
+# The tiny Stable Diffusion's text width = its U-Net's cross_attention_dim.
+TINY_SD_TEXT_WIDTH = 16
+
+
+def write_tiny_sd_pipeline(out: Path) -> Path:
+    """A random Stable Diffusion pipeline folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) of
+    tiny components, written with save_pretrained; the VAE has SD's 8 x 8 pixels per latent."""
+    import diffusers
+    import transformers
+
+    torch.manual_seed(0)
+    vocab = write_clip_tokenizer(out / "tokenizer")
+    diffusers.UNet2DConditionModel(
+        sample_size=4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TINY_SD_TEXT_WIDTH, norm_num_groups=4, attention_head_dim=4).save_pretrained(out / "unet")
+    diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 8, 8),
+                            latent_channels=4, norm_num_groups=4, layers_per_block=1).save_pretrained(out / "vae")
+    transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=vocab, hidden_size=TINY_SD_TEXT_WIDTH, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+        pad_token_id=1)).save_pretrained(out / "text_encoder")
+    # Stable Diffusion's training schedule.
+    diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
+        out / "scheduler")
+    return out

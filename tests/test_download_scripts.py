@@ -27,6 +27,12 @@ CKPT_URL = "/models/ddpm_checkpoints/ffhq.pt"
 BASELINE_SCRIPTS = {f"checkpoints/{kind}/download_checkpoint.sh": f"/models/{kind}_checkpoints/lsun_cat.pth"
                     for kind in ("mae", "swav", "swav_w2")}
 
+# The newer backbones' scripts (scripts/download_models.sh): hub folders and DINOv2's official files.
+DIFFUSERS_SCRIPT = "checkpoints/diffusers/download_checkpoint.sh"
+SD_SCRIPT = "checkpoints/stable_diffusion/download_checkpoint.sh"
+DINOV2_SCRIPT = "checkpoints/dinov2/download_checkpoint.sh"
+MODEL_SCRIPTS = (DIFFUSERS_SCRIPT, SD_SCRIPT, DINOV2_SCRIPT)
+
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="the scripts need curl")
 
 
@@ -81,8 +87,9 @@ def server():
 def repo(tmp_path):
     """A scratch repository root holding copies of the two scripts."""
     root = tmp_path / "repo"
-    for rel in (CKPT_SCRIPT, *BASELINE_SCRIPTS, DATA_SCRIPT, "scripts/download_lib.sh"):
-        (root / rel).parent.mkdir(parents=True)
+    for rel in (CKPT_SCRIPT, *BASELINE_SCRIPTS, DATA_SCRIPT, "scripts/download_lib.sh", *MODEL_SCRIPTS,
+                "scripts/download_models.sh"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, root / rel)
     return root
 
@@ -90,7 +97,7 @@ def repo(tmp_path):
 def run(repo: Path, script: str, *args: str, base: str) -> subprocess.CompletedProcess:
     """Run a script from an unrelated directory, with proxies off so traffic stays local."""
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    env.update(DDPMSEG_DOWNLOAD_BASE=base, NO_PROXY="*")
+    env.update(DDPMSEG_DOWNLOAD_BASE=base, DDPMSEG_HUB_BASE=base, DDPMSEG_DINOV2_BASE=base, NO_PROXY="*")
     return subprocess.run(
         ["bash", str(repo / script), *args], cwd=repo.parent, env=env,
         capture_output=True, text=True, timeout=30,
@@ -245,4 +252,61 @@ def test_dataset_script_takes_no_arguments(server, repo):
     r = run(repo, DATA_SCRIPT, "cat_15", base=server.base)
     assert r.returncode == 2
     assert "usage:" in r.stderr
+    assert server.requests == []
+
+
+DDPM_FILES = ("config.json", "scheduler_config.json", "diffusion_pytorch_model.bin")
+
+
+def test_hub_folder_lands_atomically_and_resumes_file_by_file(server, repo):
+    files = {name: os.urandom(2000 + i) for i, name in enumerate(DDPM_FILES)}
+    for name, data in files.items():
+        server.files[f"/google/ddpm-ema-cat-256/resolve/main/{name}"] = data
+    server.files.pop("/google/ddpm-ema-cat-256/resolve/main/diffusion_pytorch_model.bin")  # the weights fail
+    r = run(repo, DIFFUSERS_SCRIPT, "cat", base=server.base)
+    assert r.returncode != 0 and "diffusion_pytorch_model.bin" in r.stderr
+    folder = repo / "checkpoints/diffusers"
+    assert listing(folder) == ["ddpm-ema-cat-256.part", "download_checkpoint.sh"]  # no half folder as model_path
+    server.files["/google/ddpm-ema-cat-256/resolve/main/diffusion_pytorch_model.bin"] = files[DDPM_FILES[2]]
+    server.requests.clear()
+    r = run(repo, DIFFUSERS_SCRIPT, "cat", base=server.base)
+    assert r.returncode == 0, r.stderr
+    assert [path for path, _ in server.requests] == ["/google/ddpm-ema-cat-256/resolve/main/diffusion_pytorch_model.bin"]
+    assert listing(folder) == ["ddpm-ema-cat-256", "download_checkpoint.sh"]
+    assert {name: (folder / "ddpm-ema-cat-256" / name).read_bytes() for name in DDPM_FILES} == files
+    r = run(repo, DIFFUSERS_SCRIPT, "cat", base=server.base)
+    assert r.returncode == 0 and "already exists" in r.stdout
+
+
+def test_stable_diffusion_folder_has_every_pipeline_part(server, repo):
+    prefix = "/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/"
+    # What StableDiffusion.from_config reads (the tokenizer's four files: CLIPTokenizer.from_pretrained).
+    names = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
+             "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json", "text_encoder/config.json",
+             "text_encoder/model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+             "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+    for name in names:
+        server.files[prefix + name] = name.encode()
+    r = run(repo, SD_SCRIPT, "sd15", base=server.base)
+    assert r.returncode == 0, r.stderr
+    out = repo / "checkpoints/stable_diffusion/sd15"
+    assert listing(out) == ["model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"]
+    assert all((out / name).read_bytes() == name.encode() for name in names)
+    assert sorted(path for path, _ in server.requests) == sorted(prefix + name for name in names)
+
+
+def test_dinov2_checkpoint_comes_from_the_official_url(server, repo):
+    payload = os.urandom(3000)
+    server.files["/dinov2_vitb14/dinov2_vitb14_pretrain.pth"] = payload
+    r = run(repo, DINOV2_SCRIPT, "vitb14", base=server.base)
+    assert r.returncode == 0, r.stderr
+    assert (repo / "checkpoints/dinov2/dinov2_vitb14_pretrain.pth").read_bytes() == payload
+
+
+@pytest.mark.parametrize("script, names", [(DIFFUSERS_SCRIPT, "bedroom, cat, church, celebahq"),
+                                           (SD_SCRIPT, "sd15, sd21"), (DINOV2_SCRIPT, "vits14, vitb14, vitl14, vitg14")])
+@pytest.mark.parametrize("args", [[], ["horse"], ["cat", "extra"]])
+def test_model_scripts_print_usage_for_a_bad_name(server, repo, script, names, args):
+    r = run(repo, script, *args, base=server.base)
+    assert r.returncode == 2 and f"(NAME: {names})" in r.stderr
     assert server.requests == []

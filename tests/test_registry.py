@@ -5,11 +5,13 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CELEBAMASK64, REPO, require
+from conftest import CELEBAMASK64, REPO, TINY_DIFFUSERS_UNET, require, write_tiny_sd_pipeline
 from ddpmseg.classifier.feature_selection import ProbeSettings, Selection
 from ddpmseg.common.config import ConfigError, load_config, validate
 from ddpmseg.common.model_flags import resolve_model_flags
@@ -118,6 +120,20 @@ def tiny_mae():
     return FeatureExtractorMAE(model, num_blocks=3)
 
 
+def tiny_from_config(keys: dict):
+    cfg = load_config(CONFIG, {"model_path": "", "random_weights": True, **keys})
+    return backbone_class(cfg["model_type"]).from_config(cfg, resolve_model_flags(cfg), torch.device("cpu"),
+                                                         lambda m: None)
+
+
+def tiny_sd():
+    # Everything is in memory once built: the folder may go.
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_tiny_sd_pipeline(Path(tmp) / "sd")
+        return tiny_from_config({"model_type": "stable_diffusion", "model_path": str(folder), "random_weights": False,
+                                 "exp_dir": tmp, "steps": [261], "blocks": [0, 1], "dim": [64, 64, 1]})
+
+
 # Each registered class at a size it runs at in a second, with the catalogue's expected
 # (first layer name, channels, stride) as the published architectures give them.
 TINY = {
@@ -127,6 +143,13 @@ TINY = {
     "swav": (lambda: FeatureExtractorSwAV(swav_resnet50(1)), 64, ("layer1.0 input", 64, 4)),
     "swav_w2": (lambda: FeatureExtractorSwAVW2(swav_resnet50(2)), 32, ("layer1.0 input", 128, 4)),
     "rgb_xy": (lambda: RGBPositionFeatures(16), 16, ("colour and position", 5, 1)),
+    "diffusers": (lambda: tiny_from_config({"model_type": "diffusers", "model_flags": TINY_DIFFUSERS_UNET,
+                                            "steps": [50], "blocks": [0, 1], "dim": [16, 16, 1],
+                                            "hook_layers": ["up_blocks.0.attentions.0"]}),
+                  16, ("step 50, up_blocks.0.attentions.0", 16, 2)),
+    "stable_diffusion": (tiny_sd, 64, ("step 261, up_blocks.0", 16, 8)),
+    "dinov2": (lambda: tiny_from_config({"model_type": "dinov2", "steps": [], "blocks": [0, 11], "dim": [28, 28, 1]}),
+               28, ("blocks.0", 384, 14)),
 }
 
 

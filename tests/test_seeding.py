@@ -57,6 +57,7 @@ def ddpm_runs(seed: int, steps: int = 60, batch: int = 16, ranks: int = 2) -> di
         "deeplab": [stream_key("deeplab_head", seed)]
         + [stream_key(n, seed, e) for n in ("deeplab_shuffle", "deeplab_dropout") for e in range(steps)],
         "procedural": [stream_key("procedural_image", seed, s, i) for s in range(3) for i in range(steps)],
+        "latent noise": [stream_key("latent_noise", seed)],
     }
 
 

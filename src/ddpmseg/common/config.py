@@ -54,6 +54,21 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "share_noise": ((bool,), True),
     # Hook the block inputs instead of outputs (the SwAV extractor uses True).
     "input_activations": ((bool,), False),
+    # --- additions: the diffusers / Stable Diffusion / DINOv2 backbones (ddpmseg.features) ---
+    # Layers inside a diffusers U-Net's up blocks to hook besides the up_blocks.K that "blocks" lists,
+    # by module name ("up_blocks.1.resnets.2", "up_blocks.1.attentions.0"): DIFT and Diffusion
+    # Hyperfeatures read those.
+    "hook_layers": ((list,), []),
+    # Stable Diffusion's fixed text prompt; empty, as Diffusion Hyperfeatures use (DIFT too, mostly).
+    "prompt": ((str,), ""),
+    # A prompt embedding a previous run saved (prompt_embedding_*.safetensors in its exp_dir), so the
+    # text encoder is never loaded; "" = compute it once and save it there.
+    "prompt_embedding": ((str,), ""),
+    # DINOv2's ViT: "vits14", "vitb14", "vitl14" or "vitg14" (torch.hub's dinov2_<arch> names).
+    "dinov2_arch": ((str,), "vits14"),
+    # The side images are resized to for DINOv2 (a multiple of its patch 14); null = the working
+    # resolution dim[0] rounded up to one, so no detail is lost to the resize.
+    "input_size": ((int, type(None)), None),
     # --- additions: names and colours that the original kept in src/data_util.py ---
     "class_names": ((list,), REQUIRED),
     "palette": ((list,), REQUIRED),

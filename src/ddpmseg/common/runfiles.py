@@ -14,8 +14,9 @@ from .metrics import iou_table_markdown
 
 
 def experiment_dir(cfg: dict) -> str:
-    """The original's layout: ``<exp_dir>/<steps>_<blocks>`` (e.g. 50_150_250_5_6_7_8_12)."""
-    if not cfg["steps"]:
+    """The original's layout: ``<exp_dir>/<steps>_<blocks>`` (e.g. 50_150_250_5_6_7_8_12; DINOv2's
+    blocks alone, e.g. 10_11); exp_dir itself for a backbone of fixed layers (MAE, SwAV, rgb_xy)."""
+    if not cfg["steps"] and not cfg["blocks"]:
         return cfg["exp_dir"]
     return os.path.join(cfg["exp_dir"], "_".join(map(str, cfg["steps"] + cfg["blocks"])))
 

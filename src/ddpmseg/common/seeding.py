@@ -61,6 +61,8 @@ STREAMS: dict[str, Stream] = {
     "deeplab_dropout": Stream(1_000_302, ("epoch",), "the ASPP dropout masks of an epoch"),
     # the procedural demo dataset (demo.py)
     "procedural_image": Stream(1_000_400, ("split", "index"), "image i of a split (0 train, 1 test, 2 unlabeled)"),
+    # the Stable Diffusion backbone (ddpmseg.features.stable_diffusion)
+    "latent_noise": Stream(1_000_500, (), "its one latent noise tensor for every image and step (share_noise)"),
 }
 
 # A member's streams, after (seed, member): 0 is the bare key (seed, member).
