@@ -1,4 +1,4 @@
-"""Active learning on celebamask64 (issue 14): does choosing the next images to label by the ensemble's
+"""Active learning on celebamask64: does choosing the next images to label by the ensemble's
 uncertainty, member disagreement or uncertainty spread out by feature diversity beat labelling random
 ones? Writes the table into docs/RESULTS.md and
 README.md, and a plot, from the runs' metrics.json files.
@@ -45,7 +45,7 @@ from variants import run, set_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POOL_TEST = 30  # test images (first by sorted stem) that join the pool; the other 20 of 50 are the evaluation set
-# The issue's protocol: 8 random labelled images, then 3 rounds of +4.
+# The protocol: 8 random labelled images, then 3 rounds of +4.
 START, ROUNDS, ADD = 8, 3, 4
 # --quick: the same machinery on 4 training + 4 test images in the pool, 2 evaluation images, a start
 # of 2 and 2 rounds of +1, with a 2-member ensemble trained for one epoch.

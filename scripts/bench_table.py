@@ -14,7 +14,7 @@ import sys
 
 from readme_block import replace_block
 
-# bench/ensemble_throughput.py targets (issue 15): speed-up over the original loop by feature size.
+# bench/ensemble_throughput.py targets: speed-up over the original loop by feature size.
 THROUGHPUT_TARGETS = {1152: 3.0, 8448: 2.0}
 # Benches whose row is its JSON line's fields put into words: (what was measured, the result).
 PLAIN_ROWS = {

@@ -1,4 +1,4 @@
-"""experiments/<dataset>/best.json (issue 14): the selected steps x blocks and the variants that helped,
+"""experiments/<dataset>/best.json: the selected steps x blocks and the variants that helped,
 decided from the metrics of scripts/variants.py and scripts/selection_study.py; then its 5-seed runs and
 a README sentence comparing them with the original method's row of the variants table.
 
@@ -37,7 +37,7 @@ CANDIDATES = [
      ("etf_reg_after_bn", "soft"), ("etf", "soft")),
 ]
 ORIGINAL = ("ddpm", "hard")  # the variants table's "DDPM" row: the original method
-TARGET_GAIN = 2.0  # issue 14's target: mIoU points above the original method
+TARGET_GAIN = 2.0  # the target: mIoU points above the original method
 
 
 def std(values: list[float]) -> float:

@@ -1,4 +1,4 @@
-"""Steps x blocks chosen by select_features.py vs the hand-set protocol (issue 14), for three U-Nets:
+"""Steps x blocks chosen by select_features.py vs the hand-set protocol, for three U-Nets:
 the reference checkpoint, a DDPM trained here, and the untrained U-Net. Writes the table into
 docs/RESULTS.md and README.md from the runs' metrics.json and selection.json files.
 

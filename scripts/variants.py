@@ -1,4 +1,5 @@
-"""Run the method variants of issue #5 over several seeds and write docs/RESULTS.md from their metrics.
+"""Run the method variants (config keys whose defaults are the original method) over several seeds
+and write docs/RESULTS.md from their metrics.
 
     python scripts/variants.py --dataset celebamask64 --out runs/variants --seeds 0 1 2 3 4
 
@@ -33,7 +34,7 @@ TRAINED = {
     "etf_decoupled": ("etf.json", {"regularizer": "etf_decoupled"}),
     "etf_reg": ("etf.json", REGULARISATION),
     "ddps": ("ddpm.json", {"refine": {"method": "ddps"}}),
-    # Where the coursework's dropout sits (config dropout_position): alone, and with the other regularisers.
+    # Where the regularised fork's dropout sits (config dropout_position): alone, and with the other regularisers.
     "ddpm_dropout": ("ddpm.json", {"dropout": 0.4}),
     "ddpm_dropout_after_bn": ("ddpm.json", {"dropout": 0.4, "dropout_position": "after_bn"}),
     "etf_reg_after_bn": ("etf.json", {**REGULARISATION, "dropout_position": "after_bn"}),
@@ -66,7 +67,7 @@ ROWS = [
     ("DDPM + DDPS refinement", "ddps", "hard",
      "the mask-prior refiner (ddpmseg.classifier.refine, default settings) applied to that ensemble's prediction"),
     ("DDPM + dropout 0.4 before BN", "ddpm_dropout", "hard",
-     "the coursework's dropout alone: after each hidden ReLU, before its BatchNorm (`dropout_position` before_bn)"),
+     "the regularised fork's dropout alone: after each hidden ReLU, before its BatchNorm (`dropout_position` before_bn)"),
     ("DDPM + dropout 0.4 after BN", "ddpm_dropout_after_bn", "hard",
      "the same dropout after each BatchNorm instead (`dropout_position` after_bn)"),
     ("DDPM_VE + aug/AdamW/dropout after BN", "etf_reg_after_bn", "soft",

@@ -554,6 +554,6 @@ def test_bad_input(case_id, tool, setup, culprit, full, tmp_path, capsys, monkey
 
 
 def test_catalogue_size():
-    """The issue asks for at least 40 cases across the tools; every tool has some."""
+    """At least 40 cases across the tools; every tool has some."""
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
     assert {c[1] for c in CASES} == set(TOOLS)

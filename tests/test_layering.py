@@ -1,6 +1,6 @@
 """The package's import structure: no import cycle (module-level or inside a function), no import
-from a later stage's sub-package, guided_diffusion free of ddpmseg, the light command-line tools
-free of the interpreter and timm, and the flat layout's module names still importable."""
+from a later stage's sub-package, guided_diffusion free of ddpmseg and the light command-line tools
+free of the interpreter and timm."""
 from __future__ import annotations
 
 import ast
@@ -160,21 +160,3 @@ def test_the_layering_check_sees_an_upward_import():
         "ddpmseg.common.config (common) imports ddpmseg.classifier.refine (classifier)",
         "ddpmseg.ddpm.train (ddpm) imports ddpmseg.classifier.train (classifier)"]
     assert set(place(m)[0] for m in import_graph()) == {"", *RANKS}  # every module has its place
-
-
-def test_the_flat_layouts_names_import_the_moved_modules():
-    """``ddpmseg.<old name>`` (and the README's imports before issue 17) give the module itself."""
-    import importlib
-
-    import ddpmseg
-    from ddpmseg.features import FeatureExtractorDDPM, collect_features  # noqa: F401
-
-    for old, new in ddpmseg.MOVED.items():
-        moved = importlib.import_module(f"ddpmseg.{new}")
-        assert importlib.import_module(f"ddpmseg.{old}") is moved
-        assert moved.__spec__.name == moved.__name__ == f"ddpmseg.{new}"
-    from ddpmseg.segmenter import Segmenter
-    from ddpmseg.classifier.segmenter import Segmenter as Moved
-    assert Segmenter is Moved
-    assert set(ddpmseg.MOVED.values()) == {m.removeprefix("ddpmseg.") for m in modules()} - {
-        "ddpmseg", "demo", *RANKS, "data.folders", "features.ddpm"}

@@ -54,7 +54,7 @@ def test_train_etf_needs_a_result_dir_and_a_gpu_number(args):
 
 
 def test_train_etf_runs_celebamask64_on_cpu(tmp_path):
-    """The issue's command, shortened with extra options: ETF + soft voting, outputs in the result dir."""
+    """The ETF experiment's command, shortened with extra options: ETF + soft voting, outputs in the result dir."""
     require(CELEBAMASK64), require(FACES_CKPT)
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
     quick = ["--set", "model_num=2", "--set", "max_epochs=1", "--set", "training_number=2",
@@ -103,7 +103,7 @@ def test_baseline_scripts_print_usage(kind):
 
 
 def test_swav_runs_end_to_end_on_celebamask64_with_random_weights(tmp_path):
-    """The issue's SwAV check: the original CLI (scripts/swav/train_interpreter.sh), real faces, an
+    """SwAV end to end: the original CLI (scripts/swav/train_interpreter.sh), real faces, an
     untrained ResNet-50, the same store and ensemble as the DDPM path."""
     require(CELEBAMASK64)
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}

@@ -1,4 +1,4 @@
-"""The stream table: every random stream of a run is its own, and every draw in the package uses it."""
+"""Random streams: every random stream of a run is its own, and every draw in the package uses it."""
 from __future__ import annotations
 
 import ast

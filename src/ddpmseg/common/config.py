@@ -99,21 +99,22 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "voting": ((str,), "hard"),
     # Also score every voting mode on the same ensemble (metrics.json "by_voting").
     "report_all_votings": ((bool,), False),
-    # "adamw" decouples weight decay from the gradient (coursework: AdamW, weight decay 1e-4).
+    # "adamw" decouples weight decay from the gradient (the regularised fork
+    # matosjan/ddpm-segmentation-coursework used AdamW, weight decay 1e-4).
     "optimizer": ((str,), "adam"),
     "weight_decay": ((float,), 0.0),
-    # Dropout after each hidden ReLU, placed by dropout_position (coursework: 0.4); 0 = none, as published.
+    # Dropout after each hidden ReLU, placed by dropout_position (the regularised fork: 0.4); 0 = none, as published.
     "dropout": ((float,), 0.0),
-    # Where that dropout sits: "before_bn" (the coursework's placement, so BatchNorm's running statistics
+    # Where that dropout sits: "before_bn" (the regularised fork's placement, so BatchNorm's running statistics
     # are gathered with dropout on and used with it off) or "after_bn" (Linear, ReLU, BN, Dropout), which
     # keeps BatchNorm's statistics those of the undropped activations. Default: the published placement.
     "dropout_position": ((str,), "before_bn"),
     # Augmented copies of each training image (image and mask transformed jointly, see
     # ddpmseg.data.augment); their features go into the same store. 0 = none, as published.
     "augmentation_copies": ((int,), 0),
-    # Probability of each transform in the augmentation pipeline (coursework: 0.4).
+    # Probability of each transform in the augmentation pipeline (the regularised fork: 0.4).
     "augmentation_p": ((float,), 0.4),
-    # "original": an epoch is as many batches as the un-augmented images give (coursework), so
+    # "original": an epoch is as many batches as the un-augmented images give (the regularised fork's), so
     # augmentation adds variety, not iterations; "all": an epoch is a pass over every copy.
     "epoch_pixels": ((str,), "original"),
     # Extra test-time views merged with the original by the configured voting (TTA_VIEWS below).

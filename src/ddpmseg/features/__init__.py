@@ -1,9 +1,2 @@
 """Per-pixel features: the DDPM U-Net's decoder activations and the RGB+xy baseline (``ddpm``), the
-comparison backbones MAE and SwAV (``backbones``) and the native-resolution store (``store``).
-
-The names of ``ddpm`` are re-exported: this was the module ``ddpmseg.features`` before issue 17,
-and the README's Python API imports them from here.
-"""
-from .ddpm import FeatureExtractorDDPM, RGBPositionFeatures, collect_features, shared_noise
-
-__all__ = ["FeatureExtractorDDPM", "RGBPositionFeatures", "collect_features", "shared_noise"]
+comparison backbones MAE and SwAV (``backbones``) and the native-resolution store (``store``)."""
