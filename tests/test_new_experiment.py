@@ -1,5 +1,5 @@
-"""new_experiment.py, and the whole road a new user takes: JPEGs + RGB masks -> config -> training ->
-segment.py on images of other sizes; bad inputs stop with one error line and write nothing."""
+"""ddpmseg new, and the whole road a new user takes: JPEGs + RGB masks -> config -> training ->
+ddpmseg segment on images of other sizes; bad inputs stop with one error line and write nothing."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import new_experiment
-import segment
-import train_interpreter
+from ddpmseg.commands import new as new_experiment
+from ddpmseg.commands import segment
+from ddpmseg.commands import train as train_interpreter
 from conftest import CELEBAMASK64, FAST_INTERPRETER, require
 from ddpmseg.common.config import ConfigError, load_config
 from ddpmseg.classifier.new_experiment import closest_published, distinct_palette, read_classes

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import CELEBAMASK64, FACES_CKPT, REPO, manifest, recomputed_iou, require
+from conftest import CELEBAMASK64, FACES_CKPT, REPO, checkout_env, manifest, recomputed_iou, require
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults, str2bool
 
 SCRIPTS = REPO / "scripts" / "ddpm"
@@ -74,7 +74,7 @@ def test_train_etf_runs_celebamask64_on_cpu(tmp_path):
 def test_train_ddpm_sh_trains_with_the_given_flags(tmp_path):
     """The released architecture is the default; a --model_flags file replaces it."""
     data = require(CELEBAMASK64) / "unlabeled"
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    env = checkout_env(PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
     flags = tmp_path / "tiny.json"
     flags.write_text(json.dumps({"image_size": 32, "channel_mult": "1,2", "num_channels": 32, "num_res_blocks": 1,
                                  "attention_resolutions": "8"}))

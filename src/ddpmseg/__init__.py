@@ -4,5 +4,6 @@ The package is grouped by stage; a sub-package imports only from those before it
 ``common`` (files, seeds, errors, config, reports, command-line plumbing) < ``data`` (datasets,
 augmentation) < ``features`` (DDPM and other backbones, the feature store) < ``classifier`` (the
 pixel ensemble and the interpreter job) and ``ddpm`` (training and sampling a DDPM) <
-``datasetddpm`` (labelled samples, DeepLab) < ``demo``. tests/test_layering.py holds it to that.
+``datasetddpm`` (labelled samples, DeepLab) < ``demo`` < ``commands`` (the ``ddpmseg`` command, one
+module per sub-command). tests/test_layering.py holds it to that.
 """

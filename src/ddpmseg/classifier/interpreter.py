@@ -350,7 +350,7 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Every rank would repeat the whole job and write the same files at once.
         raise ConfigError("train_interpreter.py runs in one process; launch it with python, not torchrun "
-                          "(train_ddpm.py, sample.py and generate_dataset.py are the multi-process tools)")
+                          "(ddpmseg train-ddpm, sample and generate are the multi-process tools)")
     log = log or RunLog()
     run = Run(cfg, model_flags, log)
     run.validate_inputs()

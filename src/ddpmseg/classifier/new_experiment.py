@@ -1,4 +1,4 @@
-"""A new experiment config from folders of images and masks (new_experiment.py).
+"""A new experiment config from folders of images and masks (ddpmseg new).
 
 Everything is decided from the data and the checkpoint, and checked as training checks it, before
 ``experiments/NAME`` is written: class names and colours (``--classes`` or the ids found), ``dim``

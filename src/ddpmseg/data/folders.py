@@ -134,7 +134,7 @@ def read_mask(path: str, palette: list | None = None) -> np.ndarray:
 def _colours_to_ids(path: str, rgb: np.ndarray, palette: list | None) -> np.ndarray:
     if not palette:
         raise DataError(f"{path}: an RGB mask needs the class colours: set 'palette' in the config "
-                        f"(new_experiment.py: 'name R G B' lines in --classes)")
+                        f"(ddpmseg new: 'name R G B' lines in --classes)")
     codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     pal = [(int(r) << 16) | (int(g) << 8) | int(b) for r, g, b in palette]
     if len(set(pal)) != len(pal):
