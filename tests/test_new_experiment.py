@@ -79,7 +79,7 @@ def test_new_user_road_jpeg_rgb_masks_to_segmented_images(tmp_path, tiny64_check
     assert _new(root, tiny64_checkpoint) == 0
     out = capsys.readouterr().out
     assert "experiments/celebamask64/ddpm.json (closest published config)" in out
-    assert "python train_interpreter.py --exp experiments/faces/ddpm.json" in out
+    assert "ddpmseg train --exp experiments/faces/ddpm.json" in out
     cfg = load_config("experiments/faces/ddpm.json")  # validates
     names, palette = _celeba()
     # 384 = the tiny U-Net's channels of blocks 4..8 at one step, which FAST_INTERPRETER states independently

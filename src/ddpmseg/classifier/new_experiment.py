@@ -201,7 +201,7 @@ def new_experiment(name: str, images: str, masks: str, model_path: str, classes:
         width = _feature_width(validate(staged, where="new config"), flags, log)
         cfg["dim"] = staged["dim"] = [size, size, width]
         staged = validate(staged, where="new config")
-        Run(staged, flags, log).validate_inputs()  # the same checks train_interpreter.py makes
+        Run(staged, flags, log).validate_inputs()  # the same checks `ddpmseg train` makes
         save_config(cfg, os.path.join(stage, "ddpm.json"))
         if os.path.exists(final):
             shutil.rmtree(final)
@@ -210,5 +210,5 @@ def new_experiment(name: str, images: str, masks: str, model_path: str, classes:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     log(f"wrote {config_path}: {len(names)} classes, dim {cfg['dim']}, {counts[0]} train / {counts[1]} test "
-        f"images\ntrain it with:\n  python train_interpreter.py --exp {config_path}")
+        f"images\ntrain it with:\n  ddpmseg train --exp {config_path}")
     return config_path

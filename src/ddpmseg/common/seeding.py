@@ -33,7 +33,7 @@ class Stream:
 
 
 STREAMS: dict[str, Stream] = {
-    # pixel classifier (train_interpreter.py, ddpmseg evaluate, ddpmseg segment, ddpmseg select, ddpmseg suggest)
+    # pixel classifier (ddpmseg train, evaluate, segment, select, suggest)
     "etf_frame": Stream(1_000_003, (), "the simplex ETF's orthonormal basis"),  # its id since the start
     "fold_order": Stream(1_000_100, (), "which training image falls in which cross-fitting fold"),
     "fold_seed": Stream(1_000_101, ("fold",), "the root seed of fold f's ensemble (its members' streams)"),
