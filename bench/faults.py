@@ -100,7 +100,7 @@ class Workspace:
         if tool in ("train_interpreter", "train_interpreter_refine"):
             return self.interpreter(run, refine=tool.endswith("refine")), run
         if tool == "train_ddpm":
-            return ["train_ddpm.py", "--data_dir", os.path.join(str(CELEBAMASK64), "unlabeled"), "--log_dir", run,
+            return ["-m", "ddpmseg", "train-ddpm", "--data_dir", os.path.join(str(CELEBAMASK64), "unlabeled"), "--log_dir", run,
                     *DDPM_TINY, "--max_steps", "6", "--save_interval", "2", "--log_interval", "1"], run
         if tool == "generate_dataset":
             return ["generate_dataset.py", "--run_dir", self.finished_interpreter_run(), "--out", run,
@@ -111,7 +111,7 @@ class Workspace:
                     self.synthetic_npz(), "--set", f"exp_dir={run}", "--set",
                     f"training_path={os.path.join(self.real, 'train')}", "--set",
                     f"testing_path={os.path.join(self.real, 'test')}", "--max_data", "10", "--uncertainty_portion",
-                    "0.2", "--batch_size", "4", "--workers", "0", "--num_epoch", "3", "--set",
+                    "0.2", "--deeplab_batch_size", "4", "--workers", "0", "--num_epoch", "3", "--set",
                     "deeplab_backbone=mobilenet_v3_large", "--set", "deeplab_pretrained_backbone=false", "--set",
                     "deeplab_res=64", "--set", "training_number=2", "--set", "testing_number=2"], run
         raise ValueError(f"unknown tool {tool!r}; one of {', '.join(TOOLS)}")

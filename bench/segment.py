@@ -1,12 +1,12 @@
-"""Inference speed: segment.py on unlabelled images vs the evaluation path, on the same trained run.
+"""Inference speed: ddpmseg segment on unlabelled images vs the evaluation path, on the same trained run.
 
     python bench/segment.py [--quick] [--images 50]
 
 Trains one run on celebamask64 (the 64 px faces checkpoint) in a temp folder, then times, on the
 same celebamask64 test images and in this one process, (a) the evaluation path (Run.evaluate:
-votes, masks, IoU, predictions/visualizations written) and (b) segment.py's job (Segmenter +
+votes, masks, IoU, predictions/visualizations written) and (b) ddpmseg segment's job (Segmenter +
 segment_images: the same votes, plus probabilities, uncertainty map and its three PNGs and CSV
-row), and (c) segment.py on the same faces widened to 2:1 (two windows each). Loading is
+row), and (c) ddpmseg segment on the same faces widened to 2:1 (two windows each). Loading is
 excluded from both. Prints one JSON line with images/s and the ratio. --quick: a tiny run (one
 step, two members, a few images) that a test runs.
 """

@@ -5,16 +5,16 @@ ones? Writes the table into docs/selection.md, and a plot, from the runs' metric
     python scripts/active_learning.py --dataset celebamask64 --out runs/active_learning --seeds 0 1 2 3 4
 
 Pool = the training images + the first POOL_TEST test images by sorted stem; evaluation = the other test
-images (fixed: never in the pool, never read by suggest.py). For each seed a seeded random start of
+images (fixed: never in the pool, never read by ddpmseg suggest). For each seed a seeded random start of
 --start pool images (the same for every strategy: round 0 is trained once and shared), then --rounds
-rounds: ``suggest.py --run <previous round's run> --pool <its unlabelled pool> --k ADD --strategy S``
+rounds: ``ddpmseg suggest --run <previous round's run> --pool <its unlabelled pool> --k ADD --strategy S``
 picks ADD images, they join the labelled set, and the full config (experiments/<dataset>/ddpm.json) is
 retrained with train_interpreter.py and scored on the evaluation images. Labelled sets and pools are
 folders of symlinks to the dataset's files (never copies). Layout under --out:
 
     split.json, evaluation/                     the pool and the evaluation images
     seed<S>/round0/                             the shared start
-    seed<S>/<strategy>/round<r>/                suggestions/ (suggest.py's outputs), labelled/, pool/,
+    seed<S>/<strategy>/round<r>/                suggestions/ (ddpmseg suggest's outputs), labelled/, pool/,
                                                 labelled.json (stems), run/<steps>_<blocks>/metrics.json
     best_strategy.json                          the verdict (the plot goes to --plot)
 
@@ -37,7 +37,7 @@ import torch
 
 from line_plot import line_plot, save_png
 from ddpmseg.common.atomic import write_json_atomic
-from ddpmseg.classifier.suggest import STRATEGIES  # suggest.py's --strategy choices
+from ddpmseg.classifier.suggest import STRATEGIES  # ddpmseg suggest's --strategy choices
 from ddpmseg.common.seeding import stream_generator
 from readme_block import add_study_arguments, publish
 from variants import run, set_args
@@ -163,14 +163,14 @@ class Study:
         return state
 
     def step(self, seed: int, strategy: str, r: int, previous: dict, add: int) -> dict:
-        """Round r > 0: suggest.py picks ``add`` images of the previous round's pool with its run."""
+        """Round r > 0: ddpmseg suggest picks ``add`` images of the previous round's pool with its run."""
         folder, before = round_dir(self.out, seed, strategy, r), round_dir(self.out, seed, strategy, r - 1)
         state = read_json(os.path.join(folder, "labelled.json"))
         if state is None:
             suggestions = os.path.join(folder, "suggestions")
             table = os.path.join(suggestions, "suggestions.csv")
             if not os.path.isfile(table):
-                run([sys.executable, "suggest.py", "--run", os.path.dirname(metrics_path(before)),
+                run([sys.executable, "-m", "ddpmseg", "suggest", "--run", os.path.dirname(metrics_path(before)),
                      "--pool", os.path.join(before, "pool"), "--k", str(add), "--strategy", strategy,
                      "--seed", str(seed), "--out", suggestions])
             with open(table) as f:
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
     p.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     p.add_argument("--start", type=int, default=None, help=f"random labelled images of round 0 (default {START})")
     p.add_argument("--rounds", type=int, default=None, help=f"rounds after the start (default {ROUNDS})")
-    p.add_argument("--add", type=int, default=None, help=f"images suggest.py adds per round (default {ADD})")
+    p.add_argument("--add", type=int, default=None, help=f"images ddpmseg suggest adds per round (default {ADD})")
     p.add_argument("--quick", action="store_true", help="a few images and a tiny ensemble (for tests)")
     p.add_argument("--plot", default="docs/active_learning.png", help="the plot PNG to write")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table, plot and verdict")
@@ -301,7 +301,7 @@ def main(argv=None) -> int:
         study = Study(args.dataset, args.out, args.quick)
         if start + rounds * add > len(study.data["pool"]) - 1:
             p.error(f"--start {start} + --rounds {rounds} x --add {add} leaves fewer than 1 of the "
-                    f"{len(study.data['pool'])} pool images unlabelled for the last round's suggest.py")
+                    f"{len(study.data['pool'])} pool images unlabelled for the last round's ddpmseg suggest")
         run_all(study, args.seeds, args.strategies, start, rounds, add)
     found = results(out, args.seeds, args.strategies, rounds)
     decision = verdict(found)

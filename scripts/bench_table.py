@@ -27,7 +27,7 @@ PLAIN_ROWS = {
     "segment": (
         "segmenting new images, celebamask64 test ({images} images, {members} members, {dim}-d, {torch_threads} "
         "threads)",
-        "segment.py {segment_images_per_s} vs evaluation {evaluation_images_per_s} images/s: "
+        "ddpmseg segment {segment_images_per_s} vs evaluation {evaluation_images_per_s} images/s: "
         "**{segment_over_evaluation}x** (same votes, plus probabilities, uncertainty map, 3 PNGs and a CSV row "
         "per image); 2:1 images (3 windows each) {segment_2to1_images_per_s} images/s"),
 }

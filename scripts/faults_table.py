@@ -12,7 +12,7 @@ from collections import Counter
 from readme_block import publish
 
 TOOL_NAMES = {"train_interpreter": "`train_interpreter.py`", "train_interpreter_refine": "`train_interpreter.py` with `refine`",
-              "train_ddpm": "`train_ddpm.py`", "generate_dataset": "`generate_dataset.py`",
+              "train_ddpm": "`ddpmseg train-ddpm`", "generate_dataset": "`generate_dataset.py`",
               "train_deeplab": "`train_deeplab.py`"}
 
 

@@ -3,7 +3,7 @@ reference faces checkpoint; writes the table into docs/train-ddpm.md from the ru
 
     python scripts/from_scratch.py --ddpm runs/ddpm/celebamask64 --out runs/from_scratch --seeds 0 1 2 3 4
 
---ddpm is a train_ddpm.py folder (docs/train-ddpm.md gives the command that made it): its latest EMA
+--ddpm is a `ddpmseg train-ddpm` folder (docs/train-ddpm.md gives the command that made it): its latest EMA
 checkpoint is "trained", its model000000.pt (the initialisation, same flags) is "untrained".
 Finished runs (metrics.json present) are skipped, so the command resumes; --table-only rebuilds
 the table from existing metrics files alone. No number in the table is typed by hand.
@@ -71,7 +71,7 @@ def steps_of(ckpt: str) -> str:
 
 def table(ckpts: dict[str, str], out: str, seeds: list[int]) -> str:
     what = {
-        "trained": "DDPM trained here with `train_ddpm.py` on unlabeled/ + real/train (170 images), raw weights",
+        "trained": "DDPM trained here with `ddpmseg train-ddpm` on unlabeled/ + real/train (170 images), raw weights",
         "untrained": "the same U-Net at its initialisation (`model000000.pt` of that run)",
         "reference": "the reference 64 px faces checkpoint in ../shared (same flags, other training run)",
     }
@@ -102,7 +102,7 @@ def reading(out: str, seeds: list[int]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ddpm", required=True, help="the train_ddpm.py folder (relative to the repository root)")
+    p.add_argument("--ddpm", required=True, help="the ddpmseg train-ddpm folder (relative to the repository root)")
     p.add_argument("--out", default="runs/from_scratch")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--rows", nargs="+", default=["trained", "untrained", "reference"],

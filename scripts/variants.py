@@ -2,7 +2,7 @@
 
     python scripts/variants.py --dataset celebamask64 --out runs/variants --seeds 0 1 2 3 4
 
-Each (variant, seed) is one train_interpreter.py or evaluate.py process whose folder holds its
+Each (variant, seed) is one train_interpreter.py or ddpmseg evaluate process whose folder holds its
 config.json and metrics.json; finished ones (metrics.json present) are skipped, so the command
 resumes. The table is then built from those files alone (``--table-only`` rebuilds it without
 running anything): no number in it is typed by hand.
@@ -86,7 +86,7 @@ def metrics_path(folder: str) -> str | None:
 
 
 def set_args(overrides: dict) -> list[str]:
-    """``--set key=<JSON value>`` arguments for train_interpreter.py / evaluate.py."""
+    """``--set key=<JSON value>`` arguments for train_interpreter.py / ddpmseg evaluate."""
     return [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 
 
@@ -119,7 +119,7 @@ def run_all(dataset: str, out: str, seeds: list[int], names: list[str]) -> None:
                 continue
             run_trained(dataset, out, seed, source)
             trained = os.path.dirname(metrics_path(run_dir(out, seed, source)))
-            run([sys.executable, "evaluate.py", "--run", trained, "--out", folder, *set_args(overrides)])
+            run([sys.executable, "-m", "ddpmseg", "evaluate", "--run", trained, "--out", folder, *set_args(overrides)])
 
 
 def run_trained(dataset: str, out: str, seed: int, name: str) -> None:
@@ -198,7 +198,7 @@ def table(dataset: str, out: str, seeds: list[int], note: str = "") -> str:
         lines.append(f"- `{name}`: `{command}`")
     for name, (source, overrides) in EVALUATED.items():
         sets = shell_set_args(overrides)
-        lines.append(f"- `{name}`: `python evaluate.py --run <out>/seed<N>/{source}/<steps>_<blocks> "
+        lines.append(f"- `{name}`: `ddpmseg evaluate --run <out>/seed<N>/{source}/<steps>_<blocks> "
                      f"--out <out>/seed<N>/{name} {sets}`")
     lines += ["", f"Machine: {', '.join(sorted(devices)) or '–'}, {os.cpu_count()} CPU cores ({platform.machine()}), "
               f"torch {torch.__version__}." + (f" {note}" if note else "")]

@@ -39,9 +39,22 @@ def require(path: Path) -> Path:
     pytest.skip(msg)
 
 
+def checkout_env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess run from the checkout: the package's src/ and the repository
+    root on PYTHONPATH, so ``python -m ddpmseg`` and the scripts import this tree with or without
+    ``pip install -e .``."""
+    path = os.pathsep.join([str(REPO / "src"), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def ddpmseg_command(*args: str) -> list[str]:
+    """The argv of ``python -m ddpmseg <args>``, to run with ``cwd=REPO, env=checkout_env()``."""
+    return [sys.executable, "-m", "ddpmseg", *args]
+
+
 def run_repo_script(script: str, *args: str) -> str:
     """Run ``python <script> <args>`` from the repository root as a user would; its stdout (it must succeed)."""
-    r = subprocess.run([sys.executable, script, *args], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, script, *args], cwd=REPO, env=checkout_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
 
@@ -101,7 +114,7 @@ FAST_INTERPRETER = ["--set", "model_num=2", "--set", "max_epochs=2", "--set", "e
 @pytest.fixture(scope="session")
 def tiny_interpreter_run(tmp_path_factory, tiny64_checkpoint):
     """The folder of a finished train_interpreter.py run on celebamask64 with the tiny U-Net."""
-    import train_interpreter
+    from ddpmseg.commands import train as train_interpreter
 
     data = require(CELEBAMASK64) / "real"
     exp = tmp_path_factory.mktemp("interpreter") / "exp"
@@ -161,8 +174,8 @@ def run_backbone_end_to_end(tmp_path: Path, keys: list[str], grid: list[str]) ->
     import numpy as np
     from PIL import Image
 
-    import segment
-    import select_features
+    from ddpmseg.commands import segment
+    from ddpmseg.commands import select as select_features
     import train_interpreter
 
     data = require(CELEBAMASK64) / "real"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CELEBAMASK64, FACES_CKPT, REPO, require, run_repo_script
+from conftest import CELEBAMASK64, FACES_CKPT, REPO, checkout_env, ddpmseg_command, require, run_repo_script
 from ddpmseg.common.seeding import stream_generator
 
 sys.path.insert(0, str(REPO / "scripts"))  # the scripts import their neighbours, as when run
@@ -62,7 +62,7 @@ def test_split_and_folders_keep_the_evaluation_images_out(study):
         for f in os.listdir(folder):  # links into the dataset, never copies
             path = os.path.join(folder, f)
             assert os.path.islink(path) and os.path.realpath(path).startswith(os.path.realpath(CELEBAMASK64))
-    # suggest.py was only ever shown pool images.
+    # ddpmseg suggest was only ever shown pool images.
     for strategy in STRATEGIES:
         for r in (1, 2):
             with open(os.path.join(al.round_dir(str(tmp / "al"), 0, strategy, r), "suggestions", "suggestions.csv")) as f:
@@ -99,12 +99,13 @@ def test_rounds_grow_by_the_strategy_picks_from_a_shared_start(study):
 
 
 def test_uncertainty_picks_the_most_uncertain_pool_image(study, tmp_path):
-    """suggest.py on round 0's whole pool: the image round 1 added by uncertainty tops that ranking."""
+    """`ddpmseg suggest` on round 0's whole pool: the image round 1 added by uncertainty tops that ranking."""
     tmp, _ = study
     round0 = al.round_dir(str(tmp / "al"), 0, "", 0)
-    r = subprocess.run([sys.executable, "suggest.py", "--run", os.path.dirname(al.metrics_path(round0)), "--pool",
+    r = subprocess.run([*ddpmseg_command("suggest"), "--run", os.path.dirname(al.metrics_path(round0)), "--pool",
                         os.path.join(round0, "pool"), "--k", str(len(state(tmp, "", 0)["pool"])),
-                        "--strategy", "uncertainty", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+                        "--strategy", "uncertainty", "--out", str(tmp_path)], cwd=REPO, env=checkout_env(), capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "suggestions.csv")))
     scores = [float(row["uncertainty"]) for row in rows]
@@ -141,7 +142,7 @@ def test_a_rerun_skips_every_finished_step(study):
                                                                               "labelled.json"))
     mtimes = [os.stat(p).st_mtime_ns for p in finished]
     printed = run_script(tmp)
-    assert "+ " not in printed  # no suggest.py or train_interpreter.py was started
+    assert "+ " not in printed  # no ddpmseg suggest or train_interpreter.py was started
     assert [os.stat(p).st_mtime_ns for p in finished] == mtimes
 
 

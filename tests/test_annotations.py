@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-import new_experiment
-import segment
+from ddpmseg.commands import new as new_experiment
+from ddpmseg.commands import segment
 import train_interpreter
 from ddpmseg.common.config import load_config
 from ddpmseg.data.annotations import detect_format, open_export

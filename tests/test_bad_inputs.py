@@ -32,18 +32,19 @@ import pytest
 import torch
 from PIL import Image
 
-import demo
-import evaluate
-import generate_dataset
-import new_experiment
-import sample
-import segment
-import select_features
-import suggest
-import train_ddpm
-import train_deeplab
-import train_interpreter
-from conftest import CELEBAMASK64, REPO, require
+from ddpmseg.commands import demo
+from ddpmseg.commands import evaluate
+from ddpmseg.commands import generate as generate_dataset
+from ddpmseg.commands import new as new_experiment
+from ddpmseg.commands import sample
+from ddpmseg.commands import segment
+from ddpmseg.commands import select as select_features
+from ddpmseg.commands import suggest
+from ddpmseg.commands import train_ddpm
+from ddpmseg.commands import deeplab as train_deeplab
+from ddpmseg.commands import train as train_interpreter
+from conftest import CELEBAMASK64, REPO, checkout_env, ddpmseg_command, require
+from ddpmseg.commands import COMMANDS
 
 TOOLS = {"interp": train_interpreter, "eval": evaluate, "ddpm": train_ddpm, "sample": sample,
          "gen": generate_dataset, "deeplab": train_deeplab, "demo": demo, "newexp": new_experiment,
@@ -51,7 +52,7 @@ TOOLS = {"interp": train_interpreter, "eval": evaluate, "ddpm": train_ddpm, "sam
 # One case also runs as a real process (torch's import alone takes seconds there).
 SUBPROCESS = {"interp-json-syntax"}
 FACES = json.loads((REPO / "experiments/celebamask64/ddpm.json").read_text())
-# A DDPM small enough to build in milliseconds (train_ddpm.py / sample.py cases).
+# A DDPM small enough to build in milliseconds (ddpmseg train-ddpm / ddpmseg sample cases).
 TINY_DDPM = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1,2",
              "--attention_resolutions", "", "--diffusion_steps", "100"]
 
@@ -140,7 +141,7 @@ class Ctx:
         return path
 
     def ddpm_dir(self, n: int = 2) -> Path:
-        """A folder of ``n`` unlabelled images for train_ddpm.py."""
+        """A folder of ``n`` unlabelled images for ddpmseg train-ddpm."""
         d = self.root / "unlabelled"
         d.mkdir(exist_ok=True)
         for png in sorted((require(CELEBAMASK64) / "real" / "train").glob("*.png"))[:n]:
@@ -180,7 +181,7 @@ def _npz_of_two_arrays(ctx: Ctx) -> list[str]:
 
 def _deeplab(ctx: Ctx, *extra: str, npz: Path | None = None, **cfg_changes) -> list[str]:
     exp = ctx.config(deeplab_pretrained_backbone=False, deeplab_backbone="mobilenet_v3_large", **cfg_changes)
-    return ["--exp", str(exp), "--data_path", str(npz or ctx.npz()), "--batch_size", "2", "--num_epoch", "1",
+    return ["--exp", str(exp), "--data_path", str(npz or ctx.npz()), "--deeplab_batch_size", "2", "--num_epoch", "1",
             "--workers", "0", *extra]
 
 
@@ -197,22 +198,22 @@ def _deeplab_epoch(ctx: Ctx, learning_rate: float) -> list[str]:
 
 
 def _ddpm_resumed(ctx: Ctx, flags: dict | None = None, **changed) -> list[str]:
-    """train_ddpm.py arguments resuming a log_dir whose train_config.json has ``changed`` options
+    """ddpmseg train-ddpm arguments resuming a log_dir whose train_config.json has ``changed`` options
     and model ``flags``."""
     data, log_dir = ctx.ddpm_dir(), ctx.root / "log"
     argv = ["--data_dir", str(data), "--log_dir", str(log_dir), "--batch_size", "2", "--max_steps", "1",
             "--device", "cpu", *TINY_DDPM]
-    opts = train_ddpm.options_from_args(train_ddpm.parse_args(argv))
+    opts = train_ddpm.options_from_args(train_ddpm.build_parser().parse_args(argv))
     changed["model_flags"] = {**opts.model_flags, **(flags or {})}
     ctx.file("log/train_config.json", json.dumps(dataclasses.asdict(dataclasses.replace(opts, **changed))))
     return argv
 
 
 def _sample_resumed(ctx: Ctx) -> list[str]:
-    """sample.py arguments resuming an interrupted run (its shards/generation.json is there)."""
+    """ddpmseg sample arguments resuming an interrupted run (its shards/generation.json is there)."""
     argv = ["--model_path", str(ctx.ckpt()), "--out", str(ctx.root / "samples"), "--num_samples", "2",
             "--batch_size", "1", "--use_ddim", "True", "--timestep_respacing", "ddim2", "--device", "cpu"]
-    args = sample.parse_args(argv)
+    args = sample.build_parser().parse_args(argv)
     opts = sample.dataclass_from_args(sample.SampleOptions, args)
     record = {"model_path": os.path.abspath(args.model_path), **dataclasses.asdict(opts), "image_size": 64,
               "labelled": False}
@@ -228,7 +229,7 @@ def _interp_resumed(ctx: Ctx, **changes) -> list[str]:
 
 
 def _evaluated_once(ctx: Ctx) -> list[str]:
-    """evaluate.py arguments that write again into the folder of an earlier evaluation."""
+    """ddpmseg evaluate arguments that write again into the folder of an earlier evaluation."""
     argv = ["--run", str(ctx.rgb_run()), "--out", str(ctx.root / "eval")]
     assert evaluate.main(argv) == 0
     return argv
@@ -242,7 +243,7 @@ def _gen_out_is_file(ctx: Ctx) -> list[str]:
 
 # (id, tool, setup(ctx) -> argv, text the error must contain, disk full while the tool runs)
 def _new_experiment(ctx: Ctx, images: Path | None = None, rename_mask: bool = False) -> list[str]:
-    """new_experiment.py on images/ + masks/ copies of the data (it would write experiments/NAME)."""
+    """ddpmseg new on images/ + masks/ copies of the data (it would write experiments/NAME)."""
     train, _ = ctx.data()
     img_dir, mask_dir = ctx.folder("own/images"), ctx.folder("own/masks")
     for png in sorted(train.glob("*.png")):
@@ -262,7 +263,7 @@ def _segment(ctx: Ctx, run: str, images: Path | None = None) -> list[str]:
 
 
 def _select(ctx: Ctx) -> list[str]:
-    """select_features.py on the tiny U-Net's experiment (training images only)."""
+    """ddpmseg select on the tiny U-Net's experiment (training images only)."""
     argv = ctx.ddpm_config()
     return [*argv[:2], "--set", f"exp_dir={argv[3]}", "--set", f"training_path={argv[5]}",
             "--set", f"testing_path={argv[7]}", "--set", f"model_path={argv[9]}", "--set", "training_number=3",
@@ -360,7 +361,7 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str, bool]] = [
      "batch_size, learning_rate", False),
     ("interp-resume-disk-full", "interp", lambda c: _interp_resumed(c), "exp/config.json: No space left on device",
      True),
-    # --- evaluate.py ---
+    # --- ddpmseg evaluate ---
     ("eval-no-config", "eval", lambda c: ["--run", str((c.root / "empty").mkdir() or c.root / "empty")],
      "has no config.json", False),
     ("eval-training-key", "eval", lambda c: ["--run", str(c.rgb_run()), "--set", "model_num=3"],
@@ -379,7 +380,7 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str, bool]] = [
     ("gen-zero-batch", "gen", lambda c: ["--run_dir", str(c.root / "x"), "--num_samples", "1", "--batch_size", "0"],
      "batch_size must be positive", False),
     ("gen-out-is-file", "gen", _gen_out_is_file, "gen_out", False),
-    # --- train_ddpm.py ---
+    # --- ddpmseg train-ddpm ---
     ("ddpm-data-missing", "ddpm", lambda c: ["--data_dir", str(c.root / "none"), "--log_dir", str(c.root / "log"),
                                              *TINY_DDPM], "image folder not found", False),
     ("ddpm-batch-too-big", "ddpm", lambda c: ["--data_dir", str(c.ddpm_dir()), "--log_dir", str(c.root / "log"),
@@ -400,7 +401,7 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str, bool]] = [
      "lr: 0.001 -> 0.0001; random_flip: False -> True", False),
     ("ddpm-resume-changed-flags", "ddpm", lambda c: _ddpm_resumed(c, flags={"num_channels": 64}),
      "model_flags.num_channels: 64 -> 32", False),
-    # --- sample.py ---
+    # --- ddpmseg sample ---
     ("sample-ckpt-missing", "sample", lambda c: ["--model_path", str(c.root / "x.pt"), "--out", str(c.root / "s")],
      "checkpoint not found", False),
     ("sample-zero-samples", "sample", lambda c: ["--model_path", "x.pt", "--out", str(c.root / "s"),
@@ -427,10 +428,11 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str, bool]] = [
      "mask values [40]", False),
     ("deeplab-portion", "deeplab", lambda c: _deeplab(c, "--uncertainty_portion", "1.5"),
      "--uncertainty_portion must be in [0, 1)", False),
-    ("deeplab-batch-size-zero", "deeplab", lambda c: _deeplab(c, "--batch_size", "0"), "--batch_size must be >= 1",
+    ("deeplab-batch-size-zero", "deeplab", lambda c: _deeplab(c, "--deeplab_batch_size", "0"),
+     "--deeplab_batch_size must be >= 1",
      False),
     ("deeplab-res-small", "deeplab", lambda c: _deeplab(c, deeplab_res=16), "'deeplab_res' must be >= 32", False),
-    ("deeplab-too-few-kept", "deeplab", lambda c: _deeplab(c, "--batch_size", "3", "--uncertainty_portion", "0.5"),
+    ("deeplab-too-few-kept", "deeplab", lambda c: _deeplab(c, "--deeplab_batch_size", "3", "--uncertainty_portion", "0.5"),
      "only 2 synthetic samples are kept", False),
     ("deeplab-resume-missing", "deeplab", lambda c: _deeplab(c, "--resume", str(c.root / "e.pth")),
      "checkpoint not found", False),
@@ -438,7 +440,7 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str, bool]] = [
      "cannot be read as a checkpoint", False),
     ("deeplab-resume-changed-lr", "deeplab", lambda c: _deeplab_epoch(c, learning_rate=0.01),
      "learning_rate 0.01 (now 0.001)", False),
-    # --- demo.py ---
+    # --- ddpmseg demo ---
     ("demo-preset", "demo", lambda c: ["--out", str(c.root / "d"), "--preset", "huge"], "argument --preset", False),
     ("demo-out-is-file", "demo", lambda c: ["--out", str(c.file("dfile")), "--preset", "smoke", "--device", "cpu"],
      "dfile", False),
@@ -545,15 +547,14 @@ def test_bad_input(case_id, tool, setup, culprit, full, tmp_path, capsys, monkey
     check_error(rc, capsys.readouterr().err, culprit)
     assert tree(tmp_path) == before
     if case_id in SUBPROCESS:
-        script = REPO / f"{TOOLS[tool].__name__}.py"
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, cwd=REPO,
-                              env=env, timeout=600)
+        name = next(n for n, c in COMMANDS.items() if TOOLS[tool].__name__ == f"ddpmseg.commands.{c.module}")
+        proc = subprocess.run([*ddpmseg_command(name), *argv], capture_output=True, text=True, cwd=REPO,
+                              env=checkout_env(OMP_NUM_THREADS="1"), timeout=600)
         check_error(proc.returncode, proc.stderr, culprit)
         assert tree(tmp_path) == before
 
 
 def test_catalogue_size():
-    """The issue asks for at least 40 cases across the tools; every tool has some."""
+    """At least 40 cases across the tools; every tool has some."""
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
     assert {c[1] for c in CASES} == set(TOOLS)

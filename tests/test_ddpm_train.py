@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-import train_ddpm
+from ddpmseg.commands import train_ddpm
 from conftest import CELEBAMASK64, require
 from guided_diffusion.checkpoint import load_model_and_diffusion, sidecar_flags
 from ddpmseg.ddpm.train import center_crop_arr, global_batch, latest_checkpoint, random_crop_arr

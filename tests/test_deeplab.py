@@ -11,14 +11,14 @@ import torch
 import torchvision
 from PIL import Image
 
-import train_deeplab
+from ddpmseg.commands import deeplab as train_deeplab
 from conftest import CELEBAMASK64, REPO, recomputed_iou, require
 from ddpmseg.common.config import CHOICES, ConfigError, validate
 from ddpmseg.datasetddpm.deeplab import BACKBONES, build_deeplab
 
 FOLDER = "deeplab_class_19_checkpoint_10_filter_out_0.200000"  # --max_data 10 --uncertainty_portion 0.2
 # Tiny but complete: 10 samples of which 8 are kept = 2 batches per epoch, 2 validation and 2 test images.
-SMALL = ["--batch_size", "4", "--workers", "0", "--set", "deeplab_backbone=mobilenet_v3_large",
+SMALL = ["--deeplab_batch_size", "4", "--workers", "0", "--set", "deeplab_backbone=mobilenet_v3_large",
          "--set", "deeplab_pretrained_backbone=false", "--set", "deeplab_res=64", "--set", "training_number=2",
          "--set", "testing_number=2"]
 FAST = ["--max_data", "10", "--uncertainty_portion", "0.2", *SMALL]
@@ -116,7 +116,7 @@ def test_rerun_after_the_last_epoch_only_evaluates(resumed, npz):
 
 def test_changed_training_settings_are_refused(resumed, npz, capsys):
     exp = resumed[0].parents[1]
-    assert run(exp, npz, "--num_epoch", "4", "--learning_rate", "0.01") == 2
+    assert run(exp, npz, "--num_epoch", "4", "--deeplab_lr", "0.01") == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "learning_rate 0.001 (now 0.01)" in err
 
@@ -139,7 +139,7 @@ def test_input_errors_exit_2_and_write_nothing(tmp_path, npz, capsys):
     np.savez(tmp_path / "two.npz", images, masks)
     assert "holds 2 arrays" in error_of(capsys, exp, tmp_path / "two.npz")
     assert "needs int(N * portion) > 30" in error_of(capsys, exp, npz, "--set", "uncertainty_filter=published")
-    assert "fewer than --batch_size 9" in error_of(capsys, exp, npz, "--batch_size", "9")
+    assert "fewer than --deeplab_batch_size 9" in error_of(capsys, exp, npz, "--deeplab_batch_size", "9")
     assert "'deeplab_backbone' must be one of" in error_of(capsys, exp, npz, "--set", "deeplab_backbone=vgg16")
     assert "'deeplab_res' must be >= 32" in error_of(capsys, exp, npz, "--set", "deeplab_res=16")
     assert "checkpoint not found" in error_of(capsys, exp, npz, "--resume", str(tmp_path / "deeplab_epoch_0.pth"))
@@ -196,7 +196,7 @@ def test_shell_script(tmp_path, npz):
     real = require(CELEBAMASK64) / "real"
     r = subprocess.run(["bash", str(script), "celebamask64", "--set", f"exp_dir={tmp_path}", *SMALL,
                         "--set", f"training_path={real / 'train'}", "--set", f"testing_path={real / 'test'}",
-                        "--num_epoch", "1", "--batch_size", "8"],
+                        "--num_epoch", "1", "--deeplab_batch_size", "8"],
                        capture_output=True, text=True, timeout=300, env={**env, "SYNTHETIC_NPZ": npz})
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = json.loads((tmp_path / "50_150_250_4_5_6_7_8" / "deeplab_class_19_checkpoint_50000_filter_out_0.100000"
@@ -209,7 +209,7 @@ def _deeplab_run(exp_dir, npz, *extra):
     from ddpmseg.common.config import load_config, parse_override
     from ddpmseg.datasetddpm.deeplab import DeepLabRun, DeepLabSettings
 
-    args = train_deeplab.parse_args(["--exp", str(REPO / "experiments/celebamask64/ddpm.json"), "--data_path", npz,
+    args = train_deeplab.build_parser().parse_args(["--exp", str(REPO / "experiments/celebamask64/ddpm.json"), "--data_path", npz,
                                      *FAST, *extra])
     real = require(CELEBAMASK64) / "real"
     overrides = dict(parse_override(s) for s in args.set)

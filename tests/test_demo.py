@@ -4,7 +4,7 @@ import json
 import pytest
 from PIL import Image
 
-import demo
+from ddpmseg.commands import demo
 from conftest import REPO, recomputed_iou
 from ddpmseg.common.config import load_config
 from ddpmseg.demo import DEMO_FLAGS, PRESETS, ddpm_checkpoint

@@ -23,27 +23,30 @@ import numpy as np
 import pytest
 import torch
 
-import generate_dataset
-import train_ddpm
-from conftest import CELEBAMASK64, REPO, require
+from ddpmseg.commands import generate as generate_dataset
+from ddpmseg.commands import train_ddpm
+from conftest import CELEBAMASK64, REPO, checkout_env, require
 
 FLOAT32_ULP_ATOL = 2.4e-7  # see the module docstring
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 
-def torchrun(script: str, *args: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the test process's arithmetic
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, *args]
+def torchrun(command: str, *args: str) -> None:
+    """``torchrun --standalone --nproc_per_node=2 -m ddpmseg <command> <args>``."""
+    env = checkout_env(OMP_NUM_THREADS=str(torch.get_num_threads()))  # the test process's arithmetic
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ddpmseg",
+           command, *args]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def test_generation_on_two_processes_equals_one(tmp_path, tiny_interpreter_run):
+    # --run_dir, the name of --run that torchrun leaves alone (it takes --run for its --run_path).
     args = ["--run_dir", str(tiny_interpreter_run), "--num_samples", "3", "--batch_size", "1",
             "--use_ddim", "True", "--timestep_respacing", "ddim2"]
     assert generate_dataset.main([*args, "--out", str(tmp_path / "one")]) == 0
-    torchrun("generate_dataset.py", *args, "--out", str(tmp_path / "two"))
+    torchrun("generate", *args, "--out", str(tmp_path / "two"))
     assert sorted(os.listdir(tmp_path / "two" / "shards")) == [
         "batch_000000.npz", "batch_000001.npz", "batch_000002.npz", "generation.json"]  # no gaps
     with np.load(tmp_path / "one" / "samples_64x64x3.npz") as a, np.load(tmp_path / "two" / "samples_64x64x3.npz") as b:
@@ -62,7 +65,7 @@ def test_ddpm_training_on_two_processes_equals_one(tmp_path):
             "--batch_size", "4", "--max_steps", "3", "--grid_size", "2", "--sample_respacing", "ddim2",
             "--precision", "fp64"]
     assert train_ddpm.main([*args, "--log_dir", str(tmp_path / "one")]) == 0
-    torchrun("train_ddpm.py", *args, "--log_dir", str(tmp_path / "two"))
+    torchrun("train-ddpm", *args, "--log_dir", str(tmp_path / "two"))
     for name in ("model000003.pt", "ema_0.9999_000003.pt"):
         a = torch.load(tmp_path / "one" / name, weights_only=True)
         b = torch.load(tmp_path / "two" / name, weights_only=True)
@@ -76,7 +79,7 @@ def test_ddpm_training_on_two_processes_equals_one(tmp_path):
 
 
 def test_the_interpreter_refuses_torchrun(monkeypatch, tmp_path, capsys, tiny64_checkpoint):
-    import train_interpreter
+    from ddpmseg.commands import train as train_interpreter
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     argv = ["--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(tmp_path / "exp"),

@@ -219,7 +219,7 @@ def test_shared_input_equals_repeated_input(train):
 
 
 def test_dropout_is_inverted_dropout_in_training_and_off_in_eval():
-    """The coursework's Dropout(p) after each hidden ReLU: zeros with probability p, survivors
+    """The regularised fork's Dropout(p) after each hidden ReLU: zeros with probability p, survivors
     scaled by 1/(1-p) so the expectation is unchanged; eval mode is the plain MLP."""
     M, B, C, p = 3, 4000, 8, 0.4
     ens = PixelEnsemble(M, C, 5, dropout=p)

@@ -1,4 +1,4 @@
-"""Sampling and DatasetDDPM generation: sample.py and generate_dataset.py, with resume."""
+"""Sampling and DatasetDDPM generation: ddpmseg sample and generate_dataset.py, with resume."""
 import os
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-import generate_dataset
-import sample
+from ddpmseg.commands import generate as generate_dataset
+from ddpmseg.commands import sample
 from guided_diffusion.checkpoint import load_model_and_diffusion, sidecar_flags
 from ddpmseg.ddpm.sampling import sample_batch, sampling_diffusion
 
@@ -92,7 +92,7 @@ def test_generate_filter_deeplab_end_to_end(tmp_path, tiny_interpreter_run):
     """DatasetDDPM at toy size: 4 labelled samples -> drop the most uncertain quarter -> DeepLab -> real test mIoU."""
     import json
 
-    import train_deeplab
+    from ddpmseg.commands import deeplab as train_deeplab
     from conftest import CELEBAMASK64, REPO, require
 
     out = tmp_path / "synthetic"
@@ -100,7 +100,7 @@ def test_generate_filter_deeplab_end_to_end(tmp_path, tiny_interpreter_run):
                                   "--batch_size", "2", *FAST_SAMPLING]) == 0
     real = require(CELEBAMASK64) / "real"
     argv = ["--exp", str(REPO / "experiments/celebamask64/ddpm.json"), "--data_path", str(out / "samples_64x64x3.npz"),
-            "--uncertainty_portion", "0.25", "--num_epoch", "1", "--batch_size", "2", "--workers", "0",
+            "--uncertainty_portion", "0.25", "--num_epoch", "1", "--deeplab_batch_size", "2", "--workers", "0",
             "--set", f"exp_dir={tmp_path / 'deeplab'}", "--set", f"training_path={real / 'train'}",
             "--set", f"testing_path={real / 'test'}", "--set", "training_number=2", "--set", "testing_number=2",
             "--set", "deeplab_backbone=mobilenet_v3_large", "--set", "deeplab_pretrained_backbone=false",

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-import evaluate
-import train_interpreter
+from ddpmseg.commands import evaluate
+from ddpmseg.commands import train as train_interpreter
 from conftest import CELEBAMASK64, FAST_INTERPRETER as FAST, recomputed_iou, require
 from ddpmseg.classifier.predict import VOTING_MODES
 

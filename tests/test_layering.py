@@ -1,6 +1,6 @@
 """The package's import structure: no import cycle (module-level or inside a function), no import
-from a later stage's sub-package, guided_diffusion free of ddpmseg, the light command-line tools
-free of the interpreter and timm, and the flat layout's module names still importable."""
+from a later stage's sub-package, guided_diffusion free of ddpmseg and the light command-line tools
+free of the interpreter and timm."""
 from __future__ import annotations
 
 import ast
@@ -99,24 +99,20 @@ def test_guided_diffusion_imports_nothing_from_ddpmseg():
             assert not any(n == "ddpmseg" or n.startswith("ddpmseg.") for n in names), f"{path} imports {names}"
 
 
-# What train_ddpm.py and sample.py import from the package (kept in step with them by the test below).
-LIGHT_TOOLS = ("train_ddpm.py", "sample.py")
+# The commands that need neither the segmentation job nor timm, and the `ddpmseg` dispatcher.
+LIGHT_TOOLS = ("ddpmseg.commands.train_ddpm", "ddpmseg.commands.sample", "ddpmseg.commands")
 
 
 def test_light_tools_load_neither_the_interpreter_nor_timm():
-    """train_ddpm.py and sample.py (and every tool, through ddpmseg.common.cli) start without the
-    segmentation job's modules: timm alone takes seconds to import."""
-    wanted = {"ddpmseg.common.cli"}
-    for tool in LIGHT_TOOLS:
-        for node in ast.parse((REPO / tool).read_text()).body:
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ddpmseg"):
-                wanted.add(node.module)
+    """`ddpmseg train-ddpm`, `ddpmseg sample` and `ddpmseg --help` (and every tool, through
+    ddpmseg.common.cli) start without the segmentation job's modules: timm alone takes seconds to import."""
+    wanted = {"ddpmseg.common.cli", *LIGHT_TOOLS}
     code = (f"import json, sys; sys.path[:0] = [{str(SRC)!r}, {str(REPO)!r}]\n"
             f"for m in {sorted(wanted)!r}: __import__(m)\n"
             "print(json.dumps(sorted(sys.modules)))")
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                        check=True).stdout)
-    assert "ddpmseg.common.cli" in loaded and len(wanted) > 2
+    assert set(wanted) <= set(loaded)
     heavy = [m for m in loaded if m == "timm" or m.startswith("timm.") or m.split(".")[-1] == "interpreter"
              and m.startswith("ddpmseg")]
     assert not heavy, f"{sorted(wanted)} load {heavy[:5]}"
@@ -124,12 +120,16 @@ def test_light_tools_load_neither_the_interpreter_nor_timm():
 
 # The sub-packages by stage: a module imports from its own sub-package or from one of a lower
 # rank, never upward, and never sideways between two of one rank (classifier and ddpm stay apart).
-RANKS = {"common": 0, "data": 1, "features": 2, "classifier": 3, "ddpm": 3, "datasetddpm": 4}
+RANKS = {"common": 0, "data": 1, "features": 2, "classifier": 3, "ddpm": 3, "datasetddpm": 4, "commands": 6}
 TOP_RANK = 5  # the package itself and the tools beside the sub-packages (ddpmseg.demo)
+# `python -m ddpmseg` runs the `ddpmseg` command, so it sits with the commands.
+ENTRY_POINTS = {"ddpmseg.__main__": "commands"}
 
 
 def place(module: str) -> tuple[str, int]:
     """(sub-package, rank) of a package module; the top level is ("", TOP_RANK)."""
+    if module in ENTRY_POINTS:
+        return ENTRY_POINTS[module], RANKS[ENTRY_POINTS[module]]
     parts = module.split(".")
     if len(parts) > 2 or (len(parts) == 2 and parts[1] in RANKS):
         assert parts[1] in RANKS, f"{module}: sub-package {parts[1]!r} has no rank in RANKS"
@@ -160,29 +160,3 @@ def test_the_layering_check_sees_an_upward_import():
         "ddpmseg.common.config (common) imports ddpmseg.classifier.refine (classifier)",
         "ddpmseg.ddpm.train (ddpm) imports ddpmseg.classifier.train (classifier)"]
     assert set(place(m)[0] for m in import_graph()) == {"", *RANKS}  # every module has its place
-
-
-# Modules written after the flat layout: they never had a flat name to keep.
-NEWER_THAN_THE_FLAT_LAYOUT = ("data.classes", "data.summary", "features.registry", "features.mae", "features.swav",
-                              "features.rgb_xy", "classifier.predictor", "features.unet_hooks",
-                              "features.diffusers_ddpm", "features.stable_diffusion", "features.dinov2",
-                              "features.family_keys")
-
-
-def test_the_flat_layouts_names_import_the_moved_modules():
-    """``ddpmseg.<old name>`` (and the README's imports before issue 17) give the module itself."""
-    import importlib
-
-    import ddpmseg
-    from ddpmseg.features import FeatureExtractorDDPM, collect_features  # noqa: F401
-
-    for old, new in ddpmseg.MOVED.items():
-        moved = importlib.import_module(f"ddpmseg.{new}")
-        assert importlib.import_module(f"ddpmseg.{old}") is moved
-        assert moved.__spec__.name == moved.__name__ == f"ddpmseg.{new}"
-    from ddpmseg.segmenter import Segmenter
-    from ddpmseg.classifier.segmenter import Segmenter as Moved
-    assert Segmenter is Moved
-    assert set(ddpmseg.MOVED.values()) == {m.removeprefix("ddpmseg.") for m in modules()
-                                           if not m.startswith("ddpmseg.data.annotations")} - {
-        "ddpmseg", "demo", *RANKS, "data.folders", "features.ddpm", *NEWER_THAN_THE_FLAT_LAYOUT}

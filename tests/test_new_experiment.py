@@ -1,5 +1,5 @@
-"""new_experiment.py, and the whole road a new user takes: JPEGs + RGB masks -> config -> training ->
-segment.py on images of other sizes; bad inputs stop with one error line and write nothing."""
+"""ddpmseg new, and the whole road a new user takes: JPEGs + RGB masks -> config -> training ->
+ddpmseg segment on images of other sizes; bad inputs stop with one error line and write nothing."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import new_experiment
-import segment
-import train_interpreter
+from ddpmseg.commands import new as new_experiment
+from ddpmseg.commands import segment
+from ddpmseg.commands import train as train_interpreter
 from conftest import CELEBAMASK64, FAST_INTERPRETER, require, strict_json
 from ddpmseg.common.config import ConfigError, load_config
 from ddpmseg.classifier.new_experiment import PUBLISHED_DATASETS, closest_published
@@ -121,7 +121,7 @@ def test_new_user_road_jpeg_rgb_masks_to_segmented_images(tmp_path, tiny64_check
     assert _new(root, tiny64_checkpoint) == 0
     out = capsys.readouterr().out
     assert "experiments/celebamask64/ddpm.json (closest published config)" in out
-    assert "python train_interpreter.py --exp experiments/faces/ddpm.json" in out
+    assert "ddpmseg train --exp experiments/faces/ddpm.json" in out
     cfg = load_config("experiments/faces/ddpm.json")  # validates
     names, palette = _celeba()
     # 384 = the tiny U-Net's channels of blocks 4..8 at one step, which FAST_INTERPRETER states independently
@@ -304,7 +304,7 @@ def test_binary_0_255_masks_train_on_both_classes(tmp_path, tiny64_checkpoint, m
     assert set(metrics["per_class_iou"]) == {"background", "skin"} and metrics["per_class_iou"]["skin"] > 0
     # one epoch ends before early stopping compares a loss: no finite best, written as null
     assert [m["best_batch_loss"] for m in metrics["members"].values()] == [None, None]
-    assert f"python segment.py --run {run} --images YOUR_IMAGES --out segmented" in out
+    assert f"ddpmseg segment --run {run} --images YOUR_IMAGES --out segmented" in out
 
 
 def test_binary_masks_without_a_classes_file_are_two_classes(tmp_path, tiny64_checkpoint, monkeypatch, capsys):

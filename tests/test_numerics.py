@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-import train_ddpm
-import train_interpreter
+from ddpmseg.commands import train_ddpm
+from ddpmseg.commands import train as train_interpreter
 from conftest import CELEBAMASK64, FAST_INTERPRETER, manifest, require, rule_weights
 from ddpmseg.common.numerics import NumericalError
 from ddpmseg.classifier.train import model_path, train_ensemble

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import train_ddpm
+from ddpmseg.commands import train_ddpm
 from conftest import CELEBAMASK64, require
 from ddpmseg.common.runlock import LOCK_NAME, RunLockError, acquire
 from test_ddpm_train import TINY

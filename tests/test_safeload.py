@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-import evaluate
+from ddpmseg.commands import evaluate
 import ddpmseg.classifier.train as train_mod
 from ddpmseg.common.safeload import load_plain
 from guided_diffusion.checkpoint import CheckpointError

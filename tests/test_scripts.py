@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import CELEBAMASK64, FACES_CKPT, REPO, manifest, recomputed_iou, require
+from conftest import CELEBAMASK64, FACES_CKPT, REPO, checkout_env, manifest, recomputed_iou, require
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults, str2bool
 
 SCRIPTS = REPO / "scripts" / "ddpm"
@@ -54,7 +54,7 @@ def test_train_etf_needs_a_result_dir_and_a_gpu_number(args):
 
 
 def test_train_etf_runs_celebamask64_on_cpu(tmp_path):
-    """The issue's command, shortened with extra options: ETF + soft voting, outputs in the result dir."""
+    """The ETF experiment's command, shortened with extra options: ETF + soft voting, outputs in the result dir."""
     require(CELEBAMASK64), require(FACES_CKPT)
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
     quick = ["--set", "model_num=2", "--set", "max_epochs=1", "--set", "training_number=2",
@@ -74,7 +74,7 @@ def test_train_etf_runs_celebamask64_on_cpu(tmp_path):
 def test_train_ddpm_sh_trains_with_the_given_flags(tmp_path):
     """The released architecture is the default; a --model_flags file replaces it."""
     data = require(CELEBAMASK64) / "unlabeled"
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    env = checkout_env(PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
     flags = tmp_path / "tiny.json"
     flags.write_text(json.dumps({"image_size": 32, "channel_mult": "1,2", "num_channels": 32, "num_res_blocks": 1,
                                  "attention_resolutions": "8"}))
@@ -103,7 +103,7 @@ def test_baseline_scripts_print_usage(kind):
 
 
 def test_swav_runs_end_to_end_on_celebamask64_with_random_weights(tmp_path):
-    """The issue's SwAV check: the original CLI (scripts/swav/train_interpreter.sh), real faces, an
+    """SwAV end to end: the original CLI (scripts/swav/train_interpreter.sh), real faces, an
     untrained ResNet-50, the same store and ensemble as the DDPM path."""
     require(CELEBAMASK64)
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}

@@ -1,4 +1,4 @@
-"""The stream table: every random stream of a run is its own, and every draw in the package uses it."""
+"""Random streams: every random stream of a run is its own, and every draw in the package uses it."""
 from __future__ import annotations
 
 import ast
@@ -46,7 +46,7 @@ def classifier_run(seed: int, model_num: int, images: int = 20, copies: int = 4,
 
 
 def ddpm_runs(seed: int, steps: int = 60, batch: int = 16, ranks: int = 2) -> dict[str, list[tuple[int, ...]]]:
-    """train_ddpm (with its sample grids), sample.py / generate_dataset.py, train_deeplab, the demo data."""
+    """train_ddpm (with its sample grids), ddpmseg sample / generate_dataset.py, train_deeplab, the demo data."""
     per_step = ("ddpm_flip", "ddpm_timesteps", "ddpm_noise")
     return {
         "ddpm": [stream_key("ddpm_init", seed)] + [stream_key("ddpm_data_order", seed, e) for e in range(steps)]

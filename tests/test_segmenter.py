@@ -1,4 +1,4 @@
-"""Segmenter and segment.py on a finished tiny run: parity with evaluation, any size, resume, bad files."""
+"""Segmenter and ddpmseg segment on a finished tiny run: parity with evaluation, any size, resume, bad files."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import segment
+from ddpmseg.commands import segment
 from conftest import CELEBAMASK64, require
 from ddpmseg.classifier.predict import VOTING_MODES, Votes
 from ddpmseg.classifier.segmenter import Segmenter, window_starts
@@ -118,7 +118,7 @@ def test_segment_exits_2_when_nothing_can_be_segmented(tmp_path, tiny_interprete
 def test_refined_run_with_test_time_views_segments_as_evaluation_did(tmp_path, tiny64_checkpoint):
     """A run with a refiner and a random test-time view: window 0 draws the same view and refiner noise as
     evaluation's test image 0, so that image's mask is the evaluation's."""
-    import train_interpreter
+    from ddpmseg.commands import train as train_interpreter
     from conftest import FAST_INTERPRETER
 
     data = require(CELEBAMASK64) / "real"

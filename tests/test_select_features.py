@@ -1,4 +1,4 @@
-"""select_features.py on celebamask64 training images with the tiny U-Net: fold split, outputs, resume, bad inputs."""
+"""ddpmseg select on celebamask64 training images with the tiny U-Net: fold split, outputs, resume, bad inputs."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-import select_features
+from ddpmseg.commands import select as select_features
 from conftest import CELEBAMASK64, require
 from ddpmseg.classifier import feature_selection
 from ddpmseg.common.config import load_config

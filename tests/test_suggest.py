@@ -1,4 +1,4 @@
-"""suggest.py: a hand-built ensemble whose uncertainty is known in closed form ranks a pool as expected."""
+"""ddpmseg suggest: a hand-built ensemble whose uncertainty is known in closed form ranks a pool as expected."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import suggest
+from ddpmseg.commands import suggest
 from ddpmseg.common.config import load_config, save_config
 from ddpmseg.classifier.ensemble import PixelEnsemble
 from ddpmseg.classifier.suggest import SHEET_TILE_PX

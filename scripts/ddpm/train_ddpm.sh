@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: bash scripts/ddpm/train_ddpm.sh <image folder> <log dir> [GPU num] [train_ddpm.py options]
+# Usage: bash scripts/ddpm/train_ddpm.sh <image folder> <log dir> [GPU num] [ddpmseg train-ddpm options]
 # Trains a guided-diffusion DDPM from scratch on every image under <image folder>. The U-Net is
 # the 256 px architecture of the released checkpoints unless MODEL_FLAGS (env) or options say
 # otherwise, e.g. --model_flags ../shared/checkpoints/faces64_ema.json for the 64 px faces one.
@@ -8,7 +8,7 @@
 set -euo pipefail
 source "$(dirname "$0")/model_flags.sh"
 if [ $# -lt 2 ]; then
-  echo "usage: $0 <image folder> <log dir> [GPU num] [train_ddpm.py options]" >&2
+  echo "usage: $0 <image folder> <log dir> [GPU num] [ddpmseg train-ddpm options]" >&2
   exit 2
 fi
 DATA=$1; LOG_DIR=$2; shift 2
@@ -25,4 +25,4 @@ else
   LAUNCH=(python)
 fi
 # shellcheck disable=SC2086
-exec "${LAUNCH[@]}" "$(dirname "$0")/../../train_ddpm.py" --data_dir "$DATA" --log_dir "$LOG_DIR" $FLAGS $TRAIN_FLAGS "$@"
+exec "${LAUNCH[@]}" -m ddpmseg train-ddpm --data_dir "$DATA" --log_dir "$LOG_DIR" $FLAGS $TRAIN_FLAGS "$@"

@@ -5,7 +5,7 @@ Each member is the original pixel classifier
 with (h1, h2) = (128, 32) for K < 30 classes and (256, 128) otherwise. Stacking the members'
 weights along a leading axis turns M small matmuls into one batched matmul; members never
 share parameters, so summing their losses gives each exactly its own gradients. Optional
-dropout (the coursework variant) sits after each hidden ReLU, before its BatchNorm
+dropout (the regularised fork's variant) sits after each hidden ReLU, before its BatchNorm
 (``dropout_position="before_bn"``, as published), or after the BatchNorm (``"after_bn"``).
 """
 from __future__ import annotations

@@ -291,8 +291,8 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
     t_start = time.time()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # Every rank would repeat the whole job and write the same files at once.
-        raise ConfigError("train_interpreter.py runs in one process; launch it with python, not torchrun "
-                          "(train_ddpm.py, sample.py and generate_dataset.py are the multi-process tools)")
+        raise ConfigError("`ddpmseg train` runs in one process; launch it with python, not torchrun "
+                          "(ddpmseg train-ddpm, sample and generate are the multi-process tools)")
     log = log or RunLog()
     run = Run(cfg, model_flags, log)
     exp_dir = experiment_dir(cfg)
@@ -312,7 +312,7 @@ def load_trained_config(run_dir: str, overrides: dict[str, Any]) -> dict:
     inference-only keys; its ensemble members (and refiner) must exist."""
     saved = os.path.join(run_dir, "config.json")
     if not os.path.isfile(saved):
-        raise ConfigError(f"{run_dir} has no config.json: give the folder of a finished train_interpreter.py run")
+        raise ConfigError(f"{run_dir} has no config.json: give the folder of a finished `ddpmseg train` run")
     training_keys = sorted(set(overrides) - set(INFERENCE_KEYS))
     if training_keys:
         raise ConfigError(f"{training_keys} change the trained ensemble, so evaluation cannot override them; "
@@ -324,7 +324,7 @@ def load_trained_config(run_dir: str, overrides: dict[str, Any]) -> dict:
         raise ConfigError(f"{run_dir} lacks ensemble members {missing}; finish training it first")
     if cfg["refine"] and not os.path.exists(os.path.join(run_dir, REFINER_FILE)):
         raise ConfigError(f"{run_dir} lacks {REFINER_FILE} (its config asks for refinement); rerun "
-                          f"train_interpreter.py on it to finish training")
+                          f"`ddpmseg train` on it to finish training")
     return cfg
 
 

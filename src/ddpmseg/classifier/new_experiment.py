@@ -1,4 +1,4 @@
-"""A new experiment config from folders of images and masks (new_experiment.py).
+"""A new experiment config from folders of images and masks (ddpmseg new).
 
 Everything is decided from the data and the checkpoint, and checked as training checks it, before
 ``experiments/NAME`` is written: class names, colours and the ignore label (ddpmseg.data.classes), a
@@ -35,12 +35,12 @@ from .interpreter import Run
 
 PUBLISHED = os.path.join(os.path.dirname(__file__), "..", "..", "..", "experiments")
 # The repository's own datasets under PUBLISHED: "closest" chooses among these only, never among the
-# user's own experiments/NAME folders, which new_experiment.py writes beside them.
+# user's own experiments/NAME folders, which `ddpmseg new` writes beside them.
 PUBLISHED_DATASETS = ("ade_bedroom_30", "bedroom_28", "cat_15", "celeba_19", "celebamask64", "ffhq_34",
                       "horse_21", "shapes64")
 # The U-Net flags that decide which blocks exist and how wide they are: what "closest" compares.
 ARCHITECTURE_FLAGS = ("num_channels", "num_res_blocks", "channel_mult", "attention_resolutions", "resblock_updown")
-# What new_experiment.py says about the data, written beside the config.
+# What `ddpmseg new` says about the data, written beside the config.
 SUMMARY_FILE = "data_summary.md"
 # A 30 % test split, the share the published datasets hold out at the smallest sizes.
 DEFAULT_TEST_FRACTION = 0.3
@@ -204,7 +204,7 @@ def new_experiment(name: str, images: str | None, masks: str, model_path: str, c
         width = _feature_width(validate(staged, where="new config"), flags, log)
         cfg["dim"] = staged["dim"] = [size, size, width]
         staged = validate(staged, where="new config")
-        Run(staged, flags, log)  # opens and checks the inputs as train_interpreter.py does
+        Run(staged, flags, log)  # opens and checks the inputs as `ddpmseg train` does
         save_config(cfg, os.path.join(stage, "ddpm.json"))
         if os.path.exists(final):
             shutil.rmtree(final)
@@ -213,5 +213,5 @@ def new_experiment(name: str, images: str | None, masks: str, model_path: str, c
         shutil.rmtree(stage, ignore_errors=True)
         raise
     log(f"wrote {config_path}: {len(names)} classes, dim {cfg['dim']}, {counts[0]} train / {counts[1]} test "
-        f"images\ntrain it with:\n  python train_interpreter.py --exp {config_path}")
+        f"images\ntrain it with:\n  ddpmseg train --exp {config_path}")
     return config_path

@@ -1,4 +1,4 @@
-"""segment.py's job: a Segmenter over many image files, with resumable, atomically written outputs.
+"""ddpmseg segment's job: a Segmenter over many image files, with resumable, atomically written outputs.
 
 Per image ``<stem>``: ``<stem>.png`` (class ids, mode L; I;16 above 256 classes), ``<stem>_overlay.png``
 (the image with the coloured mask at 50 %), ``<stem>_uncertainty.png`` (UNCERTAINTY_COLOURS); one

@@ -1,4 +1,5 @@
-"""What every command-line tool shares: guided-diffusion flag options and one error policy."""
+"""What every command-line tool shares: the options that mean the same in every command, guided-diffusion
+flag options, config overrides and one error policy."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +13,55 @@ from tqdm import tqdm
 
 from guided_diffusion.script_util import model_and_diffusion_defaults, str2bool
 
-from .config import ConfigError
+from .config import ConfigError, parse_override
 from .distributed import close_world
 from .errors import INPUT_ERRORS
+
+
+# The options that mean the same in every command that has them, defined once. A command says what
+# its --out defaults to in its own description; --device and --seed default to the config's value.
+SHARED_OPTIONS: dict[str, dict[str, Any]] = {
+    "--exp": dict(metavar="CONFIG", help="experiment config (JSON), e.g. experiments/celebamask64/ddpm.json"),
+    "--run": dict(metavar="RUN_DIR", help="folder of a finished `ddpmseg train` run (config.json, model_*.pth)"),
+    "--set": dict(action="append", default=[], metavar="KEY=VALUE",
+                  help="set a config key; the value is parsed as JSON when it can be (repeatable: a later value of "
+                       "a key replaces an earlier one, as for any option). A key that has its own option here is "
+                       "given by one or the other, not both"),
+    "--device": dict(metavar="DEVICE", help="auto, cpu, cuda or cuda:N; auto = CUDA when available, else the CPU, "
+                                            "and under torchrun each process's own GPU (default: the config's "
+                                            "'device' where the command reads one, else auto)"),
+    "--seed": dict(type=int, metavar="N", help="random seed (default: the config's 'seed' where the command reads "
+                                               "one, else 0)"),
+    "--out": dict(metavar="DIR", help="output folder (the description says where it is by default)"),
+}
+
+
+def add_shared_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str,
+                      required: bool = False, aliases: Iterable[str] = ()) -> None:
+    """Add the shared option ``name`` (a key of SHARED_OPTIONS) under its one definition."""
+    parser.add_argument(name, *aliases, required=required, **SHARED_OPTIONS[name])
+
+
+def config_overrides(set_args: Iterable[str], **own: Any) -> dict[str, Any]:
+    """The config overrides of ``--set KEY=VALUE`` arguments plus those of the command's own options
+    (``own``: config key -> the option's value, None when not given). A later --set of a key replaces
+    an earlier one, as argparse does for a repeated option (the shell wrappers rely on it to let the
+    user's options override theirs); a key set by --set and by its own option is an error, since
+    neither comes "later"."""
+    overrides = dict(parse_override(text) for text in set_args)
+    for key, value in own.items():
+        if value is None:
+            continue
+        if key in overrides:
+            raise ConfigError(f"'{key}' is given by --set {key}=... and by --{key}: keep one")
+        overrides[key] = value
+    return overrides
+
+
+def command_parser(prog: str, description: str, example: str) -> argparse.ArgumentParser:
+    """The parser of one command: ``description`` above the options, ``example`` below them."""
+    return argparse.ArgumentParser(prog=prog, description=description, epilog="example:\n" + example,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_model_flag_args(parser: argparse.ArgumentParser, title: str, skip: Iterable[str] = ()) -> None:
@@ -82,15 +129,21 @@ def run_cli(job: Callable[[], object]) -> int:
 def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
                        defaults: dict[str, Any] | None = None, skip: Iterable[str] = ()) -> None:
     """One ``--<field>`` option per field of the options dataclass ``cls``, so each default is
-    defined once, in the dataclass (``defaults`` replaces some for one tool)."""
+    defined once, in the dataclass (``defaults`` replaces some for one tool). A field named like a
+    shared option (seed, device) gets that option's definition, and the dataclass default when not given."""
     kinds = {"bool": str2bool, "int": int, "float": float, "str": str}
     for f in dataclasses.fields(cls):
         if f.name in skip:
+            continue
+        if f"--{f.name}" in SHARED_OPTIONS:
+            add_shared_option(parser, f"--{f.name}")
             continue
         default = (defaults or {}).get(f.name, f.default)
         parser.add_argument(f"--{f.name}", type=kinds[str(f.type)], default=default, help=f"(default: {default})")
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
-    """``cls`` built from the options ``add_dataclass_args`` added, plus ``fixed`` fields."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in fixed}, **fixed)
+    """``cls`` built from the options ``add_dataclass_args`` added, plus ``fixed`` fields; a shared
+    option left out keeps the dataclass default."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in fixed}
+    return cls(**{k: v for k, v in given.items() if v is not None or f"--{k}" not in SHARED_OPTIONS}, **fixed)

@@ -19,34 +19,48 @@ REQUIRED = object()
 
 DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # --- the original keys (ddpm-segmentation experiments/*/ddpm.json) ---
+    # Where runs go: the interpreter writes <exp_dir>/<steps>_<blocks>/ (the original's layout).
     "exp_dir": ((str,), REQUIRED),
     # A registered backbone (ddpmseg.features.registry): "ddpm": U-Net features; "mae", "swav", "swav_w2":
     # the paper's comparison backbones; "rgb_xy": each pixel's colour and position only, the no-context
     # baseline that shows what any learned features add.
     "model_type": ((str,), "ddpm"),
+    # The dataset's name, e.g. "ffhq_34"; recorded with the run, read by no computation.
     "category": ((str,), REQUIRED),
+    # Classes K: mask values are 0..K-1 (plus ignore_label).
     "number_class": ((int,), REQUIRED),
     # Label excluded from training and from mIoU; null when every pixel is scored.
     "ignore_label": ((int, type(None)), 255),
+    # Folder of the labelled training images (and their .npy masks unless training_masks_path is set).
     "training_path": ((str,), REQUIRED),
     # Read by DatasetDDPM's DeepLab stage only; the interpreter never uses it.
     "validation_path": ((str,), ""),
+    # Folder of the labelled test images that mIoU is measured on.
     "testing_path": ((str,), REQUIRED),
     # --- additions: masks in their own folder (ddpmseg.data.folders.resolve_folders); "" = .npy labels beside
     # the images, or the images/ + masks/ sub-folders of the dataset folder when it has both ---
+    # Folder of the training masks; "" = beside the images or their masks/ sub-folder (resolve_folders).
     "training_masks_path": ((str,), ""),
+    # Folder of the test masks, as training_masks_path.
     "testing_masks_path": ((str,), ""),
+    # The backbone checkpoint (a guided-diffusion .pt for "ddpm"); "" only with random_weights or rgb_xy.
     "model_path": ((str,), REQUIRED),
     # Build the backbone with random weights drawn from ``seed`` instead of loading model_path
     # (which must then be ""): the untrained-backbone control, and runs without a download.
     "random_weights": ((bool,), False),
     # [H, W, C]: H, W is the working resolution; C must equal the collected feature size.
     "dim": ((list,), REQUIRED),
+    # Diffusion steps t whose noisy image x_t the U-Net sees; each adds its activations to the features.
     "steps": ((list,), [50, 150, 250]),
+    # U-Net decoder blocks whose activations are the features (guided-diffusion output_blocks indices).
     "blocks": ((list,), [5, 6, 7, 8, 12]),
+    # Members of the pixel-classifier ensemble (the original: 10).
     "model_num": ((int,), 10),
+    # Pixels per training batch of the pixel MLPs (the original: 64).
     "batch_size": ((int,), 64),
+    # How many training images are used: the first by sorted path (all of them when fewer exist).
     "training_number": ((int,), REQUIRED),
+    # How many test images are scored: the first by sorted path (all of them when fewer exist).
     "testing_number": ((int,), REQUIRED),
     # Only bilinear: the lazy per-pixel upsampling in the feature store implements exactly it.
     "upsample_mode": ((str,), "bilinear"),
@@ -70,9 +84,12 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # resolution dim[0] rounded up to one, so no detail is lost to the resize.
     "input_size": ((int, type(None)), None),
     # --- additions: names and colours that the original kept in src/data_util.py ---
+    # One name per class, in class-id order (reports, metrics.json).
     "class_names": ((list,), REQUIRED),
+    # One [r, g, b] colour per class: the visualisations, and the colours of RGB masks.
     "palette": ((list,), REQUIRED),
     # --- additions: values the original hard-coded ---
+    # Seeds every random stream of a run (ddpmseg.common.seeding), so a rerun is identical.
     "seed": ((int,), 0),
     # Guided-diffusion flags for the U-Net; command-line MODEL_FLAGS override them.
     "model_flags": ((dict,), {}),
@@ -111,26 +128,29 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "regularizer": ((str,), "none"),
     # Loss = etf_alpha * CE(classifier) + etf_beta * CE(ETF logits) (published: 1 and 0.4).
     "etf_alpha": ((float,), 1.0),
+    # The ETF loss weight of that sum (etf_alpha: the classifier's).
     "etf_beta": ((float,), 0.4),
     # How member (and test-time view) predictions merge: see ddpmseg.classifier.predict.VOTING_MODES.
     "voting": ((str,), "hard"),
     # Also score every voting mode on the same ensemble (metrics.json "by_voting").
     "report_all_votings": ((bool,), False),
-    # "adamw" decouples weight decay from the gradient (coursework: AdamW, weight decay 1e-4).
+    # "adamw" decouples weight decay from the gradient (the regularised fork
+    # matosjan/ddpm-segmentation-coursework used AdamW, weight decay 1e-4).
     "optimizer": ((str,), "adam"),
+    # Weight decay of the MLPs' optimizer; 0 = none, as published.
     "weight_decay": ((float,), 0.0),
-    # Dropout after each hidden ReLU, placed by dropout_position (coursework: 0.4); 0 = none, as published.
+    # Dropout after each hidden ReLU, placed by dropout_position (the regularised fork: 0.4); 0 = none, as published.
     "dropout": ((float,), 0.0),
-    # Where that dropout sits: "before_bn" (the coursework's placement, so BatchNorm's running statistics
+    # Where that dropout sits: "before_bn" (the regularised fork's placement, so BatchNorm's running statistics
     # are gathered with dropout on and used with it off) or "after_bn" (Linear, ReLU, BN, Dropout), which
     # keeps BatchNorm's statistics those of the undropped activations. Default: the published placement.
     "dropout_position": ((str,), "before_bn"),
     # Augmented copies of each training image (image and mask transformed jointly, see
     # ddpmseg.data.augment); their features go into the same store. 0 = none, as published.
     "augmentation_copies": ((int,), 0),
-    # Probability of each transform in the augmentation pipeline (coursework: 0.4).
+    # Probability of each transform in the augmentation pipeline (the regularised fork: 0.4).
     "augmentation_p": ((float,), 0.4),
-    # "original": an epoch is as many batches as the un-augmented images give (coursework), so
+    # "original": an epoch is as many batches as the un-augmented images give (the regularised fork's), so
     # augmentation adds variety, not iterations; "all": an epoch is a pass over every copy.
     "epoch_pixels": ((str,), "original"),
     # Extra test-time views merged with the original by the configured voting (TTA_VIEWS below).

@@ -33,7 +33,7 @@ class Stream:
 
 
 STREAMS: dict[str, Stream] = {
-    # pixel classifier (train_interpreter.py, evaluate.py, segment.py, select_features.py, suggest.py)
+    # pixel classifier (ddpmseg train, evaluate, segment, select, suggest)
     "etf_frame": Stream(1_000_003, (), "the simplex ETF's orthonormal basis"),  # its id since the start
     "fold_order": Stream(1_000_100, (), "which training image falls in which cross-fitting fold"),
     "fold_seed": Stream(1_000_101, ("fold",), "the root seed of fold f's ensemble (its members' streams)"),
@@ -42,11 +42,11 @@ STREAMS: dict[str, Stream] = {
     "feature_noise": Stream(1_000_112, (), "the DDPM features' fresh noise of every image when share_noise is false"),
     "refiner_training": Stream(1_000_120, (), "the DDPS refiner's weights, batches, noise and flips"),
     "refine_noise": Stream(1_000_121, ("image",), "the refiner's re-noising of test image i"),
-    "suggest_order": Stream(1_000_130, (), "the random control's order in suggest.py"),
+    "suggest_order": Stream(1_000_130, (), "the random control's order in ddpmseg suggest"),
     "active_learning_start": Stream(1_000_131, (), "the first labelled images of scripts/active_learning.py"),
     "unet_init": Stream(1_000_140, (), "random U-Net weights (the untrained control)"),
     "backbone_init": Stream(1_000_141, (), "random MAE/SwAV weights (the untrained controls)"),
-    # DDPM training (train_ddpm.py) and sampling (sample.py, generate_dataset.py)
+    # DDPM training (ddpmseg train-ddpm) and sampling (ddpmseg sample, generate_dataset.py)
     "ddpm_init": Stream(1_000_200, (), "the initial DDPM weights"),
     "ddpm_data_order": Stream(1_000_201, ("epoch",), "the image permutation of an epoch"),
     "ddpm_flip": Stream(1_000_202, ("step",), "the mirror decisions of an update's batch"),
@@ -59,7 +59,7 @@ STREAMS: dict[str, Stream] = {
     "deeplab_head": Stream(1_000_300, (), "the new classifier head's weights"),
     "deeplab_shuffle": Stream(1_000_301, ("epoch",), "the batch order of an epoch"),
     "deeplab_dropout": Stream(1_000_302, ("epoch",), "the ASPP dropout masks of an epoch"),
-    # the procedural demo dataset (demo.py)
+    # the procedural demo dataset (ddpmseg demo)
     "procedural_image": Stream(1_000_400, ("split", "index"), "image i of a split (0 train, 1 test, 2 unlabeled)"),
     # the Stable Diffusion backbone (ddpmseg.features.stable_diffusion)
     "latent_noise": Stream(1_000_500, (), "its one latent noise tensor for every image and step (share_noise)"),

@@ -1,7 +1,7 @@
 """Joint image + mask augmentation for training, and the views of test-time augmentation.
 
-The training pipeline is the HSE coursework's (albumentations there), rebuilt on
-torchvision.transforms.v2 so that the image and its label map go through one call and every
+The training pipeline is the regularised fork's (matosjan/ddpm-segmentation-coursework, with
+albumentations), rebuilt on torchvision.transforms.v2 so that the image and its label map go through one call and every
 geometric transform moves both alike: masks are resampled with nearest neighbour, and pixels
 that a transform invents (rotation corners, crop borders, dropout holes) get ``fill_label``,
 which the trainer skips. A mirror also exchanges left/right classes (``flip_pairs``). Every
@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 from ..common.config import TTA_VIEWS
 from ..common.seeding import stream_seed
 
-# Coursework values: colour jitter strengths, crop scale range, rotation limit (albumentations'
+# The fork's values: colour jitter strengths, crop scale range, rotation limit (albumentations'
 # default +-90 degrees), 2..4 holes of 40..60 px at 256 px (scaled with the image size).
 JITTER = dict(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.2)
 CROP_SCALE = (0.3, 0.6)
@@ -92,7 +92,7 @@ class HorizontalFlipSwap(v2.Transform):
 
 
 def training_pipeline(size: int, p: float, fill_label: int, flip_pairs: Sequence[Sequence[int]] = ()) -> v2.Compose:
-    """The coursework's transforms, each applied with probability ``p``, on [0, 1] images."""
+    """The regularised fork's transforms, each applied with probability ``p``, on [0, 1] images."""
     fill = {tv_tensors.Image: 0.0, tv_tensors.Mask: fill_label}
     maybe = lambda t: v2.RandomApply([t], p=p)  # noqa: E731
     return v2.Compose([
@@ -102,7 +102,7 @@ def training_pipeline(size: int, p: float, fill_label: int, flip_pairs: Sequence
         maybe(CoarseDropout(fill_label)),
         maybe(v2.RandomResizedCrop(size, scale=CROP_SCALE, antialias=True)),
         maybe(v2.RandomRotation(ROTATION_DEGREES, fill=fill)),
-        # torchvision's default strength; albumentations' defaults (the coursework's) move pixels
+        # torchvision's default strength; albumentations' defaults (the fork's) move pixels
         # by far less than one pixel, i.e. hardly at all.
         maybe(v2.ElasticTransform(fill=fill)),
     ])

@@ -103,7 +103,7 @@ def distinct_palette(k: int) -> list[list[int]]:
 
 
 class DatasetClasses(NamedTuple):
-    """What new_experiment.py writes into a config: names, palette, ignore label, and where that came from."""
+    """What `ddpmseg new` writes into a config: names, palette, ignore label, and where that came from."""
     names: list[str]
     palette: list[list[int]]
     ignore_label: int | None

@@ -152,7 +152,7 @@ def mask_palette(path: str) -> list[list[int]] | None:
 def _colours_to_ids(path: str, rgb: np.ndarray, palette: list | None) -> np.ndarray:
     if not palette:
         raise DataError(f"{path}: an RGB mask needs the class colours: set 'palette' in the config "
-                        f"(new_experiment.py: 'name R G B' lines in --classes)")
+                        f"(ddpmseg new: 'name R G B' lines in --classes)")
     codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     pal = [(int(r) << 16) | (int(g) << 8) | int(b) for r, g, b in palette]
     if len(set(pal)) != len(pal):
@@ -224,7 +224,7 @@ def _check_label(path: str, label: np.ndarray, hw: tuple[int, int],
         if ignore_label is not None:
             allowed += f" or the ignore_label {ignore_label}"
         hint = (f"; if {BINARY_FOREGROUND} marks pixels to leave out (VOC borders), pass --ignore_label "
-                f"{BINARY_FOREGROUND} to new_experiment.py (config: \"ignore_label\": {BINARY_FOREGROUND})"
+                f"{BINARY_FOREGROUND} to ddpmseg new (config: \"ignore_label\": {BINARY_FOREGROUND})"
                 if BINARY_FOREGROUND in bad and ignore_label is None else "")
         return (f"{path}: label values {bad[:10].tolist()} are invalid with number_class="
                 f"{number_class} (allowed: {allowed}); fix the labels or the config{hint}")

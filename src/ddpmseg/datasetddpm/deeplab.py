@@ -71,14 +71,14 @@ class DeepLabSettings:
     workers: int = 4  # DataLoader processes (original: 12); 0 loads in the main process
 
     def check(self) -> None:
-        for key in ("batch_size", "num_epoch"):
+        for key, option in (("batch_size", "--deeplab_batch_size"), ("num_epoch", "--num_epoch")):
             if getattr(self, key) < 1:
-                raise ConfigError(f"--{key} must be >= 1, got {getattr(self, key)}")
+                raise ConfigError(f"{option} must be >= 1, got {getattr(self, key)}")
         for key in ("max_data", "workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"--{key} must be >= 0, got {getattr(self, key)}")
         if not self.learning_rate > 0:
-            raise ConfigError(f"--learning_rate must be > 0, got {self.learning_rate}")
+            raise ConfigError(f"--deeplab_lr must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.uncertainty_portion < 1.0:
             raise ConfigError(f"--uncertainty_portion must be in [0, 1), got {self.uncertainty_portion}")
 
@@ -241,7 +241,7 @@ class DeepLabRun:
         check_masks(masks, c["number_class"], c["ignore_label"], where=self.data_path)
         kept = keep_by_uncertainty(uncertainty, s.uncertainty_portion, c["uncertainty_filter"])
         if len(kept) < s.batch_size:
-            raise ConfigError(f"only {len(kept)} synthetic samples are kept, fewer than --batch_size "
+            raise ConfigError(f"only {len(kept)} synthetic samples are kept, fewer than --deeplab_batch_size "
                               f"{s.batch_size}: an epoch would have no full batch")
         self.synthetic = {"data_path": self.data_path, "used": len(uncertainty), "kept": len(kept),
                           "uncertainty_filter": c["uncertainty_filter"],

@@ -4,7 +4,7 @@ live in ``backbones``; ``rgb_xy``: the no-context baseline; ``diffusers_ddpm``, 
 U-Nets, hooked by ``unet_hooks``; ``dinov2``) and the native-resolution store (``store``).
 
 Importing the package registers every family; adding one is a module with an ``@register``ed
-``Backbone`` and its import here. The README's Python API imports the DDPM names from here.
+``Backbone`` and its import here.
 """
 from .registry import REGISTRY, Backbone, Layer, backbone_class, register
 from .ddpm import FeatureExtractorDDPM, collect_features, shared_noise

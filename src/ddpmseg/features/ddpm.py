@@ -24,7 +24,7 @@ from ..common.config import ConfigError
 from ..common.seeding import stream_generator, stream_seed
 from .registry import Backbone, Layer, register
 
-# select_features.py's default step grid as fractions of the diffusion's length: for 1000 steps 10, 25, 50,
+# `ddpmseg select`'s default step grid as fractions of the diffusion's length: for 1000 steps 10, 25, 50,
 # 100, 150, 250, 500, 800 -- denser at small t, where the paper's best features are, and holding the
 # hand-set protocol's 50/150/250 so the selection can rediscover it.
 DEFAULT_STEP_FRACTIONS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.8)

@@ -9,7 +9,7 @@ every timestep of "steps" (the run's shared noise, as for the guided-diffusion U
 pass takes all of them, hooked as ``unet_hooks`` describes. ``sample()`` draws images with the
 folder's scheduler (DDPMPipeline's loop).
 These are Ho et al. DDPMs, not the paper's ADM U-Nets: the paper's block indices do not carry over
-(select_features.py searches every up block at a spread of timesteps).
+(`ddpmseg select` searches every up block at a spread of timesteps).
 """
 from __future__ import annotations
 

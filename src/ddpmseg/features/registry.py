@@ -46,7 +46,7 @@ class Backbone(abc.ABC):
     @abc.abstractmethod
     def candidate_grid(cls, cfg: dict, model_flags: dict, steps: list[int] | None = None,
                        blocks: list[int] | None = None) -> tuple[list[int], list[int]]:
-        """(steps, blocks) that select_features.py searches: ``steps`` / ``blocks`` as given, checked
+        """(steps, blocks) that `ddpmseg select` searches: ``steps`` / ``blocks`` as given, checked
         against what this backbone has (ConfigError saying what exists), or its default grid for None.
         ConfigError when the backbone has nothing to select."""
 
@@ -77,7 +77,7 @@ class Backbone(abc.ABC):
 
 
 class FixedLayerBackbone(Backbone):
-    """A backbone whose maps are fixed (the published choice) and whose input is not noised: select_features.py
+    """A backbone whose maps are fixed (the published choice) and whose input is not noised: `ddpmseg select`
     has nothing to pick."""
 
     uses_timesteps = False

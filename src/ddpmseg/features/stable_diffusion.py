@@ -8,7 +8,7 @@ at every timestep of "steps", and passed once through the U-Net with the embeddi
 
 The prompt's embedding is a constant of the run: it is computed once and saved in the run's
 exp_dir (``prompt_embedding_<hash>.safetensors``, the prompt in its metadata), and later builds
-(segment.py, evaluate.py) read it there, so the text encoder is loaded once, then freed.
+(`ddpmseg segment`, `ddpmseg evaluate`) read it there, so the text encoder is loaded once, then freed.
 "prompt_embedding" names such a file explicitly. On CUDA the VAE and U-Net run under bf16
 autocast (fp16 where bf16 is unsupported); maps come back float32.
 
@@ -41,7 +41,7 @@ PARTS = ("unet", "vae", "scheduler")  # the text encoder and tokenizer are neede
 HUB_FILES = ("model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config.json", "text_encoder/model.safetensors",
              "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
              "vae/diffusion_pytorch_model.safetensors")
-# Candidate timesteps of select_features.py: DIFT's t = 261 and a spread around it.
+# Candidate timesteps of `ddpmseg select`: DIFT's t = 261 and a spread around it.
 CANDIDATE_STEPS = [50, 100, 200, 261, 400, 600]
 
 

@@ -64,7 +64,7 @@ def check_layer_names(names: Sequence[str], available: Sequence[str], where: str
 
 def unet_grid(cfg: dict, num_up_blocks: int, num_timesteps: int, default_steps: Sequence[int],
               steps: list[int] | None, blocks: list[int] | None) -> tuple[list[int], list[int]]:
-    """select_features.py's (steps, blocks) for a diffusers U-Net: the given ones, checked, or every up
+    """`ddpmseg select`'s (steps, blocks) for a diffusers U-Net: the given ones, checked, or every up
     block at ``default_steps``. ConfigError for what does not exist, and for "hook_layers" (the search
     picks whole up blocks)."""
     if cfg["hook_layers"]:

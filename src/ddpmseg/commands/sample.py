@@ -1,42 +1,43 @@
-"""Draw samples from a DDPM checkpoint: PNGs, one .npz and a grid.
-
-    python sample.py --model_path RUN/ema_0.9999_010000.pt --out samples/ --num_samples 64 \\
-        --use_ddim True --timestep_respacing ddim50
-    torchrun --nproc_per_node=8 sample.py ...          # batches are spread over the processes
-
-Model flags come from the checkpoint's json sidecar (written by train_ddpm.py), then
+"""Model flags come from the checkpoint's json sidecar (written by `ddpmseg train-ddpm`), then
 --model_flags FILE.json, then MODEL_FLAGS on the command line. Writes
 <out>/samples_<N>x<H>x<W>x3.npz (arr_0, as guided-diffusion's image_sample.py),
-<out>/images/<i>.png and <out>/grid.png; rerunning resumes an interrupted run.
+<out>/images/<i>.png and <out>/grid.png; --out has no default. Rerunning resumes an interrupted
+run; under torchrun the batches are spread over the processes.
 """
+from __future__ import annotations
+
 import argparse
 import os
-import sys
 
 import numpy as np
 
 from guided_diffusion.checkpoint import load_model_and_diffusion, sidecar_flags
 from guided_diffusion.script_util import merged_flags
-from ddpmseg.common.cli import (add_dataclass_args, add_model_flag_args, dataclass_from_args, passed_model_flags,
-                         read_flags_file, run_cli)
-from ddpmseg.common.distributed import init_world
-from ddpmseg.ddpm.generate import SampleOptions, generate
-from ddpmseg.common.report import image_grid, write_png_atomic
-from ddpmseg.ddpm.sampling import sampling_diffusion
 
+from ..common.cli import (add_dataclass_args, add_model_flag_args, add_shared_option, dataclass_from_args,
+                          passed_model_flags, read_flags_file, run_cli)
+from ..common.distributed import init_world
+from ..common.report import image_grid, write_png_atomic
+from ..ddpm.generate import SampleOptions, generate
+from ..ddpm.sampling import sampling_diffusion
+from . import command_parser
+
+EXAMPLE = ("  ddpmseg sample --model_path RUN/ema_0.9999_010000.pt --out samples/ --num_samples 64 \\\n"
+           "      --use_ddim True --timestep_respacing ddim50\n"
+           "  torchrun --nproc_per_node=8 -m ddpmseg sample ...\n")
 GRID_MAX = 64  # samples shown in grid.png
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model_path", required=True)
-    p.add_argument("--out", required=True, help="output folder")
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = command_parser("sample", __doc__, EXAMPLE, prog)
+    p.add_argument("--model_path", required=True, help="guided-diffusion checkpoint")
+    add_shared_option(p, "--out", required=True)
     p.add_argument("--model_flags", default=None, metavar="FILE.json", help="flags json (sidecar or flat dict)")
-    p.add_argument("--device", default="auto")
+    add_shared_option(p, "--device")
     add_dataclass_args(p, SampleOptions, defaults={"num_samples": 16, "batch_size": 16})
     add_model_flag_args(p, "guided-diffusion model flags (timestep_respacing is the sampling option above)",
                         skip=["timestep_respacing"])
-    return p.parse_args(argv)
+    return p
 
 
 def resolve_flags(args: argparse.Namespace) -> dict:
@@ -48,7 +49,7 @@ def draw(args: argparse.Namespace) -> None:
     opts = dataclass_from_args(SampleOptions, args)
     opts.validate()
     flags = resolve_flags(args)
-    world = init_world(args.device)
+    world = init_world(args.device or "auto")
     model, _ = load_model_and_diffusion(args.model_path, flags, world.device)
     diffusion = sampling_diffusion(flags, opts.timestep_respacing)
     size = flags["image_size"]
@@ -64,10 +65,6 @@ def draw(args: argparse.Namespace) -> None:
         print(f"{len(images)} samples: {path}, {args.out}/images/, {args.out}/grid.png")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     return run_cli(lambda: draw(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

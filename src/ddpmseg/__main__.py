@@ -1,0 +1,6 @@
+"""``python -m ddpmseg`` (and ``torchrun -m ddpmseg``): the ``ddpmseg`` command."""
+import sys
+
+from ddpmseg.commands import main
+
+sys.exit(main())

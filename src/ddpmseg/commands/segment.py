@@ -1,0 +1,38 @@
+"""The run's saved config.json decides everything (voting, test-time views, refiner); --set may set
+inference keys as in `ddpmseg evaluate`. Per image: <stem>.png (class ids), <stem>_overlay.png,
+<stem>_uncertainty.png; segments.csv has one row per image. --out has no default. Rerunning skips
+finished images; an unreadable file is a warning and the rest go on; exit status 2 only when nothing
+was segmented.
+"""
+from __future__ import annotations
+
+import argparse
+
+from ..classifier.segment_folder import segment_images
+from ..classifier.segmenter import Segmenter
+from ..common.cli import add_shared_option, config_overrides, run_cli
+from . import command_parser
+
+EXAMPLE = "  ddpmseg segment --run RUN --images photos/ --out segmented/ --set voting=soft\n"
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = command_parser("segment", __doc__, EXAMPLE, prog)
+    add_shared_option(p, "--run", required=True)
+    p.add_argument("--images", required=True, nargs="+", help="image files and/or folders (searched recursively)")
+    add_shared_option(p, "--out", required=True)
+    add_shared_option(p, "--set")
+    add_shared_option(p, "--device")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+
+    def job() -> None:
+        segmenter = Segmenter.from_run(args.run, config_overrides(args.set, device=args.device))
+        counts = segment_images(segmenter, args.images, args.out)
+        print(f"segmented {counts['segmented']}, already done {counts['skipped']}, unreadable "
+              f"{counts['unreadable']}; outputs in {args.out}")
+
+    return run_cli(job)
