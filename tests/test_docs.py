@@ -12,8 +12,6 @@ import readme_block  # noqa: E402
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 WRITERS = ("publish", "write_block", "replace_block")  # the calls that write a block, its name first
-# Files that the licence and configuration work add; a link to them is checked once they exist.
-ADDED_ELSEWHERE = {"LICENSE", "docs/configuration.md"}
 
 
 def markers_in(path) -> set[str]:
@@ -80,9 +78,6 @@ def links() -> list[tuple[str, str]]:
 def test_relative_links_reach_a_file_and_heading(page, target):
     file, _, anchor = target.partition("#")
     path = ((REPO / page).parent / file).resolve() if file else REPO / page
-    name = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-    if name in ADDED_ELSEWHERE and not path.exists():
-        pytest.skip(f"{name} is added by other work")
     assert path.exists(), f"{page} links to {target}, which does not exist"
     if anchor:
         headings = re.findall(r"^#+ (.+)$", re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S), re.M)
@@ -94,5 +89,5 @@ def test_docs_paths_named_in_the_code_exist():
     named = set()
     for path in [*REPO.glob("*.py"), *(REPO / "scripts").glob("*.py"), *(REPO / "src").rglob("*.py")]:
         named.update(re.findall(r"docs/[\w-]+\.md", path.read_text()))
-    missing = sorted(n for n in named - ADDED_ELSEWHERE if not (REPO / n).exists())
+    missing = sorted(n for n in named if not (REPO / n).exists())
     assert not missing, f"named but missing: {missing}"

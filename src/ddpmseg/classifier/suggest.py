@@ -32,7 +32,7 @@ from .segment_folder import list_inputs, uncertainty_image
 from .segmenter import Segmenter
 
 STRATEGIES = ("uncertainty", "disagreement", "diverse", "random")
-# Measured (docs/RESULTS.md, "Active learning"): on celebamask64, from 8 random labelled
+# Measured (docs/selection.md, "Which image to label next"): on celebamask64, from 8 random labelled
 # images, 3 rounds of +4, 5 seeds, no strategy beat a random choice; random ended highest, by less
 # than the seed spread. So the default labels a random sample, and the scores are a choice to test.
 DEFAULT_STRATEGY = "random"

@@ -28,7 +28,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, required=True, help="how many images to suggest")
     p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
                    help=f"(default: {DEFAULT_STRATEGY}; on celebamask64 no score beat a random choice: "
-                        "docs/RESULTS.md, 'Active learning')")
+                        "docs/selection.md, 'Which image to label next')")
     add_shared_option(p, "--out")
     add_shared_option(p, "--seed")
     add_shared_option(p, "--device")
