@@ -21,6 +21,7 @@ from ..common.atomic import atomic_write, write_text_atomic
 from ..data.folders import IMAGE_EXTENSIONS, list_image_files, load_rgb
 from ..common.errors import DataError
 from ..common.gallery import write_gallery
+from ..common.html_page import REPORT_FILE
 from ..common.report import colorize_mask, uncertainty_image, write_png_atomic
 from .segmenter import Segmenter
 
@@ -115,5 +116,6 @@ def segment_images(segmenter: Segmenter, sources: list[str], out_dir: str,
         counts["segmented"] += 1
     if not counts["segmented"] and not counts["skipped"]:
         raise DataError(f"none of the {len(inputs)} images could be read; nothing was segmented")
-    write_gallery(out_dir)
+    if counts["segmented"] or not os.path.isfile(os.path.join(out_dir, REPORT_FILE)):  # a rerun that adds nothing
+        write_gallery(out_dir)                                                          # rewrites nothing
     return counts

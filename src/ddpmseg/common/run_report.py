@@ -28,12 +28,14 @@ from .html_page import REPORT_FILE, cell, embedded_png, esc, linked_png, number,
 from .report_plots import confusion_matrix, epoch_curve, iou_bars, member_curves
 from .safeload import load_plain
 
-# The config keys the report lists, in this order (config.json, linked from the page, has them all).
-CONFIG_SHOWN = ("category", "model_type", "model_path", "steps", "blocks", "dim", "input_activations", "share_noise",
-                "model_num", "training_number", "testing_number", "augmentation_copies", "batch_size",
-                "learning_rate", "optimizer", "max_epochs", "early_stop_after_epoch", "early_stop_patience",
-                "regularizer", "voting", "tta", "refine", "seed", "training_path", "testing_path",
-                "deeplab_backbone", "deeplab_res", "deeplab_pretrained_backbone")
+# The config keys the report lists, in this order (config.json, linked from the page, has them all):
+# those of every run, then those of the pixel-classifier ensemble or of DeepLab (its metrics.json has the rest).
+CONFIG_SHOWN = ("category", "model_type", "model_path", "steps", "blocks", "dim", "training_number", "testing_number",
+                "seed", "training_path", "testing_path")
+ENSEMBLE_SHOWN = ("input_activations", "share_noise", "model_num", "augmentation_copies", "batch_size",
+                  "learning_rate", "optimizer", "max_epochs", "early_stop_after_epoch", "early_stop_patience",
+                  "regularizer", "voting", "tta", "refine")
+DEEPLAB_SHOWN = ("deeplab_backbone", "deeplab_res", "deeplab_pretrained_backbone")
 # Where select_features.py writes by default, beside the run folders of one exp_dir.
 SELECTION_FOLDER = "feature_selection"
 # Compared images shown enlarged: a 64 px panel is too small to judge at 1x.
@@ -59,8 +61,8 @@ def source_folder(folder: str, metrics: dict) -> str:
 
 
 def config_section(folder: str, cfg: dict, metrics: dict) -> str:
-    rows = [[cell(k), cell(json.dumps(cfg[k]) if not isinstance(cfg[k], str) else cfg[k])]
-            for k in CONFIG_SHOWN if k in cfg]
+    keys = CONFIG_SHOWN + (DEEPLAB_SHOWN if "best_epoch" in metrics else ENSEMBLE_SHOWN)
+    rows = [[cell(k), cell(json.dumps(cfg[k]) if not isinstance(cfg[k], str) else cfg[k])] for k in keys if k in cfg]
     for key, value in (metrics.get("settings") or {}).items():  # a DeepLab run's training settings
         rows.append([cell(f"deeplab {key}"), cell(json.dumps(value) if not isinstance(value, str) else value)])
     if metrics.get("trained_in"):
