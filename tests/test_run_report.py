@@ -72,9 +72,13 @@ def lookup(metrics: dict, path: list[str]):
     return metrics
 
 
+def strict_json(constant: str):
+    raise AssertionError(f"metrics.json holds {constant}, which strict JSON readers refuse")
+
+
 def check_report(folder: Path) -> tuple[Page, dict]:
     """The checks every run folder's report passes; returns the parsed page and metrics.json."""
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text(), parse_constant=strict_json)
     page = Page((folder / "report.html").read_text())
     assert page.files and all((folder / ref).is_file() for ref in page.files), page.files
     for path, unit, text in page.numbers:

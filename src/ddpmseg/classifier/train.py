@@ -21,6 +21,7 @@ run resumable).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Sequence
@@ -390,8 +391,10 @@ class TrainingState:
         """Member ``members[j]`` stops now: record why and its stats."""
         self.active[j] = False
         self.curves.close_point(j, self.step)
+        best = self.stopping.best[j]
+        # None: training ended before early stopping watched a batch (inf has no place in strict JSON).
         self.stats[self.members[j]] = {"epochs": -(-self.step // n_batches), "iterations": self.step,
-                                       "stopped": reason, "best_batch_loss": self.stopping.best[j]}
+                                       "stopped": reason, "best_batch_loss": best if math.isfinite(best) else None}
 
 
 def save_member(exp_dir: str, state: TrainingState, j: int, dim: int, number_class: int) -> None:

@@ -18,7 +18,7 @@ h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 28
 table { border-collapse: collapse; margin: 8px 0; } td, th { padding: 2px 8px; border-bottom: 1px solid #eee; }
 th { text-align: left; background: #f5f5f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .headline { font-size: 20px; } .note { color: #666; } .side { display: flex; gap: 24px; align-items: flex-start; }
-img.pixels { image-rendering: pixelated; } code { background: #f5f5f5; padding: 0 3px; }
+img { max-width: 100%; height: auto; } img.pixels { image-rendering: pixelated; } code { background: #f5f5f5; padding: 0 3px; }
 """
 
 

@@ -64,14 +64,13 @@ def confusion_matrix(normalised: np.ndarray, row_names: Sequence[str], column_na
     return _png(fig)
 
 
-def member_curves(curves: Sequence[dict], titles: Sequence[str], stops: Sequence[int | None],
-                  stop_labels: Sequence[str]) -> bytes:
+def member_curves(curves: Sequence[dict], titles: Sequence[str], stops: Sequence[int | None]) -> bytes:
     """One panel per member: mean batch loss (left axis) and pixel accuracy (right axis) against the
-    iteration, with a red line where the member stopped and why."""
+    iteration, with a red line where the member stopped (``titles`` say why)."""
     n = len(curves)
     cols = min(n, _CURVE_COLUMNS)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(2.6 * cols + 0.6, 2.2 * rows + 0.4), layout="constrained")
+    fig = Figure(figsize=(2.3 * cols + 0.6, 2.0 * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for k, ax in enumerate(axes.flat):
         if k >= n:
@@ -79,7 +78,7 @@ def member_curves(curves: Sequence[dict], titles: Sequence[str], stops: Sequence
             continue
         curve = curves[k]
         ax.plot(curve["batch"], curve["loss"], color=_LOSS_COLOUR, marker="." if len(curve["batch"]) < 5 else None)
-        ax.set_title(titles[k], fontsize=9)
+        ax.set_title(titles[k], fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("iteration (batches)", fontsize=7)
         if k % cols == 0:
@@ -93,8 +92,6 @@ def member_curves(curves: Sequence[dict], titles: Sequence[str], stops: Sequence
             acc.set_ylabel("accuracy", color=_ACCURACY_COLOUR, fontsize=8)
         if stops[k] is not None:
             ax.axvline(stops[k], color=_STOP_COLOUR, linestyle=":", linewidth=1.2)
-            ax.text(stops[k], 0.98, stop_labels[k], transform=ax.get_xaxis_transform(), ha="right", va="top",
-                    fontsize=7, color=_STOP_COLOUR)
     return _png(fig)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any, Sequence
@@ -136,7 +137,7 @@ def member_training(folder: str, cfg: dict, metrics: dict) -> list[str]:
     """The ensemble's training: a table of how each member stopped, and each member's curve."""
     source = source_folder(folder, metrics)
     count = cfg.get("model_num", len(metrics.get("members", {})))
-    rows, curves, titles, stops, labels, missing = [], [], [], [], [], []
+    rows, curves, titles, stops, missing = [], [], [], [], []
     for m in range(count):
         path = os.path.join(source, f"model_{m}.pth")
         if not os.path.isfile(path):
@@ -144,22 +145,24 @@ def member_training(folder: str, cfg: dict, metrics: dict) -> list[str]:
             continue
         saved = load_plain(path, "an ensemble member")
         stats = saved.get("stats", {})
+        best = stats.get("best_batch_loss")
         rows.append([cell(m), cell(stats.get("iterations", "")), cell(stats.get("epochs", "")),
-                     cell(stats.get("stopped", "")), cell(f"{stats['best_batch_loss']:.4f}"
-                                                          if "best_batch_loss" in stats else "")])
+                     cell(stats.get("stopped", "")),
+                     cell(f"{best:.4f}" if best is not None and math.isfinite(best) else "\u2014")])
         if saved.get("curve") and saved["curve"]["batch"]:
             curves.append(saved["curve"])
-            titles.append(f"member {m}")
+            titles.append(f"member {m}: {stats.get('stopped', '')} at {stats.get('iterations')}")
             stops.append(stats.get("iterations"))
-            labels.append(f"{stats.get('stopped', '')} at {stats.get('iterations')}")
-    parts = [table(["member", "iterations", "epochs", "stopped by", "best batch loss"], rows)]
+    parts = [table(["member", "iterations", "epochs", "stopped by", "best batch loss"], rows),
+             "<p class=\"note\">Best batch loss: the lowest one early stopping saw (a dash: training ended before "
+             "early_stop_after_epoch).</p>"]
     if missing:
         parts.append(f"<p class=\"note\">No member file for members {missing} in {esc(source)}.</p>")
     if curves:
         every = curves[0]["every"]
         parts.append(f"<p>Mean training loss (blue) and pixel accuracy (orange) over every {every} batches; "
                      "the red line is where the member stopped.</p>")
-        parts.append(embedded_png(member_curves(curves, titles, stops, labels), "training curves"))
+        parts.append(embedded_png(member_curves(curves, titles, stops), "training curves"))
     elif rows:
         parts.append("<p class=\"note\">The member files hold no training curve.</p>")
     return parts
