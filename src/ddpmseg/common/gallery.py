@@ -30,7 +30,7 @@ def write_gallery(out_dir: str) -> str:
             path = os.path.join(out_dir, r["stem"] + suffix)
             pictures.append(f"<td>{linked_png(path, out_dir, r['stem'] + suffix, width=SHOWN_WIDTH)}</td>"
                             if os.path.isfile(path) else cell("missing"))
-        shown_rows.append([cell(rank), cell(r["stem"]), cell(f"{r['width']} x {r['height']}"),
+        shown_rows.append([cell(rank), cell(r["stem"]), cell(f"{r['width']}\u00d7{r['height']}"),
                            f"<td class=\"num\">{esc(r['uncertainty'])}</td>", cell(classes), *pictures])
     body = table(["rank", "image", "size", "uncertainty", "largest classes", "overlay", "uncertainty map"],
                  shown_rows)
