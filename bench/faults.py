@@ -48,7 +48,7 @@ TOOLS = ("train_interpreter", "train_interpreter_refine", "train_ddpm", "generat
 # Values that record how a run went, not what it computed (a resumed run differs in them by design).
 HISTORY_KEYS = {"timings_s", "training_timings_s", "peak_rss_mb", "epoch_train_s", "trained_epochs", "train_s",
                 "images_per_s", "seconds"}
-HISTORY_FILES = {"log.txt"}
+HISTORY_FILES = {"log.txt", "report.html"}  # report.html shows the timings
 REFINE = {"method": "ddps", "iterations": 20, "width": 8, "folds": 2, "fold_members": 1, "steps": 3}
 DDPM_TINY = ["--image_size", "32", "--channel_mult", "1,2", "--num_channels", "32", "--num_res_blocks", "1",
              "--attention_resolutions", "8", "--learn_sigma", "True", "--dropout", "0.1", "--batch_size", "4",

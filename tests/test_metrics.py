@@ -25,6 +25,23 @@ def test_hand_computed_example():
     assert r["miou"] == pytest.approx((0.5 + 2 / 3 + 0.5 + 0) / 4)
     assert r["miou_present"] == pytest.approx((0.5 + 2 / 3 + 0.5) / 3)
     assert r["num_images"] == 1
+    # confusion[g][p]: the GT-255 pixel is in no row; rows hold every other pixel once.
+    assert r["confusion"] == [[1, 1, 0, 0], [0, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+
+
+def test_per_image_miou_over_the_classes_each_image_shows():
+    acc = IoUAccumulator(4, 255)
+    gt = np.array([[[0, 0, 1, 1]], [[2, 2, 2, 255]]])
+    pred = np.array([[[0, 1, 1, 1]], [[2, 2, 255, 255]]])
+    acc.update(pred, gt, ["a", "b"])
+    acc.update(np.full((1, 4), 255), np.full((1, 4), 255), "all ignored")
+    per_image = acc.result()["per_image_miou"]
+    # a: class 0 I=1 U=2, class 1 I=2 U=3 (classes 2 and 3 absent, left out); b: class 2 I=2 U=3.
+    assert per_image == {"a": pytest.approx((1 / 2 + 2 / 3) / 2), "b": pytest.approx(2 / 3), "all ignored": None}
+    with pytest.raises(ValueError, match="'a' was scored twice"):
+        acc.update(pred[0], gt[0], "a")
+    with pytest.raises(ValueError, match="1 names for 2 images"):
+        acc.update(pred, gt, ["c"])
 
 
 def test_ignore_label_zero_excludes_class_zero():

@@ -21,9 +21,10 @@ def test_metrics_keys_in_order_and_the_class_table(tmp_path):
     metrics = write_run_metrics(str(tmp_path), result, torch.device("cpu"), timings, time.time() - 2.0,
                                 ["sky", "sea"], head={"voting": "hard"}, tail={"members": {}})
     assert list(metrics) == ["miou", "miou_present", "voting", "per_class_iou", "classes", "intersection", "union",
-                             "num_images", "mean_uncertainty", "members", "timings_s", "peak_rss_mb", "exp_dir",
+                             "confusion", "per_image_miou", "num_images", "mean_uncertainty", "members", "timings_s", "peak_rss_mb", "exp_dir",
                              "device"]
     assert metrics["timings_s"]["total_s"] >= 2.0 and metrics["device"] == "cpu" and metrics["peak_rss_mb"] > 0
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     table = (tmp_path / "per_class_iou.md").read_text()
     assert "| 0 sky | 50.00 | yes |" in table and "| 1 sea | 66.67 | yes |" in table
+    assert "mIoU <b>58.33</b>" in (tmp_path / "report.html").read_text()  # (1/2 + 2/3) / 2, from the saved file

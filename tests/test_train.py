@@ -266,6 +266,34 @@ def test_each_member_is_the_published_training_of_that_member(data, tmp_path, pa
         assert int(sd["module.layers.2.num_batches_tracked"]) == it
 
 
+def test_member_files_hold_each_members_training_curve(data, tmp_path, monkeypatch):
+    """Every batch's loss and accuracy at CURVE_EVERY 1; at 7, each point is the mean of its 7 batches
+    (float64: the same additions, so equal to rounding); the curve ends where the member stopped."""
+    store, px = data
+    cfg = make_settings(early_stop_patience=2, max_epochs=4)
+    n_batches = len(px.labels) // cfg.batch_size
+    curves = {}
+    for every in (1, 7):
+        monkeypatch.setattr(train_mod, "CURVE_EVERY", every)
+        stats = train_ensemble(store, px, cfg, str(tmp_path / str(every)), [0, 2], log=quiet, dtype=torch.float64)
+        curves[every] = {m: torch.load(model_path(str(tmp_path / str(every)), m), weights_only=True)["curve"]
+                         for m in (0, 2)}
+    for m in (0, 2):
+        it, one, seven = stats[m]["iterations"], curves[1][m], curves[7][m]
+        assert stats[m]["stopped"] == "early_stop" and one["every"] == 1 and seven["every"] == 7
+        assert one["batch"] == list(range(1, it + 1))
+        assert seven["batch"] == list(range(7, it + 1, 7)) + ([it] if it % 7 else [])
+        # Early stopping's best batch loss is the lowest loss from the epoch after early_stop_after_epoch on.
+        after = (cfg.early_stop_after_epoch + 1) * n_batches
+        assert min(one["loss"][after:]) == stats[m]["best_batch_loss"]
+        assert all(a * cfg.batch_size == pytest.approx(round(a * cfg.batch_size), abs=1e-9) and 0 <= a <= 1
+                   for a in one["accuracy"])  # correct pixels out of one batch
+        for key in ("loss", "accuracy"):
+            groups = [one[key][start:start + 7] for start in range(0, it, 7)]
+            assert seven[key] == pytest.approx([sum(g) / len(g) for g in groups], rel=1e-12)
+        assert one["accuracy"][-1] > one["accuracy"][0]  # the rule behind the labels is learnable
+
+
 def test_max_epochs_caps_training(data, tmp_path):
     store, px = data
     cfg = make_settings(early_stop_patience=10_000, max_epochs=3)

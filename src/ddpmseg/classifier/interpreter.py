@@ -220,16 +220,18 @@ class Run:
             item = self.test_set[i]
             votes = predictor.votes(item["image"], i, f"test image {item['stem']}")
             for mode, iou in ious.items():
-                iou.update(votes.mask(mode).reshape(self.hw).cpu(), item["label"])
+                iou.update(votes.mask(mode).reshape(self.hw).cpu(), item["label"], item["stem"])
             pred = before = votes.mask(c["voting"]).reshape(self.hw).cpu()
             if self.refine is not None:
                 _, masks = predictor.refined(item["image"], votes, i)
                 for iou, mask in zip(step_ious, masks):
-                    iou.update(mask, item["label"])
+                    iou.update(mask, item["label"], item["stem"])
                 pred = masks[-1]
-            uncertainties[item["stem"]] = image_uncertainty(votes.uncertainty(), c["uncertainty_top_fraction"])
+            uncertainty = votes.uncertainty()
+            uncertainties[item["stem"]] = image_uncertainty(uncertainty, c["uncertainty_top_fraction"])
             save_prediction(out_dir, item["stem"], pred, image=item["image"], gt=item["label"], palette=c["palette"],
-                            before=before if self.refine is not None else None, class_names=c["class_names"])
+                            before=before if self.refine is not None else None, class_names=c["class_names"],
+                            uncertainty=uncertainty.reshape(self.hw))
         self.timings["evaluation_s"] = time.time() - t0
         result = ious[c["voting"]].result()
         if self.refine is not None:

@@ -1,9 +1,10 @@
 """ddpmseg segment's job: a Segmenter over many image files, with resumable, atomically written outputs.
 
 Per image ``<stem>``: ``<stem>.png`` (class ids, mode L; I;16 above 256 classes), ``<stem>_overlay.png``
-(the image with the coloured mask at 50 %), ``<stem>_uncertainty.png`` (UNCERTAINTY_COLOURS); one
+(the image with the coloured mask at 50 %), ``<stem>_uncertainty.png`` (ddpmseg.common.report.UNCERTAINTY_COLOURS); one
 ``segments.csv`` row (image uncertainty, pixel fraction of each class). The CSV is rewritten after
-every image, so an image counts as finished once it has a row: a rerun skips it.
+every image, so an image counts as finished once it has a row: a rerun skips it. At the end,
+``report.html`` shows them all, most uncertain first (ddpmseg.common.gallery).
 """
 from __future__ import annotations
 
@@ -19,26 +20,14 @@ from tqdm import tqdm
 from ..common.atomic import atomic_write, write_text_atomic
 from ..data.folders import IMAGE_EXTENSIONS, list_image_files, load_rgb
 from ..common.errors import DataError
-from ..common.report import colorize_mask, write_png_atomic
+from ..common.gallery import write_gallery
+from ..common.html_page import REPORT_FILE
+from ..common.report import colorize_mask, uncertainty_image, write_png_atomic
 from .segmenter import Segmenter
 
 CSV_NAME = "segments.csv"
-# Uncertainty colour map, 0 -> UNCERTAINTY_TOP nats: black, purple, orange, pale yellow (a magma-like
-# ramp: brightness grows with uncertainty, readable in grey print). ln 2 is the mutual information
-# when confident members split evenly between two classes, so yellow means "the ensemble disagrees".
-UNCERTAINTY_COLOURS = np.array([[0, 0, 4], [120, 28, 109], [237, 105, 37], [252, 255, 164]], dtype=np.float64)
-UNCERTAINTY_TOP = float(np.log(2))
 # The coloured mask covers the overlay's image at this opacity.
 OVERLAY_ALPHA = 0.5
-
-
-def uncertainty_image(uncertainty: np.ndarray) -> np.ndarray:
-    """RGB uint8 [H, W, 3] of per-pixel uncertainty (nats) on the UNCERTAINTY_COLOURS ramp."""
-    t = np.clip(uncertainty / UNCERTAINTY_TOP, 0, 1) * (len(UNCERTAINTY_COLOURS) - 1)
-    low = np.minimum(np.floor(t).astype(np.int64), len(UNCERTAINTY_COLOURS) - 2)
-    frac = (t - low)[..., None]
-    rgb = UNCERTAINTY_COLOURS[low] * (1 - frac) + UNCERTAINTY_COLOURS[low + 1] * frac
-    return np.rint(rgb).astype(np.uint8)
 
 
 def list_inputs(sources: list[str], out_dir: str | None = None) -> dict[str, str]:
@@ -127,4 +116,6 @@ def segment_images(segmenter: Segmenter, sources: list[str], out_dir: str,
         counts["segmented"] += 1
     if not counts["segmented"] and not counts["skipped"]:
         raise DataError(f"none of the {len(inputs)} images could be read; nothing was segmented")
+    if counts["segmented"] or not os.path.isfile(os.path.join(out_dir, REPORT_FILE)):  # a rerun that adds nothing
+        write_gallery(out_dir)                                                          # rewrites nothing
     return counts

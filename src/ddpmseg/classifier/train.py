@@ -15,11 +15,13 @@ cross-entropy, so a regularizer changes what is learned, not when training stops
 
 ``train_ensemble`` is a short loop over units tested on their own: ``EnsembleSettings`` (the config
 keys it reads), ``BatchSource`` (which pixels each member sees), ``MemberNets`` (networks, losses,
-step), ``EarlyStopping``, ``budget_spent`` (max_epochs/max_steps) and ``TrainingState`` (its
-snapshot/restore pair is what makes a run resumable).
+step), ``EarlyStopping``, ``budget_spent`` (max_epochs/max_steps), ``TrainingCurves`` (each member's
+loss and accuracy, saved in its file) and ``TrainingState`` (its snapshot/restore pair is what makes a
+run resumable).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Sequence
@@ -44,6 +46,9 @@ STATE_FILE = "train_state.pt"
 DENSE_BUDGET_BYTES = 1 << 30
 DENSE_CHUNK = 8192  # pixels upsampled per call while the dense matrix is built
 SAVE_EVERY = 2000  # iterations between resumable snapshots: a crash loses at most this much
+# Batches averaged into one point of a member's training curve: ~26 points per celebamask64 epoch
+# (1280 batches), a few hundred over a run, small beside the member's weights.
+CURVE_EVERY = 50
 
 
 @dataclass
@@ -272,12 +277,15 @@ class MemberNets:
     def modules(self) -> list[PixelEnsemble]:
         return [self.ensemble] if self.trunk is None else [self.ensemble, self.trunk]
 
-    def losses(self, x: torch.Tensor, y: torch.Tensor, s: EnsembleSettings) -> tuple[torch.Tensor, torch.Tensor]:
-        """(each member's cross-entropy [M], each member's loss to minimise [M]): see member_losses."""
+    def losses(self, x: torch.Tensor, y: torch.Tensor,
+               s: EnsembleSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(each member's cross-entropy [M], each member's loss to minimise [M]: see member_losses,
+        each member's pixel accuracy on the batch [M], in the losses' dtype)."""
         logits, features = self.ensemble(x, with_features=True)
         if self.trunk is not None:
             features = self.trunk(x, with_features=True)[1]
-        return member_losses(logits, features, y, self.etf, s.etf_alpha, s.etf_beta)
+        ce, total = member_losses(logits, features, y, self.etf, s.etf_alpha, s.etf_beta)
+        return ce, total, (logits.argmax(-1) == y).to(ce.dtype).mean(1)
 
     def update(self, total: torch.Tensor) -> None:
         """One optimizer step on the sum of the members' losses (each member's gradient is its own)."""
@@ -294,6 +302,33 @@ class MemberNets:
                 g.set_state(state)
 
 
+class TrainingCurves:
+    """Each member's training curve: its mean batch cross-entropy and pixel accuracy over every
+    CURVE_EVERY batches, the last point over the batches since the one before it up to where the
+    member stopped. ``points[j]["batch"]`` is the iteration a point ends at."""
+
+    def __init__(self, num_members: int):
+        self.points = [{"every": CURVE_EVERY, "batch": [], "loss": [], "accuracy": []} for _ in range(num_members)]
+        self.window = [[0.0, 0.0, 0] for _ in range(num_members)]  # loss sum, accuracy sum, batches
+
+    def add(self, losses: Sequence[float], accuracies: Sequence[float], active: Sequence[bool]) -> None:
+        """Take one iteration's batch losses and accuracies of the members still ``active``."""
+        for j, (loss, accuracy) in enumerate(zip(losses, accuracies)):
+            if active[j]:
+                w = self.window[j]
+                w[0], w[1], w[2] = w[0] + loss, w[1] + accuracy, w[2] + 1
+
+    def close_point(self, j: int, step: int) -> None:
+        """End member ``j``'s current point at iteration ``step`` (nothing when it holds no batch)."""
+        loss_sum, accuracy_sum, n = self.window[j]
+        if n:
+            p = self.points[j]
+            p["batch"].append(step)
+            p["loss"].append(loss_sum / n)
+            p["accuracy"].append(accuracy_sum / n)
+            self.window[j] = [0.0, 0.0, 0]
+
+
 class TrainingState:
     """Where a training run stands: the iteration, which members still train, the stats of those
     that stopped, early stopping's records, and (through ``nets`` and ``batches``) weights, optimizer
@@ -307,6 +342,7 @@ class TrainingState:
         self.step = 0  # iterations taken; epoch, batch = divmod(step, n_batches)
         self.active = [True] * len(members)
         self.stats: dict[int, dict] = {m: {} for m in members}
+        self.curves = TrainingCurves(len(members))
 
     def _fields(self) -> dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]:
         """Each snapshot key once, with how its value is read and how it is put back."""
@@ -327,7 +363,9 @@ class TrainingState:
                 "active": attribute(self, "active"),
                 "gen_states": (lambda: self.batches.epoch_states, self.batches.restore),
                 "dropout_states": (self.nets.dropout_states, self.nets.restore_dropout_states),
-                "stats": attribute(self, "stats")}
+                "stats": attribute(self, "stats"),
+                "curves": attribute(self.curves, "points"),
+                "curve_window": attribute(self.curves, "window")}
 
     def snapshot(self) -> dict:
         """Everything a resumed run needs, as plain tensors and lists (see safeload.load_plain)."""
@@ -352,8 +390,11 @@ class TrainingState:
     def finish(self, j: int, reason: str, n_batches: int) -> None:
         """Member ``members[j]`` stops now: record why and its stats."""
         self.active[j] = False
+        self.curves.close_point(j, self.step)
+        best = self.stopping.best[j]
+        # None: training ended before early stopping watched a batch (inf has no place in strict JSON).
         self.stats[self.members[j]] = {"epochs": -(-self.step // n_batches), "iterations": self.step,
-                                       "stopped": reason, "best_batch_loss": self.stopping.best[j]}
+                                       "stopped": reason, "best_batch_loss": best if math.isfinite(best) else None}
 
 
 def save_member(exp_dir: str, state: TrainingState, j: int, dim: int, number_class: int) -> None:
@@ -361,7 +402,8 @@ def save_member(exp_dir: str, state: TrainingState, j: int, dim: int, number_cla
     sd = state.nets.ensemble.member_state_dict(j)
     m = state.members[j]
     torch_save_atomic({"model_state_dict": {f"module.{k}": v.cpu() for k, v in sd.items()},
-                       "dim": dim, "number_class": number_class, "stats": state.stats[m]}, model_path(exp_dir, m))
+                       "dim": dim, "number_class": number_class, "stats": state.stats[m],
+                       "curve": state.curves.points[j]}, model_path(exp_dir, m))
 
 
 def refuse_nonfinite(total: torch.Tensor, state: TrainingState, epoch: int, learning_rate: float) -> None:
@@ -412,16 +454,20 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, settings: Ensemb
         epoch = state.step // n_batches
         idx = state.batches.indices(state.step)  # [M, B]
         x = rows(idx.reshape(-1)).reshape(M, s.batch_size, store.dim).to(device, dtype, non_blocking=True)
-        losses, total = nets.losses(x, pixels.labels[idx].to(device), s)
+        losses, total, accuracies = nets.losses(x, pixels.labels[idx].to(device), s)
         refuse_nonfinite(total, state, epoch, s.learning_rate)
         nets.update(total)
         state.step += 1
-        for j in state.stopping.update(epoch, losses.tolist(), state.active):
+        loss_list, accuracy_list = torch.stack([losses.detach(), accuracies]).tolist()  # one device sync
+        state.curves.add(loss_list, accuracy_list, state.active)
+        for j in state.stopping.update(epoch, loss_list, state.active):
             stop(j, "early_stop")
         cap = budget_spent(state.step, s.max_epochs * n_batches, max_steps)
         for j in range(M) if cap else ():
             if state.active[j]:
                 stop(j, cap)
+        for j in range(M) if state.step % CURVE_EVERY == 0 else ():
+            state.curves.close_point(j, state.step)
         if state.step % SAVE_EVERY == 0 and any(state.active):
             torch_save_atomic(state.snapshot(), state_path)
         bar.update(1)

@@ -3,6 +3,9 @@
 Intersections and unions are summed over all test images before dividing (not a mean of
 per-image IoUs). Pixels whose ground truth is the ignore label are NOT removed from the
 prediction: predicting class c there enlarges U_c, as in the published numbers.
+
+Beside the score, the accumulator keeps what a report shows of where a run fails: the confusion
+matrix (pixel counts, ground truth x prediction) and, for images given a name, each image's mIoU.
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ class IoUAccumulator:
         # Counts are kept for every id (the ignored one too) so the lists index by class id.
         self.intersection = np.zeros(number_class, dtype=np.int64)
         self.union = np.zeros(number_class, dtype=np.int64)
+        # confusion[g, p]: pixels of ground-truth class g predicted as p (ground truth outside 0..K-1 left out).
+        self.confusion = np.zeros((number_class, number_class), dtype=np.int64)
+        self.per_image_miou: dict[str, float | None] = {}
         self.num_images = 0
 
     def _count(self, values: np.ndarray) -> np.ndarray:
@@ -43,19 +49,43 @@ class IoUAccumulator:
         inside = values[(values >= 0) & (values < self.number_class)]
         return np.bincount(inside, minlength=self.number_class)
 
-    def update(self, pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> None:
-        """Add one [H,W] prediction/ground-truth pair, or a batch [N,H,W]."""
+    def _counts(self, p: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(intersection, union) per class id of flat label arrays."""
+        inter = self._count(p[p == g])
+        # |A ∪ B| = |A| + |B| - |A ∩ B|, all from three bincounts instead of a loop over classes.
+        return inter, self._count(p) + self._count(g) - inter
+
+    def image_miou(self, inter: np.ndarray, union: np.ndarray) -> float | None:
+        """One image's mIoU over the scored classes present in its ground truth or prediction (an
+        image shows few of the classes, so absent ones are left out); None when none is present."""
+        present = [c for c in self.classes if union[c] > 0]
+        return float(np.mean([inter[c] / union[c] for c in present])) if present else None
+
+    def update(self, pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor,
+               names: str | Sequence[str] | None = None) -> None:
+        """Add one [H,W] prediction/ground-truth pair, or a batch [N,H,W]; given ``names`` (one per
+        image), each image's mIoU is kept under its name."""
         p, g = _as_int_array(pred), _as_int_array(gt)
         if p.shape != g.shape:
             raise ValueError(f"prediction shape {p.shape} != ground-truth shape {g.shape}")
         if p.ndim not in (2, 3):
             raise ValueError(f"expected [H,W] or [N,H,W] label maps, got shape {p.shape}")
         batch = 1 if p.ndim == 2 else p.shape[0]
+        if names is not None:
+            names = [names] if isinstance(names, str) else list(names)
+            if len(names) != batch:
+                raise ValueError(f"{len(names)} names for {batch} images")
+            for name, pi, gi in zip(names, p.reshape(batch, -1), g.reshape(batch, -1)):
+                if name in self.per_image_miou:
+                    raise ValueError(f"image {name!r} was scored twice")
+                self.per_image_miou[name] = self.image_miou(*self._counts(pi, gi))
         p, g = p.ravel(), g.ravel()
-        inter = self._count(p[p == g])
-        # |A ∪ B| = |A| + |B| - |A ∩ B|, all from three bincounts instead of a loop over classes.
+        inter, union = self._counts(p, g)
         self.intersection += inter
-        self.union += self._count(p) + self._count(g) - inter
+        self.union += union
+        K = self.number_class
+        scored = (g >= 0) & (g < K) & (p >= 0) & (p < K)
+        self.confusion += np.bincount(g[scored] * K + p[scored], minlength=K * K).reshape(K, K)
         self.num_images += batch
 
     def name(self, c: int) -> str:
@@ -73,6 +103,8 @@ class IoUAccumulator:
             "classes": list(self.classes),
             "intersection": self.intersection.tolist(),
             "union": self.union.tolist(),
+            "confusion": self.confusion.tolist(),
+            "per_image_miou": dict(self.per_image_miou),
             "num_images": self.num_images,
         }
 

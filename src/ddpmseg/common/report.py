@@ -22,6 +22,11 @@ _ENTRY_GAP_PX = 8
 # Colours for pixels whose id is no class (the ignore label), tried in order until one is no class colour:
 # Pascal VOC's void colour first, then colours no standard palette gives a class.
 IGNORE_COLOURS = ((224, 224, 192), (255, 0, 255), (0, 255, 255), (255, 255, 0))
+# Uncertainty colour map, 0 -> UNCERTAINTY_TOP nats: black, purple, orange, pale yellow (a magma-like
+# ramp: brightness grows with uncertainty, readable in grey print). ln 2 is the mutual information
+# when confident members split evenly between two classes, so yellow means "the ensemble disagrees".
+UNCERTAINTY_COLOURS = np.array([[0, 0, 4], [120, 28, 109], [237, 105, 37], [252, 255, 164]], dtype=np.float64)
+UNCERTAINTY_TOP = float(np.log(2))
 
 
 def write_png_atomic(path: str, rgb: np.ndarray) -> None:
@@ -54,6 +59,15 @@ def colorize_mask(mask: np.ndarray | torch.Tensor, palette: Sequence[Sequence[in
     inside = (m >= 0) & (m < len(colours))
     out[inside] = colours[m[inside]]
     return out
+
+
+def uncertainty_image(uncertainty: np.ndarray | torch.Tensor) -> np.ndarray:
+    """RGB uint8 [H, W, 3] of per-pixel uncertainty (nats) on the UNCERTAINTY_COLOURS ramp."""
+    t = np.clip(_to_numpy(uncertainty).astype(np.float64) / UNCERTAINTY_TOP, 0, 1) * (len(UNCERTAINTY_COLOURS) - 1)
+    low = np.minimum(np.floor(t).astype(np.int64), len(UNCERTAINTY_COLOURS) - 2)
+    frac = (t - low)[..., None]
+    rgb = UNCERTAINTY_COLOURS[low] * (1 - frac) + UNCERTAINTY_COLOURS[low + 1] * frac
+    return np.rint(rgb).astype(np.uint8)
 
 
 def to_uint8_images(images: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -140,12 +154,14 @@ def save_prediction(exp_dir: str, stem: str, pred: np.ndarray | torch.Tensor,
                     image: np.ndarray | torch.Tensor | None = None,
                     gt: np.ndarray | torch.Tensor | None = None, *,
                     palette: Sequence[Sequence[int]], before: np.ndarray | torch.Tensor | None = None,
-                    class_names: Sequence[str] | None = None) -> None:
+                    class_names: Sequence[str] | None = None,
+                    uncertainty: np.ndarray | torch.Tensor | None = None) -> None:
     """Write ``predictions/<stem>.npy``, ``visualizations/<stem>.png`` and, given the
     image ([3,H,W] in [-1,1]) and ground truth, ``visualizations/<stem>_compare.png``
     (image | ground truth | prediction, or image | ground truth | ``before`` | prediction when a
     refined prediction is shown next to the one it started from); given ``class_names``, the
-    comparison has column titles and a legend of the classes it shows."""
+    comparison has column titles and a legend of the classes it shows. Given the per-pixel
+    ``uncertainty`` [H,W] (nats), ``visualizations/<stem>_uncertainty.png`` shows it (uncertainty_image)."""
     mask = _to_numpy(pred).squeeze()
     if mask.ndim != 2:
         raise ValueError(f"prediction for {stem} must squeeze to [H,W], got shape {mask.shape}")
@@ -155,6 +171,8 @@ def save_prediction(exp_dir: str, stem: str, pred: np.ndarray | torch.Tensor,
     coloured = colorize_mask(mask, palette)
     vis_dir = os.path.join(exp_dir, "visualizations")
     write_png_atomic(os.path.join(vis_dir, stem + ".png"), coloured)
+    if uncertainty is not None:
+        write_png_atomic(os.path.join(vis_dir, stem + "_uncertainty.png"), uncertainty_image(uncertainty))
     if image is not None and gt is not None:
         masks = [_to_numpy(gt).squeeze(), mask] if before is None else [_to_numpy(gt).squeeze(),
                                                                            _to_numpy(before).squeeze(), mask]

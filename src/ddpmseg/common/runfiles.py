@@ -1,5 +1,5 @@
 """Where a config's runs live and what every finished run writes there: metrics.json and
-per_class_iou.md, with the run's timings, peak memory, folder and device."""
+per_class_iou.md, with the run's timings, peak memory, folder and device, and report.html."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,7 @@ import torch
 
 from .atomic import write_json_atomic, write_text_atomic
 from .metrics import iou_table_markdown
+from .run_report import build_run_report
 
 
 def experiment_dir(cfg: dict) -> str:
@@ -27,8 +28,8 @@ def peak_rss_mb() -> float:
 
 def write_run_metrics(folder: str, result: dict, device: torch.device, timings: dict[str, float], t_start: float,
                   class_names: Sequence[str], head: dict[str, Any], tail: dict[str, Any]) -> dict:
-    """metrics.json and per_class_iou.md of a finished run whose test scores are ``result`` (an
-    IoUAccumulator result); returns the metrics. Keys in order: miou, miou_present, ``head``, the
+    """metrics.json, per_class_iou.md and report.html of a finished run whose test scores are ``result``
+    (an IoUAccumulator result); returns the metrics. Keys in order: miou, miou_present, ``head``, the
     rest of ``result``, ``tail``, then timings (with total_s), peak memory, folder and device."""
     if device.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -37,4 +38,5 @@ def write_run_metrics(folder: str, result: dict, device: torch.device, timings: 
                "timings_s": timings, "peak_rss_mb": peak_rss_mb(), "exp_dir": folder, "device": str(device)}
     write_json_atomic(os.path.join(folder, "metrics.json"), metrics)
     write_text_atomic(os.path.join(folder, "per_class_iou.md"), iou_table_markdown(metrics, class_names))
+    build_run_report(folder)
     return metrics

@@ -338,16 +338,17 @@ class DeepLabRun:
         iou = IoUAccumulator(c["number_class"], c["ignore_label"], c["class_names"])
         for batch in DataLoader(data, batch_size=self.settings.batch_size):
             pred = predict(self.model, batch["input"].to(self.device), self.size).cpu()
-            iou.update(pred, batch["label"])
+            iou.update(pred, batch["label"], batch["stem"])
             for j, stem in enumerate(batch["stem"] if out_dir else []):
                 save_prediction(out_dir, stem, pred[j], image=batch["image"][j], gt=batch["label"][j],
                                 palette=c["palette"], class_names=c["class_names"])
         return iou.result()
 
-    def select_epoch(self) -> tuple[int, dict[int, float], dict[int, float]]:
-        """(best epoch, validation mIoU per epoch, training seconds per epoch) over the folder's epochs."""
+    def select_epoch(self) -> tuple[int, dict[int, float], dict[int, float], dict[int, float]]:
+        """(best epoch, validation mIoU, training seconds and mean training loss per epoch) over the
+        folder's epochs."""
         t0 = time.time()
-        val, train_s = {}, {}
+        val, train_s, loss = {}, {}, {}
         for epoch in range(self.settings.num_epoch):
             path = checkpoint_path(self.folder, epoch)
             if not os.path.isfile(path):  # epochs before an explicit --resume may live elsewhere
@@ -356,10 +357,11 @@ class DeepLabRun:
             self.load_state(ckpt, path)
             val[epoch] = self.evaluate(self.val_set)["miou"]
             train_s[epoch] = ckpt.get("train_s")
+            loss[epoch] = ckpt.get("mean_loss")
             self.log(f"epoch {epoch}: validation mIoU {100 * val[epoch]:.2f}")
         self.timings["validation_s"] = time.time() - t0
         best = max(val, key=lambda e: (val[e], -e))  # the earliest of equal scores, as the original
-        return best, val, train_s
+        return best, val, train_s, loss
 
     def test(self, epoch: int) -> dict:
         t0 = time.time()
@@ -371,7 +373,8 @@ class DeepLabRun:
 
 
 def write_deeplab_metrics(run: DeepLabRun, result: dict, best: int, val: dict[int, float],
-                          train_s: dict[int, float], trained: list[int], t_start: float) -> dict:
+                          train_s: dict[int, float], loss: dict[int, float], trained: list[int],
+                          t_start: float) -> dict:
     """metrics.json, per_class_iou.md and the original's test_val_miou.json; returns the metrics."""
     c, folder = run.cfg, run.folder
     metrics = write_run_metrics(
@@ -382,7 +385,8 @@ def write_deeplab_metrics(run: DeepLabRun, result: dict, best: int, val: dict[in
               "settings": {**dataclasses.asdict(run.settings), "data_path": run.data_path},
               "deeplab_backbone": c["deeplab_backbone"], "deeplab_res": run.res,
               "deeplab_pretrained_backbone": c["deeplab_pretrained_backbone"],
-              "epoch_train_s": {str(e): s for e, s in train_s.items()}})
+              "epoch_train_s": {str(e): s for e, s in train_s.items()},
+              "epoch_mean_loss": {str(e): v for e, v in loss.items()}})
     write_json_atomic(os.path.join(folder, "test_val_miou.json"),
                       {"Validation": metrics["best_validation_miou"], "Testing": metrics["miou"]})
     run.log(f"test mIoU {100 * metrics['miou']:.2f} (classes present: {100 * metrics['miou_present']:.2f}) with "
@@ -401,6 +405,6 @@ def run_deeplab(cfg: dict, settings: DeepLabSettings, log: RunLog | None = None)
         save_config(cfg, os.path.join(run.folder, "config.json"))
         log(f"DeepLabV3 {cfg['deeplab_backbone']} at {run.res} px on {run.device}, run folder {run.folder}")
         trained = run.train()
-        best, val, train_s = run.select_epoch()
+        best, val, train_s, loss = run.select_epoch()
         result = run.test(best)
-        return write_deeplab_metrics(run, result, best, val, train_s, trained, t_start)
+        return write_deeplab_metrics(run, result, best, val, train_s, loss, trained, t_start)
