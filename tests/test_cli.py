@@ -22,7 +22,7 @@ HAS = {
     "--exp": {"select", "train", "generate", "deeplab"},
     "--run": {"evaluate", "segment", "suggest", "generate"},
     "--set": {"select", "train", "evaluate", "segment", "deeplab"},
-    "--device": set(COMMANDS) - {"new", "download"},
+    "--device": set(COMMANDS) - {"new", "download", "report"},
     "--seed": {"demo", "new", "train", "suggest", "train-ddpm", "sample", "generate", "deeplab"},
     "--out": {"demo", "select", "evaluate", "segment", "suggest", "sample", "generate"},
 }

@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-import evaluate
-import segment
+from ddpmseg.commands import evaluate
+from ddpmseg.commands import segment
 import train_interpreter
 from conftest import CELEBAMASK64, require
-from ddpmseg.common.run_report import build_report, main as report_main
+from ddpmseg.common.run_report import build_report
+from ddpmseg.commands.report import main as report_main
 
 # Half a unit of the last decimal each unit is shown with (metrics.json keeps IoU as a fraction).
 SHOWN_AS = {"%": (100, 0.005), "s": (1, 0.05), "MB": (1, 0.5), "nats": (1, 0.00005)}

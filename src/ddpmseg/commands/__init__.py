@@ -32,6 +32,7 @@ COMMANDS: dict[str, Command] = {
     "generate": Command("generate", "DatasetDDPM: sample images and label them with a trained ensemble"),
     "deeplab": Command("deeplab", "DatasetDDPM: train DeepLabV3 on the generated set, test it on real images"),
     "download": Command("download", "download the paper's checkpoints or datasets"),
+    "report": Command("report", "rebuild a run folder's report.html (or a segment output's gallery)"),
 }
 
 

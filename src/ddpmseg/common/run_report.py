@@ -3,26 +3,23 @@
 Built from the folder's files alone (config.json, metrics.json, the ensemble members' files, the
 PNGs of visualizations/), so it can be rebuilt for any finished run folder:
 
-    python -m ddpmseg.common.run_report RUN_FOLDER [RUN_FOLDER ...]
+    ddpmseg report RUN_FOLDER [RUN_FOLDER ...]
 
-Interpreter runs (train_interpreter.py, evaluate.py) and DeepLab runs (train_deeplab.py) get one;
-a segment.py output folder (it holds segments.csv) gets its gallery (ddpmseg.common.gallery). The
+Interpreter runs (`ddpmseg train`, `ddpmseg evaluate`) and DeepLab runs (`ddpmseg deeplab`) get one;
+a `ddpmseg segment` output folder (it holds segments.csv) gets its gallery (ddpmseg.common.gallery). The
 page embeds its plots and refers to the folder's own PNGs by relative path, so it opens from the
 file system with no server, and the folder can be moved or copied as a whole.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 from typing import Any, Sequence
 
 import numpy as np
 
 from .atomic import write_text_atomic
-from .cli import run_cli
 from .errors import DataError
 from .gallery import SEGMENTS_CSV, write_gallery
 from .html_page import REPORT_FILE, cell, embedded_png, esc, linked_png, number, page, section, shown, table
@@ -281,13 +278,3 @@ def build_report(folder: str) -> str:
         return write_gallery(folder)
     return build_run_report(folder)
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folders", nargs="+", help="run folders (with metrics.json) or segment.py output folders")
-    args = p.parse_args(argv)
-    return run_cli(lambda: [print(build_report(f)) for f in args.folders])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
