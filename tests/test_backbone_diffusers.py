@@ -60,7 +60,8 @@ def manual_maps(unet, x_t, t):
 
 
 def test_registered():
-    assert REGISTRY["diffusers"] is DiffusersDDPM and not DiffusersDDPM.can_sample and DiffusersDDPM.uses_timesteps
+    assert REGISTRY["diffusers"] is DiffusersDDPM and DiffusersDDPM.can_sample and DiffusersDDPM.uses_timesteps
+    assert DiffusersDDPM.samples_with_own_scheduler
 
 
 def test_hooked_maps_equal_a_manual_forward_in_float64(folder):
