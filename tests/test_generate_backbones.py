@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CELEBAMASK64, FAST_INTERPRETER, TINY_DIFFUSERS_UNET, require, write_tiny_sd_pipeline
+from conftest import CELEBAMASK64, FAST_INTERPRETER, require, write_tiny_ddpm_folder, write_tiny_sd_pipeline
 from ddpmseg.classifier.interpreter import load_trained_run
 from ddpmseg.classifier.predictor import Predictor
 from ddpmseg.commands import generate as generate_dataset
@@ -36,10 +36,7 @@ def train(tmp_path, keys: list[str]):
 
 @pytest.fixture(scope="module")
 def diffusers_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ddpm_tiny")
-    torch.manual_seed(0)
-    diffusers.UNet2DModel(sample_size=64, **TINY_DIFFUSERS_UNET).save_pretrained(folder)
-    diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(folder)
+    folder = write_tiny_ddpm_folder(tmp_path_factory.mktemp("ddpm_tiny"), sample_size=64)
     return train(tmp_path_factory.mktemp("diffusers_run"), ["model_type=diffusers", f"model_path={folder}",
                                                             "steps=[50]", "blocks=[0,1]", "dim=[64,64,24]"])
 

@@ -69,7 +69,8 @@ class Backbone(abc.ABC):
         """(H, W) the images are given at."""
 
     def sampling_network(self) -> torch.nn.Module:
-        """The denoising network generate_dataset.py draws samples with (``can_sample`` backbones)."""
+        """The denoising network guided-diffusion's samplers draw generate_dataset.py's samples with
+        (``can_sample`` backbones without ``samples_with_own_scheduler``)."""
         raise TypeError(f"model_type {self.model_type!r} cannot draw samples")
 
     def sample(self, n: int, generator: torch.Generator, num_inference_steps: int | None = None,
