@@ -1,5 +1,6 @@
-"""The paper's backbone comparison on one dataset: DDPM vs MAE vs SwAV vs SwAV-w2 under the same
-pixel classifier; writes the table into docs/backbones.md from the runs' metrics.json.
+"""The paper's backbone comparison on one dataset: DDPM vs MAE vs SwAV vs SwAV-w2, and the newer
+diffusers DDPM and DINOv2, under the same pixel classifier; writes the table into docs/backbones.md
+from the runs' metrics.json.
 
     python scripts/backbones.py --dataset celebamask64 --out runs/backbones --seeds 0 1 2
 
@@ -31,6 +32,9 @@ ROWS = {
     "mae": ("mae.json", {}, "MAE ViT-L/8, last 12 blocks"),
     "swav": ("swav.json", {}, "SwAV ResNet-50, every other bottleneck input"),
     "swav_w2": ("swav_w2.json", {}, "SwAV ResNet-50-w2, every other bottleneck input"),
+    "diffusers": ("diffusers.json", {}, "diffusers UNet2DModel in the google/ddpm-256 architecture, at 64 px: "
+                                        "up_blocks 2-4 at t = 50, 150, 250"),
+    "dinov2": ("dinov2.json", {}, "DINOv2 ViT-S/14, the 64 px image resized to 112: patch tokens of blocks 8-11"),
 }
 
 
@@ -49,7 +53,7 @@ def weights_of(dataset: str, name: str) -> str:
     config, overrides, _ = ROWS[name]
     with open(os.path.join(REPO, "experiments", dataset, config)) as f:
         cfg = {**json.load(f), **overrides}
-    return "random (seeded)" if cfg.get("random_weights") else f"`{cfg['model_path']}`"
+    return "random weights (seeded)" if cfg.get("random_weights") else f"`{cfg['model_path']}`"
 
 
 def table(dataset: str, out: str, seeds: list[int], protocol: dict) -> str:
@@ -82,12 +86,14 @@ def main(argv=None) -> int:
     p.add_argument("--full_protocol", action="store_true", help="train with the config's early stopping "
                    f"instead of {SHORT_PROTOCOL}")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--docs", default="docs",
+                   help="the folder of the page the table is written into (relative to the repository root)")
     args = p.parse_args(argv)
     protocol = {} if args.full_protocol else SHORT_PROTOCOL
     if not args.table_only:
         run_all(args.dataset, args.out, args.seeds, args.rows, protocol)
     text = table(args.dataset, args.out, args.seeds, protocol)
-    publish("backbones", text)
+    publish("backbones", text, os.path.join(REPO, args.docs))
     return 0
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CELEBAMASK64, TINY_DIFFUSERS_UNET, backbone_config, require, run_backbone_end_to_end
+from conftest import (CELEBAMASK64, TINY_DIFFUSERS_UNET, backbone_config, require, run_backbone_end_to_end,
+                      write_tiny_ddpm_folder)
 from ddpmseg.common.config import ConfigError
 from ddpmseg.features.ddpm import shared_noise
 from ddpmseg.features.diffusers_ddpm import DiffusersDDPM
@@ -20,12 +21,7 @@ diffusers = pytest.importorskip("diffusers")
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """The google/ddpm-* layout: the U-Net and the scheduler config at the top of one folder."""
-    out = tmp_path_factory.mktemp("ddpm_tiny")
-    torch.manual_seed(0)
-    diffusers.UNet2DModel(sample_size=16, **TINY_DIFFUSERS_UNET).save_pretrained(out)
-    diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(out)
-    return out
+    return write_tiny_ddpm_folder(tmp_path_factory.mktemp("ddpm_tiny"), sample_size=16)
 
 
 def build(folder, **keys):
@@ -60,7 +56,8 @@ def manual_maps(unet, x_t, t):
 
 
 def test_registered():
-    assert REGISTRY["diffusers"] is DiffusersDDPM and not DiffusersDDPM.can_sample and DiffusersDDPM.uses_timesteps
+    assert REGISTRY["diffusers"] is DiffusersDDPM and DiffusersDDPM.can_sample and DiffusersDDPM.uses_timesteps
+    assert DiffusersDDPM.samples_with_own_scheduler
 
 
 def test_hooked_maps_equal_a_manual_forward_in_float64(folder):

@@ -112,15 +112,23 @@ def test_backbone_table_reads_each_row_from_its_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(backbones, "REPO", str(tmp_path))
     monkeypatch.setattr(variants, "REPO", str(tmp_path))  # its run_dir and load, which backbones.py uses
     (tmp_path / "experiments").symlink_to(REPO / "experiments")
-    for seed, miou in ((0, 0.12), (1, 0.14)):
-        folder = tmp_path / "runs" / f"seed{seed}" / "swav"
-        folder.mkdir(parents=True)
-        (folder / "metrics.json").write_text(json.dumps({"miou": miou, "device": "cpu"}))
-        (folder / "config.json").write_text(json.dumps({"dim": [64, 64, 6720]}))
+    runs = {"swav": ((0.12, 0.14), 6720), "diffusers": ((0.081, 0.085), 1920), "dinov2": ((0.10,), 1536)}
+    for name, (mious, dim) in runs.items():
+        for seed, miou in enumerate(mious):
+            folder = tmp_path / "runs" / f"seed{seed}" / name / "run"  # the trainer writes one level down
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps({"miou": miou, "device": "cpu"}))
+            (folder / "config.json").write_text(json.dumps({"dim": [64, 64, dim]}))
     text = backbones.table("celebamask64", "runs", [0, 1], backbones.SHORT_PROTOCOL)
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
     swav = rows["SwAV ResNet-50, every other bottleneck input"]
-    assert swav[1:5] == ["random (seeded)", "6720", "13.00 ± 1.41", "2 |"]
+    assert swav[1:5] == ["random weights (seeded)", "6720", "13.00 ± 1.41", "2 |"]
+    diffusers = rows["diffusers UNet2DModel in the google/ddpm-256 architecture, at 64 px: up_blocks 2-4 at "
+                     "t = 50, 150, 250"]
+    assert diffusers[1:5] == ["random weights (seeded)", "1920", "8.30 ± 0.28", "2 |"]
+    dinov2 = rows["DINOv2 ViT-S/14, the 64 px image resized to 112: patch tokens of blocks 8-11"]
+    assert dinov2[1:5] == ["random weights (seeded)", "1536", "10.00", "1 |"]  # seed 1 not run: one seed, no spread
+    assert "--exp experiments/celebamask64/dinov2.json --seed S --set 'max_epochs=1'" in text
     assert rows["MAE ViT-L/8, last 12 blocks"][3:5] == ["not run", "0 |"]
     assert rows["DDPM U-Net (the config's checkpoint)"][1] == "`../shared/checkpoints/faces64_ema.pt`"
     assert "--exp experiments/celebamask64/swav.json --seed S --set 'max_epochs=1'" in text

@@ -1,6 +1,7 @@
 """The run folder is a finished `ddpmseg train` run: its config.json names the U-Net, which both
-draws the samples and gives their features, and its seed and device are the defaults of --seed and
---device. Writes <out>/samples_<H>x<W>x3.npz as the original (arr_0 images uint8 [N,H,W,3], arr_1
+draws the samples and gives their features (a guided-diffusion U-Net draws with the run's flags, a
+diffusers DDPM with its folder's scheduler: there --timestep_respacing is "", N or ddimN), and its
+seed and device are the defaults of --seed and --device. Writes <out>/samples_<H>x<W>x3.npz as the original (arr_0 images uint8 [N,H,W,3], arr_1
 masks [N,H,W], arr_2 uncertainty [N]) and <out>/synthetic_grid.png (sample | mask pairs); --out
 defaults to the run folder, as the original. Batches are saved as they finish (<out>/shards/):
 rerunning the command after a crash draws only the missing ones. Under torchrun the batches are

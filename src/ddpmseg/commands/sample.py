@@ -19,7 +19,7 @@ from ..common.cli import (add_dataclass_args, add_model_flag_args, add_shared_op
 from ..common.distributed import init_world
 from ..common.report import image_grid, write_png_atomic
 from ..ddpm.generate import SampleOptions, generate
-from ..ddpm.sampling import sampling_diffusion
+from ..ddpm.sampling import diffusion_sampler, sampling_diffusion
 from . import command_parser
 
 EXAMPLE = ("  ddpmseg sample --model_path RUN/ema_0.9999_010000.pt --out samples/ --num_samples 64 \\\n"
@@ -54,7 +54,8 @@ def draw(args: argparse.Namespace) -> None:
     diffusion = sampling_diffusion(flags, opts.timestep_respacing)
     size = flags["image_size"]
     name = f"samples_{opts.num_samples}x{size}x{size}x3.npz"
-    path = generate(args.out, name, model, diffusion, size, opts, world,
+    sampler = diffusion_sampler(model, diffusion, size, opts.seed, opts.use_ddim, opts.clip_denoised, world.device)
+    path = generate(args.out, name, sampler, size, opts, world,
                     record={"model_path": os.path.abspath(args.model_path)})
     if world.is_main:
         with np.load(path) as f:

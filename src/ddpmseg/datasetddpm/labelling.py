@@ -16,12 +16,12 @@ from tqdm import tqdm
 from ..common.config import ConfigError
 from ..common.distributed import World
 from ..ddpm.generate import Labeller, SampleOptions, generate
-from ..classifier.interpreter import Run, load_trained_run
+from ..classifier.interpreter import Run, load_trained_config
 from ..classifier.predict import image_uncertainty
 from ..classifier.predictor import Predictor
-from ..features.registry import REGISTRY
+from ..features.registry import REGISTRY, backbone_class
 from ..common.report import synthetic_grid, write_png_atomic
-from ..ddpm.sampling import sampling_diffusion
+from ..ddpm.sampling import BatchSampler, diffusion_sampler, sampling_diffusion, scheduler_sampler, scheduler_steps
 
 
 def ensemble_labeller(run: Run, run_dir: str) -> Labeller:
@@ -44,20 +44,31 @@ def ensemble_labeller(run: Run, run_dir: str) -> Labeller:
     return label
 
 
+def backbone_sampler(run: Run, opts: SampleOptions, world: World) -> BatchSampler:
+    """The sampler of the run's backbone: its own scheduler loop, or guided-diffusion's with the run's flags."""
+    if run.backbone.samples_with_own_scheduler:
+        return scheduler_sampler(run.backbone.sample, opts.seed, opts.timestep_respacing, opts.use_ddim,
+                                 opts.clip_denoised)
+    return diffusion_sampler(run.backbone.sampling_network(), sampling_diffusion(run.flags, opts.timestep_respacing),
+                             run.size, opts.seed, opts.use_ddim, opts.clip_denoised, world.device)
+
+
 def generate_labelled_set(run_dir: str, out_dir: str, opts: SampleOptions, world: World,
                           log: Callable[[str], None] = tqdm.write) -> str:
     """DatasetDDPM from the finished interpreter run in ``run_dir``: its U-Net samples, its
     ensemble labels; writes ``samples_<S>x<S>x3.npz`` and ``synthetic_grid.png`` to ``out_dir``."""
     opts.validate()
-    run = load_trained_run(run_dir, {"device": str(world.device)}, log)
-    if not run.backbone.can_sample:
+    cfg = load_trained_config(run_dir, {"device": str(world.device)})
+    if not backbone_class(cfg["model_type"]).can_sample:  # said before the backbone is loaded
         samplers = " or ".join(f"'{t}'" for t, cls in REGISTRY.items() if cls.can_sample)
-        raise ConfigError(f"{run_dir} is a model_type '{run.cfg['model_type']}' run, which has no DDPM to draw "
-                          f"samples from: give the folder of a model_type {samplers} run")
-    diffusion = sampling_diffusion(run.flags, opts.timestep_respacing)
-    path = generate(out_dir, f"samples_{run.size}x{run.size}x3.npz", run.backbone.sampling_network(), diffusion,
-                    run.size, opts,
-                    world, record={"run": os.path.abspath(run_dir)}, labeller=ensemble_labeller(run, run_dir), log=log)
+        raise ConfigError(f"{run_dir} is a model_type '{cfg['model_type']}' run, which has no sampler to draw "
+                          f"samples with: give the folder of a model_type {samplers} run")
+    if backbone_class(cfg["model_type"]).samples_with_own_scheduler:
+        scheduler_steps(opts.timestep_respacing)  # a spacing the scheduler cannot take, said before loading
+    run = Run(cfg, cfg["model_flags"], log, train=False)
+    path = generate(out_dir, f"samples_{run.size}x{run.size}x3.npz", backbone_sampler(run, opts, world), run.size,
+                    opts, world, record={"run": os.path.abspath(run_dir)}, labeller=ensemble_labeller(run, run_dir),
+                    log=log)
     if world.is_main:
         with np.load(path) as f:
             images, masks, uncertainty = f["arr_0"], f["arr_1"], f["arr_2"]

@@ -20,15 +20,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from guided_diffusion.respace import SpacedDiffusion
-
 from ..common.atomic import atomic_write, write_json_atomic
 from ..common.config import ConfigError
 from ..common.distributed import World, barrier
 from ..common.errors import DataError
 from ..common.report import to_uint8_images
 from ..common.runlock import run_lock
-from .sampling import sample_batch
+from .sampling import BatchSampler
 
 # A labeller maps a batch of samples in [-1, 1] to extra arrays ("masks", "uncertainty").
 Labeller = Callable[[torch.Tensor], dict[str, np.ndarray]]
@@ -78,10 +76,10 @@ def _check_record(out_dir: str, record: dict) -> None:
                               f"(saved vs now: {diff}); rerun with those settings, or delete the folder to start over")
 
 
-def generate(out_dir: str, output_name: str, model: torch.nn.Module, diffusion: SpacedDiffusion, image_size: int,
-             opts: SampleOptions, world: World, record: dict, labeller: Labeller | None = None,
+def generate(out_dir: str, output_name: str, sampler: BatchSampler, image_size: int, opts: SampleOptions,
+             world: World, record: dict, labeller: Labeller | None = None,
              log: Callable[[str], None] = tqdm.write) -> str:
-    """Draw ``opts.num_samples`` samples (this rank's share), label them with ``labeller``,
+    """Draw ``opts.num_samples`` samples (this rank's share) with ``sampler``, label them with ``labeller``,
     merge everything into ``<out_dir>/<output_name>`` on rank 0; returns that path.
 
     Arrays of the merged file: arr_0 images uint8 [N,H,W,3], then the labeller's arrays in
@@ -90,12 +88,11 @@ def generate(out_dir: str, output_name: str, model: torch.nn.Module, diffusion: 
     opts.validate()
     record = {**record, **dataclasses.asdict(opts), "image_size": image_size, "labelled": labeller is not None}
     with run_lock(out_dir, log, main=world.is_main):
-        return _generate(out_dir, output_name, model, diffusion, image_size, opts, world, record, labeller, log)
+        return _generate(out_dir, output_name, sampler, image_size, opts, world, record, labeller, log)
 
 
-def _generate(out_dir: str, output_name: str, model: torch.nn.Module, diffusion: SpacedDiffusion, image_size: int,
-              opts: SampleOptions, world: World, record: dict, labeller: Labeller | None,
-              log: Callable[[str], None]) -> str:
+def _generate(out_dir: str, output_name: str, sampler: BatchSampler, image_size: int, opts: SampleOptions,
+              world: World, record: dict, labeller: Labeller | None, log: Callable[[str], None]) -> str:
     if world.is_main:
         _check_record(out_dir, record)
         os.makedirs(os.path.join(out_dir, "shards"), exist_ok=True)
@@ -105,10 +102,9 @@ def _generate(out_dir: str, output_name: str, model: torch.nn.Module, diffusion:
     todo = [k for k in world.shard(range(num_batches)) if not os.path.isfile(shard_path(out_dir, k))]
     if world.is_main:
         log(f"{num_batches} batches of {opts.batch_size}; {len(todo)} to draw on rank 0 of {world.size} "
-            f"({'DDIM' if opts.use_ddim else 'ancestral'}, {diffusion.num_timesteps} steps)")
+            f"({sampler.description})")
     for k in tqdm(todo, desc=f"sampling (rank {world.rank})", unit="batch", dynamic_ncols=True):
-        x = sample_batch(model, diffusion, opts.batch_size, image_size, opts.seed, k, use_ddim=opts.use_ddim,
-                         clip_denoised=opts.clip_denoised, device=world.device)
+        x = sampler.draw(opts.batch_size, k)
         arrays = {"images": to_uint8_images(x)}
         if labeller is not None:
             arrays.update(labeller(x))

@@ -5,13 +5,15 @@ process draws it: a multi-process run produces exactly the samples of a single-p
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 
 from guided_diffusion.respace import SpacedDiffusion
 from guided_diffusion.script_util import create_gaussian_diffusion, merged_flags
 
+from ..common.config import ConfigError
 from ..common.seeding import stream_seed
 
 
@@ -40,3 +42,57 @@ def sample_batch(model: torch.nn.Module, diffusion: SpacedDiffusion, batch_size:
                  device=device, progress=progress)
     return x.float().clamp(-1, 1)
 
+
+
+@dataclass(frozen=True)
+class BatchSampler:
+    """How ddpm.generate draws batch k: ``draw(batch_size, k)`` gives samples [B, 3, H, W] float32 in
+    [-1, 1] from the RNG stream of (seed, k) alone."""
+
+    draw: Callable[[int, int], torch.Tensor]
+    description: str  # what the log says the batches are drawn with: "ancestral, 1000 steps"
+
+
+def diffusion_sampler(model: torch.nn.Module, diffusion: SpacedDiffusion, image_size: int, seed: int,
+                      use_ddim: bool, clip_denoised: bool, device: torch.device) -> BatchSampler:
+    """Batches of a guided-diffusion U-Net, drawn with ``diffusion``'s ancestral or DDIM loop."""
+    def draw(batch_size: int, batch_index: int) -> torch.Tensor:
+        return sample_batch(model, diffusion, batch_size, image_size, seed, batch_index, use_ddim=use_ddim,
+                            clip_denoised=clip_denoised, device=device)
+
+    return BatchSampler(draw, f"{'DDIM' if use_ddim else 'ancestral'}, {diffusion.num_timesteps} steps")
+
+
+class SchedulerSample(Protocol):
+    """A backbone's own sampling loop (features.diffusers_ddpm): ``n`` images in [-1, 1], every random
+    draw from ``generator``; ``num_inference_steps`` None takes every training step."""
+
+    def __call__(self, n: int, generator: torch.Generator, num_inference_steps: int | None = None,
+                 use_ddim: bool = False, clip_sample: bool | None = None) -> torch.Tensor: ...
+
+
+def scheduler_steps(timestep_respacing: str) -> int | None:
+    """The sampling steps of a scheduler for a respacing string: None for "" (every training step), N for
+    "N" or "ddimN"; a per-section spacing ("50,50") has no scheduler equivalent."""
+    if not timestep_respacing:
+        return None
+    count = timestep_respacing.removeprefix("ddim")
+    if not count.isdigit() or int(count) <= 0:
+        raise ConfigError(f"timestep_respacing {timestep_respacing!r}: a diffusers scheduler samples with one "
+                          f"number of steps: give N or ddimN (e.g. 250, or ddim50 with --use_ddim True), "
+                          f"or \"\" for every training step")
+    return int(count)
+
+
+def scheduler_sampler(sample: SchedulerSample, seed: int, timestep_respacing: str, use_ddim: bool,
+                      clip_denoised: bool) -> BatchSampler:
+    """Batches of a backbone's own scheduler loop, batch k drawn from a CPU generator seeded with the
+    (seed, k) stream, the stream guided-diffusion's batches are drawn from."""
+    steps = scheduler_steps(timestep_respacing)
+
+    def draw(batch_size: int, batch_index: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(stream_seed("sample_batch", seed, batch_index))
+        return sample(batch_size, generator, num_inference_steps=steps, use_ddim=use_ddim, clip_sample=clip_denoised)
+
+    return BatchSampler(draw, f"{'DDIM' if use_ddim else 'ancestral'}, "
+                              f"{f'{steps} steps' if steps else 'every training step'} of the model's scheduler")

@@ -76,9 +76,8 @@ def _architecture(cfg: dict, where: str) -> dict:
 class DiffusersDDPM(Backbone):
     model_type = "diffusers"
     uses_timesteps = True
-    # sample() draws with the folder's scheduler, but generate_dataset.py samples with guided-diffusion's
-    # samplers (sampling_network + the run's flags), which a diffusers scheduler does not plug into.
-    can_sample = False
+    can_sample = True
+    samples_with_own_scheduler = True  # the folder's scheduler, as DDPMPipeline samples
     hooks_fixed_layers = False
 
     def __init__(self, unet, scheduler, steps: list[int], layer_names: list[str], size: tuple[int, int],
@@ -190,16 +189,29 @@ class DiffusersDDPM(Backbone):
 
     # ------------------------------------------------------------------ sampling
 
+    def _sampling_scheduler(self, use_ddim: bool, clip_sample: bool | None):
+        """The folder's scheduler, or one built from its config as DDIM and / or with ``clip_sample``."""
+        if not use_ddim and clip_sample is None:
+            return self.scheduler
+        from diffusers import DDIMScheduler
+
+        kind = DDIMScheduler if use_ddim else type(self.scheduler)
+        clip = self.scheduler.config.get("clip_sample", True) if clip_sample is None else clip_sample
+        return kind.from_config(self.scheduler.config, clip_sample=clip)
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator, num_inference_steps: int | None = None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator, num_inference_steps: int | None = None,
+               use_ddim: bool = False, clip_sample: bool | None = None) -> torch.Tensor:
         """``n`` images [n, 3, H, W] in [-1, 1] drawn with the folder's scheduler (all its training
-        steps by default, as DDPMPipeline does); every random draw comes from ``generator`` (CPU)."""
+        steps by default, as DDPMPipeline does; ``use_ddim``: DDIM with eta 0 on its config;
+        ``clip_sample`` None: the folder's setting); every random draw comes from ``generator`` (CPU)."""
         dtype = self.unet.dtype
-        self.scheduler.set_timesteps(num_inference_steps or self.scheduler.config.num_train_timesteps)
+        scheduler = self._sampling_scheduler(use_ddim, clip_sample)
+        scheduler.set_timesteps(num_inference_steps or scheduler.config.num_train_timesteps)
         x = torch.randn((n, self.unet.config.in_channels, *self.size), generator=generator, dtype=dtype)
         x = x.to(self.device)
-        for t in self.scheduler.timesteps:
+        for t in scheduler.timesteps:
             eps = self.unet(x, t.to(self.device)).sample
             # The scheduler draws its variance noise on the generator's device, then we move it.
-            x = self.scheduler.step(eps.cpu(), t, x.cpu(), generator=generator).prev_sample.to(self.device)
+            x = scheduler.step(eps.cpu(), t, x.cpu(), generator=generator).prev_sample.to(self.device)
         return x.clamp(-1, 1).float()

@@ -31,6 +31,9 @@ class Backbone(abc.ABC):
     model_type: ClassVar[str]  # the config's "model_type" value this class serves
     uses_timesteps: ClassVar[bool]  # True: config "steps" are noise levels; False: "steps" must be []
     can_sample: ClassVar[bool]  # True: generate_dataset.py (DatasetDDPM) may draw samples with it
+    # True: samples come from the backbone's own loop (``sample``); False (a can_sample backbone):
+    # guided-diffusion's samplers draw them with ``sampling_network()`` and the run's flags.
+    samples_with_own_scheduler: ClassVar[bool] = False
     hooks_fixed_layers: ClassVar[bool]  # True: "blocks" must be [] (the layers are fixed, e.g. MAE, SwAV)
     has_weights: ClassVar[bool] = True  # False: nothing to load (rgb_xy), so "random_weights" is refused
     takes_model_flags: ClassVar[bool] = False  # True: guided-diffusion MODEL_FLAGS configure it
@@ -66,8 +69,15 @@ class Backbone(abc.ABC):
         """(H, W) the images are given at."""
 
     def sampling_network(self) -> torch.nn.Module:
-        """The denoising network generate_dataset.py draws samples with (``can_sample`` backbones)."""
+        """The denoising network guided-diffusion's samplers draw generate_dataset.py's samples with
+        (``can_sample`` backbones without ``samples_with_own_scheduler``)."""
         raise TypeError(f"model_type {self.model_type!r} cannot draw samples")
+
+    def sample(self, n: int, generator: torch.Generator, num_inference_steps: int | None = None,
+               use_ddim: bool = False, clip_sample: bool | None = None) -> torch.Tensor:
+        """``n`` images [n, 3, H, W] in [-1, 1] drawn with the backbone's own scheduler
+        (``samples_with_own_scheduler`` backbones); every random draw comes from ``generator`` (CPU)."""
+        raise TypeError(f"model_type {self.model_type!r} has no sampling loop of its own")
 
     @abc.abstractmethod
     def __call__(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> list[torch.Tensor]:
