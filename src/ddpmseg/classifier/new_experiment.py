@@ -142,6 +142,43 @@ def _summarise(name: str, splits: dict[str, ImageLabelDataset], classes: Dataset
     return text
 
 
+def _classes(images: str | None, masks: str, classes: str | None, ignore_label: int | None, fmt: str | None,
+             test_masks: str | None, test_images: str | None):
+    """(the annotation export at ``masks`` or None, the classes to write): an annotation tool's export
+    (CVAT, VOC, COCO, LabelMe) names its classes and may imply an ignore label, which --ignore_label
+    overrides; a masks folder is read as it is (ddpmseg.data.classes)."""
+    export = open_export(masks, images, fmt, read_classes(classes).names if classes else None, test_masks,
+                         test_images)
+    if export is None:
+        return None, dataset_classes(images, masks, classes, ignore_label)
+    names, palette, ignore = export.classes
+    source = export.ignore_source or "none given: pass --ignore_label N for a value that marks pixels to leave out"
+    if ignore_label is not None:
+        ignore, source = ignore_label, "--ignore_label"
+    return export, DatasetClasses(names, palette or distinct_palette(len(names)), ignore, source)
+
+
+def _stage_folders(cfg: dict, export, images: str | None, masks: str | None, test_images: str | None,
+                   test_masks: str | None, test_fraction: float, seed: int, stage: str, final: str,
+                   log: Callable[[str], None]) -> dict[str, tuple[str, str | None]]:
+    """Set ``cfg``'s training and testing paths (where the experiment will be) and return the staged
+    (images, masks) folders of each split: the export converted into the stage, the user's test folders,
+    or a ``test_fraction`` split of links."""
+    if export:  # converted into the stage (train/, test/ of images/ + masks/), named where it will be
+        export.write(os.path.join(stage, "data"), log)
+        images, masks, test_images = os.path.join(stage, "data", "train"), None, None
+    if export and export.has_test:
+        cfg.update(training_path=os.path.join(final, "data", "train"), testing_path=os.path.join(final, "data", "test"))
+        return {split: (os.path.join(stage, "data", split), "") for split in ("train", "test")}
+    if test_images:
+        cfg.update(training_path=images, training_masks_path=masks, testing_path=test_images,
+                   testing_masks_path=test_masks or "")
+        return {"train": (images, masks), "test": (test_images, test_masks or "")}
+    _split(images, masks, cfg["palette"], test_fraction, seed, os.path.join(stage, "split"), log)
+    cfg.update(training_path=os.path.join(final, "split", "train"), testing_path=os.path.join(final, "split", "test"))
+    return {split: (os.path.join(stage, "split", split), "") for split in ("train", "test")}
+
+
 def new_experiment(name: str, images: str | None, masks: str, model_path: str, classes: str | None = None,
                    test_images: str | None = None, test_masks: str | None = None,
                    test_fraction: float = DEFAULT_TEST_FRACTION, steps: list[int] | None = None,
@@ -154,17 +191,7 @@ def new_experiment(name: str, images: str | None, masks: str, model_path: str, c
     config_path = os.path.join(final, "ddpm.json")
     flags = merged_flags(sidecar_flags(model_path), model_flags)
     size = flags["image_size"]
-    # An annotation tool's export (CVAT, VOC, COCO, LabelMe) names its classes; a masks folder is read as it is.
-    export = open_export(masks, images, annotation_format, read_classes(classes).names if classes else None,
-                         test_masks, test_images)
-    if export:
-        names, palette, ignore = export.classes
-        source = export.ignore_source or "none given: pass --ignore_label N for a value that marks pixels to leave out"
-        if ignore_label is not None:
-            ignore, source = ignore_label, "--ignore_label"
-        found = DatasetClasses(names, palette or distinct_palette(len(names)), ignore, source)
-    else:
-        found = dataset_classes(images, masks, classes, ignore_label)
+    export, found = _classes(images, masks, classes, ignore_label, annotation_format, test_masks, test_images)
     names, palette, ignore = found.names, found.palette, found.ignore_label
     if steps is None or blocks is None:
         source, default_steps, default_blocks = closest_published(size, flags)
@@ -176,22 +203,9 @@ def new_experiment(name: str, images: str | None, masks: str, model_path: str, c
         cfg = {"exp_dir": os.path.join("pixel_classifiers", name), "category": name, "number_class": len(names),
                "ignore_label": ignore, "model_path": model_path, "steps": list(steps), "blocks": list(blocks),
                "class_names": names, "palette": palette, "seed": seed, "model_flags": flags}
-        if export:  # converted into the stage (train/, test/ of images/ + masks/), named where it will be
-            export.write(os.path.join(stage, "data"), log)
-            images, masks, test_images = os.path.join(stage, "data", "train"), None, None
-        if export and export.has_test:
-            cfg.update(training_path=os.path.join(final, "data", "train"),
-                       testing_path=os.path.join(final, "data", "test"))
-            folders = {split: (os.path.join(stage, "data", split), "") for split in ("train", "test")}
-        elif test_images:
-            cfg.update(training_path=images, training_masks_path=masks, testing_path=test_images,
-                       testing_masks_path=test_masks or "")
-            folders = {"train": (images, masks), "test": (test_images, test_masks or "")}
-        else:
-            _split(images, masks, palette, test_fraction, seed, os.path.join(stage, "split"), log)
-            cfg.update(training_path=os.path.join(final, "split", "train"),
-                       testing_path=os.path.join(final, "split", "test"))
-            folders = {split: (os.path.join(stage, "split", split), "") for split in ("train", "test")}
+        folders = _stage_folders(cfg, export, images, masks, test_images, test_masks, test_fraction, seed, stage,
+                                 final, log)
+        test_images = None if export else test_images
         splits = {split: ImageLabelDataset(path, 1, masks_dir=m, number_class=len(names), ignore_label=ignore,
                                            palette=palette) for split, (path, m) in folders.items()}
         counts = [len(splits["train"]), len(splits["test"])]
