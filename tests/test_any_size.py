@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import CELEBAMASK64, FAST_INTERPRETER, recomputed_iou, require
+from ddpmseg.classifier.crossfit import fold_assignment
 from ddpmseg.commands import evaluate, segment
 from ddpmseg.commands import new as new_experiment
 from ddpmseg.commands import train as train_interpreter
@@ -61,7 +63,7 @@ def test_a_tall_set_trains_on_windows_and_is_scored_and_segmented_at_its_own_siz
     root, run = tall_run
     metrics = json.loads((run / "metrics.json").read_text())
     # Training took every pixel of both windows of each image (rows 0-63 and 32-95): the overlap twice.
-    names = metrics["class_names"] if "class_names" in metrics else list(metrics["per_class_iou"])
+    names = json.loads((run / "config.json").read_text())["class_names"]
     expected = np.zeros(len(names), np.int64)
     for npy in sorted((root / "train").glob("*.npy")):
         label = np.load(npy)
@@ -108,3 +110,21 @@ def test_a_mixed_size_test_set_evaluates_at_each_images_own_size(tall_run, tmp_p
     assert metrics["miou"] == pytest.approx(again["miou"], abs=1e-12)
     assert list(metrics["per_class_iou"].values()) == pytest.approx(again["per_class_iou"], abs=1e-12)
     assert metrics["num_images"] == 5
+
+
+def test_a_refined_tall_run_trains_its_refiner_on_windows_and_scores_the_merged_refined_masks(tall_run, tmp_path):
+    refine = {"method": "ddps", "iterations": 20, "width": 8, "folds": 2, "fold_members": 1, "steps": 3}
+    assert train_interpreter.main(["--exp", "experiments/tall/ddpm.json", "--exp_dir", "refined",
+                                   "--set", f"refine={json.dumps(refine)}", *FAST_INTERPRETER]) == 0
+    out = tmp_path / "refined" / "50_4_5_6_7_8"
+    first = torch.load(out / "refiner_folds" / "first_predictions.pt", weights_only=True)
+    assert first.shape == (6, 19, 64, 64)  # one out-of-fold prediction per training window
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["miou"] == metrics["refine"]["miou_after"] == metrics["refine"]["miou_by_step"][-1]
+    assert metrics["miou"] == pytest.approx(recomputed_iou(out)["miou"], abs=1e-12)
+
+
+def test_the_windows_of_an_image_share_its_fold():
+    plain = fold_assignment(4, 2, seed=3)
+    by_window = fold_assignment(4, 2, seed=3, windows_per_image=[1, 2, 1, 3])
+    assert by_window.tolist() == [plain[0]] + [plain[1]] * 2 + [plain[2]] + [plain[3]] * 3

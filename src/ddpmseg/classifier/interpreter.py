@@ -208,7 +208,10 @@ class Run:
         self.timings["refiner_s"] = time.time() - t0
 
     def evaluate(self, models_dir: str, out_dir: str) -> dict:
-        """Score the ensemble in ``models_dir`` on the test set; predictions go to ``out_dir``."""
+        """Score the ensemble in ``models_dir`` on the test set, each image at its own size through its
+        working-side windows (ddpmseg.classifier.windowed); predictions go to ``out_dir``. The windows
+        of the whole test set are numbered in order: that index seeds a window's test-time views and
+        refiner noise (for a set of S x S images, the image index)."""
         c, t0 = self.cfg, time.time()
         predictor = Predictor.load(c, self.backbone, models_dir, self.device)
         modes = VOTING_MODES if c["report_all_votings"] else (c["voting"],)
