@@ -128,3 +128,13 @@ def test_the_windows_of_an_image_share_its_fold():
     plain = fold_assignment(4, 2, seed=3)
     by_window = fold_assignment(4, 2, seed=3, windows_per_image=[1, 2, 1, 3])
     assert by_window.tolist() == [plain[0]] + [plain[1]] * 2 + [plain[2]] + [plain[3]] * 3
+
+
+def test_feature_selection_probes_the_windows_of_tall_images(tall_run, tmp_path):
+    from ddpmseg.commands import select as select_features
+
+    assert select_features.main(["--exp", "experiments/tall/ddpm.json", "--out", str(tmp_path / "sel"), "--steps", "50",
+                                 "--blocks", "4", "5", "--folds", "3", "--iterations", "10"]) == 0
+    report = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert sorted(report["fold_of_image"]) == [0, 1, 2]  # one fold per training image, not per window
+    assert len(report["cells"]) == 2 and all(0 <= c["miou"] <= 1 for c in report["cells"])  # blocks 4, 5 at step 50

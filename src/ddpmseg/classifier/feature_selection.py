@@ -113,6 +113,8 @@ class Selection:
             raise ConfigError(f"--folds {probe.folds} is more than the {n} training images; use at most {n}")
         # One backbone for the whole grid: its layers are every cell, step-major as a run extracts them.
         self.backbone = kind.from_config({**cfg, "steps": self.steps, "blocks": self.blocks}, flags, self.device, log)
+        self.image_fold = fold_assignment(n, probe.folds, cfg["seed"])
+        # The fold of each store unit (a training window): its image's, so overlapping windows stay together.
         self.fold = fold_assignment(n, probe.folds, cfg["seed"], self.train_set.windows_per_image())
         self.settings = {"config": {k: v for k, v in cfg.items() if k not in (
             "exp_dir", "testing_path", "testing_masks_path", "testing_number", "device", "steps", "blocks", "dim",
@@ -265,7 +267,7 @@ class Selection:
         write_json_atomic(os.path.join(self.out_dir, "selection.json"), {
             "grid": {"steps": self.steps, "blocks": self.blocks},
             "training_images": [os.path.basename(p) for p in self.train_set.image_paths],
-            "fold_of_image": self.fold.tolist(), "probe": asdict(self.probe),
+            "fold_of_image": self.image_fold.tolist(), "probe": asdict(self.probe),
             "selected": None if chosen is None else {**asdict(chosen), "dim": selected["dim"]},
             "stopped": stopped, "seconds": seconds,
             "config_protocol": None if protocol is None else asdict(protocol),
