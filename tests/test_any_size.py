@@ -122,6 +122,13 @@ def test_a_refined_tall_run_trains_its_refiner_on_windows_and_scores_the_merged_
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["miou"] == metrics["refine"]["miou_after"] == metrics["refine"]["miou_by_step"][-1]
     assert metrics["miou"] == pytest.approx(recomputed_iou(out)["miou"], abs=1e-12)
+    # The first test image's windows are test-set windows 0 and 1, as they are the Segmenter's: the same
+    # refiner noise, so ddpmseg segment gives the evaluated, merged refined mask.
+    from ddpmseg.classifier.segmenter import Segmenter
+
+    first_png = sorted((tall_run[0] / "test").glob("*.png"))[0]
+    np.testing.assert_array_equal(Segmenter.from_run(str(out)).predict(Image.open(first_png)).mask,
+                                  np.load(out / "predictions" / f"{first_png.stem}.npy"))
 
 
 def test_the_windows_of_an_image_share_its_fold():

@@ -57,7 +57,9 @@ def predict_image(predictor: Predictor, image: torch.Tensor, tiling: Tiling, own
         return F.one_hot(mask.reshape(s, s).long(), k).permute(2, 0, 1)
 
     masks = {m: own_size([v.distribution(m).T.reshape(k, s, s) for v in votes]).argmax(0) for m in modes}
-    steps = [own_size([one_hot(r[1][step]) for r in refined]).argmax(0) for step in range(len(refined[0][1]) - 1)
-             ] + [own_size([r[0] for r in refined]).argmax(0)] if refined else []
+    steps = []
+    if refined:
+        steps = [own_size([one_hot(masks[step]) for _, masks in refined]).argmax(0)
+                 for step in range(len(refined[0][1]) - 1)] + [own_size([probs for probs, _ in refined]).argmax(0)]
     uncertainty = own_size([v.uncertainty().reshape(1, s, s) for v in votes])[0]
     return ImagePrediction(masks, steps, uncertainty, image_uncertainty(uncertainty, top_fraction))
