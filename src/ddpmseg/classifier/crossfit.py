@@ -36,7 +36,8 @@ def fold_assignment(num_images: int, folds: int, seed: int, windows_per_image: l
 def pixels_outside_fold(pixels: LabelledPixels, fold: torch.Tensor, held_out: int) -> LabelledPixels:
     """The training pixels of every image (and augmented copy) not in fold ``held_out``.
 
-    Store slot s holds copy s // n of image s % n (n images), so ``slot % n`` is the source image.
+    Store slot s holds copy s // n of image (or window) s % n, ``fold`` having one entry for each of the
+    n, so ``slot % n`` is the source.
     """
     H, W = pixels.hw
     source = (pixels.index // (H * W)) % len(fold)
