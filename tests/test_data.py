@@ -119,10 +119,32 @@ def test_corrupt_label(tmp_path):
     assert "a.npy" in msg and "cannot be read as a .npy" in msg
 
 
-def test_non_square_image(tmp_path):
-    _write_pair(tmp_path, "wide", size=(10, 8), label=np.zeros((8, 10), np.uint8))
-    msg = _error(tmp_path)
-    assert "wide.png" in msg and "10x8" in msg and "square" in msg
+def test_non_square_image_is_cut_into_working_windows(tmp_path):
+    """A 10x8 (WxH) image at working side 4: scaled to 5x4, its label by nearest neighbour to match,
+    two 4x4 windows at left 0 and 1; the own-size label stays as the file holds it."""
+    label = np.arange(80, dtype=np.uint8).reshape(8, 10) % 3
+    _write_pair(tmp_path, "wide", size=(10, 8), label=label)
+    ds = ImageLabelDataset(str(tmp_path), 4, number_class=3)
+    item = ds[0]
+    assert item["image"].shape == (3, 4, 5) and ds.tiling(0).windows == [(0, 0), (0, 1)]
+    # nearest rows 0, 2, 4, 6 and columns 0, 2, ..., 8 (OpenCV's floor(dst * 2))
+    assert np.array_equal(item["label"].numpy(), label[::2, ::2])
+    assert np.array_equal(item["own_label"].numpy(), label)
+    windows = list(ds.windows())
+    assert [name for name, _, _ in windows] == ["wide (window 1 of 2)", "wide (window 2 of 2)"]
+    assert torch.equal(windows[1][1], item["image"][:, :, 1:5])
+    assert np.array_equal(windows[1][2].numpy(), label[::2, 2::2])
+    assert ds.window_count() == 2
+
+
+@pytest.mark.parametrize("size", [(10, 8), (8, 10), (7, 13), (13, 7), (100, 3), (9, 9)])
+def test_scaled_hw_is_the_image_transforms_size(size):
+    from ddpmseg.data.folders import image_transform
+    from ddpmseg.data.windows import scaled_hw
+
+    image = Image.new("RGB", size)
+    for side in (4, 5, 64):
+        assert tuple(image_transform(side)(image).shape[1:]) == scaled_hw(*size, side)
 
 
 def test_label_shape_mismatch(tmp_path):

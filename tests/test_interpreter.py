@@ -112,7 +112,7 @@ def _break(kind, data):
         lab = np.load(first.with_suffix(".npy"))
         lab[0, 0] = 19
         np.save(first.with_suffix(".npy"), lab)
-    elif kind == "non-square image":
+    elif kind == "image of another size than its label":
         Image.new("RGB", (64, 48)).save(first)
     elif kind == "corrupt image":
         first.write_bytes(b"not a png")
@@ -120,7 +120,8 @@ def _break(kind, data):
 
 @pytest.mark.parametrize("kind,message", [
     ("missing folder", "test"), ("empty dataset", "no images"), ("label missing", ".npy"),
-    ("label shape", "(32, 64)"), ("label out of range", "19"), ("non-square image", "square"),
+    ("label shape", "(32, 64)"), ("label out of range", "19"),
+    ("image of another size than its label", "label shape (64, 64) does not match the image's (H, W) (48, 64)"),
     ("corrupt image", "")])
 def test_bad_data_fails_with_one_clear_error_and_writes_nothing(tmp_path, data, tiny64_checkpoint,
                                                                 capsys, kind, message):

@@ -12,7 +12,8 @@ from PIL import Image
 from ddpmseg.commands import segment
 from conftest import CELEBAMASK64, require
 from ddpmseg.classifier.predict import VOTING_MODES, Votes
-from ddpmseg.classifier.segmenter import Segmenter, window_starts
+from ddpmseg.classifier.segmenter import Segmenter
+from ddpmseg.data.windows import window_starts
 
 
 def test_window_starts_cover_the_long_side_with_overlap():

@@ -21,19 +21,23 @@ from .train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, 
 
 
 
-def fold_assignment(num_images: int, folds: int, seed: int) -> torch.Tensor:
+def fold_assignment(num_images: int, folds: int, seed: int, windows_per_image: list[int] | None = None
+                    ) -> torch.Tensor:
     """The fold of each training image [num_images]: a seeded shuffle dealt round-robin, so folds
-    differ in size by at most one and do not follow the file order."""
+    differ in size by at most one and do not follow the file order. Given ``windows_per_image``
+    (ddpmseg.data.windows), the fold of each window instead [sum(windows_per_image)]: an image's
+    windows overlap, so they share its fold."""
     order = torch.randperm(num_images, generator=stream_generator("fold_order", seed))
     fold = torch.empty(num_images, dtype=torch.long)
     fold[order] = torch.arange(num_images) % folds
-    return fold
+    return fold if windows_per_image is None else fold.repeat_interleave(torch.tensor(windows_per_image))
 
 
 def pixels_outside_fold(pixels: LabelledPixels, fold: torch.Tensor, held_out: int) -> LabelledPixels:
     """The training pixels of every image (and augmented copy) not in fold ``held_out``.
 
-    Store slot s holds copy s // n of image s % n (n images), so ``slot % n`` is the source image.
+    Store slot s holds copy s // n of image (or window) s % n, ``fold`` having one entry for each of the
+    n, so ``slot % n`` is the source.
     """
     H, W = pixels.hw
     source = (pixels.index // (H * W)) % len(fold)
@@ -44,16 +48,18 @@ def pixels_outside_fold(pixels: LabelledPixels, fold: torch.Tensor, held_out: in
 def out_of_fold_probabilities(store: FeatureStore, pixels: LabelledPixels, cfg: dict, num_images: int,
                               folds: int, members: int, folder: str,
                               predict: Callable[[object, int], torch.Tensor], device: str,
-                              log: Callable[[str], None] = print) -> torch.Tensor:
-    """Class probabilities [n, K, H, W] of each of the ``num_images`` training images from the
-    fold ensemble that did not train on it; ``predict(ensemble, i)`` gives image i's [K, H, W]
-    probabilities the way test images get theirs. Resumable: finished fold members and the
-    final tensor are kept in ``folder``."""
+                              log: Callable[[str], None] = print,
+                              windows_per_image: list[int] | None = None) -> torch.Tensor:
+    """Class probabilities [n, K, H, W] of each of the ``num_images`` training images (or windows, given
+    ``windows_per_image``: see fold_assignment) from the fold ensemble that did not train on it;
+    ``predict(ensemble, i)`` gives image i's [K, H, W] probabilities the way test images get theirs.
+    Resumable: finished fold members and the final tensor are kept in ``folder``."""
     out_path = os.path.join(folder, "first_predictions.pt")
     if os.path.exists(out_path):
         return torch.load(out_path, weights_only=True)
     settings = EnsembleSettings.from_config(cfg)
-    fold = fold_assignment(num_images, folds, cfg["seed"])
+    fold = fold_assignment(len(windows_per_image) if windows_per_image else num_images, folds, cfg["seed"],
+                           windows_per_image)
     H, W = pixels.hw
     probs = torch.zeros(num_images, cfg["number_class"], H, W)
     for f in range(folds):

@@ -113,7 +113,9 @@ class Selection:
             raise ConfigError(f"--folds {probe.folds} is more than the {n} training images; use at most {n}")
         # One backbone for the whole grid: its layers are every cell, step-major as a run extracts them.
         self.backbone = kind.from_config({**cfg, "steps": self.steps, "blocks": self.blocks}, flags, self.device, log)
-        self.fold = fold_assignment(n, probe.folds, cfg["seed"])
+        self.image_fold = fold_assignment(n, probe.folds, cfg["seed"])
+        # The fold of each store unit (a training window): its image's, so overlapping windows stay together.
+        self.fold = fold_assignment(n, probe.folds, cfg["seed"], self.train_set.windows_per_image())
         self.settings = {"config": {k: v for k, v in cfg.items() if k not in (
             "exp_dir", "testing_path", "testing_masks_path", "testing_number", "device", "steps", "blocks", "dim",
             "model_num")}, "model_flags": flags, "grid": {"steps": self.steps, "blocks": self.blocks},
@@ -144,18 +146,20 @@ class Selection:
         The probes train on the original images: augmented copies (a training variant) would multiply
         this cost without saying anything about which features to use.
         """
-        c, n, size = self.cfg, len(self.train_set), self.cfg["dim"][0]
+        c, n, size = self.cfg, self.train_set.window_count(), self.cfg["dim"][0]
         excluded = EXCLUDED if c["ignore_label"] is None else c["ignore_label"]
         self.store, self.labels, index, labels = None, [], [], []
-        for i in tqdm(range(n), desc="candidate features (training images)", unit="img", dynamic_ncols=True):
-            item = self.train_set[i]
-            acts = self.backbone(item["image"][None].to(self.device))
+        # The trainer's units: every working-size window of every training image (ddpmseg.data.windows).
+        windows = tqdm(self.train_set.windows(), total=n, desc="candidate features (training images)", unit="img",
+                       dynamic_ncols=True)
+        for i, (_, image, window_label) in enumerate(windows):
+            acts = self.backbone(image[None].to(self.device))
             if self.store is None:
                 self.store = FeatureStore(n, [tuple(a.shape[1:]) for a in acts], (size, size))
             self.store.put(i, acts)
-            self.labels.append(item["label"])
+            self.labels.append(window_label)
             # The training labels as the trainer makes them: small regions and ignored pixels excluded.
-            label, _ = drop_small_regions(item["label"].numpy(), c["ignore_label"], c["min_region_pixels"],
+            label, _ = drop_small_regions(window_label.numpy(), c["ignore_label"], c["min_region_pixels"],
                                           fill=EXCLUDED)
             flat = torch.from_numpy(label.reshape(-1).astype("int64"))
             keep = ((flat != EXCLUDED) & (flat != excluded)).nonzero().flatten()
@@ -263,7 +267,7 @@ class Selection:
         write_json_atomic(os.path.join(self.out_dir, "selection.json"), {
             "grid": {"steps": self.steps, "blocks": self.blocks},
             "training_images": [os.path.basename(p) for p in self.train_set.image_paths],
-            "fold_of_image": self.fold.tolist(), "probe": asdict(self.probe),
+            "fold_of_image": self.image_fold.tolist(), "probe": asdict(self.probe),
             "selected": None if chosen is None else {**asdict(chosen), "dim": selected["dim"]},
             "stopped": stopped, "seconds": seconds,
             "config_protocol": None if protocol is None else asdict(protocol),

@@ -24,7 +24,7 @@ from ..data.folders import ImageLabelDataset, drop_small_regions
 from ..common.device import resolve_device
 from ..features.registry import open_backbone
 from ..common.metrics import IoUAccumulator
-from .predict import VOTING_MODES, image_uncertainty
+from .predict import VOTING_MODES
 from .predictor import REFINER_FILE, Predictor
 from .refine import refine_settings, save_refiner, train_refiner
 from ..common.report import save_prediction
@@ -35,6 +35,7 @@ from ..common.runlog import RunLog
 from ..common.safeload import load_plain
 from ..features.store import FeatureStore
 from .train import EnsembleSettings, LabelledPixels, model_path, train_ensemble
+from .windowed import predict_image
 
 EXCLUDED = -1  # training-label marker for pixels no member trains on
 # What training saw of each class, written with the feature store and kept for a resumed run's metrics.
@@ -74,11 +75,13 @@ class Run:
                                            masks_dir=cfg["training_masks_path"], **ds_kw) if train else None
         self.test_set = ImageLabelDataset(cfg["testing_path"], num_images=cfg["testing_number"],
                                           masks_dir=cfg["testing_masks_path"], **ds_kw)
+        # The units training learns from: one per working-size window of a training image.
+        self.train_windows = self.train_set.window_count() if train else 0
         self.backbone = open_backbone(cfg, model_flags, self.device, log)
         self.predictor = Predictor(cfg, self.backbone, self.device)
         first_set = self.train_set if train else self.test_set
-        first = self.predictor.features(first_set[0]["image"], f"{'training' if train else 'test'} image "
-                                        f"{first_set[0]['stem']}", store=train)
+        name, window, _ = next(first_set.windows())
+        first = self.predictor.features(window, f"{'training' if train else 'test'} image {name}", store=train)
         self.first_train_features = first if train else None
         self.layer_shapes = [tuple(a.shape[1:]) for a in first]
         dim = sum(s[0] for s in self.layer_shapes)
@@ -92,25 +95,25 @@ class Run:
 
     # -- stages ------------------------------------------------------------------------------
     def training_images(self):
-        """(name, image, label) of every training image, then of its augmented copies, in store order.
+        """(name, image, label) of every training window (ddpmseg.data.windows: a square image of the
+        working size is one), then of its augmented copies, in store order.
 
-        Copy k of image i is drawn from its own seed, so a resumed run rebuilds the same store.
+        Copy k of window i is drawn from its own seed, so a resumed run rebuilds the same store.
         """
         c = self.cfg
         for k in range(c["augmentation_copies"] + 1):
-            for i in range(len(self.train_set)):
-                item = self.train_set[i]
+            for i, (name, image, label) in enumerate(self.train_set.windows()):
                 if k == 0:
-                    yield item["stem"], item["image"], item["label"]
+                    yield name, image, label
                 else:
-                    image, label = augment_pair(item["image"], item["label"], copy_seed(c["seed"], i, k),
+                    image, label = augment_pair(image, label, copy_seed(c["seed"], i, k),
                                                 c["augmentation_p"], self.fill, c["hflip_class_pairs"])
-                    yield f"{item['stem']} (augmented copy {k})", image, label
+                    yield f"{name} (augmented copy {k})", image, label
 
     def build_training_store(self, exp_dir: str) -> tuple[FeatureStore, LabelledPixels]:
         c, t0 = self.cfg, time.time()
         location = os.path.join(exp_dir, "feature_store") if c["feature_store"] == "disk" else None
-        num_images = len(self.train_set) * (1 + c["augmentation_copies"])
+        num_images = self.train_windows * (1 + c["augmentation_copies"])
         store = FeatureStore(num_images, self.layer_shapes, self.hw, location=location)
         index, labels, excluded = [], [], []
         images = tqdm(self.training_images(), total=num_images, desc="training features", unit="img",
@@ -178,7 +181,7 @@ class Run:
         if todo:
             t0 = time.time()
             # The un-augmented images come first in the store, so their pixels have the lowest indices.
-            original_pixels = int((pixels.index < len(self.train_set) * self.size * self.size).sum())
+            original_pixels = int((pixels.index < self.train_windows * self.size * self.size).sum())
             epoch_size = original_pixels if c["epoch_pixels"] == "original" else None
             train_ensemble(store, pixels, self.ensemble_settings, exp_dir, todo, device=str(self.device), log=self.log,
                            epoch_size=epoch_size)
@@ -191,22 +194,24 @@ class Run:
     def train_refiner(self, store: FeatureStore, pixels: LabelledPixels, exp_dir: str) -> None:
         """The mask refiner (ddpmseg.classifier.refine), trained on out-of-fold first predictions."""
         c, s, t0 = self.cfg, self.refine, time.time()
-        n = len(self.train_set)
-        items = [self.train_set[i] for i in range(n)]
+        windows = list(self.train_set.windows())
         first = out_of_fold_probabilities(
-            store, pixels, c, n, s.folds, s.fold_members, os.path.join(exp_dir, "refiner_folds"),
+            store, pixels, c, len(windows), s.folds, s.fold_members, os.path.join(exp_dir, "refiner_folds"),
             lambda ens, i: self.predictor.probability_map(self.predictor.votes(
-                items[i]["image"], i, f"training image {items[i]['stem']}", ensemble=ens)),
-            str(self.device), self.log)
-        images = torch.stack([item["image"] for item in items])
-        labels = torch.stack([torch.as_tensor(item["label"]) for item in items]).long()
+                windows[i][1], i, f"training image {windows[i][0]}", ensemble=ens)),
+            str(self.device), self.log, windows_per_image=self.train_set.windows_per_image())
+        images = torch.stack([image for _, image, _ in windows])
+        labels = torch.stack([torch.as_tensor(label) for _, _, label in windows]).long()
         model, stats = train_refiner(images, first, labels, c["number_class"], self.fill, s,
                                      flip_pairs=c["hflip_class_pairs"], device=self.device, log=self.log)
         save_refiner(model, s, c["number_class"], os.path.join(exp_dir, REFINER_FILE))
         self.timings["refiner_s"] = time.time() - t0
 
     def evaluate(self, models_dir: str, out_dir: str) -> dict:
-        """Score the ensemble in ``models_dir`` on the test set; predictions go to ``out_dir``."""
+        """Score the ensemble in ``models_dir`` on the test set, each image at its own size through its
+        working-side windows (ddpmseg.classifier.windowed); predictions go to ``out_dir``. The windows
+        of the whole test set are numbered in order: that index seeds a window's test-time views and
+        refiner noise (for a set of S x S images, the image index)."""
         c, t0 = self.cfg, time.time()
         predictor = Predictor.load(c, self.backbone, models_dir, self.device)
         modes = VOTING_MODES if c["report_all_votings"] else (c["voting"],)
@@ -215,23 +220,25 @@ class Run:
         if self.refine is not None:
             settings = predictor.refine_settings
             step_ious = [new_iou() for _ in settings.step_schedule()]
-        uncertainties = {}
+        uncertainties, first_window = {}, 0
         for i in tqdm(range(len(self.test_set)), desc="evaluation", unit="img", dynamic_ncols=True):
-            item = self.test_set[i]
-            votes = predictor.votes(item["image"], i, f"test image {item['stem']}")
+            item, tiling = self.test_set[i], self.test_set.tiling(i)
+            own = item["own_label"]
+            out = predict_image(predictor, item["image"], tiling, tuple(own.shape), first_window,
+                                f"test image {item['stem']}", modes)
+            first_window += len(tiling.windows)
             for mode, iou in ious.items():
-                iou.update(votes.mask(mode).reshape(self.hw).cpu(), item["label"], item["stem"])
-            pred = before = votes.mask(c["voting"]).reshape(self.hw).cpu()
+                iou.update(out.masks[mode], own, item["stem"])
+            pred = before = out.masks[c["voting"]]
             if self.refine is not None:
-                _, masks = predictor.refined(item["image"], votes, i)
-                for iou, mask in zip(step_ious, masks):
-                    iou.update(mask, item["label"], item["stem"])
-                pred = masks[-1]
-            uncertainty = votes.uncertainty()
-            uncertainties[item["stem"]] = image_uncertainty(uncertainty, c["uncertainty_top_fraction"])
-            save_prediction(out_dir, item["stem"], pred, image=item["image"], gt=item["label"], palette=c["palette"],
+                for iou, mask in zip(step_ious, out.refined):
+                    iou.update(mask, own, item["stem"])
+                pred = out.refined[-1]
+            uncertainties[item["stem"]] = out.score
+            image = item["image"] if tuple(item["image"].shape[1:]) == tuple(own.shape) else self.test_set.own_image(i)
+            save_prediction(out_dir, item["stem"], pred, image=image, gt=own, palette=c["palette"],
                             before=before if self.refine is not None else None, class_names=c["class_names"],
-                            uncertainty=uncertainty.reshape(self.hw))
+                            uncertainty=out.uncertainty)
         self.timings["evaluation_s"] = time.time() - t0
         result = ious[c["voting"]].result()
         if self.refine is not None:

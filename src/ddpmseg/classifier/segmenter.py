@@ -2,15 +2,15 @@
 
     seg = Segmenter.from_run("pixel_classifiers/x/50_150_250_5_6_7_8_12").predict(Image.open("a.jpg"))
 
-The image is scaled (as in training) so that its short side is the working resolution S; square
-S x S windows that overlap along the long side each get the run's full inference (members, test-time
-views, voting, refiner); their per-pixel class distributions and uncertainties are averaged where
-windows overlap and resized bilinearly to the image's own size. For a square image of size S this
-is exactly the evaluation path (one window, no resizing): same features, votes and masks.
+The image is cut into the windows of ``ddpmseg.data.windows`` (short side scaled to the working
+resolution S, S x S windows overlapping along the long side), the same windows training and evaluation
+use; each window gets the run's full inference (members, test-time views, voting, refiner); their
+per-pixel class distributions and uncertainties are averaged where windows overlap and resized
+bilinearly to the image's own size. Without test-time views or a refiner (whose random streams evaluation
+draws per test-set window) this is exactly evaluation's prediction, for an image of any size.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,14 +21,11 @@ from PIL import Image
 
 from ..common.device import resolve_device
 from ..data.folders import image_transform, to_rgb
+from ..data.windows import Tiling
 from ..features.registry import open_backbone
 from .interpreter import load_trained_config
 from .predict import feature_descriptor, image_uncertainty
 from .predictor import Predictor
-
-# Neighbouring windows share half their width: every pixel away from the two ends is seen by two
-# windows, so no window's border (where a U-Net has the least context) decides a pixel alone.
-WINDOW_OVERLAP = 0.5
 
 
 @dataclass
@@ -41,15 +38,6 @@ class Segmentation:
     score: float               # the image's uncertainty: mean of its top uncertainty_top_fraction pixels
     disagreement: np.ndarray   # [H, W] float32 share of member (and view) votes that differ from the majority
     descriptor: np.ndarray     # [D] float32 unit vector: the windows' mean ``feature_descriptor`` (plain view)
-
-
-def window_starts(length: int, size: int, overlap: float = WINDOW_OVERLAP) -> list[int]:
-    """Start offsets of ``size``-wide windows covering ``length`` pixels, evenly spaced, first at 0 and
-    last at ``length - size``, neighbours overlapping by at least ``overlap`` of a window."""
-    if length <= size:
-        return [0]
-    count = math.ceil((length - size) / (size * (1 - overlap))) + 1
-    return [round(i * (length - size) / (count - 1)) for i in range(count)]
 
 
 class Segmenter:
@@ -102,19 +90,12 @@ class Segmenter:
         width, height = rgb.size
         x = self.transform(rgb)
         _, h, w = x.shape
-        size, k = self.size, self.cfg["number_class"]
-        prob_sum = torch.zeros(k, h, w)
-        unc_sum, dis_sum, cover = torch.zeros(h, w), torch.zeros(h, w), torch.zeros(h, w)
-        tops, lefts = window_starts(h, size), window_starts(w, size)
-        descriptors = []
-        for i, (top, left) in enumerate((t, l) for t in tops for l in lefts):
-            probs, unc, dis, descriptor = self.window(x[:, top:top + size, left:left + size], i)
-            descriptors.append(descriptor)
-            prob_sum[:, top:top + size, left:left + size] += probs
-            unc_sum[top:top + size, left:left + size] += unc
-            dis_sum[top:top + size, left:left + size] += dis
-            cover[top:top + size, left:left + size] += 1
-        probs, unc, dis = prob_sum / cover, unc_sum / cover, dis_sum / cover
+        k = self.cfg["number_class"]
+        tiling = Tiling(h, w, self.size)
+        windows = [self.window(crop, i) for i, crop in enumerate(tiling.crops(x))]
+        probs = tiling.merge([probs for probs, _, _, _ in windows])
+        unc, dis = tiling.merge([torch.stack([unc, dis]) for _, unc, dis, _ in windows])
+        descriptors = [descriptor for _, _, _, descriptor in windows]
         full_size = (lambda m: m) if (h, w) == (height, width) else (
             lambda m: F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False))
         unc, dis = full_size(unc[None, None])[0, 0], full_size(dis[None, None])[0, 0]

@@ -48,7 +48,8 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # Build the backbone with random weights drawn from ``seed`` instead of loading model_path
     # (which must then be ""): the untrained-backbone control, and runs without a download.
     "random_weights": ((bool,), False),
-    # [H, W, C]: H, W is the working resolution; C must equal the collected feature size.
+    # [S, S, C]: S is the working resolution, the side of the square windows that images of any size and
+    # aspect are cut into (ddpmseg.data.windows); C must equal the collected feature size.
     "dim": ((list,), REQUIRED),
     # Diffusion steps t whose noisy image x_t the U-Net sees; each adds its activations to the features.
     "steps": ((list,), [50, 150, 250]),
@@ -343,7 +344,9 @@ def validate(cfg: dict, where: str = "config") -> dict:
     _int_list(out, "blocks", where)
     _check_model_type(out, where)
     if out["dim"][0] != out["dim"][1]:
-        raise ConfigError(f"{where}: 'dim' must be square [S, S, C], got {out['dim']}")
+        raise ConfigError(f"{where}: 'dim' must be square [S, S, C], got {out['dim']}: S is the side of the square "
+                          f"windows every image (of any size) is cut into (ddpmseg.data.windows); set S to the "
+                          f"backbone's image size")
     _check_classes(out, where)
     _check_ranges(out, where)
     _resolve_min_region_pixels(out, where)

@@ -7,7 +7,7 @@ fails in seconds, before features are extracted or anything is written to the ex
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 from torchvision import transforms
 
 from ..common.errors import DataError
+from .windows import Tiling, scaled_hw
 
 # Decided by the last name suffix only, like guided-diffusion's `_list_image_files_recursively`
 # (its jpg, jpeg, png, gif), plus the other formats cameras and labelling tools write.
@@ -52,18 +53,20 @@ def label_path(image_path: str) -> str:
     return os.path.splitext(image_path)[0] + ".npy"
 
 
-def nearest_resize(label: np.ndarray, size: int) -> np.ndarray:
-    """Resize a 2-D label map to ``size`` x ``size`` like ``cv2.resize(..., INTER_NEAREST)``.
+def nearest_resize(label: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a 2-D label map to ``size`` x ``size`` (or to (H, W) ``size``) like ``cv2.resize(...,
+    INTER_NEAREST)``.
 
     OpenCV picks source index floor(dst_index * inv_scale) with inv_scale = 1 / (dst / src)
     computed in float64, clamped to src - 1; the same float steps are reproduced here so that
     non-integer ratios round exactly as in the original.
     """
     h, w = label.shape
-    if (h, w) == (size, size):
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    if (h, w) == (out_h, out_w):
         return label.copy()
-    rows = np.minimum(np.floor(np.arange(size) * (1.0 / (size / h))).astype(np.int64), h - 1)
-    cols = np.minimum(np.floor(np.arange(size) * (1.0 / (size / w))).astype(np.int64), w - 1)
+    rows = np.minimum(np.floor(np.arange(out_h) * (1.0 / (out_h / h))).astype(np.int64), h - 1)
+    cols = np.minimum(np.floor(np.arange(out_w) * (1.0 / (out_w / w))).astype(np.int64), w - 1)
     return label[rows[:, None], cols[None, :]]
 
 
@@ -213,7 +216,8 @@ def _check_label(path: str, label: np.ndarray, hw: tuple[int, int],
                 f"(save them with np.save(path, labels.astype(np.uint8)))")
     if label.shape != hw:
         return (f"{path}: label shape {tuple(label.shape)} does not match the image's (H, W) {hw}; "
-                f"a label must hold one class id per image pixel")
+                f"a label must hold one class id per image pixel (images may have any size, each with a "
+                f"label of its own size)")
     values = np.unique(label)
     out_of_range = values < 0 if number_class is None else (values < 0) | (values >= number_class)
     bad = values[out_of_range]
@@ -246,8 +250,11 @@ class ImageLabelDataset(torch.utils.data.Dataset):
     """The first ``num_images`` sorted images of a folder, with their labels: ``.npy`` files beside
     them, or the masks in ``masks_dir`` (or in ``<data_dir>/masks`` beside ``<data_dir>/images``).
 
-    Items are dicts: "image" float32 [3,S,S] in [-1,1], "label" int64 [S,S] raw class ids
-    (ignore pixels keep ignore_label; absent when require_labels=False), "path", "stem".
+    Items are dicts: "image" float32 [3,h,w] in [-1,1], its short side scaled to ``resolution`` S
+    ([3,S,S] for a square image), "label" int64 [h,w] raw class ids scaled to the image's size by
+    nearest neighbour (ignore pixels keep ignore_label), "own_label" int64 [H,W] the ids at the image's
+    own size (both absent when require_labels=False), "path", "stem". Any size and aspect is accepted:
+    ``windows`` cuts them into the S x S units training takes (ddpmseg.data.windows).
     A two-class dataset reads 0/255 masks as 0/1 (``binary_as_ids``); ``binary_masks`` lists them.
     """
 
@@ -326,10 +333,6 @@ class ImageLabelDataset(torch.utils.data.Dataset):
                                 f"replace or remove the file")
                 continue
             self.sizes[path] = (width, height)
-            if width != height:
-                problems.append(f"{path}: image is {width}x{height} (WxH) but must be square; "
-                                f"crop it to a square together with its label")
-                continue
             if not self.require_labels:
                 continue
             lpath = self.label_paths[path]
@@ -359,8 +362,35 @@ class ImageLabelDataset(torch.utils.data.Dataset):
         }
         if self.require_labels:
             label = self.read_label(path)[0].astype(np.int64)
-            item["label"] = torch.from_numpy(nearest_resize(label, self.resolution))
+            item["label"] = torch.from_numpy(nearest_resize(label, tuple(item["image"].shape[1:])))
+            item["own_label"] = torch.from_numpy(label)
         return item
+
+    def own_image(self, i: int) -> torch.Tensor:
+        """Image ``i`` at its own size: float32 [3,H,W] in [-1,1] (the pictures beside its own-size label)."""
+        return _to_signed(transforms.functional.to_tensor(load_rgb(self.image_paths[i])))
+
+    def tiling(self, i: int) -> Tiling:
+        """The working-resolution windows of image ``i`` (ddpmseg.data.windows)."""
+        return Tiling(*scaled_hw(*self.sizes[self.image_paths[i]], self.resolution), self.resolution)
+
+    def windows_per_image(self) -> list[int]:
+        """How many windows ``windows`` yields for each image."""
+        return [len(self.tiling(i).windows) for i in range(len(self))]
+
+    def window_count(self) -> int:
+        """How many windows ``windows`` yields."""
+        return sum(self.windows_per_image())
+
+    def windows(self) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+        """(name, image [3,S,S], label [S,S]) of every window of every image, image by image: the units
+        training learns from. An image of one window is named by its stem, the others' windows by
+        "<stem> (window j of n)"."""
+        for i in range(len(self)):
+            item, tiling = self[i], self.tiling(i)
+            n = len(tiling.windows)
+            for j, (image, label) in enumerate(zip(tiling.crops(item["image"]), tiling.crops(item["label"]))):
+                yield (item["stem"] if n == 1 else f"{item['stem']} (window {j + 1} of {n})"), image, label
 
 
 def drop_small_regions(label: np.ndarray | torch.Tensor, ignore_label: int | None,
