@@ -135,7 +135,9 @@ def test_download_checks_its_arguments(capsys):
     rc, _, err = run_main(["download", "ddpm"], capsys)
     assert rc == 2 and "error: ddpm needs the checkpoint's name" in err
     assert set(options(module("download").build_parser())) == {"-h", "--help"}
-    assert module("download").build_parser()._actions[1].choices == ["datasets", "ddpm", "mae", "swav", "swav_w2"]
+    # One per download script: checkpoints/<kind>/download_checkpoint.sh, and datasets/download_datasets.sh.
+    assert module("download").build_parser()._actions[1].choices == [
+        "datasets", "ddpm", "diffusers", "dinov2", "mae", "stable_diffusion", "swav", "swav_w2"]
 
 
 @pytest.mark.parametrize("script", ROOT_SCRIPTS)
