@@ -316,20 +316,28 @@ def _shape_mismatches(model_sd: Mapping[str, torch.Tensor], sd: Mapping[str, tor
             for k, v in model_sd.items() if k in sd and sd[k].shape != v.shape]
 
 
+def key_mismatches(expected: dict, sd: dict, header: str) -> tuple[list[str], list[str]]:
+    """(keys missing from ``sd``, the error's lines) of a strict load of ``sd`` into a model whose
+    state dict is ``expected``; no lines when every key and shape matches."""
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = _shape_mismatches(expected, sd)
+    if not (missing or unexpected or shapes):
+        return missing, []
+    lines = [f"{header} ({len(sd)} tensors in the checkpoint, {len(expected)} in the model)."]
+    for title, items in (("missing from checkpoint", missing), ("unexpected in checkpoint", unexpected),
+                         ("shape mismatch", shapes)):
+        if items:
+            lines.append(_listed(title, items))
+    return missing, lines
+
+
 def load_mae_checkpoint(model: MaskedAutoencoderViT, path: str) -> None:
     """Load ``torch.load(path)['model']`` (the full MAE, decoder included) strictly into ``model``."""
     sd = _read_entry(path, "model", "mae")
     expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = _shape_mismatches(expected, sd)
-    if missing or unexpected or shapes:
-        lines = [f"{path} does not match the MAE model ({len(sd)} tensors in the checkpoint, "
-                 f"{len(expected)} in the model)."]
-        for title, items in (("missing from checkpoint", missing), ("unexpected in checkpoint", unexpected),
-                             ("shape mismatch", shapes)):
-            if items:
-                lines.append(_listed(title, items))
+    missing, lines = key_mismatches(expected, sd, f"{path} does not match the MAE model")
+    if lines:
         if missing and all(k.startswith(("decoder", "mask_token")) for k in missing):
             lines.append("  the decoder is missing: this looks like an encoder-only (fine-tuned) checkpoint; "
                          "use the full pre-training checkpoint")

@@ -24,7 +24,7 @@ from guided_diffusion.checkpoint import CheckpointError
 
 from ..common.config import ConfigError
 from ..common.seeding import stream_seed
-from .backbones import IMAGENET_MEAN, IMAGENET_STD, _listed, _shape_mismatches
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, key_mismatches
 from .family_keys import reject_unread_keys
 from .registry import Backbone, Layer, register
 
@@ -98,21 +98,13 @@ def load_dinov2_checkpoint(path: str, arch: str) -> tuple[torch.nn.Module, str]:
     grid = math.isqrt(pos.shape[1] - 1) if pos is not None and pos.dim() == 3 else PRETRAINED_GRID
     model = build_dinov2(arch, grid)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = _shape_mismatches(expected, sd)
-    if missing or unexpected or shapes:
-        lines = [f"{path} ({layout} layout) does not match DINOv2 {arch} ({len(sd)} tensors in the checkpoint, "
-                 f"{len(expected)} in the model)."]
-        for title, items in (("missing from checkpoint", missing), ("unexpected in checkpoint", unexpected),
-                             ("shape mismatch", shapes)):
-            if items:
-                lines.append(_listed(title, items))
+    missing, lines = key_mismatches(expected, sd, f"{path} ({layout} layout) does not match DINOv2 {arch}")
+    if lines:
         width = sd["cls_token"].shape[-1] if "cls_token" in sd else None
         other = [a for a, (_, _, dim) in ARCHS.items() if dim == width and a != arch]
         if other:
             lines.append(f"  the checkpoint's width {width} is DINOv2 {other[0]}'s: set \"dinov2_arch\": \"{other[0]}\"")
-        if any(k.startswith("register_tokens") or k == "reg_token" for k in unexpected):
+        if any(k.startswith("register_tokens") or k == "reg_token" for k in sd if k not in expected):
             lines.append("  the checkpoint has register tokens (a _reg4 model), which this backbone does not build")
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(sd, strict=True)
