@@ -122,6 +122,10 @@ def table(found: list[dict], command: str) -> str:
         report = row["report"] or {}
         chosen, own = report.get("selected"), report.get("config_protocol")
         protocol = f"{chosen['steps']} × {chosen['blocks']}" if chosen else "not selected yet"
+        if report.get("fallback"):
+            protocol += " (the config's own: the search's result did not beat it)"
+        if report.get("complete") is False:
+            protocol += " (unfinished search)"
         cv = " / ".join(f"{100 * s['miou']:.2f} ± {100 * s['miou_std']:.2f}" if s else "–" for s in (chosen, own))
         seeds = min(len(row["hand"]), len(row["selected"]))
         lines.append(f"| {WHAT[row['unet']]} | {mean_std(list(row['hand'].values()))} | "

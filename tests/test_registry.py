@@ -247,8 +247,9 @@ def test_feature_selection_searches_the_blocks_of_a_backbone_without_timesteps(t
     probe = ProbeSettings(folds=2, members=1, iterations=20)
     sel = Selection(cfg, {}, torch.device("cpu"), str(tmp_path), None, None, probe, log=lambda m: None)
     sel.extract()
-    singles, path, stopped = sel.search()
-    selected, protocol = sel.write_outputs(singles, path, stopped, 0.0)
+    result = sel.search()
+    selected = sel.write_outputs(result, 0.0)
+    singles, protocol = result.singles, result.own
     assert [(s.steps, s.blocks) for s in singles] == [([], [0]), ([], [1]), ([], [2])]
     assert selected["steps"] == [] and selected["dim"] == [64, 64, 3 * len(selected["blocks"])]
     assert protocol.steps == [] and protocol.blocks == [0] and protocol.miou == singles[0].miou

@@ -18,9 +18,11 @@ from ddpmseg.classifier import feature_selection
 from ddpmseg.common.config import load_config
 from ddpmseg.common.seeding import stream_seed
 
-# A small grid and a tiny probe: 6 training images in 3 folds, 2 steps x 2 blocks, 30 iterations.
+# A small grid and a tiny probe: 6 training images in 3 folds, 2 steps x 2 blocks, 30 iterations; the
+# config's own steps x blocks are the whole grid, so the grid is not extended by them.
 TRAINING_NUMBER, FOLDS = 6, 3
 GRID = ["--steps", "50", "250", "--blocks", "5", "8", "--folds", str(FOLDS), "--iterations", "30"]
+OWN = ["--set", "steps=[50, 250]", "--set", "blocks=[5, 8]"]
 
 # Every path the process opens or lists while the flag is on (sys.addaudithook cannot be removed,
 # so one hook serves every test and records only in between).
@@ -42,7 +44,7 @@ def argv(tmp_path, ckpt, out, *extra, testing_path=None):
     return ["--exp", "experiments/celebamask64/ddpm.json", "--out", str(out),
             "--set", f"training_path={data / 'train'}", "--set", f"testing_path={testing_path or data / 'test'}",
             "--set", f"model_path={ckpt}", "--set", f"training_number={TRAINING_NUMBER}",
-            "--set", f"exp_dir={tmp_path / 'exp'}", *GRID, *extra]
+            "--set", f"exp_dir={tmp_path / 'exp'}", *OWN, *GRID, *extra]
 
 
 class TrainingSpy:
@@ -118,18 +120,31 @@ def test_selection_json_scores_heatmap_and_selected_config(selection, tiny64_che
         assert 0 < score["miou"] < 1
     path = report["greedy_path"]
     assert path[0] == max(cells, key=lambda c: c["miou"])  # the search starts at the best cell
-    assert all(b["miou"] > a["miou"] + report["probe"]["min_gain"] for a, b in zip(path, path[1:]))
+    min_gain = report["probe"]["min_gain"]
+    for a, b in zip(path, path[1:]):  # each step of the path passed the paired criterion, by its fold scores
+        gains = [y - x for x, y in zip(a["fold_mious"], b["fold_mious"])]
+        assert statistics.mean(gains) > max(min_gain, statistics.stdev(gains) / FOLDS ** 0.5)
+    assert report["stopped"].startswith(("no added step", "every step")) and report["complete"] is True
+    # The config's own protocol (the whole 2 x 2 grid here) is scored, and kept unless the search's end
+    # beats it by the same criterion.
+    scores = json.loads((out / "scores.json").read_text())["scores"]
+    own = report["config_protocol"]
+    assert own == scores["50,250/5,8"]
+    end = path[-1]
+    gains = [y - x for x, y in zip(own["fold_mious"], end["fold_mious"])]
+    assert report["search_gain_over_config"]["mean"] == pytest.approx(statistics.mean(gains), abs=1e-12)
+    beats = statistics.mean(gains) > max(min_gain, statistics.stdev(gains) / FOLDS ** 0.5)
     chosen = report["selected"]
-    assert (chosen["steps"], chosen["blocks"]) == (path[-1]["steps"], path[-1]["blocks"])
-    assert report["stopped"].startswith(("no added step", "every step"))
-    # The config's own protocol (steps 50, 150, 250) is not in this grid, so it is not scored; a grid
-    # holding it is scored in the resume test below.
-    assert report["config_protocol"] is None
+    assert (chosen["steps"], chosen["blocks"]) == ((end if beats else own)["steps"], (end if beats else own)["blocks"])
+    assert report["fallback"] == (not beats and (end["steps"], end["blocks"]) != (own["steps"], own["blocks"]))
     # selected.json is the input config with the chosen steps, blocks and the dim they give.
     selected = load_config(str(out / "selected.json"))
     original = load_config("experiments/celebamask64/ddpm.json")
     assert (selected["steps"], selected["blocks"]) == (chosen["steps"], chosen["blocks"])
-    assert {k: v for k, v in selected.items() if k not in ("steps", "blocks", "dim") and original[k] != v} == {
+    assert selected["selection"] == {"complete": True, "fallback": report["fallback"],
+                                     "report": str(out / "selection.json")}
+    assert {k: v for k, v in selected.items() if k not in ("steps", "blocks", "dim", "selection")
+            and original[k] != v} == {
         "training_path": str(require(CELEBAMASK64) / "real" / "train"), "testing_path": selected["testing_path"],
         "model_path": str(tiny64_checkpoint), "training_number": TRAINING_NUMBER,
         "exp_dir": str(selection["tmp"] / "exp")}
@@ -171,12 +186,20 @@ def test_resume_scores_only_what_is_missing_and_budget_stops_cleanly(selection, 
     budget_out = tmp_path / "budget"
     assert select_features.main(argv(selection["tmp"], tiny64_checkpoint, budget_out, "--budget_minutes", "3.5")) == 0
     printed = capsys.readouterr().out
-    assert "budget" in printed and "rerun the same command to continue" in printed
+    assert "the search is unfinished" in printed and "rerun the same command" in printed
+    assert "train it (unfinished search): ddpmseg train" in printed
     report = json.loads((budget_out / "selection.json").read_text())
-    assert report["stopped"] == "the time budget (--budget_minutes) ran out"
-    assert len(report["cells"]) == 3 and len(json.loads((budget_out / "scores.json").read_text())["scores"]) == 3
-    assert report["selected"]["miou"] == max(c["miou"] for c in report["cells"])
-    assert (budget_out / "selected.json").exists() and (budget_out / "selection_heatmap.png").exists()
+    assert report["stopped"] == "the time budget (--budget_minutes) ran out" and report["complete"] is False
+    # Three probes: the config's own steps x blocks first, then two single cells.
+    scored = json.loads((budget_out / "scores.json").read_text())["scores"]
+    assert list(scored) == ["50,250/5,8", "50/5", "50/8"] and len(report["cells"]) == 2
+    assert report["config_protocol"] == scored["50,250/5,8"]
+    best_cell = max(report["cells"], key=lambda c: c["miou"])
+    gains = [y - x for x, y in zip(scored["50,250/5,8"]["fold_mious"], best_cell["fold_mious"])]
+    beats = statistics.mean(gains) > max(report["probe"]["min_gain"], statistics.stdev(gains) / FOLDS ** 0.5)
+    assert report["selected"]["miou"] == (best_cell if beats else scored["50,250/5,8"])["miou"]
+    assert load_config(str(budget_out / "selected.json"))["selection"]["complete"] is False
+    assert (budget_out / "selection_heatmap.png").exists()
 
 
 def test_scores_of_other_settings_are_not_reused(selection, tiny64_checkpoint, tmp_path, capsys):
@@ -203,13 +226,88 @@ def test_bad_inputs_get_one_error_line_and_leave_nothing(tmp_path, tiny64_checkp
     assert not out.exists()
 
 
-def test_the_configs_own_steps_and_blocks_are_scored_for_comparison(selection, tiny64_checkpoint, tmp_path, capsys):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "scores.json").write_text((selection["out"] / "scores.json").read_text())  # same settings: reused
-    assert select_features.main(argv(selection["tmp"], tiny64_checkpoint, out, "--set", "steps=[250, 50]",
-                                     "--set", "blocks=[8, 5]")) == 0
-    report = json.loads((out / "selection.json").read_text())
-    scores = json.loads((out / "scores.json").read_text())["scores"]
-    assert report["config_protocol"] == scores["50,250/5,8"]  # every cell of the grid: the whole store
-    assert "the config's own steps [50, 250] x blocks [5, 8]: CV mIoU" in capsys.readouterr().out
+def test_the_configs_own_steps_and_blocks_join_the_grid(tiny64_checkpoint, tmp_path):
+    """A config whose steps x blocks lie outside the requested grid: they are added to it, so the
+    selection can fall back on them (nothing is extracted here: the grid is fixed at construction)."""
+    data = require(CELEBAMASK64) / "real"
+    cfg = load_config("experiments/celebamask64/ddpm.json", {
+        "training_path": str(data / "train"), "model_path": str(tiny64_checkpoint), "training_number": 4,
+        "steps": [150], "blocks": [5, 9], "device": "cpu"})
+    from ddpmseg.common.model_flags import resolve_model_flags
+    logged = []
+    sel = feature_selection.Selection(cfg, resolve_model_flags(cfg), torch.device("cpu"), str(tmp_path), [50, 250],
+                                      [5, 8], feature_selection.ProbeSettings(folds=2), log=logged.append)
+    assert (sel.steps, sel.blocks, sel.own) == ([50, 150, 250], [5, 8, 9], ([150], [5, 9]))
+    assert any("the config's own steps [150] x blocks [5, 9]" in m for m in logged)
+
+
+def score(*fold_mious: float, steps=(50,), blocks=(5,)) -> feature_selection.Score:
+    folds = torch.tensor(fold_mious, dtype=torch.float64)
+    return feature_selection.Score(list(steps), list(blocks), float(folds.mean()), float(folds.std()),
+                                   list(fold_mious))
+
+
+def test_a_candidate_must_beat_min_gain_and_its_paired_standard_error():
+    current = score(0.30, 0.40, 0.50, 0.60)  # folds differ by 10 points: the fold spread
+    # +2 points on every fold: paired standard error 0, so the mean gain decides.
+    assert feature_selection.improves(score(0.32, 0.42, 0.52, 0.62), current, min_gain=0.002)
+    assert not feature_selection.improves(score(0.32, 0.42, 0.52, 0.62), current, min_gain=0.03)  # 2 < 3 points
+    # Mean gain +1 point but gains +5, -3, +4, -2: standard error sqrt(var/4) = 2.04 points > 1.
+    noisy = score(0.35, 0.37, 0.54, 0.58)
+    assert feature_selection.paired_gain(noisy, current) == pytest.approx(
+        (0.01, statistics.stdev([0.05, -0.03, 0.04, -0.02]) / 2), abs=1e-12)
+    assert not feature_selection.improves(noisy, current, min_gain=0.002)
+    # The same mean gain, consistent across folds (+0.5 to +1.5 points): taken.
+    assert feature_selection.improves(score(0.305, 0.415, 0.51, 0.61), current, min_gain=0.002)
+
+
+def test_the_search_result_falls_back_on_the_configs_own_choice_unless_beaten():
+    own = score(0.30, 0.40, 0.50, 0.60, steps=(50, 150, 250), blocks=(4, 5, 6))
+    noisy_end = score(0.35, 0.37, 0.54, 0.58, steps=(10,), blocks=(4,))  # higher mean, not beyond its error
+    result = feature_selection.SearchResult(own, [noisy_end], [noisy_end], "stopped", True, min_gain=0.002)
+    assert result.chosen is own and result.fallback
+    better_end = score(0.33, 0.43, 0.53, 0.63, steps=(10,), blocks=(4,))
+    result = feature_selection.SearchResult(own, [better_end], [better_end], "stopped", True, min_gain=0.002)
+    assert result.chosen is better_end and not result.fallback
+    # The search ending on the config's own choice is no fallback; nothing scored chooses nothing.
+    assert not feature_selection.SearchResult(own, [own], [own], "stopped", True, 0.002).fallback
+    assert feature_selection.SearchResult(None, [], [], "budget", False, 0.002).chosen is None
+
+
+def test_repeated_splits_are_independent_and_split_zero_is_cross_fittings():
+    from ddpmseg.classifier.crossfit import fold_assignment
+    splits = [fold_assignment(12, 4, seed=0, split=r) for r in range(3)]
+    assert torch.equal(splits[0], fold_assignment(12, 4, seed=0))
+    assert not torch.equal(splits[0], splits[1]) and not torch.equal(splits[1], splits[2])
+    for fold in splits:  # each split is balanced: 3 images per fold
+        assert torch.bincount(fold).tolist() == [3, 3, 3, 3]
+
+
+def test_repeats_score_every_fold_of_every_split(tiny64_checkpoint, tmp_path, monkeypatch):
+    """repeats=2: a candidate's fold scores are split 0's folds, then split 1's, each probe trained on the
+    images outside its own split's held-out fold and seeded by its running fold index."""
+    data = require(CELEBAMASK64) / "real"
+    cfg = load_config("experiments/celebamask64/ddpm.json", {
+        "training_path": str(data / "train"), "model_path": str(tiny64_checkpoint), "training_number": 4,
+        "steps": [50], "blocks": [5], "device": "cpu"})
+    from ddpmseg.classifier.crossfit import fold_assignment
+    from ddpmseg.common.model_flags import resolve_model_flags
+    probe = feature_selection.ProbeSettings(folds=2, repeats=2, members=1, iterations=5)
+    sel = feature_selection.Selection(cfg, resolve_model_flags(cfg), torch.device("cpu"), str(tmp_path), [50], [5],
+                                      probe, log=lambda m: None)
+    sel.extract()
+    calls = []
+    real = feature_selection.train_ensemble
+
+    def spy(store, pixels, settings, *args, **kwargs):
+        h, w = pixels.hw
+        calls.append((settings.seed, set((pixels.index // (h * w)).tolist())))
+        return real(store, pixels, settings, *args, **kwargs)
+
+    monkeypatch.setattr(feature_selection, "train_ensemble", spy)
+    result = sel.score([50], [5])
+    assert len(result.fold_mious) == 4
+    for j, (seed, trained_on) in enumerate(calls):
+        split = fold_assignment(4, 2, cfg["seed"], split=j // 2)
+        assert seed == stream_seed("fold_seed", cfg["seed"], j)
+        assert trained_on == set((split != j % 2).nonzero().flatten().tolist())

@@ -43,7 +43,8 @@ def test_selection_reads_training_images_and_each_protocol_trains_its_own(study)
     for unet in UNETS:
         report = json.loads((tmp / "sel" / unet / "selection" / "selection.json").read_text())
         assert report["training_images"] == train[:ss.QUICK_SETS["training_number"]]  # never a test image
-        assert report["grid"] == {"steps": [50, 250], "blocks": [5, 6]}
+        # The quick grid, plus the config's own steps x blocks (the fallback).
+        assert report["grid"] == {"steps": [50, 150, 250], "blocks": [4, 5, 6, 7, 8]}
         selected = json.loads((tmp / "sel" / unet / "selection" / "selected.json").read_text())
         for seed in SEEDS:
             hand, _ = run_config(tmp, unet, "hand", seed)
@@ -72,7 +73,7 @@ def test_table_numbers_are_the_runs_mean_and_std(study):
                             f"{statistics.mean(chosen):.2f} ± {statistics.stdev(chosen):.2f}",
                             f"{statistics.mean(diff):+.2f} ± {statistics.stdev(diff):.2f}"]
         report = json.loads((tmp / "sel" / unet / "selection" / "selection.json").read_text())["selected"]
-        assert row[4] == f"{report['steps']} × {report['blocks']}"
+        assert row[4].startswith(f"{report['steps']} × {report['blocks']}")
         assert row[5].startswith(f"{100 * report['miou']:.2f} ± {100 * report['miou_std']:.2f}")
         assert row[6] == "2 |"
 

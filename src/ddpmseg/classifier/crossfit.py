@@ -21,13 +21,15 @@ from .train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, 
 
 
 
-def fold_assignment(num_images: int, folds: int, seed: int, windows_per_image: list[int] | None = None
-                    ) -> torch.Tensor:
+def fold_assignment(num_images: int, folds: int, seed: int, windows_per_image: list[int] | None = None,
+                    split: int = 0) -> torch.Tensor:
     """The fold of each training image [num_images]: a seeded shuffle dealt round-robin, so folds
     differ in size by at most one and do not follow the file order. Given ``windows_per_image``
     (ddpmseg.data.windows), the fold of each window instead [sum(windows_per_image)]: an image's
-    windows overlap, so they share its fold."""
-    order = torch.randperm(num_images, generator=stream_generator("fold_order", seed))
+    windows overlap, so they share its fold. ``split`` s >= 1 draws another, independent assignment
+    (repeated cross-validation); split 0 is the one cross-fitting uses."""
+    generator = stream_generator("fold_order", seed) if split == 0 else stream_generator("fold_split", seed, split)
+    order = torch.randperm(num_images, generator=generator)
     fold = torch.empty(num_images, dtype=torch.long)
     fold[order] = torch.arange(num_images) % folds
     return fold if windows_per_image is None else fold.repeat_interleave(torch.tensor(windows_per_image))

@@ -5,14 +5,18 @@ training images only, into the native-resolution float16 FeatureStore. A cell, o
 ``steps x blocks`` (what a config can express), is scored by k-fold cross-validated mIoU of a
 cheap probe: a small ensemble (few members, a fixed number of iterations) trained by
 ``train_ensemble`` on the other folds' pixels and voting on the held-out fold's images as evaluation
-does. Every single cell is scored (the heatmap); then a greedy forward search starts from the best
-cell and adds, one at a time, the step or block that raises the score most, until no addition
-gains more than ``min_gain``. The test set is never opened. Scores are saved after each probe, so an
-interrupted or budget-limited search continues where it stopped.
+does. The input config's own steps x blocks are scored first (the grid always holds them); then every
+single cell (the heatmap); then a greedy forward search starts from the best cell and adds, one at a
+time, the step or block that raises the score most, while that addition ``improves`` on the current
+choice. The search's result replaces the config's own protocol only if it ``improves`` on it too, so
+the selection never returns less than it was given, by the same folds. The test set is never opened.
+Scores are saved after each probe, so an interrupted or budget-limited search continues where it
+stopped.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -43,6 +47,10 @@ EXCLUDED = -1  # training-label marker of pixels no probe trains on (the interpr
 class ProbeSettings:
     """How one candidate is scored; defaults are the cheap probe's."""
     folds: int = 4  # k of the k-fold split of the training images
+    # Independent k-fold splits, each a full round of probes: the paired gain is then judged on
+    # repeats x folds scores. 1 keeps the cost of one split; 2 or more make the pick move less
+    # between runs, at that many times the probe cost.
+    repeats: int = 1
     members: int = 2  # a small ensemble: two members already vote, at a fifth of the full cost
     iterations: int = 600  # fixed budget per member (no early stopping), the same for every candidate
     min_gain: float = 0.002  # a greedy step must raise CV mIoU by more than this (0.2 points) to be taken
@@ -55,7 +63,27 @@ class Score:
     blocks: list[int]
     miou: float  # mean over folds
     miou_std: float  # sample standard deviation over folds: the fold spread
-    fold_mious: list[float]  # one per fold, fold order
+    fold_mious: list[float]  # one per fold, split-major (split 0's folds first), fold order
+
+
+def paired_gain(candidate: Score, current: Score) -> tuple[float, float]:
+    """(mean, standard error) of the candidate's per-fold gain over the current choice, fold by fold."""
+    gains = torch.tensor(candidate.fold_mious, dtype=torch.float64) - torch.tensor(current.fold_mious,
+                                                                                   dtype=torch.float64)
+    return float(gains.mean()), float(gains.std() / math.sqrt(len(gains)))
+
+
+def improves(candidate: Score, current: Score, min_gain: float) -> bool:
+    """Whether the candidate should replace the current choice: its mean paired gain exceeds both
+    ``min_gain`` and its own standard error.
+
+    Paired, because two candidates scored on the same folds share each fold's difficulty: the folds of
+    one candidate spread by 3-4 mIoU points on celebamask64, far more than the differences searched for,
+    and most of that spread cancels in the per-fold difference. The standard error, because a mean
+    gain below it is what fold noise alone gives about one time in three (t < 1): the search then
+    stops instead of following noise. ``min_gain`` still rules out gains too small to matter."""
+    mean, standard_error = paired_gain(candidate, current)
+    return mean > min_gain and mean > standard_error
 
 
 def candidate_key(steps, blocks) -> str:
@@ -99,8 +127,16 @@ class Selection:
         kind = backbone_class(cfg["model_type"])
         self.steps, self.blocks = kind.candidate_grid(cfg, flags, steps, blocks)  # ConfigError: nothing to pick
         check_distinct(self.steps, self.blocks, kind.uses_timesteps)
+        # The config's own steps x blocks join the grid, so the selection can always fall back on them.
+        self.own = (sorted(cfg["steps"]) if kind.uses_timesteps else [], sorted(cfg["blocks"]))
+        if not (set(self.own[0]) <= set(self.steps) and set(self.own[1]) <= set(self.blocks)):
+            self.steps, self.blocks = kind.candidate_grid(cfg, flags, sorted(set(self.steps) | set(self.own[0])),
+                                                          sorted(set(self.blocks) | set(self.own[1])))
+            log(f"the grid also holds the config's own steps {self.own[0]} x blocks {self.own[1]}, the fallback")
         if probe.folds < 2:
             raise ConfigError(f"--folds must be >= 2 (one fold is held out, the others train), got {probe.folds}")
+        if probe.repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1 (the number of k-fold splits), got {probe.repeats}")
         self.cfg, self.device, self.out_dir, self.probe, self.log = cfg, device, out_dir, probe, log
         self.ensemble_settings = EnsembleSettings.from_config(cfg)
         self.deadline = time.time() + 60 * budget_minutes if budget_minutes is not None else None
@@ -113,9 +149,10 @@ class Selection:
             raise ConfigError(f"--folds {probe.folds} is more than the {n} training images; use at most {n}")
         # One backbone for the whole grid: its layers are every cell, step-major as a run extracts them.
         self.backbone = kind.from_config({**cfg, "steps": self.steps, "blocks": self.blocks}, flags, self.device, log)
-        self.image_fold = fold_assignment(n, probe.folds, cfg["seed"])
+        self.image_folds = [fold_assignment(n, probe.folds, cfg["seed"], split=r) for r in range(probe.repeats)]
         # The fold of each store unit (a training window): its image's, so overlapping windows stay together.
-        self.fold = fold_assignment(n, probe.folds, cfg["seed"], self.train_set.windows_per_image())
+        self.folds = [fold_assignment(n, probe.folds, cfg["seed"], self.train_set.windows_per_image(), split=r)
+                      for r in range(probe.repeats)]
         self.settings = {"config": {k: v for k, v in cfg.items() if k not in (
             "exp_dir", "testing_path", "testing_masks_path", "testing_number", "device", "steps", "blocks", "dim",
             "model_num")}, "model_flags": flags, "grid": {"steps": self.steps, "blocks": self.blocks},
@@ -189,17 +226,19 @@ class Selection:
         c, p = self.cfg, self.probe
         sub = LayerSubset(self.store, self.layers_of(steps, blocks))
         fold_mious = []
-        for f in range(p.folds):
-            # The fold's seed as in crossfit: every candidate trains from the same streams in fold f.
-            probe_settings = replace(self.ensemble_settings, seed=stream_seed("fold_seed", c["seed"], f),
+        for j in range(p.repeats * p.folds):
+            fold, f = self.folds[j // p.folds], j % p.folds
+            # Fold j's seed as in crossfit (j = f in split 0): every candidate trains from the same streams
+            # in fold j, so candidates differ by their features only.
+            probe_settings = replace(self.ensemble_settings, seed=stream_seed("fold_seed", c["seed"], j),
                                      early_stop_patience=p.iterations)
             with tempfile.TemporaryDirectory(dir=self.out_dir) as tmp:
-                train_ensemble(sub, pixels_outside_fold(self.pixels, self.fold, f), probe_settings, tmp,
+                train_ensemble(sub, pixels_outside_fold(self.pixels, fold, f), probe_settings, tmp,
                                list(range(p.members)), device=str(self.device), log=lambda msg: None,
                                max_steps=p.iterations, progress=False)
                 ens = load_ensemble(tmp, p.members, sub.dim, c["number_class"], str(self.device))
             iou = IoUAccumulator(c["number_class"], c["ignore_label"])
-            for i in self.fold.eq(f).nonzero().flatten().tolist():
+            for i in fold.eq(f).nonzero().flatten().tolist():
                 votes = Votes.of(ensemble_logits(ens, sub.native(i), sub.out_hw))
                 iou.update(votes.mask(c["voting"]).reshape(sub.out_hw).cpu(), self.labels[i])
             fold_mious.append(iou.result()["miou"])
@@ -209,11 +248,12 @@ class Selection:
         self._save_scores()
         return result
 
-    def search(self) -> tuple[list[Score], list[Score], str]:
-        """(single-cell scores, the greedy path from the best cell, why the search stopped)."""
+    def search(self) -> "SearchResult":
+        """The config's own steps x blocks, every single cell, then the greedy path from the best cell."""
+        own, singles, path = None, [], []
         cells = [(t, b) for t in self.step_rows() for b in self.blocks]
-        singles, path = [], []
         try:
+            own = self.score(*self.own)
             for t, b in tqdm(cells, desc="single cells", unit="cell", dynamic_ncols=True):
                 singles.append(self.score([] if t is None else [t], [b]))
             current = max(singles, key=lambda s: s.miou)
@@ -223,56 +263,75 @@ class Selection:
                 moves = [(current.steps + [t], current.blocks) for t in self.steps if t not in current.steps]
                 moves += [(current.steps, current.blocks + [b]) for b in self.blocks if b not in current.blocks]
                 if not moves:
-                    return singles, path, "every step and block of the grid is in the selection"
+                    return SearchResult(own, singles, path, "every step and block of the grid is in the selection",
+                                        complete=True, min_gain=self.probe.min_gain)
                 round_no += 1
                 tried = [self.score(s, b) for s, b in tqdm(moves, desc=f"greedy round {round_no}", unit="candidate",
                                                           dynamic_ncols=True)]
                 best = max(tried, key=lambda s: s.miou)
-                if best.miou - current.miou <= self.probe.min_gain:
-                    return singles, path, (f"no added step or block raised CV mIoU by more than "
-                                           f"{100 * self.probe.min_gain:.2f} points")
+                if not improves(best, current, self.probe.min_gain):
+                    return SearchResult(own, singles, path, (
+                        f"no added step or block raised CV mIoU by more than {100 * self.probe.min_gain:.2f} points "
+                        f"and its paired standard error"), complete=True, min_gain=self.probe.min_gain)
                 current = best
                 path.append(current)
         except BudgetSpent:
             if not path and singles:  # stopped among the single cells: the best one scored so far
                 path.append(max(singles, key=lambda s: s.miou))
-            return singles, path, "the time budget (--budget_minutes) ran out"
+            return SearchResult(own, singles, path, "the time budget (--budget_minutes) ran out", complete=False,
+                                min_gain=self.probe.min_gain)
 
-    def config_protocol(self) -> Score | None:
-        """The score of the input config's own steps x blocks, to compare the selection with; None when
-        they are not all in the grid or the budget is spent."""
-        steps, blocks = self.cfg["steps"], self.cfg["blocks"]
-        if not set(steps) <= set(self.steps) or not set(blocks) <= set(self.blocks):
-            return None
-        try:
-            return self.score(steps, blocks)
-        except BudgetSpent:
-            return None
-
-    def write_outputs(self, singles: list[Score], path: list[Score], stopped: str,
-                      seconds: float) -> tuple[dict | None, Score | None]:
+    def write_outputs(self, result: "SearchResult", seconds: float) -> dict | None:
         """selection.json, selection_heatmap.png and selected.json; returns the selected config (None when
-        nothing was scored) and the score of the config's own steps x blocks (``config_protocol``)."""
-        protocol = self.config_protocol()
-        chosen = path[-1] if path else None
-        size = self.cfg["dim"][0]
+        nothing was scored)."""
+        chosen, size = result.chosen, self.cfg["dim"][0]
         selected = None
         if chosen is not None:
             dim = sum(self.store.layer_shapes[i][0] for i in self.layers_of(chosen.steps, chosen.blocks))
-            selected = {**self.cfg, "steps": chosen.steps, "blocks": chosen.blocks, "dim": [size, size, dim]}
-        cells = {((s.steps or [None])[0], s.blocks[0]): s.miou for s in singles}
+            selected = {**self.cfg, "steps": chosen.steps, "blocks": chosen.blocks, "dim": [size, size, dim],
+                        "selection": {"complete": result.complete, "fallback": result.fallback,
+                                      "report": os.path.abspath(os.path.join(self.out_dir, "selection.json"))}}
+        cells = {((s.steps or [None])[0], s.blocks[0]): s.miou for s in result.singles}
         marked = {(t, b) for t in chosen.steps or [None] for b in chosen.blocks} if chosen else set()
         write_png_atomic(os.path.join(self.out_dir, "selection_heatmap.png"),
                          heatmap(cells, self.step_rows(), self.blocks, marked))
+        end = result.path[-1] if result.path else None
+        gain = paired_gain(end, result.own) if end is not None and result.own is not None else None
         write_json_atomic(os.path.join(self.out_dir, "selection.json"), {
             "grid": {"steps": self.steps, "blocks": self.blocks},
             "training_images": [os.path.basename(p) for p in self.train_set.image_paths],
-            "fold_of_image": self.image_fold.tolist(), "probe": asdict(self.probe),
+            "fold_of_image": self.image_folds[0].tolist(), "fold_splits": [f.tolist() for f in self.image_folds],
+            "probe": asdict(self.probe),
             "selected": None if chosen is None else {**asdict(chosen), "dim": selected["dim"]},
-            "stopped": stopped, "seconds": seconds,
-            "config_protocol": None if protocol is None else asdict(protocol),
-            "cells": [asdict(s) for s in singles], "greedy_path": [asdict(s) for s in path],
+            "complete": result.complete, "fallback": result.fallback, "stopped": result.stopped,
+            "seconds": seconds, "config_protocol": None if result.own is None else asdict(result.own),
+            "search_gain_over_config": None if gain is None else {"mean": gain[0], "standard_error": gain[1]},
+            "cells": [asdict(s) for s in result.singles], "greedy_path": [asdict(s) for s in result.path],
             "all_scores": [asdict(s) for s in self.scores.values()]})
         if selected is not None:
             save_config(selected, os.path.join(self.out_dir, "selected.json"))
-        return selected, protocol
+        return selected
+
+
+@dataclass
+class SearchResult:
+    """What ``Selection.search`` scored, and which steps x blocks it chooses."""
+    own: Score | None  # the config's own steps x blocks; None when the budget ran out before its probes
+    singles: list[Score]  # every single cell scored, grid order
+    path: list[Score]  # the greedy path from the best single cell
+    stopped: str  # why the search stopped
+    complete: bool  # False when the budget stopped it: a rerun continues it
+    min_gain: float
+
+    @property
+    def chosen(self) -> Score | None:
+        """The search's end if it ``improves`` on the config's own protocol, else that protocol."""
+        if self.own is None or (self.path and improves(self.path[-1], self.own, self.min_gain)):
+            return self.path[-1] if self.path else None
+        return self.own
+
+    @property
+    def fallback(self) -> bool:
+        """Whether the config's own protocol was kept over a different search result."""
+        return bool(self.path) and self.own is not None and self.chosen is self.own and \
+            candidate_key(self.path[-1].steps, self.path[-1].blocks) != candidate_key(self.own.steps, self.own.blocks)

@@ -310,6 +310,10 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
         refuse_changed_config(exp_dir, resolved)
         save_config(resolved, os.path.join(exp_dir, "config.json"))
         log.attach(os.path.join(exp_dir, "log.txt"))
+        selection = cfg["selection"] or {}
+        if selection.get("complete") is False:
+            log(f"warning: steps {cfg['steps']} x blocks {cfg['blocks']} come from an unfinished `ddpmseg select` "
+                f"search (its --budget_minutes ran out; {selection.get('report')}); rerun that command to finish it")
         members = run.train(exp_dir)
         result = run.evaluate(exp_dir, exp_dir)
         extra = {"training_labels": run.training_labels} if run.training_labels is not None else {}

@@ -38,21 +38,27 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def report(selected: dict | None, path: list, protocol, stopped: str, folds: int, out: str) -> None:
-    """What the search found, and the command that trains it."""
-    print(f"search stopped: {stopped}")
+def report(result, selected: dict | None, probe, out: str) -> None:
+    """What the search found, the config's own score beside it, and the command that trains the choice."""
+    print(f"search stopped: {result.stopped}")
     if selected is None:
         print(f"nothing was scored; rerun the same command with a larger --budget_minutes (outputs in {out})")
         return
-    best = path[-1]
-    print(f"selected steps {best.steps} x blocks {best.blocks} (dim {selected['dim'][2]}): CV mIoU "
-          f"{100 * best.miou:.2f} ± {100 * best.miou_std:.2f} over {folds} folds; outputs in {out}")
-    if protocol is not None:
-        print(f"the config's own steps {protocol.steps} x blocks {protocol.blocks}: CV mIoU "
-              f"{100 * protocol.miou:.2f} ± {100 * protocol.miou_std:.2f}")
-    if "budget" in stopped:
-        print("the budget stopped the search early: rerun the same command to continue (scores are kept)")
-    print(f"train it: ddpmseg train --exp {os.path.join(out, 'selected.json')}")
+    folds = probe.folds * probe.repeats
+    scores = [("the config's own", result.own)] + ([("the search's", result.path[-1])] if result.path else [])
+    for what, s in scores:
+        print(f"{what} steps {s.steps} x blocks {s.blocks}: CV mIoU {100 * s.miou:.2f} ± {100 * s.miou_std:.2f} "
+              f"over {folds} folds")
+    chosen = result.chosen
+    verdict = ("kept: the search's result does not beat it by more than --min_gain and its paired standard error"
+               if result.fallback else "the search's result")
+    print(f"selected steps {chosen.steps} x blocks {chosen.blocks} (dim {selected['dim'][2]}), {verdict}; "
+          f"outputs in {out}")
+    if not result.complete:
+        print("the search is unfinished: the budget stopped it; rerun the same command (with a larger "
+              "--budget_minutes) to continue it, the scores so far are kept")
+    print(f"train it{'' if result.complete else ' (unfinished search)'}: "
+          f"ddpmseg train --exp {os.path.join(out, 'selected.json')}")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -69,8 +75,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         probe, args.budget_minutes)
         os.makedirs(out, exist_ok=True)  # only now: a bad input leaves nothing behind
         sel.extract()
-        singles, path, stopped = sel.search()
-        selected, protocol = sel.write_outputs(singles, path, stopped, time.time() - t0)
-        report(selected, path, protocol, stopped, probe.folds, out)
+        result = sel.search()
+        selected = sel.write_outputs(result, time.time() - t0)
+        report(result, selected, probe, out)
 
     return run_cli(job)

@@ -159,6 +159,10 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # Mask-prior refinement after the ensemble (ddpmseg.classifier.refine, after DDPS): {} = none, as published;
     # {"method": "ddps"} plus any RefineSettings field to change (the run's seed seeds it).
     "refine": ((dict,), {}),
+    # Written by ddpmseg select into its selected.json, read by no computation: {"complete": false} when the
+    # time budget stopped the search (training then says so), "fallback" when the config's own steps x blocks
+    # were kept, "report" the selection.json. null for a config written by hand.
+    "selection": ((dict, type(None)), None),
     # --- DatasetDDPM's DeepLab stage (train_deeplab.py); every default is the published run ---
     # DeepLab input side; null = the config's dim H (datasetDDPM.json used 256, its dim).
     "deeplab_res": ((int, type(None)), None),

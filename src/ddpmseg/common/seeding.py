@@ -36,6 +36,8 @@ STREAMS: dict[str, Stream] = {
     # pixel classifier (ddpmseg train, evaluate, segment, select, suggest)
     "etf_frame": Stream(1_000_003, (), "the simplex ETF's orthonormal basis"),  # its id since the start
     "fold_order": Stream(1_000_100, (), "which training image falls in which cross-fitting fold"),
+    "fold_split": Stream(1_000_102, ("split",), "the fold of each training image in repeated split s >= 1 "
+                                                "(ddpmseg select --repeats; split 0 is fold_order)"),
     "fold_seed": Stream(1_000_101, ("fold",), "the root seed of fold f's ensemble (its members' streams)"),
     "augment_copy": Stream(1_000_110, ("image", "copy"), "augmented copy k of training image i"),
     "test_view": Stream(1_000_111, ("image", "view"), "test-time view j of test image i"),
