@@ -55,7 +55,8 @@ def ddpm_runs(seed: int, steps: int = 60, batch: int = 16, ranks: int = 2) -> di
         + [stream_key("ddpm_dropout", seed, s, r) for s in range(steps) for r in range(ranks)],
         "sampling": [stream_key("sample_batch", seed, b) for b in range(steps)],
         "deeplab": [stream_key("deeplab_head", seed)]
-        + [stream_key(n, seed, e) for n in ("deeplab_shuffle", "deeplab_dropout") for e in range(steps)],
+        + [stream_key(n, seed, e) for n in ("deeplab_shuffle", "deeplab_dropout") for e in range(steps)]
+        + [stream_key("deeplab_rank_dropout", seed, e, r) for e in range(steps) for r in range(ranks)],
         "procedural": [stream_key("procedural_image", seed, s, i) for s in range(3) for i in range(steps)],
         "latent noise": [stream_key("latent_noise", seed)],
     }

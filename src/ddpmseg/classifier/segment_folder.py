@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from typing import Callable
 
@@ -18,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..common.atomic import atomic_write, write_text_atomic
+from ..common.distributed import World, all_gather_objects, barrier
 from ..data.folders import IMAGE_EXTENSIONS, list_image_files, load_rgb
 from ..common.errors import DataError
 from ..common.gallery import write_gallery
@@ -83,39 +85,59 @@ def write_mask_png(path: str, mask: np.ndarray, num_classes: int) -> None:
     atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
-def segment_images(segmenter: Segmenter, sources: list[str], out_dir: str,
+def _segment_one(segmenter: Segmenter, stem: str, path: str, out_dir: str, columns: list[str],
+                 warn: Callable[[str], None]) -> dict | None:
+    """Write ``stem``'s three PNGs; returns its CSV row, or None when the file cannot be read."""
+    try:
+        image = load_rgb(path)
+    except Exception as e:  # PIL raises many types for unreadable files
+        warn(f"warning: {path}: cannot be read as an image ({type(e).__name__}: {e}); skipped")
+        return None
+    names, k = segmenter.class_names, len(segmenter.class_names)
+    seg = segmenter.predict(image, probabilities=False)
+    base = os.path.join(out_dir, stem)
+    write_mask_png(base + ".png", seg.mask, k)
+    coloured = colorize_mask(seg.mask, segmenter.palette).astype(np.float64)
+    overlay = (1 - OVERLAY_ALPHA) * np.asarray(image, dtype=np.float64) + OVERLAY_ALPHA * coloured
+    write_png_atomic(base + "_overlay.png", np.rint(overlay).astype(np.uint8))
+    write_png_atomic(base + "_uncertainty.png", uncertainty_image(seg.uncertainty))
+    fractions = np.bincount(seg.mask.ravel(), minlength=k) / seg.mask.size
+    return {"stem": stem, "file": path, "width": image.width, "height": image.height,
+            "uncertainty": f"{seg.score:.6f}", **{f"fraction_{n}": f"{v:.6f}" for n, v in zip(names, fractions)}}
+
+
+def segment_images(segmenter: Segmenter, sources: list[str], out_dir: str, world: World,
                    warn: Callable[[str], None] = tqdm.write) -> dict[str, int]:
     """Segment every image of ``sources`` into ``out_dir``; returns counts of segmented, skipped
-    (finished before) and unreadable images. Raises DataError when nothing could be segmented."""
+    (finished before) and unreadable images. Raises DataError when nothing could be segmented.
+
+    Under torchrun each rank reads and segments its share of the unfinished images (``World.shard``)
+    and writes their PNGs; they go in rounds of one image per rank, after each of which rank 0
+    gathers the rows and rewrites the CSV: an image is finished once its row is there, as in one process.
+    """
     inputs = list_inputs(sources, out_dir)
-    names, k = segmenter.class_names, len(segmenter.class_names)
-    columns = ["stem", "file", "width", "height", "uncertainty"] + [f"fraction_{n}" for n in names]
+    columns = ["stem", "file", "width", "height", "uncertainty"] + [f"fraction_{n}" for n in segmenter.class_names]
     csv_path = os.path.join(out_dir, CSV_NAME)
     rows = _read_rows(csv_path, columns)
-    todo = {s: p for s, p in inputs.items() if s not in rows}
+    barrier()  # every rank knows what is finished before rank 0 rewrites the CSV
+    todo = [(s, p) for s, p in inputs.items() if s not in rows]
+    mine = world.shard(todo)
     counts = {"segmented": 0, "skipped": len(inputs) - len(todo), "unreadable": 0}
-    for stem, path in tqdm(todo.items(), desc="segmenting", unit="img", dynamic_ncols=True):
-        try:
-            image = load_rgb(path)
-        except Exception as e:  # PIL raises many types for unreadable files
-            warn(f"warning: {path}: cannot be read as an image ({type(e).__name__}: {e}); skipped")
-            counts["unreadable"] += 1
-            continue
-        seg = segmenter.predict(image, probabilities=False)
-        base = os.path.join(out_dir, stem)
-        write_mask_png(base + ".png", seg.mask, k)
-        coloured = colorize_mask(seg.mask, segmenter.palette).astype(np.float64)
-        overlay = (1 - OVERLAY_ALPHA) * np.asarray(image, dtype=np.float64) + OVERLAY_ALPHA * coloured
-        write_png_atomic(base + "_overlay.png", np.rint(overlay).astype(np.uint8))
-        write_png_atomic(base + "_uncertainty.png", uncertainty_image(seg.uncertainty))
-        fractions = np.bincount(seg.mask.ravel(), minlength=k) / seg.mask.size
-        rows[stem] = {"stem": stem, "file": path, "width": image.width, "height": image.height,
-                      "uncertainty": f"{seg.score:.6f}",
-                      **{f"fraction_{n}": f"{v:.6f}" for n, v in zip(names, fractions)}}
-        _write_rows(csv_path, rows, columns)  # last: the row marks the image finished
-        counts["segmented"] += 1
+    bar = tqdm(total=len(todo), desc="segmenting", unit="img", dynamic_ncols=True, disable=not world.is_main)
+    for i in range(math.ceil(len(todo) / world.size)):  # every rank joins every round, with an image or not
+        row = _segment_one(segmenter, *mine[i], out_dir, columns, warn) if i < len(mine) else None
+        done = [r for r in all_gather_objects((i < len(mine), row)) if r[0]]
+        new = {r["stem"]: r for _, r in done if r is not None}
+        counts["segmented"] += len(new)
+        counts["unreadable"] += len(done) - len(new)
+        bar.update(len(done))
+        rows.update(new)
+        if new and world.is_main:
+            _write_rows(csv_path, rows, columns)  # last: the rows mark the images finished
+    bar.close()
     if not counts["segmented"] and not counts["skipped"]:
         raise DataError(f"none of the {len(inputs)} images could be read; nothing was segmented")
-    if counts["segmented"] or not os.path.isfile(os.path.join(out_dir, REPORT_FILE)):  # a rerun that adds nothing
-        write_gallery(out_dir)                                                          # rewrites nothing
+    # A rerun that adds nothing rewrites nothing.
+    if world.is_main and (counts["segmented"] or not os.path.isfile(os.path.join(out_dir, REPORT_FILE))):
+        write_gallery(out_dir)
     return counts

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..common.atomic import write_text_atomic
+from ..common.distributed import World, all_gather_objects, gather_to_main
 from ..data.folders import load_rgb
 from ..common.errors import DataError
 from .predict import image_uncertainty
@@ -91,12 +92,13 @@ def _tile(rgb: np.ndarray, resample: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, resample))
 
 
-def score_pool(segmenter: Segmenter, inputs: dict[str, str],
-               warn: Callable[[str], None] = tqdm.write) -> list[PoolImage]:
-    """Segment every pool image and score it; unreadable files are warned about and left out."""
+def score_pool(segmenter: Segmenter, inputs: dict[str, str], warn: Callable[[str], None] = tqdm.write,
+               quiet: bool = False) -> list[PoolImage]:
+    """Segment every pool image and score it; unreadable files are warned about and left out.
+    ``quiet``: no progress bar (a torchrun rank other than the first)."""
     top = segmenter.cfg["uncertainty_top_fraction"]
     scored = []
-    for stem, path in tqdm(inputs.items(), desc="scoring pool", unit="img", dynamic_ncols=True):
+    for stem, path in tqdm(inputs.items(), desc="scoring pool", unit="img", dynamic_ncols=True, disable=quiet):
         try:
             image = load_rgb(path)
         except Exception as e:  # PIL raises many types for unreadable files
@@ -140,14 +142,19 @@ def _classes_shown(coloured: list[np.ndarray], palette) -> list[int]:
     return [k for k, c in enumerate(palette) if tuple(c) in colours]
 
 
-def suggest(segmenter: Segmenter, inputs: dict[str, str], k: int, strategy: str, out_dir: str, seed: int = 0,
-            warn: Callable[[str], None] = tqdm.write) -> list[PoolImage]:
+def suggest(segmenter: Segmenter, inputs: dict[str, str], k: int, strategy: str, out_dir: str, world: World,
+            seed: int = 0, warn: Callable[[str], None] = tqdm.write) -> list[PoolImage]:
     """Rank the pool ``inputs`` (``check_pool``) and write the top ``k`` to ``out_dir``: suggestions.csv and
-    the contact sheet."""
-    scored = score_pool(segmenter, inputs, warn)
-    if len(scored) < k:
-        raise DataError(f"only {len(scored)} of the {len(inputs)} pool images could be read, fewer than --k {k}")
-    chosen = rank(scored, strategy, seed)[:k]
+    the contact sheet. Under torchrun each rank reads and scores its share of the pool (``World.shard``),
+    and rank 0 ranks them all and writes the files; the other ranks return []."""
+    mine = score_pool(segmenter, dict(world.shard(list(inputs.items()))), warn, quiet=not world.is_main)
+    readable = sum(all_gather_objects(len(mine)))  # every rank raises, or none
+    if readable < k:
+        raise DataError(f"only {readable} of the {len(inputs)} pool images could be read, fewer than --k {k}")
+    parts = gather_to_main(mine)
+    if parts is None:
+        return []
+    chosen = rank([im for part in parts for im in part], strategy, seed)[:k]  # rank() orders by stem first
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["rank", "stem", "file", "uncertainty", "disagreement"])

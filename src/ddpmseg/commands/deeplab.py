@@ -3,7 +3,9 @@ batch size are --deeplab_lr and --deeplab_batch_size: the config's learning_rate
 the pixel MLPs', which this command does not use, so --set may not set them. A rerun continues from
 the last finished epoch; once every epoch exists it only evaluates. The epoch with the best mIoU on
 the real labelled training images is scored on the test set. See ddpmseg.datasetddpm.deeplab for the
-run folder's contents. `train_deeplab.py` (the original's script name) runs this command.
+run folder's contents. `train_deeplab.py` (the original's script name) runs this command. Under
+torchrun the processes train data-parallel, --deeplab_batch_size is the global batch, and with
+--aspp_dropout 0 they compute what one process computes.
 """
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ import dataclasses
 
 from ..common.cli import add_shared_option, config_overrides, run_cli
 from ..common.config import ConfigError, load_config
+from ..common.precision import PRECISIONS
 from ..datasetddpm.deeplab import DeepLabSettings, run_deeplab
 from . import command_parser
 
 EXAMPLE = ("  ddpmseg deeplab --exp experiments/celebamask64/ddpm.json --max_data 50000 \\\n"
-           "      --uncertainty_portion 0.1 --deeplab_lr 1e-3 --set deeplab_backbone=resnet50\n")
+           "      --uncertainty_portion 0.1 --deeplab_lr 1e-3 --set deeplab_backbone=resnet50\n"
+           "  torchrun --nproc_per_node=8 -m ddpmseg deeplab --exp experiments/celebamask64/ddpm.json \\\n"
+           "      --deeplab_batch_size 64 --precision bf16\n")
 DEFAULT = DeepLabSettings()  # every default lives in the dataclass
 # DeepLab settings whose option is named apart from the config key of the same name (the MLPs').
 RENAMED = {"learning_rate": "--deeplab_lr", "batch_size": "--deeplab_batch_size"}
@@ -43,6 +48,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--num_epoch", type=int, default=DEFAULT.num_epoch, help="(default %(default)s)")
     p.add_argument("--workers", type=int, default=DEFAULT.workers,
                    help="DataLoader worker processes; 0 = load in the main process (default %(default)s)")
+    p.add_argument("--aspp_dropout", type=float, default=DEFAULT.aspp_dropout,
+                   help="drop probability of the ASPP head's dropout (default %(default)s, torchvision's)")
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT.precision,
+                   help="fp32; bf16 or fp16 autocast (CUDA only); fp64 (default %(default)s)")
     add_shared_option(p, "--device")
     add_shared_option(p, "--set")
     return p

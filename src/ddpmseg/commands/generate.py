@@ -11,13 +11,11 @@ spread over the processes; write --run_dir there, since torchrun takes --run for
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 from ..common.cli import add_dataclass_args, add_shared_option, dataclass_from_args, run_cli
 from ..common.config import load_config
 from ..common.distributed import init_world
-from ..common.runfiles import experiment_dir
+from ..common.runfiles import experiment_dir, saved_setting
 from ..common.runlog import RunLog
 from ..datasetddpm.labelling import generate_labelled_set
 from ..ddpm.generate import SampleOptions
@@ -32,25 +30,12 @@ DEFAULTS = {"num_samples": 10000, "batch_size": 100}
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = command_parser("generate", __doc__, EXAMPLE, prog)
     where = p.add_mutually_exclusive_group(required=True)
-    add_shared_option(where, "--run", aliases=["--run_dir"])
+    add_shared_option(where, "--run")
     add_shared_option(where, "--exp")
     add_shared_option(p, "--out")
     add_shared_option(p, "--device")
     add_dataclass_args(p, SampleOptions, defaults=DEFAULTS)
     return p
-
-
-def saved_setting(run_dir: str, key: str, given: object, fallback: object) -> object:
-    """``given`` if not None, else the run's saved config value of ``key`` (``fallback`` when the run
-    has no readable config.json; loading the run then says what is wrong with it)."""
-    if given is not None:
-        return given
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return fallback
-    return saved.get(key, fallback) if isinstance(saved, dict) else fallback
 
 
 def generate_dataset(args: argparse.Namespace) -> None:

@@ -2,7 +2,8 @@
 inference keys as in `ddpmseg evaluate`. Per image: <stem>.png (class ids), <stem>_overlay.png,
 <stem>_uncertainty.png; segments.csv has one row per image. --out has no default. Rerunning skips
 finished images; an unreadable file is a warning and the rest go on; exit status 2 only when nothing
-was segmented.
+was segmented. Under torchrun each process segments its share of the images and the first writes
+segments.csv; write --run_dir there, since torchrun takes --run for its own --run_path.
 """
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import argparse
 from ..classifier.segment_folder import segment_images
 from ..classifier.segmenter import Segmenter
 from ..common.cli import add_shared_option, config_overrides, run_cli
+from ..common.distributed import init_world
+from ..common.runfiles import saved_setting
 from . import command_parser
 
-EXAMPLE = "  ddpmseg segment --run RUN --images photos/ --out segmented/ --set voting=soft\n"
+EXAMPLE = ("  ddpmseg segment --run RUN --images photos/ --out segmented/ --set voting=soft\n"
+           "  torchrun --nproc_per_node=8 -m ddpmseg segment --run_dir RUN --images photos/ --out segmented/\n")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -30,9 +34,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
 
     def job() -> None:
-        segmenter = Segmenter.from_run(args.run, config_overrides(args.set, device=args.device))
-        counts = segment_images(segmenter, args.images, args.out)
-        print(f"segmented {counts['segmented']}, already done {counts['skipped']}, unreadable "
-              f"{counts['unreadable']}; outputs in {args.out}")
+        overrides = config_overrides(args.set, device=args.device)
+        world = init_world(saved_setting(args.run, "device", overrides.get("device"), "auto"))
+        segmenter = Segmenter.from_run(args.run, {**overrides, "device": str(world.device)})
+        counts = segment_images(segmenter, args.images, args.out, world)
+        if world.is_main:
+            print(f"segmented {counts['segmented']}, already done {counts['skipped']}, unreadable "
+                  f"{counts['unreadable']}; outputs in {args.out}")
 
     return run_cli(job)

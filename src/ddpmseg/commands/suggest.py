@@ -6,7 +6,8 @@ next image maximises its uncertainty times its feature distance to the nearest o
 the k suggestions are not near-copies of one hard image), "random" a seeded random order (the control).
 Writes to --out (default <run>/suggestions_<strategy>): suggestions.csv (rank, stem, file, uncertainty,
 disagreement) of the top N, and suggestions.png, a contact sheet of image | prediction | uncertainty
-per suggestion.
+per suggestion. Under torchrun each process scores its share of the pool and the first ranks them all
+and writes the files; write --run_dir there, since torchrun takes --run for its own --run_path.
 """
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ import os
 from ..classifier.segmenter import Segmenter
 from ..classifier.suggest import CSV_NAME, DEFAULT_STRATEGY, SHEET_NAME, STRATEGIES, check_pool, suggest
 from ..common.cli import add_shared_option, config_overrides, run_cli
+from ..common.distributed import init_world
+from ..common.runfiles import saved_setting
 from . import command_parser
 
-EXAMPLE = "  ddpmseg suggest --run RUN --pool unlabelled/ --k 4 --strategy uncertainty\n"
+EXAMPLE = ("  ddpmseg suggest --run RUN --pool unlabelled/ --k 4 --strategy uncertainty\n"
+           "  torchrun --nproc_per_node=8 -m ddpmseg suggest --run_dir RUN --pool unlabelled/ --k 4\n")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -41,9 +45,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     def job() -> None:
         out = args.out or os.path.join(args.run, f"suggestions_{args.strategy}")
         inputs = check_pool(args.pool, args.k, out)
-        segmenter = Segmenter.from_run(args.run, config_overrides([], device=args.device))
+        world = init_world(saved_setting(args.run, "device", args.device, "auto"))
+        segmenter = Segmenter.from_run(args.run, config_overrides([], device=str(world.device)))
         seed = segmenter.cfg["seed"] if args.seed is None else args.seed
-        chosen = suggest(segmenter, inputs, args.k, args.strategy, out, seed)
+        chosen = suggest(segmenter, inputs, args.k, args.strategy, out, world, seed)
+        if not world.is_main:
+            return
         print(f"suggested {len(chosen)} of {len(inputs)} pool images by {args.strategy}: "
               f"{', '.join(im.stem for im in chosen[:10])}{' ...' if len(chosen) > 10 else ''}")
         print(f"outputs: {os.path.join(out, CSV_NAME)}, {os.path.join(out, SHEET_NAME)}")

@@ -22,7 +22,8 @@ from .errors import INPUT_ERRORS
 # its --out defaults to in its own description; --device and --seed default to the config's value.
 SHARED_OPTIONS: dict[str, dict[str, Any]] = {
     "--exp": dict(metavar="CONFIG", help="experiment config (JSON), e.g. experiments/celebamask64/ddpm.json"),
-    "--run": dict(metavar="RUN_DIR", help="folder of a finished `ddpmseg train` run (config.json, model_*.pth)"),
+    "--run": dict(metavar="RUN_DIR", help="folder of a finished `ddpmseg train` run (config.json, model_*.pth); "
+                                          "write --run_dir under torchrun, which takes --run for its --run_path"),
     "--set": dict(action="append", default=[], metavar="KEY=VALUE",
                   help="set a config key; the value is parsed as JSON when it can be (repeatable: a later value of "
                        "a key replaces an earlier one, as for any option). A key that has its own option here is "
@@ -34,12 +35,16 @@ SHARED_OPTIONS: dict[str, dict[str, Any]] = {
                                                "one, else 0)"),
     "--out": dict(metavar="DIR", help="output folder (the description says where it is by default)"),
 }
+# Other names of a shared option. torchrun's parser accepts abbreviations of its own options and
+# refuses an ambiguous one anywhere on its command line, the script's arguments included: it takes
+# --run for --run-path/--run_path, so a run folder is given as --run_dir under torchrun.
+SHARED_ALIASES: dict[str, tuple[str, ...]] = {"--run": ("--run_dir",)}
 
 
 def add_shared_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str,
-                      required: bool = False, aliases: Iterable[str] = ()) -> None:
-    """Add the shared option ``name`` (a key of SHARED_OPTIONS) under its one definition."""
-    parser.add_argument(name, *aliases, required=required, **SHARED_OPTIONS[name])
+                      required: bool = False) -> None:
+    """Add the shared option ``name`` (a key of SHARED_OPTIONS, with its SHARED_ALIASES) under its one definition."""
+    parser.add_argument(name, *SHARED_ALIASES.get(name, ()), required=required, **SHARED_OPTIONS[name])
 
 
 def config_overrides(set_args: Iterable[str], **own: Any) -> dict[str, Any]:

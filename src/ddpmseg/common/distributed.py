@@ -72,6 +72,26 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` in rank order, on every rank (``[obj]`` in a world of one)."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` in rank order on rank 0, None on the others (``[obj]`` in a world of one):
+    for results only rank 0 writes, which the other ranks need not hold."""
+    if not dist.is_initialized():
+        return [obj]
+    main = dist.get_rank() == 0
+    out: list[Any] | None = [None] * dist.get_world_size() if main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def close_world() -> None:
     """Leave the process group cleanly (avoids NCCL/gloo warnings at exit)."""
     if dist.is_initialized():

@@ -2,6 +2,7 @@
 per_class_iou.md, with the run's timings, peak memory, folder and device, and report.html."""
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -20,6 +21,19 @@ def experiment_dir(cfg: dict) -> str:
     if not cfg["steps"] and not cfg["blocks"]:
         return cfg["exp_dir"]
     return os.path.join(cfg["exp_dir"], "_".join(map(str, cfg["steps"] + cfg["blocks"])))
+
+
+def saved_setting(run_dir: str, key: str, given: object, fallback: object) -> object:
+    """``given`` if not None, else the run's saved config value of ``key`` (``fallback`` when the run
+    has no readable config.json; loading the run then says what is wrong with it)."""
+    if given is not None:
+        return given
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return fallback
+    return saved.get(key, fallback) if isinstance(saved, dict) else fallback
 
 
 def peak_rss_mb() -> float:

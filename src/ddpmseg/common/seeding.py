@@ -61,6 +61,7 @@ STREAMS: dict[str, Stream] = {
     "deeplab_head": Stream(1_000_300, (), "the new classifier head's weights"),
     "deeplab_shuffle": Stream(1_000_301, ("epoch",), "the batch order of an epoch"),
     "deeplab_dropout": Stream(1_000_302, ("epoch",), "the ASPP dropout masks of an epoch"),
+    "deeplab_rank_dropout": Stream(1_000_303, ("epoch", "rank"), "those of one rank in an epoch, under torchrun"),
     # the procedural demo dataset (ddpmseg demo)
     "procedural_image": Stream(1_000_400, ("split", "index"), "image i of a split (0 train, 1 test, 2 unlabeled)"),
     # the Stable Diffusion backbone (ddpmseg.features.stable_diffusion)

@@ -6,6 +6,13 @@ then config.json, log.txt, metrics.json, per_class_iou.md, test_val_miou.json, p
 and visualizations/. The epoch with the best mIoU on the validation set (the first
 training_number images of validation_path, i.e. of training_path when that is empty: the
 real labelled training images) is evaluated once on the real test set.
+
+Under torchrun the processes train data-parallel (DistributedDataParallel): --deeplab_batch_size is
+the global batch, each rank loads its slice of every batch of the epoch's one seeded order
+(``GlobalBatchSlices``), BatchNorm takes its statistics over the global batch
+(ddpmseg.common.global_batchnorm) and the loss is the global batch's mean over its labelled pixels,
+so N processes compute the single-process gradient; only the dropout masks, drawn per process,
+differ. Rank 0 alone writes the run folder, selects the epoch and tests it.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, ResNet101_Weights
 from torchvision.models import segmentation
@@ -32,8 +39,10 @@ from guided_diffusion.checkpoint import CheckpointError
 from ..common.atomic import torch_save_atomic, write_json_atomic
 from ..common.config import ConfigError, save_config
 from ..data.folders import ImageLabelDataset, nearest_resize
-from ..common.device import resolve_device
+from ..common.distributed import World, all_reduce_sum, init_world
+from ..common.global_batchnorm import use_global_batchnorm
 from ..common.metrics import IoUAccumulator
+from ..common.precision import autocast, check_precision, check_precision_device, grad_scaler, weight_dtype
 from ..common.report import save_prediction
 from ..common.runfiles import experiment_dir, write_run_metrics
 from ..common.runlock import run_lock
@@ -69,6 +78,11 @@ class DeepLabSettings:
     batch_size: int = 8
     num_epoch: int = 20
     workers: int = 4  # DataLoader processes (original: 12); 0 loads in the main process
+    # The drop probability of the ASPP head's one dropout layer: torchvision's 0.5, which the original
+    # trained with. 0 makes a torchrun run compute exactly what one process does (the masks are per process).
+    aspp_dropout: float = 0.5
+    # fp32 as published, bf16/fp16 autocast on CUDA, fp64 for exactness checks (ddpmseg.common.precision).
+    precision: str = "fp32"
 
     def check(self) -> None:
         for key, option in (("batch_size", "--deeplab_batch_size"), ("num_epoch", "--num_epoch")):
@@ -81,6 +95,9 @@ class DeepLabSettings:
             raise ConfigError(f"--deeplab_lr must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.uncertainty_portion < 1.0:
             raise ConfigError(f"--uncertainty_portion must be in [0, 1), got {self.uncertainty_portion}")
+        if not 0.0 <= self.aspp_dropout < 1.0:
+            raise ConfigError(f"--aspp_dropout must be in [0, 1), got {self.aspp_dropout}")
+        check_precision(self.precision)
 
 
 # -- paths ---------------------------------------------------------------------------------------
@@ -128,6 +145,14 @@ def build_deeplab(backbone: str, num_classes: int, pretrained_backbone: bool) ->
             f"from scratch, or place {weights.url} at {cached}") from None
 
 
+def set_dropout(model: nn.Module, p: float) -> nn.Module:
+    """Every dropout layer of ``model`` (DeepLabV3's one, in the ASPP head) drops with probability ``p``."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+    return model
+
+
 def input_transform(res: int) -> transforms.Compose:
     """PIL image -> normalized float [3,res,res], as the original's 'deeplab' transform."""
     return transforms.Compose([transforms.Resize((res, res)), transforms.ToTensor(),
@@ -169,6 +194,29 @@ class RealSet(Dataset):
         return item
 
 
+class GlobalBatchSlices(Sampler[list[int]]):
+    """This rank's part of every global batch of one epoch: a seeded permutation cut into full batches
+    of ``batch_size`` (drop_last), rank r taking the r-th of the ``world.size`` equal slices of each.
+    Together the ranks' k-th batches are the single process's k-th batch.
+
+    Give the DataLoader the same ``generator``: it draws its base seed from it before the sampler
+    draws the permutation, as with DataLoader(shuffle=True, generator=...), so one process trains
+    on the order it always did."""
+
+    def __init__(self, num_items: int, batch_size: int, world: World, generator: torch.Generator):
+        self.num_items, self.generator = num_items, generator
+        self.batch_size, self.per_rank, self.rank = batch_size, batch_size // world.size, world.rank
+
+    def __iter__(self):
+        order = torch.randperm(self.num_items, generator=self.generator).tolist()
+        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+            first = start + self.rank * self.per_rank
+            yield order[first:first + self.per_rank]
+
+    def __len__(self) -> int:
+        return self.num_items // self.batch_size
+
+
 def predict(model: nn.Module, inputs: torch.Tensor, size: int) -> torch.Tensor:
     """Class ids [B,size,size]: the logits upsampled (bilinear, as DeepLab's own) then argmax."""
     logits = model(inputs)["out"]
@@ -186,19 +234,27 @@ def _loader_context() -> dict[str, Any]:
 class DeepLabRun:
     """One run folder; ``run_deeplab`` is the entry point."""
 
-    def __init__(self, cfg: dict, settings: DeepLabSettings, log: Callable[[str], None]) -> None:
+    def __init__(self, cfg: dict, settings: DeepLabSettings, log: Callable[[str], None],
+                 world: World | None = None) -> None:
         settings.check()
         self.cfg, self.settings, self.log = cfg, settings, log
+        self.world = world or init_world(cfg["device"])
+        if settings.batch_size % self.world.size:
+            raise ConfigError(f"--deeplab_batch_size {settings.batch_size} must be divisible by the number of "
+                              f"processes ({self.world.size}): it is the global batch, split evenly")
+        self.device = self.world.device
+        check_precision_device(settings.precision, self.device)
+        self.dtype = weight_dtype(settings.precision)
         self.res = deeplab_resolution(cfg)
         self.size = cfg["dim"][0]  # labels are scored at the config's working resolution
         self.folder = run_folder(cfg, settings)
         self.data_path = settings.data_path or default_data_path(cfg)
-        self.device = resolve_device(cfg["device"])
         # What a checkpoint must share with the run that continues or evaluates it.
         self.signature = {"deeplab_backbone": cfg["deeplab_backbone"], "number_class": cfg["number_class"],
                           "deeplab_res": self.res, "deeplab_pretrained_backbone": cfg["deeplab_pretrained_backbone"],
                           "uncertainty_filter": cfg["uncertainty_filter"], "seed": cfg["seed"],
-                          "learning_rate": settings.learning_rate, "batch_size": settings.batch_size}
+                          "learning_rate": settings.learning_rate, "batch_size": settings.batch_size,
+                          "aspp_dropout": settings.aspp_dropout, "precision": settings.precision}
         self.timings: dict[str, float] = {}
 
     # -- checks before anything is written ---------------------------------------------------
@@ -269,8 +325,12 @@ class DeepLabRun:
         torch.manual_seed(stream_seed("deeplab_head", c["seed"]))
         # Resuming replaces every weight, so the ImageNet backbone is only fetched for a fresh start.
         pretrained = c["deeplab_pretrained_backbone"] and self.start is None
-        self.model = build_deeplab(c["deeplab_backbone"], c["number_class"], pretrained).to(self.device)
+        self.model = set_dropout(build_deeplab(c["deeplab_backbone"], c["number_class"], pretrained), s.aspp_dropout)
+        if self.world.size > 1:
+            use_global_batchnorm(self.model)
+        self.model.to(self.device, self.dtype)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=s.learning_rate)
+        self.scaler = grad_scaler(s.precision)
         if self.start:
             self.load_state(self.start, s.resume or checkpoint_path(self.folder, self.first_epoch - 1))
 
@@ -279,6 +339,8 @@ class DeepLabRun:
             self.model.load_state_dict(ckpt["model_state_dict"])
             if "optimizer_state_dict" in ckpt:  # the original saved the model only
                 self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+            if self.scaler is not None and "scaler_state_dict" in ckpt:
+                self.scaler.load_state_dict(ckpt["scaler_state_dict"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path} does not fit a {self.cfg['deeplab_backbone']} DeepLabV3 with "
                                   f"{self.cfg['number_class']} classes ({str(e).splitlines()[0]})") from None
@@ -293,40 +355,65 @@ class DeepLabRun:
             return []
         if self.first_epoch:
             self.log(f"resuming after epoch {self.first_epoch - 1}: training epochs {epochs}")
-        ignore = c["ignore_label"] if c["ignore_label"] is not None else -100  # -100: torch's "none"
-        criterion = nn.CrossEntropyLoss(ignore_index=ignore)
+        self.ddp_model = self.model
+        if self.world.size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         t0 = time.time()
         for epoch in epochs:
             t_epoch = time.time()
-            loss = self.train_epoch(epoch, criterion)
+            loss = self.train_epoch(epoch)
+            if not self.world.is_main:
+                continue
             state = {"epoch": epoch, "model_state_dict": self.model.state_dict(),
                      "optimizer_state_dict": self.optimizer.state_dict(), "signature": self.signature,
                      "synthetic": self.synthetic, "mean_loss": loss, "train_s": time.time() - t_epoch}
+            if self.scaler is not None:
+                state["scaler_state_dict"] = self.scaler.state_dict()
             torch_save_atomic(state, checkpoint_path(self.folder, epoch))
             self.log(f"epoch {epoch}: mean loss {loss:.4f}, saved {checkpoint_path(self.folder, epoch)}")
         self.timings["train_s"] = time.time() - t0
         return epochs
 
-    def train_epoch(self, epoch: int, criterion: nn.Module) -> float:
-        s = self.settings
+    def train_epoch(self, epoch: int) -> float:
+        """One epoch; returns its mean loss (of the global batches)."""
+        s, w, c = self.settings, self.world, self.cfg
         workers = {"num_workers": s.workers, **_loader_context()} if s.workers else {}
         # Streams of their own per epoch (order and ASPP dropout): a resumed run trains exactly as
-        # an uninterrupted one would.
-        loader = DataLoader(self.train_set, batch_size=s.batch_size, shuffle=True, drop_last=True,
-                            generator=stream_generator("deeplab_shuffle", self.cfg["seed"], epoch),
-                            pin_memory=self.device.type == "cuda", **workers)
-        torch.manual_seed(stream_seed("deeplab_dropout", self.cfg["seed"], epoch))
+        # an uninterrupted one would. Each rank draws its own dropout masks; a world of one keeps the
+        # stream one process always drew.
+        order = stream_generator("deeplab_shuffle", c["seed"], epoch)
+        loader = DataLoader(self.train_set, batch_sampler=GlobalBatchSlices(len(self.train_set), s.batch_size, w, order),
+                            generator=order, pin_memory=self.device.type == "cuda", **workers)
+        torch.manual_seed(stream_seed("deeplab_dropout", c["seed"], epoch) if w.size == 1 else
+                          stream_seed("deeplab_rank_dropout", c["seed"], epoch, w.rank))
+        ignore = c["ignore_label"] if c["ignore_label"] is not None else -100  # -100: torch's "none"
+        criterion = nn.CrossEntropyLoss(ignore_index=ignore, reduction="sum")
         self.model.train()
         total = 0.0
-        for i, (x, y) in enumerate(tqdm(loader, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True)):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for i, (x, y) in enumerate(tqdm(loader, desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True,
+                                        disable=not w.is_main)):
+            x, y = x.to(self.device, self.dtype, non_blocking=True), y.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = criterion(self.model(x)["out"], y)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.item()
+            with autocast(s.precision, self.device):
+                logits = self.ddp_model(x)["out"]
+            loss_sum = criterion(logits.to(self.dtype), y)
+            # The global batch's mean over its labelled pixels, as CrossEntropyLoss's mean is for one
+            # process: this rank's sum over the pixels counted on every rank, times the number of
+            # ranks, whose gradients DistributedDataParallel averages.
+            sums = all_reduce_sum(torch.stack([loss_sum.detach().double(), (y != ignore).sum().double()]))
+            loss = loss_sum / (sums[1].item() / w.size)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            batch_loss = (sums[0] / sums[1]).item()
+            total += batch_loss
             if i % LOG_EVERY == 0:
-                self.log(f"epoch {epoch} iteration {i} loss {loss.item():.4f}")
+                self.log(f"epoch {epoch} iteration {i} loss {batch_loss:.4f}")
         return total / len(loader)
 
     # -- selection and test ------------------------------------------------------------------
@@ -337,7 +424,8 @@ class DeepLabRun:
         self.model.eval()
         iou = IoUAccumulator(c["number_class"], c["ignore_label"], c["class_names"])
         for batch in DataLoader(data, batch_size=self.settings.batch_size):
-            pred = predict(self.model, batch["input"].to(self.device), self.size).cpu()
+            with autocast(self.settings.precision, self.device):
+                pred = predict(self.model, batch["input"].to(self.device, self.dtype), self.size).cpu()
             iou.update(pred, batch["label"], batch["stem"])
             for j, stem in enumerate(batch["stem"] if out_dir else []):
                 save_prediction(out_dir, stem, pred[j], image=batch["image"][j], gt=batch["label"][j],
@@ -394,17 +482,24 @@ def write_deeplab_metrics(run: DeepLabRun, result: dict, best: int, val: dict[in
     return metrics
 
 
-def run_deeplab(cfg: dict, settings: DeepLabSettings, log: RunLog | None = None) -> dict:
-    """Train (or resume) DeepLabV3 on the synthetic dataset, select an epoch, test it; returns the metrics."""
+def run_deeplab(cfg: dict, settings: DeepLabSettings, log: RunLog | None = None) -> dict | None:
+    """Train (or resume) DeepLabV3 on the synthetic dataset, select an epoch, test it; returns the metrics.
+    Under torchrun every rank trains, and rank 0 alone writes, evaluates and returns the metrics (the
+    others return None once the last epoch is trained)."""
     t_start = time.time()
-    log = log or RunLog()
-    run = DeepLabRun(cfg, settings, log)
+    world = init_world(cfg["device"])
+    log = (log or RunLog()) if world.is_main else None
+    run = DeepLabRun(cfg, settings, log or (lambda msg: None), world)
     run.prepare()
-    with run_lock(run.folder, log):
-        log.attach(os.path.join(run.folder, "log.txt"))
-        save_config(cfg, os.path.join(run.folder, "config.json"))
-        log(f"DeepLabV3 {cfg['deeplab_backbone']} at {run.res} px on {run.device}, run folder {run.folder}")
+    with run_lock(run.folder, run.log, main=world.is_main):
+        if log is not None:
+            log.attach(os.path.join(run.folder, "log.txt"))
+            save_config(cfg, os.path.join(run.folder, "config.json"))
+            log(f"DeepLabV3 {cfg['deeplab_backbone']} at {run.res} px on {run.device} ({settings.precision}, "
+                f"{world.size} process{'es' if world.size > 1 else ''}), run folder {run.folder}")
         trained = run.train()
+        if log is None:
+            return None
         best, val, train_s, loss = run.select_epoch()
         result = run.test(best)
         return write_deeplab_metrics(run, result, best, val, train_s, loss, trained, t_start)

@@ -45,15 +45,13 @@ from ..data.folders import list_image_files, load_rgb
 from ..common.distributed import World, all_reduce_sum, barrier, init_world
 from ..common.errors import DataError
 from ..common.numerics import NumericalError
+from ..common.precision import autocast, check_precision, check_precision_device, grad_scaler, weight_dtype
 from ..common.report import image_grid, to_uint8_images, write_png_atomic
 from ..common.runlock import run_lock
 from ..common.safeload import load_plain
 from .sampling import sample_batch, sampling_diffusion
 from ..common.seeding import stream_generator, stream_rng, stream_seed
 
-# fp32 as published; bf16/fp16 autocast on CUDA; fp64 everywhere: float64 weights and arithmetic,
-# for checking that two ways of training (e.g. one process vs torchrun) compute the same thing.
-PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 # Options a resumed run may change: where it runs, how long, and what it reports. Any other change
 # would continue the trajectory of one configuration with another, so resuming refuses it.
 RESUME_MAY_CHANGE = ("log_dir", "max_steps", "log_interval", "save_interval", "sample_interval",
@@ -86,7 +84,7 @@ class DDPMTrainOptions:
     sample_respacing: str = "ddim25"
     grid_size: int = 16
     schedule_sampler: str = "uniform"
-    # Mixed precision on CUDA, or fp64 (see PRECISIONS); checkpoints are always float32 (the official format).
+    # Mixed precision on CUDA, or fp64 (ddpmseg.common.precision); checkpoints are always float32 (the official format).
     precision: str = "fp32"
     random_flip: bool = True
     random_crop: bool = False
@@ -108,8 +106,7 @@ class DDPMTrainOptions:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.schedule_sampler not in SCHEDULE_SAMPLERS:
             raise ConfigError(f"schedule_sampler {self.schedule_sampler!r} is not one of {', '.join(SCHEDULE_SAMPLERS)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         try:
             rates = ema_rates(self.ema_rate)
         except ValueError:
@@ -267,8 +264,7 @@ class DDPMTrainer:
         if opts.batch_size % self.world.size:
             raise ConfigError(f"batch_size {opts.batch_size} must be divisible by the number of processes "
                               f"({self.world.size}): it is the global batch, split evenly")
-        if opts.precision in ("bf16", "fp16") and self.world.device.type != "cuda":
-            raise ConfigError(f"precision {opts.precision} needs a CUDA device; on {self.world.device} use fp32")
+        check_precision_device(opts.precision, self.world.device)
         self.flags = merged_flags(opts.model_flags)
         self.rates = ema_rates(opts.ema_rate)
         self.data = UnlabelledImages(opts.data_dirs, self.flags["image_size"], opts.random_crop)
@@ -281,12 +277,12 @@ class DDPMTrainer:
             self.model, self.diffusion = create_model_and_diffusion(**{**self.flags, "use_fp16": False})
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model flags: {e}") from None
-        self.dtype = torch.float64 if opts.precision == "fp64" else torch.float32  # weights and loss
+        self.dtype = weight_dtype(opts.precision)
         self.model.to(self.world.device, self.dtype)
         self.sampler = create_named_schedule_sampler(opts.schedule_sampler, self.diffusion)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
         self.ema = [[p.detach().clone() for p in self.model.parameters()] for _ in self.rates]
-        self.scaler = torch.amp.GradScaler("cuda") if opts.precision == "fp16" else None
+        self.scaler = grad_scaler(opts.precision)
         self.step = 0
 
     # --- files --------------------------------------------------------------
@@ -431,8 +427,7 @@ class DDPMTrainer:
         torch.manual_seed(stream_seed("ddpm_dropout", o.seed, self.step, w.rank))
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(o.precision)
-        with torch.autocast(w.device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast(o.precision, w.device):
             terms = self.diffusion.training_losses(self.ddp_model, x, t, noise=noise)
         loss = (terms["loss"].to(self.dtype) * weights).mean()
         # Summed over ranks, so every rank stops together; before any state (weights, EMA, the
