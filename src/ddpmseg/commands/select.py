@@ -29,6 +29,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    "from 1%% to 80%% of the diffusion's steps)")
     p.add_argument("--blocks", type=int, nargs="+", default=None,
                    help="candidate decoder blocks (default: every output block of the U-Net)")
+    p.add_argument("--noise_draws", type=int, nargs="+", default=None,
+                   help="after the search, score the selected steps x blocks with each of these numbers of noise "
+                   "draws (config noise_draws; one more extraction each) and keep the best only if it beats the "
+                   "config's own by more than --min_gain (default: the config's own, not compared)")
     p.add_argument("--budget_minutes", type=float, default=None,
                    help="stop the search after this many minutes with the best selection so far (default: none)")
     add_shared_option(p, "--out")
@@ -38,7 +42,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def report(selected: dict | None, path: list, protocol, stopped: str, folds: int, out: str) -> None:
+def report(selected: dict | None, path: list, protocol, stopped: str, folds: int, out: str,
+           draws: dict | None = None) -> None:
     """What the search found, and the command that trains it."""
     print(f"search stopped: {stopped}")
     if selected is None:
@@ -50,6 +55,9 @@ def report(selected: dict | None, path: list, protocol, stopped: str, folds: int
     if protocol is not None:
         print(f"the config's own steps {protocol.steps} x blocks {protocol.blocks}: CV mIoU "
               f"{100 * protocol.miou:.2f} ± {100 * protocol.miou_std:.2f}")
+    if draws is not None:
+        shown = ", ".join(f"{k}: {100 * v['miou']:.2f}" for k, v in draws["scores"].items())
+        print(f"noise draws (CV mIoU of the selection): {shown}; the selected config keeps {draws['kept']}")
     if "budget" in stopped:
         print("the budget stopped the search early: rerun the same command to continue (scores are kept)")
     print(f"train it: ddpmseg train --exp {os.path.join(out, 'selected.json')}")
@@ -66,11 +74,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         out = args.out or os.path.join(cfg["exp_dir"], "feature_selection")
         probe = dataclass_from_args(ProbeSettings, args)
         sel = Selection(cfg, resolve_model_flags(cfg), resolve_device(cfg["device"]), out, args.steps, args.blocks,
-                        probe, args.budget_minutes)
+                        probe, args.budget_minutes, noise_draws=args.noise_draws)
         os.makedirs(out, exist_ok=True)  # only now: a bad input leaves nothing behind
         sel.extract()
         singles, path, stopped = sel.search()
         selected, protocol = sel.write_outputs(singles, path, stopped, time.time() - t0)
-        report(selected, path, protocol, stopped, probe.folds, out)
+        draws = sel.noise_draw_scores if selected is not None else None
+        report(selected, path, protocol, stopped, probe.folds, out, draws)
 
     return run_cli(job)
