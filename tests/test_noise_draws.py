@@ -152,3 +152,17 @@ def test_backbones_without_noise_refuse_more_than_one_draw(model_type):
     with pytest.raises(ConfigError, match=f"model_type '{model_type}' adds no noise, so there are no noise draws "
                                           "to average: set \"noise_draws\": 1 \\(got 2\\)"):
         load_config(CONFIG, {**keys, "noise_draws": 2})
+
+
+def test_a_run_saved_before_the_keys_existed_resumes_and_another_count_is_refused(tmp_path):
+    import json
+
+    from ddpmseg.classifier.interpreter import refuse_changed_config
+
+    cfg = load_config(CONFIG)
+    old = {k: v for k, v in cfg.items() if k not in ("noise_draws", "class_weighting")}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    refuse_changed_config(str(tmp_path), cfg)  # the defaults are what that run used
+    (tmp_path / "config.json").write_text(json.dumps({**old, "noise_draws": 2}))
+    with pytest.raises(ConfigError, match="noise_draws differ \\(saved -> now: noise_draws: 2 -> 1\\)"):
+        refuse_changed_config(str(tmp_path), cfg)
