@@ -23,6 +23,7 @@ PAGES = {
     "variants": "experiments.md",
     "best_recipe": "experiments.md",
     "min_region": "experiments.md",
+    "accuracy": "experiments.md",
     "ddps": "refinement.md",
     "backbones": "backbones.md",
     "from_scratch": "train-ddpm.md",

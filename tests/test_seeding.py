@@ -41,6 +41,7 @@ def classifier_run(seed: int, model_num: int, images: int = 20, copies: int = 4,
         "views": [stream_key("test_view", seed, i, j) for i in range(tests) for j in range(views)],
         "refiner": [stream_key("refiner_training", seed)] + [stream_key("refine_noise", seed, i) for i in range(tests)],
         "weights": [stream_key("unet_init", seed), stream_key("backbone_init", seed)],
+        "noise": [stream_key("feature_noise", seed)] + [stream_key("noise_draw", seed, k) for k in range(1, 8)],
         "suggest": [stream_key("suggest_order", seed), stream_key("active_learning_start", seed)],
     }
 

@@ -311,3 +311,52 @@ def test_repeats_score_every_fold_of_every_split(tiny64_checkpoint, tmp_path, mo
         split = fold_assignment(4, 2, cfg["seed"], split=j // 2)
         assert seed == stream_seed("fold_seed", cfg["seed"], j)
         assert trained_on == set((split != j % 2).nonzero().flatten().tolist())
+
+
+def test_noise_draws_score_the_selection_with_each_count_and_keep_one_only_if_it_improves(
+        selection, tiny64_checkpoint, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scores.json").write_text((selection["out"] / "scores.json").read_text())  # the search is reused
+    stores = []
+    real = feature_selection.train_ensemble
+    monkeypatch.setattr(feature_selection, "train_ensemble",
+                        lambda store, *a, **kw: stores.append(store.native(0)) or real(store, *a, **kw))
+    assert select_features.main(argv(selection["tmp"], tiny64_checkpoint, out, "--noise_draws", "1", "2")) == 0
+    report = json.loads((out / "selection.json").read_text())
+    chosen = report["selected"]
+    scores = json.loads((out / "scores.json").read_text())["scores"]
+    key = f"{','.join(map(str, chosen['steps']))}/{','.join(map(str, chosen['blocks']))}"
+    draws = report["noise_draws"]
+    assert draws["scores"]["1"] == {k: chosen[k] for k in draws["scores"]["1"]}  # the config's own: the search's
+    assert draws["scores"]["2"] == scores[f"{key} x2 draws"]
+    assert len(stores) == FOLDS  # only the two-draw candidate was trained, once per fold
+    two, one = (feature_selection.Score(**draws["scores"][k]) for k in ("2", "1"))
+    assert draws["kept"] == (2 if feature_selection.improves(two, one, report["probe"]["min_gain"]) else 1)
+    assert load_config(str(out / "selected.json"))["noise_draws"] == draws["kept"]
+    assert f"the selected config keeps {draws['kept']}" in capsys.readouterr().out
+    # Those probes trained on the chosen layers extracted with two draws: training image 0's maps as
+    # a two-draw extractor gives them, stored in float16.
+    from ddpmseg.common.model_flags import resolve_model_flags
+    from ddpmseg.data.folders import ImageLabelDataset
+    from ddpmseg.features.ddpm import FeatureExtractorDDPM
+    cfg = load_config(str(out / "selected.json"), {"noise_draws": 2})
+    ext = FeatureExtractorDDPM.from_config(cfg, resolve_model_flags(cfg), torch.device("cpu"), lambda m: None)
+    train = ImageLabelDataset(cfg["training_path"], resolution=64, num_images=1, number_class=cfg["number_class"],
+                              ignore_label=cfg["ignore_label"], palette=cfg["palette"])
+    (_, image, _), = list(train.windows())
+    want = ext(image[None])
+    assert len(stores[0]) == len(want)
+    assert all(torch.equal(a, w[0].half()) for a, w in zip(stores[0], want))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--noise_draws", "2", "2"], "--noise_draws must list distinct counts >= 1, got [2, 2]"),
+    (["--noise_draws", "0"], "--noise_draws must list distinct counts >= 1, got [0]"),
+])
+def test_bad_noise_draws_get_one_error_line_and_leave_nothing(tmp_path, tiny64_checkpoint, capsys, extra, message):
+    out = tmp_path / "out"
+    assert select_features.main(argv(tmp_path, tiny64_checkpoint, out, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and message in err, err
+    assert not out.exists()

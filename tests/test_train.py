@@ -387,6 +387,9 @@ def counting_pixels(store, monkeypatch, fail_at=None):
     (False, {}), (True, {}),
     # Dropout masks, the decoupled trunk and AdamW's state must all resume where they were.
     (False, {"dropout": 0.4, "regularizer": "etf_decoupled", "optimizer": "adamw", "weight_decay": 1e-2}),
+    # Class-balanced batches are drawn afresh every iteration: their streams must resume mid-epoch.
+    (False, {"class_weighting": "balanced_sampling", "regularizer": "etf"}),
+    (True, {"class_weighting": "inverse_frequency"}),
 ])
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, boundary, variant):
     """Snapshot mid-epoch (epoch 2) or exactly at an epoch boundary; kill; rerun; same members."""
@@ -491,6 +494,19 @@ def test_etf_regularizer_changes_the_classifier_and_beta_zero_does_not(data, tmp
         assert_same_weights(zero[m], plain[m], atol=0)  # the ETF term is the only difference
     saved = torch.load(tmp_path / "etf" / "etf_matrix.pt", weights_only=True)
     assert saved.shape == (32, K)
+
+
+@pytest.mark.parametrize("mode", ["inverse_frequency", "sqrt_inverse_frequency", "balanced_sampling"])
+def test_class_weighting_changes_training_and_keeps_members_independent_with_etf(data, tmp_path, mode):
+    """Each mode changes the members; with the ETF regularizer, a member trained in the batched step beside
+    others is the member trained alone (float64: see SAME_MEMBER_ATOL)."""
+    f64 = torch.float64
+    plain = train_variant(data, tmp_path, "plain", regularizer="etf", dtype=f64)
+    together = train_variant(data, tmp_path, "together", members=(0, 1, 2), regularizer="etf", class_weighting=mode,
+                             dtype=f64)
+    alone = train_variant(data, tmp_path, "alone", members=(1,), regularizer="etf", class_weighting=mode, dtype=f64)
+    assert differs(together[1], plain[1])
+    assert_same_weights(together[1], alone[1], atol=SAME_MEMBER_ATOL)
 
 
 def test_etf_alpha_weights_the_classifier_loss(data, tmp_path):

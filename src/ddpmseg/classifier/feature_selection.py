@@ -12,6 +12,11 @@ choice. The search's result replaces the config's own protocol only if it ``impr
 the selection never returns less than it was given, by the same folds. The test set is never opened.
 Scores are saved after each probe, so an interrupted or budget-limited search continues where it
 stopped.
+
+Noise draws (config "noise_draws") are not a dimension of the search: with ``--noise_draws K ...`` the
+chosen steps x blocks are scored once more for each K (the training images extracted again with K
+draws, those layers only), and the config's own K is replaced by the best of them only when that
+``improves`` on it, the rule a greedy step must pass (K draws cost K forwards).
 """
 from __future__ import annotations
 
@@ -86,8 +91,10 @@ def improves(candidate: Score, current: Score, min_gain: float) -> bool:
     return mean > min_gain and mean > standard_error
 
 
-def candidate_key(steps, blocks) -> str:
-    return f"{','.join(map(str, sorted(steps)))}/{','.join(map(str, sorted(blocks)))}"
+def candidate_key(steps, blocks, noise_draws: int | None = None) -> str:
+    """"50,250/5,8"; a candidate scored with another number of noise draws than the config's: "50,250/5,8 x4 draws"."""
+    key = f"{','.join(map(str, sorted(steps)))}/{','.join(map(str, sorted(blocks)))}"
+    return key if noise_draws is None else f"{key} x{noise_draws} draws"
 
 
 class BudgetSpent(Exception):
@@ -111,6 +118,17 @@ class LayerSubset(FeatureStore):
         return [m[i].permute(2, 0, 1) for m in self.maps]
 
 
+def check_noise_draws(draws: list[int] | None, uses_timesteps: bool, model_type: str) -> None:
+    """--noise_draws: distinct counts >= 1, for a backbone that adds noise."""
+    if draws is None:
+        return
+    if not uses_timesteps:
+        raise ConfigError(f"model_type '{model_type}' adds no noise, so there are no noise draws to compare: "
+                          f"drop --noise_draws")
+    if not draws or min(draws) < 1 or len(set(draws)) != len(draws):
+        raise ConfigError(f"--noise_draws must list distinct counts >= 1, got {draws}")
+
+
 def check_distinct(steps: list[int], blocks: list[int], uses_timesteps: bool) -> None:
     """The grid's blocks (and steps, for a backbone with timesteps) are distinct, and there are some."""
     for name, values in (("steps", steps), ("blocks", blocks)) if uses_timesteps else (("blocks", blocks),):
@@ -123,7 +141,7 @@ class Selection:
 
     def __init__(self, cfg: dict, flags: dict, device: torch.device, out_dir: str, steps: list[int] | None,
                  blocks: list[int] | None, probe: ProbeSettings, budget_minutes: float | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, noise_draws: list[int] | None = None):
         kind = backbone_class(cfg["model_type"])
         self.steps, self.blocks = kind.candidate_grid(cfg, flags, steps, blocks)  # ConfigError: nothing to pick
         check_distinct(self.steps, self.blocks, kind.uses_timesteps)
@@ -133,6 +151,9 @@ class Selection:
             self.steps, self.blocks = kind.candidate_grid(cfg, flags, sorted(set(self.steps) | set(self.own[0])),
                                                           sorted(set(self.blocks) | set(self.own[1])))
             log(f"the grid also holds the config's own steps {self.own[0]} x blocks {self.own[1]}, the fallback")
+        check_noise_draws(noise_draws, kind.uses_timesteps, cfg["model_type"])
+        self.kind, self.flags, self.noise_draws = kind, flags, noise_draws
+        self.noise_draw_scores: dict | None = None  # selection.json's "noise_draws", once write_outputs made it
         if probe.folds < 2:
             raise ConfigError(f"--folds must be >= 2 (one fold is held out, the others train), got {probe.folds}")
         if probe.repeats < 1:
@@ -185,15 +206,9 @@ class Selection:
         """
         c, n, size = self.cfg, self.train_set.window_count(), self.cfg["dim"][0]
         excluded = EXCLUDED if c["ignore_label"] is None else c["ignore_label"]
-        self.store, self.labels, index, labels = None, [], [], []
-        # The trainer's units: every working-size window of every training image (ddpmseg.data.windows).
-        windows = tqdm(self.train_set.windows(), total=n, desc="candidate features (training images)", unit="img",
-                       dynamic_ncols=True)
-        for i, (_, image, window_label) in enumerate(windows):
-            acts = self.backbone(image[None].to(self.device))
-            if self.store is None:
-                self.store = FeatureStore(n, [tuple(a.shape[1:]) for a in acts], (size, size))
-            self.store.put(i, acts)
+        self.labels, index, labels = [], [], []
+        self.store = self.training_store(self.backbone, "candidate features (training images)")
+        for i, (_, _, window_label) in enumerate(self.train_set.windows()):
             self.labels.append(window_label)
             # The training labels as the trainer makes them: small regions and ignored pixels excluded.
             label, _ = drop_small_regions(window_label.numpy(), c["ignore_label"], c["min_region_pixels"],
@@ -206,6 +221,18 @@ class Selection:
         self.log(f"candidate store: {n} training images x {len(self.steps)} steps x {len(self.blocks)} blocks, "
                  f"{self.store.nbytes / 2**20:.1f} MiB (float16, native resolution)")
 
+    def training_store(self, backbone, desc: str) -> FeatureStore:
+        """The maps of ``backbone`` for every training window: the trainer's units, every working-size
+        window of every training image (ddpmseg.data.windows)."""
+        store, n, size = None, self.train_set.window_count(), self.cfg["dim"][0]
+        for i, (_, image, _) in enumerate(tqdm(self.train_set.windows(), total=n, desc=desc, unit="img",
+                                               dynamic_ncols=True)):
+            acts = backbone(image[None].to(self.device))
+            if store is None:
+                store = FeatureStore(n, [tuple(a.shape[1:]) for a in acts], (size, size))
+            store.put(i, acts)
+        return store
+
     def step_rows(self) -> list[int | None]:
         """The grid's steps; [None] (one row of blocks) for a backbone without timesteps."""
         return self.steps or [None]
@@ -216,15 +243,23 @@ class Selection:
         return [rows.index(t) * nb + self.blocks.index(b) for t in sorted(steps) or [None] for b in sorted(blocks)]
 
     # -- scoring -------------------------------------------------------------------------------
-    def score(self, steps, blocks) -> Score:
-        """CV mIoU of the probe on steps x blocks (cached; raises BudgetSpent when time is up)."""
-        key = candidate_key(steps, blocks)
+    def score(self, steps, blocks, noise_draws: int | None = None) -> Score:
+        """CV mIoU of the probe on steps x blocks (cached; raises BudgetSpent when time is up), with the
+        config's noise draws, or ``noise_draws`` (those layers extracted again with that many)."""
+        c, p = self.cfg, self.probe
+        other_draws = noise_draws is not None and noise_draws != c["noise_draws"]
+        key = candidate_key(steps, blocks, noise_draws if other_draws else None)
         if key in self.scores:
             return self.scores[key]
         if self.deadline is not None and time.time() > self.deadline:
             raise BudgetSpent
-        c, p = self.cfg, self.probe
-        sub = LayerSubset(self.store, self.layers_of(steps, blocks))
+        if other_draws:
+            backbone = self.kind.from_config({**c, "steps": sorted(steps), "blocks": sorted(blocks),
+                                              "noise_draws": noise_draws}, self.flags, self.device, self.log)
+            store = self.training_store(backbone, f"features with {noise_draws} noise draws")
+            sub = LayerSubset(store, list(range(len(store.layer_shapes))))  # exactly steps x blocks, in order
+        else:
+            sub = LayerSubset(self.store, self.layers_of(steps, blocks))
         fold_mious = []
         for j in range(p.repeats * p.folds):
             fold, f = self.folds[j // p.folds], j % p.folds
@@ -281,16 +316,38 @@ class Selection:
             return SearchResult(own, singles, path, "the time budget (--budget_minutes) ran out", complete=False,
                                 min_gain=self.probe.min_gain)
 
+    def compare_noise_draws(self, chosen: Score) -> tuple[int, dict[int, Score]]:
+        """(the noise draws the selected config keeps, the score of ``chosen``'s steps x blocks for each
+        count of --noise_draws and the config's own). The config's count stays unless another ``improves``
+        on it; counts the budget leaves no time for are not scored."""
+        own = self.cfg["noise_draws"]
+        scores = {own: chosen}
+        for k in self.noise_draws or []:
+            if k in scores:
+                continue
+            try:
+                scores[k] = self.score(chosen.steps, chosen.blocks, k)
+            except BudgetSpent:
+                break
+        best = max(scores, key=lambda k: scores[k].miou)
+        return (best if improves(scores[best], chosen, self.probe.min_gain) else own), scores
+
     def write_outputs(self, result: "SearchResult", seconds: float) -> dict | None:
         """selection.json, selection_heatmap.png and selected.json; returns the selected config (None when
-        nothing was scored)."""
+        nothing was scored). With --noise_draws the selected config's noise_draws is the one
+        ``compare_noise_draws`` keeps."""
         chosen, size = result.chosen, self.cfg["dim"][0]
-        selected = None
+        selected, draws = None, None
         if chosen is not None:
             dim = sum(self.store.layer_shapes[i][0] for i in self.layers_of(chosen.steps, chosen.blocks))
             selected = {**self.cfg, "steps": chosen.steps, "blocks": chosen.blocks, "dim": [size, size, dim],
                         "selection": {"complete": result.complete, "fallback": result.fallback,
                                       "report": os.path.abspath(os.path.join(self.out_dir, "selection.json"))}}
+            if self.noise_draws is not None:
+                kept, by_count = self.compare_noise_draws(chosen)
+                selected["noise_draws"] = kept
+                draws = {"kept": kept, "scores": {str(k): asdict(v) for k, v in sorted(by_count.items())}}
+        self.noise_draw_scores = draws
         cells = {((s.steps or [None])[0], s.blocks[0]): s.miou for s in result.singles}
         marked = {(t, b) for t in chosen.steps or [None] for b in chosen.blocks} if chosen else set()
         write_png_atomic(os.path.join(self.out_dir, "selection_heatmap.png"),
@@ -305,6 +362,7 @@ class Selection:
             "selected": None if chosen is None else {**asdict(chosen), "dim": selected["dim"]},
             "complete": result.complete, "fallback": result.fallback, "stopped": result.stopped,
             "seconds": seconds, "config_protocol": None if result.own is None else asdict(result.own),
+            "noise_draws": draws,
             "search_gain_over_config": None if gain is None else {"mean": gain[0], "standard_error": gain[1]},
             "cells": [asdict(s) for s in result.singles], "greedy_path": [asdict(s) for s in result.path],
             "all_scores": [asdict(s) for s in self.scores.values()]})

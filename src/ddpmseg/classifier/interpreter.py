@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.augment import augment_pair, copy_seed
-from ..common.config import ConfigError, save_config, validate
+from ..common.config import DEFAULTS, ConfigError, save_config, validate
 from .crossfit import out_of_fold_probabilities
 from ..data.folders import ImageLabelDataset, drop_small_regions
 from ..common.device import resolve_device
@@ -283,7 +283,9 @@ def refuse_changed_config(exp_dir: str, cfg: dict) -> None:
     cfg = json.loads(json.dumps(cfg))  # tuples and lists as the saved file has them
 
     def same(key: str) -> bool:
-        a, b = saved.get(key), cfg.get(key)
+        # A key the saved file lacks was added since: that run used its default (every new key's default
+        # is the method as it was), so a run made before noise_draws or class_weighting existed resumes.
+        a, b = saved.get(key, DEFAULTS[key][1] if key in DEFAULTS else None), cfg.get(key)
         if key.endswith("_path") and isinstance(a, str) and isinstance(b, str) and a and b:
             return os.path.realpath(a) == os.path.realpath(b)  # one folder, written two ways
         return a == b

@@ -11,7 +11,9 @@ Variants (config keys): AdamW and weight decay, dropout, and the ETF regularizer
 ``etf_beta * CE(features @ E)`` for the member's own penultimate features (``"etf"``) or, as
 the published code did, for a separate trunk that shares nothing with the classifier
 (``"etf_decoupled"``, kept for comparison). Early stopping always watches the classifier's
-cross-entropy, so a regularizer changes what is learned, not when training stops.
+cross-entropy, so a regularizer changes what is learned, not when training stops. Class weighting
+(ddpmseg.classifier.class_balance) weights both cross-entropies, the watched one too (it is the
+objective then), or replaces the shuffled batches by class-balanced draws.
 
 ``train_ensemble`` is a short loop over units tested on their own: ``EnsembleSettings`` (the config
 keys it reads), ``BatchSource`` (which pixels each member sees), ``MemberNets`` (networks, losses,
@@ -32,6 +34,7 @@ from tqdm import tqdm
 
 from ..common.atomic import torch_save_atomic
 from ..common.config import DEFAULTS, ConfigError, check_choice, check_type
+from .class_balance import BalancedBatchSource, class_weights, weighted_mean
 from .ensemble import PixelEnsemble
 from .etf import load_or_create_etf
 from ..common.numerics import NumericalError, nonfinite_members
@@ -88,6 +91,7 @@ class EnsembleSettings:
     regularizer: str
     etf_alpha: float
     etf_beta: float
+    class_weighting: str
     # the optimizer
     optimizer: str
     learning_rate: float
@@ -277,14 +281,15 @@ class MemberNets:
     def modules(self) -> list[PixelEnsemble]:
         return [self.ensemble] if self.trunk is None else [self.ensemble, self.trunk]
 
-    def losses(self, x: torch.Tensor, y: torch.Tensor,
-               s: EnsembleSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def losses(self, x: torch.Tensor, y: torch.Tensor, s: EnsembleSettings,
+               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(each member's cross-entropy [M], each member's loss to minimise [M]: see member_losses,
-        each member's pixel accuracy on the batch [M], in the losses' dtype)."""
+        each member's pixel accuracy on the batch [M], in the losses' dtype); ``weights`` [K]: the class
+        weights of class_weighting, None for none."""
         logits, features = self.ensemble(x, with_features=True)
         if self.trunk is not None:
             features = self.trunk(x, with_features=True)[1]
-        ce, total = member_losses(logits, features, y, self.etf, s.etf_alpha, s.etf_beta)
+        ce, total = member_losses(logits, features, y, self.etf, s.etf_alpha, s.etf_beta, weights)
         return ce, total, (logits.argmax(-1) == y).to(ce.dtype).mean(1)
 
     def update(self, total: torch.Tensor) -> None:
@@ -422,6 +427,20 @@ def progress_bar(members: list[int], step: int, enabled: bool) -> tqdm:
                 mininterval=2.0, disable=not enabled)
 
 
+def class_balanced_training(s: EnsembleSettings, generators: list[torch.Generator], labels: torch.Tensor,
+                            n_batches: int, device: str, dtype: torch.dtype,
+                            log: Callable[[str], None]) -> tuple[BatchSource | BalancedBatchSource, torch.Tensor | None]:
+    """(the members' batches, the class weights of the loss or None) that class_weighting asks for."""
+    weights = class_weights(labels, s.number_class, s.class_weighting)
+    if weights is not None:
+        log(f"class weights ({s.class_weighting}, pixel-weighted mean 1): "
+            + ", ".join(f"{w:.3g}" for w in weights.tolist()))
+        weights = weights.to(device, dtype)
+    if s.class_weighting == "balanced_sampling":
+        return BalancedBatchSource(generators, labels, s.batch_size, s.number_class), weights
+    return BatchSource(generators, len(labels), s.batch_size, n_batches), weights
+
+
 def train_ensemble(store: FeatureStore, pixels: LabelledPixels, settings: EnsembleSettings, exp_dir: str,
                    members: list[int], device: str = "cpu", log=print, max_steps: int | None = None,
                    epoch_size: int | None = None, dtype: torch.dtype = torch.float32, progress: bool = True) -> dict:
@@ -437,8 +456,8 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, settings: Ensemb
     s, M, N = settings, len(members), len(pixels.labels)
     n_batches = batches_per_epoch(N, s.batch_size, epoch_size)
     nets = MemberNets.build(store.dim, s, members, exp_dir, device, dtype)
-    state = TrainingState(members, N, nets, BatchSource(nets.generators, N, s.batch_size, n_batches),
-                          EarlyStopping(M, s.early_stop_after_epoch, s.early_stop_patience))
+    batches, weights = class_balanced_training(s, nets.generators, pixels.labels, n_batches, device, dtype, log)
+    state = TrainingState(members, N, nets, batches, EarlyStopping(M, s.early_stop_after_epoch, s.early_stop_patience))
     state_path = os.path.join(exp_dir, STATE_FILE)
     state.resume(state_path, log)
     rows = training_features(store, pixels, s.feature_matrix, log)
@@ -454,7 +473,7 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, settings: Ensemb
         epoch = state.step // n_batches
         idx = state.batches.indices(state.step)  # [M, B]
         x = rows(idx.reshape(-1)).reshape(M, s.batch_size, store.dim).to(device, dtype, non_blocking=True)
-        losses, total, accuracies = nets.losses(x, pixels.labels[idx].to(device), s)
+        losses, total, accuracies = nets.losses(x, pixels.labels[idx].to(device), s, weights)
         refuse_nonfinite(total, state, epoch, s.learning_rate)
         nets.update(total)
         state.step += 1
@@ -478,20 +497,24 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, settings: Ensemb
     return state.stats
 
 
-def per_member_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of each member: logits [M, B, K], labels [M, B] -> [M]."""
+def per_member_ce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of each member: logits [M, B, K], labels [M, B] -> [M]; with class ``weights``
+    [K], the batch mean of each pixel's cross-entropy times its class's weight (class_balance.weighted_mean)."""
     M, B, K = logits.shape
-    return F.cross_entropy(logits.reshape(M * B, K), y.reshape(-1), reduction="none").reshape(M, B).mean(1)
+    per_pixel = F.cross_entropy(logits.reshape(M * B, K), y.reshape(-1), reduction="none").reshape(M, B)
+    return weighted_mean(per_pixel, y, weights)
 
 
 def member_losses(logits: torch.Tensor, features: torch.Tensor, y: torch.Tensor, etf: torch.Tensor | None,
-                  etf_alpha: float, etf_beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  etf_alpha: float, etf_beta: float,
+                  weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(the classifier's cross-entropy [M]: what early stopping watches, the loss minimised [M]):
-    with an ETF frame, ``etf_alpha * CE(logits) + etf_beta * CE(features @ etf)``."""
-    losses = per_member_ce(logits, y)
+    with an ETF frame, ``etf_alpha * CE(logits) + etf_beta * CE(features @ etf)``; class ``weights``
+    weight both cross-entropies alike."""
+    losses = per_member_ce(logits, y, weights)
     if etf is None:
         return losses, losses
-    return losses, etf_alpha * losses + etf_beta * per_member_ce(features @ etf, y)
+    return losses, etf_alpha * losses + etf_beta * per_member_ce(features @ etf, y, weights)
 
 
 def load_ensemble(exp_dir: str, num_members: int, dim: int, num_classes: int, device: str = "cpu") -> PixelEnsemble:

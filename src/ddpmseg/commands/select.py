@@ -29,6 +29,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    "from 1%% to 80%% of the diffusion's steps)")
     p.add_argument("--blocks", type=int, nargs="+", default=None,
                    help="candidate decoder blocks (default: every output block of the U-Net)")
+    p.add_argument("--noise_draws", type=int, nargs="+", default=None,
+                   help="after the search, score the selected steps x blocks with each of these numbers of noise "
+                   "draws (config noise_draws; one more extraction each) and keep the best only if it beats the "
+                   "config's own by more than --min_gain (default: the config's own, not compared)")
     p.add_argument("--budget_minutes", type=float, default=None,
                    help="stop the search after this many minutes with the best selection so far (default: none)")
     add_shared_option(p, "--out")
@@ -38,7 +42,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def report(result, selected: dict | None, probe, out: str) -> None:
+def report(result, selected: dict | None, probe, out: str, draws: dict | None = None) -> None:
     """What the search found, the config's own score beside it, and the command that trains the choice."""
     print(f"search stopped: {result.stopped}")
     if selected is None:
@@ -54,6 +58,9 @@ def report(result, selected: dict | None, probe, out: str) -> None:
                if result.fallback else "the search's result")
     print(f"selected steps {chosen.steps} x blocks {chosen.blocks} (dim {selected['dim'][2]}), {verdict}; "
           f"outputs in {out}")
+    if draws is not None:
+        shown = ", ".join(f"{k}: {100 * v['miou']:.2f}" for k, v in draws["scores"].items())
+        print(f"noise draws (CV mIoU of the selection): {shown}; the selected config keeps {draws['kept']}")
     if not result.complete:
         print("the search is unfinished: the budget stopped it; rerun the same command (with a larger "
               "--budget_minutes) to continue it, the scores so far are kept")
@@ -72,11 +79,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         out = args.out or os.path.join(cfg["exp_dir"], "feature_selection")
         probe = dataclass_from_args(ProbeSettings, args)
         sel = Selection(cfg, resolve_model_flags(cfg), resolve_device(cfg["device"]), out, args.steps, args.blocks,
-                        probe, args.budget_minutes)
+                        probe, args.budget_minutes, noise_draws=args.noise_draws)
         os.makedirs(out, exist_ok=True)  # only now: a bad input leaves nothing behind
         sel.extract()
         result = sel.search()
         selected = sel.write_outputs(result, time.time() - t0)
-        report(result, selected, probe, out)
+        report(result, selected, probe, out, sel.noise_draw_scores if selected is not None else None)
 
     return run_cli(job)

@@ -67,6 +67,11 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "upsample_mode": ((str,), "bilinear"),
     # One noise tensor for every image and timestep, as published.
     "share_noise": ((bool,), True),
+    # Noise draws K each step's activations are averaged over, in the extractor (so the feature store does
+    # not grow): draw 0 is the noise above, draws 1..K-1 come from the seeding table ("noise_draw"), see
+    # ddpmseg.features.noise_draws. Extraction costs K forwards. 1 = one draw, as published; diffusion
+    # backbones only (the others add no noise).
+    "noise_draws": ((int,), 1),
     # Hook the block inputs instead of outputs (the SwAV extractor uses True).
     "input_activations": ((bool,), False),
     # --- additions: the diffusers / Stable Diffusion / DINOv2 backbones (ddpmseg.features) ---
@@ -98,6 +103,11 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "learning_rate": ((float,), 1e-3),
     # Upper bound on epochs per member (original: 100); early stopping ends far sooner.
     "max_epochs": ((int,), 100),
+    # How the classes of the training pixels weigh in the MLPs' loss (ddpmseg.classifier.class_balance):
+    # "inverse_frequency" / "sqrt_inverse_frequency" weight each pixel's cross-entropy by 1/f or 1/sqrt(f) of
+    # its class's share f of the pixels trained on; "balanced_sampling" draws each batch so that every class
+    # present is equally likely. "none": every pixel counts once and batches are shuffles, as published.
+    "class_weighting": ((str,), "none"),
     # Early stopping starts once epoch index > this (original: 3, i.e. from the 5th epoch).
     "early_stop_after_epoch": ((int,), 3),
     # Stop after this many consecutive batches without a new best batch loss (original: 50).
@@ -184,6 +194,7 @@ CHOICES = {
     "regularizer": ("none", "etf", "etf_decoupled"),
     "voting": ("hard", "soft", "soft_prob", "weighted", "last_member"),
     "optimizer": ("adam", "adamw"),
+    "class_weighting": ("none", "inverse_frequency", "sqrt_inverse_frequency", "balanced_sampling"),
     "dropout_position": ("before_bn", "after_bn"),
     "epoch_pixels": ("original", "all"),
     "deeplab_backbone": ("resnet101", "resnet50", "mobilenet_v3_large"),
@@ -242,6 +253,9 @@ def _check_model_type(cfg: dict, where: str) -> None:
     if cls is None:
         raise ConfigError(f"{where}: 'model_type' must be one of {list(BACKBONE_CLASSES)}, got {cfg['model_type']!r}")
     cls.check_config(cfg, where)
+    if cfg["noise_draws"] != 1 and not cls.uses_timesteps:
+        raise ConfigError(f"{where}: model_type '{cfg['model_type']}' adds no noise, so there are no noise draws to "
+                          f"average: set \"noise_draws\": 1 (got {cfg['noise_draws']})")
 
 
 # The original's min_region_pixels and the image side it was chosen for.
@@ -315,7 +329,7 @@ def _check_classes(out: dict, where: str) -> None:
 
 def _check_ranges(out: dict, where: str) -> None:
     """Numbers that must be positive, non-negative or within an interval."""
-    for key in ("model_num", "batch_size", "training_number", "testing_number", "max_epochs"):
+    for key in ("model_num", "batch_size", "training_number", "testing_number", "max_epochs", "noise_draws"):
         if out[key] < 1:
             raise ConfigError(f"{where}: '{key}' must be >= 1, got {out[key]}")
     if not 0.0 < out["uncertainty_top_fraction"] <= 1.0:

@@ -42,6 +42,8 @@ STREAMS: dict[str, Stream] = {
     "augment_copy": Stream(1_000_110, ("image", "copy"), "augmented copy k of training image i"),
     "test_view": Stream(1_000_111, ("image", "view"), "test-time view j of test image i"),
     "feature_noise": Stream(1_000_112, (), "the DDPM features' fresh noise of every image when share_noise is false"),
+    "noise_draw": Stream(1_000_113, ("draw",), "noise draw k >= 1 of the features' noise_draws average (draw 0 "
+                         "is the shared noise or feature_noise): its shared tensor, or its fresh noise"),
     "refiner_training": Stream(1_000_120, (), "the DDPS refiner's weights, batches, noise and flips"),
     "refine_noise": Stream(1_000_121, ("image",), "the refiner's re-noising of test image i"),
     "suggest_order": Stream(1_000_130, (), "the random control's order in ddpmseg suggest"),

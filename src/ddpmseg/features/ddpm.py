@@ -1,7 +1,8 @@
 """Pixel features from a frozen guided-diffusion U-Net (Baranchuk et al., ICLR'22).
 
 For each timestep t in ``steps`` the image is noised with q_sample (one shared noise tensor);
-one U-Net forward takes all steps (and all images) as one batch, and forward hooks on
+one U-Net forward takes all steps (and all images) as one batch (one forward per noise draw when the
+config's noise_draws K > 1 averages them, see ``noise_draws``), and forward hooks on
 ``output_blocks[b]`` for b in ``blocks`` keep the block outputs (or inputs). The list is
 step-major, then ascending block index: the original's feature order. The forward stops right
 after the last hooked block, since later decoder blocks (the most expensive, at full
@@ -22,6 +23,7 @@ from guided_diffusion.unet import Downsample, ResBlock, Upsample
 
 from ..common.config import ConfigError
 from ..common.seeding import stream_generator, stream_seed
+from .noise_draws import NoiseDraw, extra_draws, mean_over_draws
 from .registry import Backbone, Layer, register
 
 # `ddpmseg select`'s default step grid as fractions of the diffusion's length: for 1000 steps 10, 25, 50,
@@ -60,6 +62,8 @@ class FeatureExtractorDDPM(Backbone):
     Pass ``model_path`` and the guided-diffusion flags as keywords (like the original), or an
     already-built ``model`` and ``diffusion``. ``noise`` is the default noise of every call (the
     run's shared noise); ``generator`` draws fresh noise where neither gives one (else the global RNG).
+    ``extra_draws`` are noise draws 1..K-1 (``noise_draws.extra_draws``): each call then returns the
+    mean of the activations over draw 0 (the above) and them.
     """
 
     model_type = "ddpm"
@@ -71,7 +75,8 @@ class FeatureExtractorDDPM(Backbone):
     def __init__(self, model_path: str | None = None, steps: Sequence[int] = (50, 150, 250),
                  blocks: Sequence[int] = (5, 6, 7, 8, 12), input_activations: bool = False,
                  device: str | torch.device = "cpu", model=None, diffusion=None, noise: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, **model_flags: Any):
+                 generator: torch.Generator | None = None, extra_draws: Sequence[NoiseDraw] = (),
+                 **model_flags: Any):
         if model is None:
             if model_path is None:
                 raise ValueError("give model_path (with the model flags) or model and diffusion")
@@ -89,6 +94,7 @@ class FeatureExtractorDDPM(Backbone):
             raise ValueError(f"steps {bad_t} out of range 0..{diffusion.num_timesteps - 1}")
         self.input_activations = input_activations
         self.noise, self.generator = noise, generator
+        self.extra_draws = list(extra_draws)
         self.image_size: int | None = None  # from_config sets it: the config's working resolution
         self._acts: list[torch.Tensor] = []
         self._active = False
@@ -110,14 +116,17 @@ class FeatureExtractorDDPM(Backbone):
     def from_config(cls, cfg: dict, model_flags: dict, device: torch.device,
                     log: Callable[[str], None]) -> "FeatureExtractorDDPM":
         """The U-Net of ``cfg`` (random weights from the "unet_init" stream without a checkpoint), with the
-        shared noise of the seed when ``share_noise``, else fresh noise per call from "feature_noise"."""
+        shared noise of the seed when ``share_noise``, else fresh noise per call from "feature_noise";
+        and the config's noise_draws - 1 further draws."""
         seed, size = cfg["seed"], cfg["dim"][0]
         model, diffusion = load_model_and_diffusion(cfg["model_path"] or None, model_flags, device,
                                                     seed=stream_seed("unet_init", seed))
         noise = shared_noise(seed, size, device) if cfg["share_noise"] else None
         extractor = cls(steps=cfg["steps"], blocks=cfg["blocks"], input_activations=cfg["input_activations"],
                         device=device, model=model, diffusion=diffusion, noise=noise,
-                        generator=stream_generator("feature_noise", seed, device=device))
+                        generator=stream_generator("feature_noise", seed, device=device),
+                        extra_draws=extra_draws(seed, cfg["noise_draws"],
+                                                (1, 3, size, size) if cfg["share_noise"] else None, device))
         extractor.image_size = size
         return extractor
 
@@ -170,16 +179,22 @@ class FeatureExtractorDDPM(Backbone):
         which computes exactly what S forwards of N would: every layer of the U-Net treats batch
         entries independently (GroupNorm, attention and convolutions are per sample), and each
         entry carries its own timestep. ``noise`` serves every step, as published; None draws
-        fresh noise for each step in turn, as q_sample did in the one-forward-per-step loop.
+        fresh noise for each step in turn, as q_sample did in the one-forward-per-step loop. With
+        ``extra_draws`` that is draw 0 (``noise`` replaces the default noise of draw 0 only), and the
+        result is the mean over the draws, one forward each.
         """
         img = img.to(self.device)
+        first = NoiseDraw(self.noise if noise is None else noise, self.generator)
+        return mean_over_draws(lambda draw: self._one_draw(img, draw), [first, *self.extra_draws])
+
+    def _one_draw(self, img: torch.Tensor, draw: NoiseDraw) -> list[torch.Tensor]:
+        """The activations of ``img`` under one noise draw: one forward of the S noised copies."""
         S, n = len(self.steps), img.shape[0]
-        noise = self.noise if noise is None else noise
-        if noise is None:
-            noise = torch.cat([torch.randn(img.shape, generator=self.generator, dtype=img.dtype, device=img.device)
+        if draw.shared is None:
+            noise = torch.cat([torch.randn(img.shape, generator=draw.generator, dtype=img.dtype, device=img.device)
                                for _ in self.steps])
         else:
-            noise = noise.to(self.device).expand_as(img).repeat(S, 1, 1, 1)
+            noise = draw.shared.to(self.device).expand_as(img).repeat(S, 1, 1, 1)
         tt = torch.tensor(self.steps, dtype=torch.long, device=self.device).repeat_interleave(n)
         x_t = self.diffusion.q_sample(img.repeat(S, 1, 1, 1), tt, noise=noise)
         self._acts = []

@@ -6,7 +6,8 @@ either at the top (as the google/ddpm-* repositories keep them) or in ``unet/``,
 scheduler's ``scheduler_config.json`` at the top or in ``scheduler/``. A hub id is fetched only
 where the hub can be reached. Each image is noised with the folder's scheduler (``add_noise``) at
 every timestep of "steps" (the run's shared noise, as for the guided-diffusion U-Net); one U-Net
-pass takes all of them, hooked as ``unet_hooks`` describes. ``sample()`` draws images with the
+pass takes all of them, hooked as ``unet_hooks`` describes (one pass per draw when "noise_draws"
+averages several, see ``noise_draws``). ``sample()`` draws images with the
 folder's scheduler (DDPMPipeline's loop).
 These are Ho et al. DDPMs, not the paper's ADM U-Nets: the paper's block indices do not carry over
 (`ddpmseg select` searches every up block at a spread of timesteps).
@@ -22,6 +23,7 @@ from ..common.config import ConfigError
 from ..common.seeding import stream_generator, stream_seed
 from .ddpm import shared_noise
 from .family_keys import reject_unread_keys
+from .noise_draws import NoiseDraw, extra_draws, mean_over_draws
 from .registry import Backbone, Layer, register
 from .unet_hooks import (check_layer_names, config_layer_names, hookable_layers, hooked_forward, model_folder,
                          read_json, scheduler_from_folder, split_steps, timestep_layers, unet_grid)
@@ -81,7 +83,8 @@ class DiffusersDDPM(Backbone):
     hooks_fixed_layers = False
 
     def __init__(self, unet, scheduler, steps: list[int], layer_names: list[str], size: tuple[int, int],
-                 device: torch.device, noise: torch.Tensor | None = None, generator: torch.Generator | None = None):
+                 device: torch.device, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 extra_draws: list[NoiseDraw] = ()):
         self.unet = unet.to(device).eval().requires_grad_(False)
         self.scheduler = scheduler
         self.steps = [int(t) for t in steps]
@@ -91,6 +94,7 @@ class DiffusersDDPM(Backbone):
         # The default noise of every call (the run's shared noise), else fresh draws from ``generator``.
         self.noise = noise
         self.generator = generator if generator is not None else torch.Generator(device=device)
+        self.extra_draws = list(extra_draws)  # draws 1..K-1 averaged with that one (noise_draws.extra_draws)
 
     # ------------------------------------------------------------------ config side
 
@@ -157,10 +161,11 @@ class DiffusersDDPM(Backbone):
             log(f"diffusers: loaded {folder} ({type(scheduler).__name__}, "
                 f"{scheduler.config.num_train_timesteps} steps)")
         # Noise as the guided-diffusion backbone draws it: the seed's shared image noise, or the
-        # feature_noise stream per call.
+        # feature_noise stream per call; and the config's noise_draws - 1 further draws.
         noise = shared_noise(cfg["seed"], size[0], device) if cfg["share_noise"] else None
+        extra = extra_draws(cfg["seed"], cfg["noise_draws"], (1, 3, *size) if cfg["share_noise"] else None, device)
         return cls(unet, scheduler, cfg["steps"], config_layer_names(cfg), size, device, noise,
-                   stream_generator("feature_noise", cfg["seed"], device=device))
+                   stream_generator("feature_noise", cfg["seed"], device=device), extra)
 
     # ------------------------------------------------------------------ features
 
@@ -173,15 +178,20 @@ class DiffusersDDPM(Backbone):
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> list[torch.Tensor]:
         """One U-Net pass over the S noised copies of the N images (step-major batch of S*N): every
-        layer treats batch entries independently, so it equals S passes of N."""
+        layer treats batch entries independently, so it equals S passes of N. ``noise`` replaces draw 0's
+        default noise; with extra draws the maps are the mean over the draws, one pass each."""
+        x0 = images.to(self.device, self.unet.dtype)
+        first = NoiseDraw(self.noise if noise is None else noise, self.generator)
+        return mean_over_draws(lambda draw: self._one_draw(x0, draw), [first, *self.extra_draws])
+
+    def _one_draw(self, x0: torch.Tensor, draw: NoiseDraw) -> list[torch.Tensor]:
+        """The maps of ``x0`` under one noise draw: one U-Net pass of the S noised copies."""
         dtype = self.unet.dtype
-        x0 = images.to(self.device, dtype)
         S, n = len(self.steps), x0.shape[0]
-        noise = self.noise if noise is None else noise
-        if noise is None:  # fresh noise for every step, as q_sample drew it per step
-            eps = torch.randn((S * n, *x0.shape[1:]), generator=self.generator, dtype=dtype, device=self.device)
+        if draw.shared is None:  # fresh noise for every step, as q_sample drew it per step
+            eps = torch.randn((S * n, *x0.shape[1:]), generator=draw.generator, dtype=dtype, device=self.device)
         else:  # the run's one noise tensor serves every image and step, as published
-            eps = noise.to(self.device, dtype).expand_as(x0).repeat(S, 1, 1, 1)
+            eps = draw.shared.to(self.device, dtype).expand_as(x0).repeat(S, 1, 1, 1)
         t = torch.tensor(self.steps, dtype=torch.long, device=self.device).repeat_interleave(n)
         x_t = self.scheduler.add_noise(x0.repeat(S, 1, 1, 1), eps, t)
         maps = hooked_forward(self.unet, self.layer_names, lambda: self.unet(x_t, t))

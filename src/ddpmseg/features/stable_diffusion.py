@@ -15,7 +15,8 @@ autocast (fp16 where bf16 is unsupported); maps come back float32.
 The noise lives in latent space, so the run's shared image-space noise does not fit: with
 "share_noise" one latent noise tensor, drawn once from the latent_noise stream, serves every
 image and step (as published for the pixel-space U-Nets); without, each call draws fresh noise
-from the feature_noise stream.
+from the feature_noise stream. "noise_draws" K > 1 adds K - 1 latent draws of the same kind
+(``noise_draws``); the image is encoded once and the U-Net's maps are averaged over the draws.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ..common.atomic import atomic_write
 from ..common.config import ConfigError
 from ..common.seeding import stream_generator
 from .family_keys import reject_unread_keys
+from .noise_draws import NoiseDraw, extra_draws, mean_over_draws
 from .registry import Backbone, Layer, register
 from .unet_hooks import (check_layer_names, config_layer_names, hookable_layers, hooked_forward,
                          model_folder, read_json, scheduler_from_folder, split_steps, timestep_layers, unet_grid)
@@ -104,7 +106,7 @@ class StableDiffusion(Backbone):
 
     def __init__(self, unet, vae, scheduler, embedding: torch.Tensor, steps: list[int], layer_names: list[str],
                  size: tuple[int, int], device: torch.device, noise: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, extra_draws: list[NoiseDraw] = ()):
         self.unet = unet.to(device).eval().requires_grad_(False)
         self.vae = vae.to(device).eval().requires_grad_(False)
         self.scheduler = scheduler
@@ -117,6 +119,7 @@ class StableDiffusion(Backbone):
         # The latent noise of every call (shared), else fresh draws from ``generator``.
         self.shared_noise = noise
         self.generator = generator if generator is not None else torch.Generator(device=device)
+        self.extra_draws = list(extra_draws)  # latent draws 1..K-1 averaged with that one
         # bf16 keeps float32's range (fp16 can overflow in SD's attention), where the GPU has it.
         self.autocast = None if device.type != "cuda" else (
             torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
@@ -200,8 +203,9 @@ class StableDiffusion(Backbone):
         latent = (1, vae.config.latent_channels, size[0] // factor, size[1] // factor)
         noise = torch.randn(latent, generator=stream_generator("latent_noise", cfg["seed"])) if cfg["share_noise"] \
             else None
+        extra = extra_draws(cfg["seed"], cfg["noise_draws"], latent if cfg["share_noise"] else None, device)
         return cls(unet, vae, scheduler, embedding, cfg["steps"], config_layer_names(cfg), size, device,
-                   noise, stream_generator("feature_noise", cfg["seed"], device=device))
+                   noise, stream_generator("feature_noise", cfg["seed"], device=device), extra)
 
     def layers(self) -> list[Layer]:
         return timestep_layers(self.unet, self.layer_names, self.steps, scale=self.factor)
@@ -217,18 +221,23 @@ class StableDiffusion(Backbone):
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """``noise`` (the run's image-space noise) is not used: the noise is latent, see the module doc."""
+        """``noise`` (the run's image-space noise) is not used: the noise is latent, see the module doc.
+        The image is encoded once; the maps are the mean over the noise draws, one U-Net pass each."""
         autocast = nullcontext() if self.autocast is None else torch.autocast("cuda", dtype=self.autocast)
         with autocast:
             z0 = self.encode(images.to(self.device, self.vae.dtype))
-            S, n = len(self.steps), z0.shape[0]
-            if self.shared_noise is not None:
-                eps = self.shared_noise.to(self.device, z0.dtype).expand_as(z0).repeat(S, 1, 1, 1)
-            else:
-                eps = torch.randn((S * n, *z0.shape[1:]), generator=self.generator, dtype=z0.dtype, device=self.device)
-            t = torch.tensor(self.steps, dtype=torch.long, device=self.device).repeat_interleave(n)
-            z_t = self.scheduler.add_noise(z0.repeat(S, 1, 1, 1), eps, t)
-            context = self.embedding.to(self.unet.dtype).expand(S * n, -1, -1)
-            maps = hooked_forward(self.unet, self.layer_names,
-                                  lambda: self.unet(z_t, t, encoder_hidden_states=context))
+            first = NoiseDraw(self.shared_noise, self.generator)
+            return mean_over_draws(lambda draw: self._one_draw(z0, draw), [first, *self.extra_draws])
+
+    def _one_draw(self, z0: torch.Tensor, draw: NoiseDraw) -> list[torch.Tensor]:
+        """The maps of latents ``z0`` under one noise draw: one U-Net pass of the S noised copies."""
+        S, n = len(self.steps), z0.shape[0]
+        if draw.shared is not None:
+            eps = draw.shared.to(self.device, z0.dtype).expand_as(z0).repeat(S, 1, 1, 1)
+        else:
+            eps = torch.randn((S * n, *z0.shape[1:]), generator=draw.generator, dtype=z0.dtype, device=self.device)
+        t = torch.tensor(self.steps, dtype=torch.long, device=self.device).repeat_interleave(n)
+        z_t = self.scheduler.add_noise(z0.repeat(S, 1, 1, 1), eps, t)
+        context = self.embedding.to(self.unet.dtype).expand(S * n, -1, -1)
+        maps = hooked_forward(self.unet, self.layer_names, lambda: self.unet(z_t, t, encoder_hidden_states=context))
         return split_steps(maps, S, n)
