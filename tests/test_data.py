@@ -78,7 +78,10 @@ def test_dataset_sorts_full_list_and_caps(tmp_path):
     assert [os.path.relpath(p, tmp_path) for p in ds.image_paths] == ["a.png", "b.png", "b/1.png"]
     assert len(ImageLabelDataset(str(tmp_path), 8, num_images=2)) == 2
     assert len(ImageLabelDataset(str(tmp_path), 8, num_images=0)) == 3
-    assert len(ImageLabelDataset(str(tmp_path), 8, num_images=10)) == 3
+    # More than the folder holds is an error naming the count's config key and both numbers.
+    with pytest.raises(DataError, match=r"'training_number' is 10, but .* holds only 3 images: set 'training_number' "
+                                        r"to at most 3"):
+        ImageLabelDataset(str(tmp_path), 8, num_images=10, count_key="training_number")
 
 
 # --- validation errors -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ import argparse
 from ..classifier.segment_folder import segment_images
 from ..classifier.segmenter import Segmenter
 from ..common.cli import add_shared_option, config_overrides, run_cli
+from ..common.paths import probe_output_dir
 from . import command_parser
 
 EXAMPLE = "  ddpmseg segment --run RUN --images photos/ --out segmented/ --set voting=soft\n"
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
 
     def job() -> None:
+        probe_output_dir(args.out, "--out")
         segmenter = Segmenter.from_run(args.run, config_overrides(args.set, device=args.device))
         counts = segment_images(segmenter, args.images, args.out)
         print(f"segmented {counts['segmented']}, already done {counts['skipped']}, unreadable "

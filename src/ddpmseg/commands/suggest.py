@@ -16,6 +16,7 @@ import os
 from ..classifier.segmenter import Segmenter
 from ..classifier.suggest import CSV_NAME, DEFAULT_STRATEGY, SHEET_NAME, STRATEGIES, check_pool, suggest
 from ..common.cli import add_shared_option, config_overrides, run_cli
+from ..common.paths import probe_output_dir
 from . import command_parser
 
 EXAMPLE = "  ddpmseg suggest --run RUN --pool unlabelled/ --k 4 --strategy uncertainty\n"
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     def job() -> None:
         out = args.out or os.path.join(args.run, f"suggestions_{args.strategy}")
         inputs = check_pool(args.pool, args.k, out)
+        probe_output_dir(out, "--out")
         segmenter = Segmenter.from_run(args.run, config_overrides([], device=args.device))
         seed = segmenter.cfg["seed"] if args.seed is None else args.seed
         chosen = suggest(segmenter, inputs, args.k, args.strategy, out, seed)

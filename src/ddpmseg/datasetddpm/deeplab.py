@@ -34,6 +34,7 @@ from ..common.config import ConfigError, save_config
 from ..data.folders import ImageLabelDataset, nearest_resize
 from ..common.device import resolve_device
 from ..common.metrics import IoUAccumulator
+from ..common.paths import probe_output_dir, refuse_folder
 from ..common.report import save_prediction
 from ..common.runfiles import experiment_dir, write_run_metrics
 from ..common.runlock import run_lock
@@ -154,9 +155,10 @@ class SyntheticSet(Dataset):
 class RealSet(Dataset):
     """A real labelled folder: ImageLabelDataset items at the label resolution plus the DeepLab "input"."""
 
-    def __init__(self, data_dir: str, num_images: int, cfg: dict, res: int) -> None:
-        self.labelled = ImageLabelDataset(data_dir, resolution=cfg["dim"][0], num_images=num_images,
-                                          number_class=cfg["number_class"], ignore_label=cfg["ignore_label"])
+    def __init__(self, data_dir: str, count_key: str, cfg: dict, res: int) -> None:
+        self.labelled = ImageLabelDataset(data_dir, resolution=cfg["dim"][0], num_images=cfg[count_key],
+                                          number_class=cfg["number_class"], ignore_label=cfg["ignore_label"],
+                                          count_key=count_key)
         self.transform = input_transform(res)
 
     def __len__(self) -> int:
@@ -204,6 +206,7 @@ class DeepLabRun:
     # -- checks before anything is written ---------------------------------------------------
     def read_checkpoint(self, path: str) -> dict:
         """A checkpoint of this run's settings (ours, or the original's {'model_state_dict'})."""
+        refuse_folder(path, "--resume", CheckpointError)
         if not os.path.isfile(path):
             raise CheckpointError(f"checkpoint not found: {path}")
         try:
@@ -256,8 +259,8 @@ class DeepLabRun:
     def prepare(self) -> None:
         """Open every input and build the model; raises before the run folder is touched."""
         c, s = self.cfg, self.settings
-        self.val_set = RealSet(c["validation_path"] or c["training_path"], c["training_number"], c, self.res)
-        self.test_set = RealSet(c["testing_path"], c["testing_number"], c, self.res)
+        self.val_set = RealSet(c["validation_path"] or c["training_path"], "training_number", c, self.res)
+        self.test_set = RealSet(c["testing_path"], "testing_number", c, self.res)
         self.start = self.resume_point()
         self.first_epoch = self.start["epoch"] + 1 if self.start else 0
         if s.resume and self.first_epoch >= s.num_epoch:
@@ -399,6 +402,7 @@ def run_deeplab(cfg: dict, settings: DeepLabSettings, log: RunLog | None = None)
     t_start = time.time()
     log = log or RunLog()
     run = DeepLabRun(cfg, settings, log)
+    probe_output_dir(run.folder, "the DeepLab run folder (under exp_dir)")
     run.prepare()
     with run_lock(run.folder, log):
         log.attach(os.path.join(run.folder, "log.txt"))
