@@ -259,3 +259,16 @@ def test_binary_0_255_masks_read_as_two_classes_only_when_that_is_unambiguous(tm
     lab[0, 0] = 1
     _write_pair(tmp_path, "a", label=lab)
     assert "[255]" in _error(tmp_path, number_class=2, ignore_label=None)
+
+
+def test_small_region_removal_keeps_a_region_of_exactly_min_pixels():
+    """The threshold is "fewer than min_pixels": a class on exactly min_pixels pixels trains, one on a
+    pixel fewer goes to the ignore label."""
+    label = np.zeros((8, 8), dtype=np.uint8)
+    label[0, :5] = 1  # exactly 5 pixels
+    label[1, :4] = 2  # one fewer
+    out, dropped = drop_small_regions(label, ignore_label=255, min_pixels=5)
+    expected = label.copy()
+    expected[label == 2] = 255
+    np.testing.assert_array_equal(out, expected)
+    assert dropped == [(2, 4)]
