@@ -24,6 +24,10 @@ class CheckpointError(RuntimeError):
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a name -> tensor dict on the CPU."""
+    if os.path.isdir(path):
+        inside = sorted(n for n in os.listdir(path) if n.endswith((".pt", ".pth")))[:5]
+        raise CheckpointError(f"model_path {path} is a folder, not a checkpoint file: name the .pt file itself"
+                              + (f" (it holds {', '.join(inside)})" if inside else " (it holds no .pt file)"))
     if not os.path.isfile(path):
         raise CheckpointError(
             f"checkpoint not found: {path}. Download it (e.g. bash checkpoints/ddpm/download_checkpoint.sh "

@@ -52,6 +52,8 @@ TOOLS = {"interp": train_interpreter, "eval": evaluate, "ddpm": train_ddpm, "sam
 # One case also runs as a real process (torch's import alone takes seconds there).
 SUBPROCESS = {"interp-json-syntax"}
 FACES = json.loads((REPO / "experiments/celebamask64/ddpm.json").read_text())
+# /proc takes no new entries, not even from root: an output folder that no user can create.
+UNWRITABLE = "/proc/ddpmseg-catalogue/out"
 # A DDPM small enough to build in milliseconds (ddpmseg train-ddpm / ddpmseg sample cases).
 TINY_DDPM = ["--image_size", "32", "--num_channels", "32", "--num_res_blocks", "1", "--channel_mult", "1,2",
              "--attention_resolutions", "", "--diffusion_steps", "100"]
@@ -262,6 +264,23 @@ def _segment(ctx: Ctx, run: str, images: Path | None = None) -> list[str]:
     return ["--run", run, "--images", str(images), "--out", str(ctx.root / "segmented")]
 
 
+def _sample(ctx: Ctx, *extra: str, out: str | None = None) -> list[str]:
+    """ddpmseg sample arguments drawing one DDIM sample of two steps from the tiny checkpoint."""
+    return ["--model_path", str(ctx.ckpt()), "--out", out or str(ctx.root / "s"), "--num_samples", "1",
+            "--batch_size", "1", "--use_ddim", "True", "--timestep_respacing", "ddim2", "--device", "cpu", *extra]
+
+
+def _generate(ctx: Ctx, *extra: str, out: str | None = None) -> list[str]:
+    """ddpmseg generate arguments labelling one DDIM sample of the finished tiny run."""
+    return ["--run_dir", str(ctx.run()), "--out", out or str(ctx.root / "g"), "--num_samples", "1",
+            "--batch_size", "1", "--use_ddim", "True", "--timestep_respacing", "ddim2", "--device", "cpu", *extra]
+
+
+def _train_ddpm(ctx: Ctx, *extra: str, log_dir: str | None = None) -> list[str]:
+    return ["--data_dir", str(ctx.ddpm_dir()), "--log_dir", log_dir or str(ctx.root / "log"), "--batch_size", "2",
+            "--max_steps", "1", "--device", "cpu", *TINY_DDPM, *extra]
+
+
 def _select(ctx: Ctx) -> list[str]:
     """ddpmseg select on the tiny U-Net's experiment (training images only)."""
     argv = ctx.ddpm_config()
@@ -467,6 +486,89 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str, bool]] = [
     ("select-step-beyond-diffusion", "select", lambda c: [*_select(c), "--steps", "1000"], "1000", False),
     ("suggest-k-larger-than-pool", "suggest", lambda c: _suggest(c, k=50), "k", False),
     ("suggest-empty-pool", "suggest", lambda c: _suggest(c, pool=c.folder("empty_pool")), "empty_pool", False),
+    # --- values only the checkpoint can check: steps, blocks, respacing, image size (before any feature) ---
+    ("interp-step-beyond-diffusion", "interp", lambda c: [*c.ddpm_config(), "--set", "steps=[5000]"],
+     "steps [5000] do not exist: this diffusion has 1000 steps, so 'steps' must lie in 0..999", False),
+    ("interp-block-the-unet-lacks", "interp", lambda c: [*c.ddpm_config(), "--set", "blocks=[99]"],
+     "blocks [99] do not exist: this U-Net has decoder blocks (output_blocks) 0..11", False),
+    ("interp-dim-other-than-checkpoint-size", "interp", lambda c: [*c.ddpm_config(), "--set", "dim=[128,128,384]"],
+     "was trained at 64 px (image_size in its .json beside it): set \"dim\": [64, 64, 384]", False),
+    ("newexp-step-beyond-diffusion", "newexp",
+     lambda c: [*_new_experiment(c)[:-4], "--steps", "5000", "--blocks", "4", "--allow_missing_classes"],
+     "steps [5000] do not exist", False),
+    ("sample-respacing-beyond-diffusion", "sample", lambda c: _sample(c, "--timestep_respacing", "ddim5000"),
+     "--timestep_respacing 'ddim5000' does not fit this model's 1000 diffusion steps", False),
+    ("sample-image-size-other-than-checkpoint", "sample", lambda c: _sample(c, "--image_size", "128"),
+     "image_size 128 (--image_size or --model_flags), but", False),
+    ("gen-respacing-beyond-diffusion", "gen", lambda c: _generate(c, "--timestep_respacing", "5000",
+                                                                   "--use_ddim", "False"),
+     "--timestep_respacing '5000' does not fit this model's 1000 diffusion steps", False),
+    # --- output folders probed (created, a temp file written, all of it removed) before any work ---
+    ("interp-exp-dir-cannot-be-created", "interp", lambda c: [*c.ddpm_config(), "--exp_dir", UNWRITABLE],
+     f"exp_dir {UNWRITABLE}/50_4_5_6_7_8 cannot be created or written", False),
+    ("eval-out-cannot-be-created", "eval", lambda c: ["--run", str(c.rgb_run()), "--out", UNWRITABLE],
+     f"--out {UNWRITABLE} cannot be created", False),
+    ("segment-out-cannot-be-created", "segment", lambda c: [*_segment(c, str(c.rgb_run()))[:-1], UNWRITABLE],
+     f"--out {UNWRITABLE} cannot be created", False),
+    ("suggest-out-cannot-be-created", "suggest", lambda c: [*_suggest(c)[:-1], UNWRITABLE],
+     f"--out {UNWRITABLE} cannot be created", False),
+    ("select-out-cannot-be-created", "select", lambda c: [*_select(c)[:-1], UNWRITABLE],
+     f"--out {UNWRITABLE} cannot be created", False),
+    ("gen-out-cannot-be-created", "gen", lambda c: _generate(c, out=UNWRITABLE), f"--out {UNWRITABLE} cannot be",
+     False),
+    ("sample-out-cannot-be-created", "sample", lambda c: _sample(c, out=UNWRITABLE), f"--out {UNWRITABLE} cannot be",
+     False),
+    ("ddpm-log-dir-cannot-be-created", "ddpm", lambda c: _train_ddpm(c, log_dir=UNWRITABLE),
+     f"--log_dir {UNWRITABLE} cannot be created", False),
+    ("deeplab-exp-dir-cannot-be-created", "deeplab", lambda c: _deeplab(c, exp_dir=UNWRITABLE),
+     f"the DeepLab run folder (under exp_dir) {UNWRITABLE}/deeplab_class_19", False),
+    # --- path kinds: a folder where a file is meant, a file where a folder is ---
+    ("interp-ckpt-is-a-folder", "interp", lambda c: [*c.ddpm_config(), "--model_path", str(c.folder("ckptdir"))],
+     "ckptdir is a folder, not a checkpoint file", False),
+    ("interp-config-is-a-folder", "interp", lambda c: ["--exp", str(c.folder("configs"))],
+     "configs is a folder, not a file", False),
+    ("interp-train-folder-is-a-file", "interp", lambda c: ["--exp", str(c.config(training_path=str(c.file("tr"))))],
+     "tr is a file, not a folder", False),
+    ("interp-masks-folder-is-a-file", "interp",
+     lambda c: ["--exp", str(c.config(training_masks_path=str(c.file("mk"))))], "mk is a file, not a folder", False),
+    ("eval-run-is-a-file", "eval", lambda c: ["--run", str(c.file("run.txt"))], "run.txt is a file, not a folder",
+     False),
+    ("segment-run-is-a-file", "segment", lambda c: _segment(c, str(c.file("run.txt"))),
+     "run.txt is a file, not a folder", False),
+    ("gen-run-is-a-file", "gen", lambda c: ["--run_dir", str(c.file("run.txt")), "--num_samples", "1"],
+     "run.txt is a file, not a folder", False),
+    ("suggest-pool-is-a-file", "suggest", lambda c: _suggest(c, pool=c.file("pool.png")),
+     "pool.png is a file, not a folder", False),
+    ("sample-ckpt-is-a-folder", "sample", lambda c: ["--model_path", str(c.folder("ckptdir")), "--out",
+                                                     str(c.root / "s"), "--device", "cpu"],
+     "ckptdir is a folder, not a checkpoint file", False),
+    ("sample-flags-file-is-a-folder", "sample", lambda c: _sample(c, "--model_flags", str(c.folder("flagsdir"))),
+     "--model_flags", False),
+    ("ddpm-data-dir-is-a-file", "ddpm", lambda c: ["--data_dir", str(c.file("one.png")), "--log_dir",
+                                                   str(c.root / "log"), *TINY_DDPM], "one.png is a file", False),
+    ("deeplab-npz-is-a-folder", "deeplab", lambda c: _deeplab(c, npz=c.folder("npzdir")),
+     "npzdir is a folder, not a file", False),
+    ("deeplab-resume-is-a-folder", "deeplab", lambda c: _deeplab(c, "--resume", str(c.folder("epochs"))),
+     "epochs is a folder, not a file", False),
+    ("newexp-ckpt-is-a-folder", "newexp",
+     lambda c: [*_new_experiment(c), "--model_path", str(c.folder("ckptdir")), "--allow_missing_classes"],
+     "ckptdir is a folder, not a checkpoint file", False),
+    # --- counts against what exists ---
+    ("interp-training-number-beyond-folder", "interp", lambda c: ["--exp", str(c.config(training_number=50))],
+     "'training_number' is 50, but", False),
+    ("interp-testing-number-beyond-folder", "interp", lambda c: ["--exp", str(c.config(testing_number=50))],
+     "'testing_number' is 50, but", False),
+    ("interp-refine-folds-beyond-images", "interp",
+     lambda c: ["--exp", str(c.config(refine={"method": "ddps", "folds": 5}))],
+     "'refine' folds 5 is more than the 3 training images", False),
+    ("eval-testing-number-beyond-folder", "eval",
+     lambda c: ["--run", str(c.rgb_run()), "--set", "testing_number=50"], "'testing_number' is 50, but", False),
+    ("select-training-number-beyond-folder", "select", lambda c: [*_select(c), "--set", "training_number=50"],
+     "'training_number' is 50, but", False),
+    ("deeplab-testing-number-beyond-folder", "deeplab", lambda c: _deeplab(c, testing_number=50),
+     "'testing_number' is 50, but", False),
+    ("deeplab-max-data-beyond-samples", "deeplab", lambda c: _deeplab(c, "--max_data", "50"),
+     "--max_data 50, but", False),
 
 ]
 

@@ -78,7 +78,10 @@ def test_dataset_sorts_full_list_and_caps(tmp_path):
     assert [os.path.relpath(p, tmp_path) for p in ds.image_paths] == ["a.png", "b.png", "b/1.png"]
     assert len(ImageLabelDataset(str(tmp_path), 8, num_images=2)) == 2
     assert len(ImageLabelDataset(str(tmp_path), 8, num_images=0)) == 3
-    assert len(ImageLabelDataset(str(tmp_path), 8, num_images=10)) == 3
+    # More than the folder holds is an error naming the count's config key and both numbers.
+    with pytest.raises(DataError, match=r"'training_number' is 10, but .* holds only 3 images: set 'training_number' "
+                                        r"to at most 3"):
+        ImageLabelDataset(str(tmp_path), 8, num_images=10, count_key="training_number")
 
 
 # --- validation errors -----------------------------------------------------------------------
@@ -256,3 +259,16 @@ def test_binary_0_255_masks_read_as_two_classes_only_when_that_is_unambiguous(tm
     lab[0, 0] = 1
     _write_pair(tmp_path, "a", label=lab)
     assert "[255]" in _error(tmp_path, number_class=2, ignore_label=None)
+
+
+def test_small_region_removal_keeps_a_region_of_exactly_min_pixels():
+    """The threshold is "fewer than min_pixels": a class on exactly min_pixels pixels trains, one on a
+    pixel fewer goes to the ignore label."""
+    label = np.zeros((8, 8), dtype=np.uint8)
+    label[0, :5] = 1  # exactly 5 pixels
+    label[1, :4] = 2  # one fewer
+    out, dropped = drop_small_regions(label, ignore_label=255, min_pixels=5)
+    expected = label.copy()
+    expected[label == 2] = 255
+    np.testing.assert_array_equal(out, expected)
+    assert dropped == [(2, 4)]

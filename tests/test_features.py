@@ -64,9 +64,11 @@ def test_input_activations_hook_block_inputs(tiny_model_and_diffusion):
 
 def test_bad_blocks_and_steps_are_rejected(tiny_model_and_diffusion):
     model, diffusion = tiny_model_and_diffusion("tiny64")
-    with pytest.raises(ValueError, match="output_blocks 0..11"):
+    with pytest.raises(ValueError, match=r"blocks \[12\] do not exist: this U-Net has decoder blocks \(output_blocks\) "
+                                         r"0..11"):
         FeatureExtractorDDPM(blocks=[4, 12], model=model, diffusion=diffusion)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match=r"steps \[1000\] do not exist: this diffusion has 1000 steps, so 'steps' must "
+                                         r"lie in 0..999"):
         FeatureExtractorDDPM(steps=[1000], blocks=[4], model=model, diffusion=diffusion)
 
 

@@ -239,3 +239,23 @@ def test_train_rejects_bad_inputs():
         train_refiner(images, probs[:, :3], labels, K, IGNORE, FAST, log=lambda _: None)
     with pytest.raises(ValueError, match="labels hold 7"):
         train_refiner(images, probs, labels.index_fill(1, torch.tensor([0]), 7), K, IGNORE, FAST, log=lambda _: None)
+
+
+def test_each_step_renoises_the_previous_steps_estimate(held_out):
+    """Step k's noised mask is q_sample of step k-1's estimate (step 0's: the first prediction), drawn
+    from a generator replayed from the same seed: seen by a forward pre-hook on the denoiser."""
+    images, probs, _ = held_out
+    images, probs = images[:4], probs[:4]
+    settings = replace(FAST, prior_residual=False)  # a random plain head moves the estimate at every step
+    model = MaskDenoiser(K, width=8, embed_dim=4, prior_residual=False, generator=torch.Generator().manual_seed(0))
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    _, masks = refine(model, images, probs, settings, torch.Generator().manual_seed(7))
+    schedule, replay = CategoricalSchedule(settings.num_timesteps), torch.Generator().manual_seed(7)
+    estimates = [probs.argmax(1), *masks[:-1]]
+    # The estimates move from step to step, so a step fed an older one would noise another mask.
+    assert all(not torch.equal(a, b) for a, b in zip(estimates, estimates[1:]))
+    assert len(seen) == len(settings.step_schedule()) == 3
+    for x_t, estimate, s in zip(seen, estimates, settings.step_schedule()):
+        step = torch.full((len(images),), s, dtype=torch.long)
+        assert torch.equal(x_t, schedule.q_sample(estimate, step, K, replay))

@@ -13,7 +13,7 @@ from ddpmseg.commands import segment
 from conftest import CELEBAMASK64, require
 from ddpmseg.classifier.predict import VOTING_MODES, Votes
 from ddpmseg.classifier.segmenter import Segmenter
-from ddpmseg.data.windows import window_starts
+from ddpmseg.data.windows import Tiling, window_starts
 
 
 def test_window_starts_cover_the_long_side_with_overlap():
@@ -58,6 +58,22 @@ def test_non_square_image_is_segmented_at_its_own_size(tiny_interpreter_run):
     lean = seg.predict(wide, probabilities=False)  # one class map at a time: the same mask and uncertainty
     assert lean.probabilities is None and np.array_equal(lean.mask, out.mask)
     assert np.array_equal(lean.uncertainty, out.uncertainty) and lean.score == out.score
+
+
+def test_stitched_uncertainty_is_the_mean_of_the_windows_covering_each_pixel(tiny_interpreter_run):
+    """A 96 x 64 image at the working side 64 is two windows, columns 0-63 and 32-95, and is not resized:
+    columns seen by one window carry that window's own uncertainty, the overlap the mean of the two."""
+    seg = Segmenter.from_run(str(tiny_interpreter_run))
+    wide = Image.open(_test_images(1)[0]).convert("RGB").resize((96, 64))
+    x = seg.transform(wide)
+    tiling = Tiling(*x.shape[1:], seg.size)
+    assert tiling.windows == [(0, 0), (0, 32)]
+    first, second = (seg.window(crop, i)[1].numpy() for i, crop in enumerate(tiling.crops(x)))
+    unc = seg.predict(wide).uncertainty
+    # The same float32 numbers: a single window's value divided by 1, the two windows' sum halved.
+    assert np.array_equal(unc[:, :32], first[:, :32]) and np.array_equal(unc[:, 64:], second[:, 32:])
+    assert np.array_equal(unc[:, 32:64], (first[:, 32:] + second[:, :32]) / 2)
+    assert not np.array_equal(first[:, 32:], second[:, :32])  # the windows disagree there, so the mean shows
 
 
 def _folder(tmp_path):

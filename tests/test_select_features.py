@@ -48,19 +48,27 @@ def argv(tmp_path, ckpt, out, *extra, testing_path=None):
 
 
 class TrainingSpy:
-    """Records, for each probe trained, its fold (from its seed) and the images its pixels come from."""
+    """Records, for each probe trained, its fold (from its seed), the images its pixels come from, and the
+    images it is then scored on (whose activation maps the scoring reads, after the real calls)."""
 
     def __init__(self, monkeypatch, seed=0):
-        self.calls: list[tuple[int, set[int]]] = []
+        self.calls: list[tuple[int, set[int], list[int]]] = []
         fold_of_seed = {stream_seed("fold_seed", seed, f): f for f in range(FOLDS)}
         real = feature_selection.train_ensemble
 
         def spy(store, pixels, settings, *args, **kwargs):
             h, w = pixels.hw
-            self.calls.append((fold_of_seed[settings.seed], set((pixels.index // (h * w)).tolist())))
+            self.calls.append((fold_of_seed[settings.seed], set((pixels.index // (h * w)).tolist()), []))
             return real(store, pixels, settings, *args, **kwargs)
 
+        real_native = feature_selection.LayerSubset.native
+
+        def scored(subset, i):
+            self.calls[-1][2].append(i)
+            return real_native(subset, i)
+
         monkeypatch.setattr(feature_selection, "train_ensemble", spy)
+        monkeypatch.setattr(feature_selection.LayerSubset, "native", scored)
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +111,17 @@ def test_folds_partition_the_training_images_and_probes_never_train_on_their_hel
         "*.png"))[:TRAINING_NUMBER]
     calls = selection["calls"]
     assert len(calls) == FOLDS * len(report["all_scores"])  # one probe per fold per candidate
-    for f, trained_on in calls:
+    for f, trained_on, _ in calls:
         held_out = {i for i, g in enumerate(fold) if g == f}
         assert trained_on == set(range(TRAINING_NUMBER)) - held_out
+
+
+def test_each_probe_is_scored_on_its_held_out_fold_once_each(selection):
+    """A probe trained without fold f votes on fold f's images, each once, and on no image it trained on."""
+    fold = json.loads((selection["out"] / "selection.json").read_text())["fold_of_image"]
+    for f, trained_on, scored in selection["calls"]:
+        assert sorted(scored) == [i for i, g in enumerate(fold) if g == f]
+        assert not trained_on & set(scored)
 
 
 def test_selection_json_scores_heatmap_and_selected_config(selection, tiny64_checkpoint):

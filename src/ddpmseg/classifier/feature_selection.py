@@ -164,7 +164,8 @@ class Selection:
         size = cfg["dim"][0]
         self.train_set = ImageLabelDataset(cfg["training_path"], resolution=size, num_images=cfg["training_number"],
                                            number_class=cfg["number_class"], ignore_label=cfg["ignore_label"],
-                                           masks_dir=cfg["training_masks_path"], palette=cfg["palette"])
+                                           masks_dir=cfg["training_masks_path"], palette=cfg["palette"],
+                                           count_key="training_number")
         n = len(self.train_set)
         if probe.folds > n:
             raise ConfigError(f"--folds {probe.folds} is more than the {n} training images; use at most {n}")

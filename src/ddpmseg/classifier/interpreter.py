@@ -24,6 +24,7 @@ from ..data.folders import ImageLabelDataset, drop_small_regions
 from ..common.device import resolve_device
 from ..features.registry import open_backbone
 from ..common.metrics import IoUAccumulator
+from ..common.paths import probe_output_dir, refuse_file
 from .predict import VOTING_MODES
 from .predictor import REFINER_FILE, Predictor
 from .refine import refine_settings, save_refiner, train_refiner
@@ -72,9 +73,14 @@ class Run:
         ds_kw = dict(resolution=self.size, number_class=cfg["number_class"], ignore_label=cfg["ignore_label"],
                      palette=cfg["palette"])
         self.train_set = ImageLabelDataset(cfg["training_path"], num_images=cfg["training_number"],
-                                           masks_dir=cfg["training_masks_path"], **ds_kw) if train else None
+                                           masks_dir=cfg["training_masks_path"], count_key="training_number",
+                                           **ds_kw) if train else None
         self.test_set = ImageLabelDataset(cfg["testing_path"], num_images=cfg["testing_number"],
-                                          masks_dir=cfg["testing_masks_path"], **ds_kw)
+                                          masks_dir=cfg["testing_masks_path"], count_key="testing_number", **ds_kw)
+        if train and self.refine is not None and self.refine.folds > len(self.train_set):
+            raise ConfigError(f"'refine' folds {self.refine.folds} is more than the {len(self.train_set)} training "
+                              f"images, so some folds would hold none: set \"folds\" to at most "
+                              f"{len(self.train_set)} in 'refine'")
         # The units training learns from: one per working-size window of a training image.
         self.train_windows = self.train_set.window_count() if train else 0
         self.backbone = open_backbone(cfg, model_flags, self.device, log)
@@ -305,8 +311,9 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
         raise ConfigError("`ddpmseg train` runs in one process; launch it with python, not torchrun "
                           "(ddpmseg train-ddpm, sample and generate are the multi-process tools)")
     log = log or RunLog()
-    run = Run(cfg, model_flags, log)
     exp_dir = experiment_dir(cfg)
+    probe_output_dir(exp_dir, "exp_dir")
+    run = Run(cfg, model_flags, log)
     with run_lock(exp_dir, log):
         resolved = {**cfg, "model_flags": model_flags}
         refuse_changed_config(exp_dir, resolved)
@@ -325,6 +332,7 @@ def run_interpreter(cfg: dict, model_flags: dict, log: RunLog | None = None) -> 
 def load_trained_config(run_dir: str, overrides: dict[str, Any]) -> dict:
     """The validated ``config.json`` of the finished run in ``run_dir`` with ``overrides`` of
     inference-only keys; its ensemble members (and refiner) must exist."""
+    refuse_file(run_dir, "--run")
     saved = os.path.join(run_dir, "config.json")
     if not os.path.isfile(saved):
         raise ConfigError(f"{run_dir} has no config.json: give the folder of a finished `ddpmseg train` run")
@@ -355,8 +363,9 @@ def evaluate_run(run_dir: str, overrides: dict[str, Any], out_dir: str, log: Run
     keys; everything goes to ``out_dir``."""
     t_start = time.time()
     log = log or RunLog()
-    run = load_trained_run(run_dir, overrides, log)
-    cfg = run.cfg
+    cfg = load_trained_config(run_dir, overrides)
+    probe_output_dir(out_dir, "--out")
+    run = Run(cfg, cfg["model_flags"], log, train=False)
     with run_lock(out_dir, log):
         save_config(cfg, os.path.join(out_dir, "config.json"))
         log.attach(os.path.join(out_dir, "log.txt"))

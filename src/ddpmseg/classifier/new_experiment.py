@@ -102,7 +102,7 @@ def _feature_width(cfg: dict, flags: dict, log: Callable[[str], None]) -> int:
     """Channels per pixel that the backbone gives for cfg's steps and blocks, from its layer catalogue."""
     try:
         backbone = open_backbone(cfg, flags, resolve_device(cfg["device"]), log)
-    except ValueError as e:  # blocks or steps this U-Net does not have
+    except ValueError as e:  # a backbone that says what it lacks as a plain ValueError
         if isinstance(e, INPUT_ERRORS):
             raise
         raise ConfigError(f"{e}; choose others with --steps / --blocks") from None

@@ -26,6 +26,7 @@ from ..common.atomic import write_text_atomic
 from ..common.distributed import World, all_gather_objects, gather_to_main
 from ..data.folders import load_rgb
 from ..common.errors import DataError
+from ..common.paths import refuse_file
 from .predict import image_uncertainty
 from ..common.report import annotate, class_legend, colorize_mask, panel_spans, side_by_side, write_png_atomic
 from ..common.seeding import stream_generator
@@ -168,6 +169,7 @@ def suggest(segmenter: Segmenter, inputs: dict[str, str], k: int, strategy: str,
 
 def check_pool(pool: str, k: int, out_dir: str | None = None) -> dict[str, str]:
     """The pool's images by stem; an empty pool or a ``k`` it cannot fill is an input error."""
+    refuse_file(pool, "--pool", DataError)
     if not os.path.isdir(pool):
         raise DataError(f"--pool {pool}: no such folder (give the folder of unlabelled images)")
     inputs = list_inputs([pool], out_dir)

@@ -16,7 +16,9 @@ from guided_diffusion.script_util import merged_flags
 
 from ..common.cli import (add_dataclass_args, add_model_flag_args, add_shared_option, dataclass_from_args,
                           passed_model_flags, read_flags_file, run_cli)
+from ..common.config import ConfigError
 from ..common.distributed import init_world
+from ..common.paths import probe_output_dir
 from ..common.report import image_grid, write_png_atomic
 from ..ddpm.generate import SampleOptions, generate
 from ..ddpm.sampling import diffusion_sampler, sampling_diffusion
@@ -41,8 +43,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def resolve_flags(args: argparse.Namespace) -> dict:
+    recorded = sidecar_flags(args.model_path)
     from_file = read_flags_file(args.model_flags) if args.model_flags else None
-    return merged_flags(sidecar_flags(args.model_path), from_file, passed_model_flags(args))
+    flags = merged_flags(recorded, from_file, passed_model_flags(args))
+    trained = recorded.get("image_size")
+    if trained is not None and flags["image_size"] != trained:
+        # The default channel_mult and the attention layers follow image_size: another size is another U-Net.
+        raise ConfigError(f"image_size {flags['image_size']} (--image_size or --model_flags), but {args.model_path} "
+                          f"was trained at {trained} px (image_size in its .json beside it): drop that "
+                          f"image_size, or give {trained}")
+    return flags
 
 
 def draw(args: argparse.Namespace) -> None:
@@ -50,8 +60,10 @@ def draw(args: argparse.Namespace) -> None:
     opts.validate()
     flags = resolve_flags(args)
     world = init_world(args.device or "auto")
+    if world.is_main:  # one prober: another rank's probe could remove the folder under this one's
+        probe_output_dir(args.out, "--out")
+    diffusion = sampling_diffusion(flags, opts.timestep_respacing)  # a respacing it cannot take, said first
     model, _ = load_model_and_diffusion(args.model_path, flags, world.device)
-    diffusion = sampling_diffusion(flags, opts.timestep_respacing)
     size = flags["image_size"]
     name = f"samples_{opts.num_samples}x{size}x{size}x3.npz"
     sampler = diffusion_sampler(model, diffusion, size, opts.seed, opts.use_ddim, opts.clip_denoised, world.device)

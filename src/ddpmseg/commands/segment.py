@@ -14,6 +14,7 @@ from ..classifier.segmenter import Segmenter
 from ..common.cli import add_shared_option, config_overrides, run_cli
 from ..common.distributed import init_world
 from ..common.runfiles import saved_setting
+from ..common.paths import probe_output_dir
 from . import command_parser
 
 EXAMPLE = ("  ddpmseg segment --run RUN --images photos/ --out segmented/ --set voting=soft\n"
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     def job() -> None:
         overrides = config_overrides(args.set, device=args.device)
         world = init_world(saved_setting(args.run, "device", overrides.get("device"), "auto"))
+        if world.is_main:
+            probe_output_dir(args.out, "--out")
         segmenter = Segmenter.from_run(args.run, {**overrides, "device": str(world.device)})
         counts = segment_images(segmenter, args.images, args.out, world)
         if world.is_main:

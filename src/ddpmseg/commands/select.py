@@ -16,6 +16,7 @@ from ..common.cli import add_dataclass_args, add_shared_option, config_overrides
 from ..common.config import ConfigError, load_config
 from ..common.device import resolve_device
 from ..common.model_flags import resolve_model_flags
+from ..common.paths import probe_output_dir
 from . import command_parser
 
 EXAMPLE = ("  ddpmseg select --exp experiments/celebamask64/ddpm.json --budget_minutes 30\n"
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         cfg = load_config(args.exp, config_overrides(args.set, device=args.device))
         out = args.out or os.path.join(cfg["exp_dir"], "feature_selection")
         probe = dataclass_from_args(ProbeSettings, args)
+        probe_output_dir(out, "--out")
         sel = Selection(cfg, resolve_model_flags(cfg), resolve_device(cfg["device"]), out, args.steps, args.blocks,
                         probe, args.budget_minutes, noise_draws=args.noise_draws)
         os.makedirs(out, exist_ok=True)  # only now: a bad input leaves nothing behind

@@ -19,6 +19,7 @@ from ..classifier.suggest import CSV_NAME, DEFAULT_STRATEGY, SHEET_NAME, STRATEG
 from ..common.cli import add_shared_option, config_overrides, run_cli
 from ..common.distributed import init_world
 from ..common.runfiles import saved_setting
+from ..common.paths import probe_output_dir
 from . import command_parser
 
 EXAMPLE = ("  ddpmseg suggest --run RUN --pool unlabelled/ --k 4 --strategy uncertainty\n"
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         out = args.out or os.path.join(args.run, f"suggestions_{args.strategy}")
         inputs = check_pool(args.pool, args.k, out)
         world = init_world(saved_setting(args.run, "device", args.device, "auto"))
+        if world.is_main:
+            probe_output_dir(out, "--out")
         segmenter = Segmenter.from_run(args.run, config_overrides([], device=str(world.device)))
         seed = segmenter.cfg["seed"] if args.seed is None else args.seed
         chosen = suggest(segmenter, inputs, args.k, args.strategy, out, world, seed)

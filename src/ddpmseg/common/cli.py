@@ -16,6 +16,7 @@ from guided_diffusion.script_util import model_and_diffusion_defaults, str2bool
 from .config import ConfigError, parse_override
 from .distributed import close_world
 from .errors import INPUT_ERRORS
+from .paths import refuse_folder
 
 
 # The options that mean the same in every command that has them, defined once. A command says what
@@ -87,6 +88,7 @@ def passed_model_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def read_flags_file(path: str) -> dict[str, Any]:
     """Flags from a JSON file: a checkpoint sidecar ({"flags": {...}}) or a flat dict."""
+    refuse_folder(path, "--model_flags")
     try:
         with open(path) as f:
             loaded = json.load(f)

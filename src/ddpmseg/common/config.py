@@ -59,9 +59,9 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     "model_num": ((int,), 10),
     # Pixels per training batch of the pixel MLPs (the original: 64).
     "batch_size": ((int,), 64),
-    # How many training images are used: the first by sorted path (all of them when fewer exist).
+    # How many training images are used: the first by sorted path; more than the folder holds is an error.
     "training_number": ((int,), REQUIRED),
-    # How many test images are scored: the first by sorted path (all of them when fewer exist).
+    # How many test images are scored: the first by sorted path; more than the folder holds is an error.
     "testing_number": ((int,), REQUIRED),
     # Only bilinear: the lazy per-pixel upsampling in the feature store implements exactly it.
     "upsample_mode": ((str,), "bilinear"),
@@ -404,6 +404,9 @@ def refine_config(raw: dict, where: str = "config") -> dict:
 
 def _read_json(path: str, chain: tuple[str, ...] = ()) -> dict:
     """One config file with its ``"base"`` chain merged in (the file's own keys win)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"experiment config {path} is a folder, not a file: name its .json file (e.g. "
+                          f"{os.path.join(path, 'ddpm.json')})")
     if not os.path.isfile(path):
         raise ConfigError(f"experiment config not found: {path}" + (f" (the base of {chain[-1]})" if chain else ""))
     if os.path.realpath(path) in map(os.path.realpath, chain):

@@ -19,9 +19,17 @@ def resolve_model_flags(cfg: dict, cli_flags: dict[str, Any] | None = None) -> d
             raise ConfigError(f"guided-diffusion flags {sorted(cli_flags)} apply to model_type {takers} only, "
                               f"not '{cfg['model_type']}': drop them")
         return {}
-    flags = merged_flags(sidecar_flags(cfg["model_path"]), cfg["model_flags"], cli_flags)
+    recorded = sidecar_flags(cfg["model_path"])
+    flags = merged_flags(recorded, cfg["model_flags"], cli_flags)
     unknown = unknown_flags(flags)
     if unknown:
         raise ConfigError(f"unknown model flag(s) {unknown}; valid flags: {', '.join(model_and_diffusion_defaults())}")
+    trained = recorded.get("image_size")
+    if trained is not None and trained != cfg["dim"][0]:
+        # The working resolution replaces the flag (as in the original), and the default channel_mult and
+        # the attention layers follow it, so another size builds another U-Net than the one trained.
+        raise ConfigError(f"'dim' {cfg['dim']} works at {cfg['dim'][0]} px, but {cfg['model_path']} was trained at "
+                          f"{trained} px (image_size in its .json beside it): set \"dim\": [{trained}, {trained}, "
+                          f"{cfg['dim'][2]}]")
     flags["image_size"] = cfg["dim"][0]
     return flags

@@ -181,6 +181,9 @@ def resolve_folders(data_dir: str, masks_dir: str = "") -> tuple[str, str | None
     ``images/`` and ``masks/`` sub-folders is the two-folder layout.
     """
     if masks_dir:
+        if os.path.isfile(masks_dir):
+            raise DataError(f"masks folder {masks_dir} is a file, not a folder: name the folder of the masks "
+                            f"(the *_masks_path in the config)")
         if not os.path.isdir(masks_dir):
             raise DataError(f"masks folder not found: {masks_dir} (check the *_masks_path in the config; "
                             f"relative paths are resolved from {os.getcwd()})")
@@ -260,7 +263,11 @@ class ImageLabelDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_dir: str, resolution: int, num_images: int = -1,
                  number_class: int | None = None, ignore_label: int | None = None,
-                 require_labels: bool = True, masks_dir: str = "", palette: list | None = None) -> None:
+                 require_labels: bool = True, masks_dir: str = "", palette: list | None = None,
+                 count_key: str = "num_images") -> None:
+        if os.path.isfile(data_dir):
+            raise DataError(f"dataset folder {data_dir} is a file, not a folder: name the folder of the images "
+                            f"and their labels")
         if not os.path.isdir(data_dir):
             raise DataError(f"dataset folder not found: {data_dir} (check the path in the config; "
                             f"relative paths are resolved from {os.getcwd()})")
@@ -269,7 +276,11 @@ class ImageLabelDataset(torch.utils.data.Dataset):
         if not paths:
             raise DataError(f"no images in {data_dir}: files count as images when their name ends "
                             f"in .{', .'.join(IMAGE_EXTENSIONS)} (any case), searched recursively")
-        # As in the original, num_images <= 0 means all; asking for more than exist gives all.
+        # As in the original, num_images <= 0 means all. Asking for more than exist is an error (the
+        # original quietly used them all): a run would report a number of images it never had.
+        if num_images > len(paths):
+            raise DataError(f"'{count_key}' is {num_images}, but {data_dir} holds only {len(paths)} images: set "
+                            f"'{count_key}' to at most {len(paths)}, or add images")
         self.data_dir = data_dir
         self.image_paths = paths[:num_images] if num_images > 0 else paths
         self.resolution = resolution

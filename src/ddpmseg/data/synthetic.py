@@ -13,6 +13,7 @@ import numpy as np
 
 from ..common.config import CHOICES, ConfigError
 from ..common.errors import DataError
+from ..common.paths import refuse_folder
 
 # The filter rules, named once in the config's CHOICES.
 UNCERTAINTY_RULES = CHOICES["uncertainty_filter"]
@@ -26,6 +27,7 @@ _FORMATS = "3 arrays (images, masks, uncertainty) or 4 (images, masks, latents, 
 
 def _read_arrays(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images, masks, uncertainty) in the file's array order, as the original's ``.values()``."""
+    refuse_folder(path, "synthetic dataset (--data_path)", DataError)
     if not os.path.isfile(path):
         raise DataError(f"synthetic dataset not found: {path} (generate it first, or pass --data_path; "
                         f"relative paths are resolved from {os.getcwd()})")
@@ -83,6 +85,9 @@ def load_synthetic(path: str, max_data: int = 0) -> tuple[np.ndarray, np.ndarray
     if bad.size:
         raise DataError(f"{path}: {bad.size} uncertainty values are not finite (first at sample {bad[0]}); "
                         f"the filter cannot rank those samples")
+    if max_data > len(images):
+        raise DataError(f"--max_data {max_data}, but {path} holds only {len(images)} samples: use at most "
+                        f"{len(images)} (0 = all), or generate more")
     if max_data > 0:
         images, masks, uncertainty = images[:max_data], masks[:max_data], uncertainty[:max_data]
     return images, masks, uncertainty

@@ -43,6 +43,7 @@ from ..common.distributed import World, all_reduce_sum, init_world
 from ..common.global_batchnorm import use_global_batchnorm
 from ..common.metrics import IoUAccumulator
 from ..common.precision import autocast, check_precision, check_precision_device, grad_scaler, weight_dtype
+from ..common.paths import probe_output_dir, refuse_folder
 from ..common.report import save_prediction
 from ..common.runfiles import experiment_dir, write_run_metrics
 from ..common.runlock import run_lock
@@ -179,9 +180,10 @@ class SyntheticSet(Dataset):
 class RealSet(Dataset):
     """A real labelled folder: ImageLabelDataset items at the label resolution plus the DeepLab "input"."""
 
-    def __init__(self, data_dir: str, num_images: int, cfg: dict, res: int) -> None:
-        self.labelled = ImageLabelDataset(data_dir, resolution=cfg["dim"][0], num_images=num_images,
-                                          number_class=cfg["number_class"], ignore_label=cfg["ignore_label"])
+    def __init__(self, data_dir: str, count_key: str, cfg: dict, res: int) -> None:
+        self.labelled = ImageLabelDataset(data_dir, resolution=cfg["dim"][0], num_images=cfg[count_key],
+                                          number_class=cfg["number_class"], ignore_label=cfg["ignore_label"],
+                                          count_key=count_key)
         self.transform = input_transform(res)
 
     def __len__(self) -> int:
@@ -260,6 +262,7 @@ class DeepLabRun:
     # -- checks before anything is written ---------------------------------------------------
     def read_checkpoint(self, path: str) -> dict:
         """A checkpoint of this run's settings (ours, or the original's {'model_state_dict'})."""
+        refuse_folder(path, "--resume", CheckpointError)
         if not os.path.isfile(path):
             raise CheckpointError(f"checkpoint not found: {path}")
         try:
@@ -312,8 +315,8 @@ class DeepLabRun:
     def prepare(self) -> None:
         """Open every input and build the model; raises before the run folder is touched."""
         c, s = self.cfg, self.settings
-        self.val_set = RealSet(c["validation_path"] or c["training_path"], c["training_number"], c, self.res)
-        self.test_set = RealSet(c["testing_path"], c["testing_number"], c, self.res)
+        self.val_set = RealSet(c["validation_path"] or c["training_path"], "training_number", c, self.res)
+        self.test_set = RealSet(c["testing_path"], "testing_number", c, self.res)
         self.start = self.resume_point()
         self.first_epoch = self.start["epoch"] + 1 if self.start else 0
         if s.resume and self.first_epoch >= s.num_epoch:
@@ -490,6 +493,8 @@ def run_deeplab(cfg: dict, settings: DeepLabSettings, log: RunLog | None = None)
     world = init_world(cfg["device"])
     log = (log or RunLog()) if world.is_main else None
     run = DeepLabRun(cfg, settings, log or (lambda msg: None), world)
+    if world.is_main:
+        probe_output_dir(run.folder, "the DeepLab run folder (under exp_dir)")
     run.prepare()
     with run_lock(run.folder, run.log, main=world.is_main):
         if log is not None:

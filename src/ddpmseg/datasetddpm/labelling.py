@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ..common.config import ConfigError
 from ..common.distributed import World
+from ..common.paths import probe_output_dir
 from ..ddpm.generate import Labeller, SampleOptions, generate
 from ..classifier.interpreter import Run, load_trained_config
 from ..classifier.predict import image_uncertainty
@@ -63,8 +64,13 @@ def generate_labelled_set(run_dir: str, out_dir: str, opts: SampleOptions, world
         samplers = " or ".join(f"'{t}'" for t, cls in REGISTRY.items() if cls.can_sample)
         raise ConfigError(f"{run_dir} is a model_type '{cfg['model_type']}' run, which has no sampler to draw "
                           f"samples with: give the folder of a model_type {samplers} run")
+    # A spacing the sampler cannot take, said before the backbone is loaded.
     if backbone_class(cfg["model_type"]).samples_with_own_scheduler:
-        scheduler_steps(opts.timestep_respacing)  # a spacing the scheduler cannot take, said before loading
+        scheduler_steps(opts.timestep_respacing)
+    else:
+        sampling_diffusion(cfg["model_flags"], opts.timestep_respacing)
+    if world.is_main:  # one prober: another rank's probe could remove the folder under this one's
+        probe_output_dir(out_dir, "--out")
     run = Run(cfg, cfg["model_flags"], log, train=False)
     path = generate(out_dir, f"samples_{run.size}x{run.size}x3.npz", backbone_sampler(run, opts, world), run.size,
                     opts, world, record={"run": os.path.abspath(run_dir)}, labeller=ensemble_labeller(run, run_dir),

@@ -21,11 +21,16 @@ def sampling_diffusion(model_flags: Mapping[str, Any], timestep_respacing: str =
     """The diffusion of ``model_flags`` with ``timestep_respacing`` (e.g. "ddim50", "250", "")
     instead of the training one; "" keeps every training step."""
     f = merged_flags(model_flags)
-    return create_gaussian_diffusion(
-        steps=f["diffusion_steps"], learn_sigma=f["learn_sigma"], noise_schedule=f["noise_schedule"],
-        use_kl=f["use_kl"], predict_xstart=f["predict_xstart"], rescale_timesteps=f["rescale_timesteps"],
-        rescale_learned_sigmas=f["rescale_learned_sigmas"], timestep_respacing=timestep_respacing,
-    )
+    try:
+        return create_gaussian_diffusion(
+            steps=f["diffusion_steps"], learn_sigma=f["learn_sigma"], noise_schedule=f["noise_schedule"],
+            use_kl=f["use_kl"], predict_xstart=f["predict_xstart"], rescale_timesteps=f["rescale_timesteps"],
+            rescale_learned_sigmas=f["rescale_learned_sigmas"], timestep_respacing=timestep_respacing,
+        )
+    except ValueError as e:  # a spacing this diffusion's length cannot give
+        raise ConfigError(f"--timestep_respacing {timestep_respacing!r} does not fit this model's "
+                          f"{f['diffusion_steps']} diffusion steps ({e}): give at most {f['diffusion_steps']} "
+                          f"steps, e.g. ddim50 with --use_ddim True, or \"\" for every step") from None
 
 
 def sample_batch(model: torch.nn.Module, diffusion: SpacedDiffusion, batch_size: int, image_size: int,

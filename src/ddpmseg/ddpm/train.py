@@ -46,6 +46,7 @@ from ..common.distributed import World, all_reduce_sum, barrier, init_world
 from ..common.errors import DataError
 from ..common.numerics import NumericalError
 from ..common.precision import autocast, check_precision, check_precision_device, grad_scaler, weight_dtype
+from ..common.paths import probe_output_dir, refuse_file
 from ..common.report import image_grid, to_uint8_images, write_png_atomic
 from ..common.runlock import run_lock
 from ..common.safeload import load_plain
@@ -161,6 +162,7 @@ class UnlabelledImages(torch.utils.data.Dataset):
     def __init__(self, data_dirs: list[str], image_size: int, random_crop: bool = False):
         self.paths: list[str] = []
         for d in data_dirs:
+            refuse_file(d, "--data_dir", DataError)
             if not os.path.isdir(d):
                 raise DataError(f"image folder not found: {d} (relative paths are resolved from {os.getcwd()})")
             found = list_image_files(d)
@@ -261,6 +263,8 @@ class DDPMTrainer:
         opts.validate()
         self.opts = opts
         self.world = world or init_world(opts.device)
+        if self.world.is_main:  # one prober: another rank's probe could remove the folder under this one's
+            probe_output_dir(opts.log_dir, "--log_dir")
         if opts.batch_size % self.world.size:
             raise ConfigError(f"batch_size {opts.batch_size} must be divisible by the number of processes "
                               f"({self.world.size}): it is the global batch, split evenly")

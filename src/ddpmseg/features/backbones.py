@@ -27,6 +27,7 @@ from torchvision.models.resnet import Bottleneck
 
 from guided_diffusion.checkpoint import SHOW, CheckpointError
 
+from ..common.paths import refuse_folder
 from ..common.safeload import unsafe_global
 from ..common.seeding import stream_seed
 from .registry import FixedLayerBackbone, check_input_activations, check_layer_keys, check_weight_keys
@@ -260,6 +261,7 @@ def imagenet_normalise(img: torch.Tensor) -> torch.Tensor:
 
 def require_checkpoint(path: str, kind: str) -> None:
     """CheckpointError naming the download script when ``path`` is not a file (checked before building)."""
+    refuse_folder(path, "model_path", CheckpointError)
     if os.path.isfile(path):
         return
     stem = os.path.splitext(os.path.basename(path))[0]

@@ -54,6 +54,20 @@ def unet_block_layers(model: torch.nn.Module, input_activations: bool) -> list[t
     return shapes
 
 
+def check_steps_and_blocks(steps: Sequence[int], blocks: Sequence[int], num_timesteps: int, num_blocks: int,
+                           names: tuple[str, str]) -> None:
+    """ConfigError for steps the diffusion lacks or decoder blocks the U-Net lacks; ``names`` are what the
+    user set them with (config keys or options)."""
+    bad_t = [t for t in steps if not 0 <= t < num_timesteps]
+    if bad_t:
+        raise ConfigError(f"steps {bad_t} do not exist: this diffusion has {num_timesteps} steps, so "
+                          f"{names[0]} must lie in 0..{num_timesteps - 1}")
+    bad_b = [b for b in blocks if not 0 <= b < num_blocks]
+    if bad_b:
+        raise ConfigError(f"blocks {bad_b} do not exist: this U-Net has decoder blocks (output_blocks) "
+                          f"0..{num_blocks - 1}; pick {names[1]} among them")
+
+
 @register
 class FeatureExtractorDDPM(Backbone):
     """Callable: ``extractor(img, noise=None)`` -> list of activations [N, C, h, w] (float32, or
@@ -85,13 +99,8 @@ class FeatureExtractorDDPM(Backbone):
         self.device = torch.device(device)
         self.steps = [int(t) for t in steps]
         self.blocks = sorted(int(b) for b in blocks)  # hooks fire in block order, as published
-        n = len(model.output_blocks)
-        bad = [b for b in self.blocks if not 0 <= b < n]
-        if bad:
-            raise ValueError(f"blocks {bad} do not exist: this U-Net has output_blocks 0..{n - 1}")
-        bad_t = [t for t in self.steps if not 0 <= t < diffusion.num_timesteps]
-        if bad_t:
-            raise ValueError(f"steps {bad_t} out of range 0..{diffusion.num_timesteps - 1}")
+        check_steps_and_blocks(self.steps, self.blocks, diffusion.num_timesteps, len(model.output_blocks),
+                               ("'steps'", "'blocks'"))
         self.input_activations = input_activations
         self.noise, self.generator = noise, generator
         self.extra_draws = list(extra_draws)
@@ -119,6 +128,7 @@ class FeatureExtractorDDPM(Backbone):
         shared noise of the seed when ``share_noise``, else fresh noise per call from "feature_noise";
         and the config's noise_draws - 1 further draws."""
         seed, size = cfg["seed"], cfg["dim"][0]
+        cls.candidate_grid(cfg, model_flags, cfg["steps"], cfg["blocks"], names=("'steps'", "'blocks'"))  # before loading
         model, diffusion = load_model_and_diffusion(cfg["model_path"] or None, model_flags, device,
                                                     seed=stream_seed("unet_init", seed))
         noise = shared_noise(seed, size, device) if cfg["share_noise"] else None
@@ -132,8 +142,10 @@ class FeatureExtractorDDPM(Backbone):
 
     @classmethod
     def candidate_grid(cls, cfg: dict, model_flags: dict, steps: list[int] | None = None,
-                       blocks: list[int] | None = None) -> tuple[list[int], list[int]]:
-        """Every decoder block at ``DEFAULT_STEP_FRACTIONS`` of the diffusion, or the given ones if they exist."""
+                       blocks: list[int] | None = None,
+                       names: tuple[str, str] = ("--steps", "--blocks")) -> tuple[list[int], list[int]]:
+        """Every decoder block at ``DEFAULT_STEP_FRACTIONS`` of the diffusion, or the given ones if they exist
+        (``names``: what the error calls the steps and blocks the user gave)."""
         try:
             with torch.device("meta"):  # only the U-Net's structure is needed: no weights are allocated
                 model, diffusion = create_model_and_diffusion(**model_flags)
@@ -142,14 +154,7 @@ class FeatureExtractorDDPM(Backbone):
         num_timesteps, num_blocks = diffusion.num_timesteps, len(model.output_blocks)
         steps = sorted(steps if steps is not None else {round(f * num_timesteps) for f in DEFAULT_STEP_FRACTIONS})
         blocks = sorted(blocks if blocks is not None else range(num_blocks))
-        bad_t = [t for t in steps if not 0 <= t < num_timesteps]
-        if bad_t:
-            raise ConfigError(f"steps {bad_t} do not exist: this diffusion has {num_timesteps} steps, so "
-                              f"--steps must lie in 0..{num_timesteps - 1}")
-        bad_b = [b for b in blocks if not 0 <= b < num_blocks]
-        if bad_b:
-            raise ConfigError(f"blocks {bad_b} do not exist: this U-Net has decoder blocks (output_blocks) "
-                              f"0..{num_blocks - 1}; pick --blocks among them")
+        check_steps_and_blocks(steps, blocks, num_timesteps, num_blocks, names)
         return steps, blocks
 
     def input_size(self) -> tuple[int, int]:

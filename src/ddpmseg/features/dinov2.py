@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from guided_diffusion.checkpoint import CheckpointError
 
 from ..common.config import ConfigError
+from ..common.paths import refuse_folder
 from ..common.seeding import stream_seed
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, key_mismatches
 from .family_keys import reject_unread_keys
@@ -70,6 +71,7 @@ def official_to_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A bare name -> tensor state dict from a .safetensors or .pth file, read without running pickled code."""
+    refuse_folder(path, "model_path", CheckpointError)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}. Download it (bash checkpoints/dinov2/download_checkpoint.sh "
                               f"NAME, NAME one of {', '.join(ARCHS)}) or fix model_path")
