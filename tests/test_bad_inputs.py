@@ -567,8 +567,6 @@ CASES: list[tuple[str, str, Callable[[Ctx], list[str]], str, bool]] = [
      "'training_number' is 50, but", False),
     ("deeplab-testing-number-beyond-folder", "deeplab", lambda c: _deeplab(c, testing_number=50),
      "'testing_number' is 50, but", False),
-    ("deeplab-max-data-beyond-samples", "deeplab", lambda c: _deeplab(c, "--max_data", "50"),
-     "--max_data 50, but", False),
 
 ]
 

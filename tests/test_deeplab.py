@@ -199,6 +199,8 @@ def test_shell_script(tmp_path, npz):
                         "--num_epoch", "1", "--deeplab_batch_size", "8"],
                        capture_output=True, text=True, timeout=300, env={**env, "SYNTHETIC_NPZ": npz})
     assert r.returncode == 0, r.stderr[-2000:]
+    # 50000 asked, 20 generated: all 20 are used, and the run says so.
+    assert f"warning: --max_data 50000, but {npz} holds only 20 samples: training on all 20" in r.stdout + r.stderr
     metrics = json.loads((tmp_path / "50_150_250_4_5_6_7_8" / "deeplab_class_19_checkpoint_50000_filter_out_0.100000"
                           / "metrics.json").read_text())
     assert metrics["synthetic"]["kept"] == 18 and metrics["settings"]["data_path"] == npz

@@ -75,8 +75,9 @@ def _check_shapes(path: str, images: np.ndarray, masks: np.ndarray, uncertainty:
 def load_synthetic(path: str, max_data: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images uint8 [N,H,W,3], masks [N,H,W] and uncertainty float [N] of an .npz dataset.
 
-    ``max_data > 0`` keeps the first ``max_data`` samples (as the original); the returned
-    arrays may be views of the loaded ones. Raises DataError for an unusable file.
+    ``max_data > 0`` keeps the first ``max_data`` samples (as the original; a file with fewer gives
+    them all, which the caller says); the returned arrays may be views of the loaded ones. Raises
+    DataError for an unusable file.
     """
     images, masks, uncertainty = _read_arrays(path)
     _check_shapes(path, images, masks, uncertainty)
@@ -85,9 +86,6 @@ def load_synthetic(path: str, max_data: int = 0) -> tuple[np.ndarray, np.ndarray
     if bad.size:
         raise DataError(f"{path}: {bad.size} uncertainty values are not finite (first at sample {bad[0]}); "
                         f"the filter cannot rank those samples")
-    if max_data > len(images):
-        raise DataError(f"--max_data {max_data}, but {path} holds only {len(images)} samples: use at most "
-                        f"{len(images)} (0 = all), or generate more")
     if max_data > 0:
         images, masks, uncertainty = images[:max_data], masks[:max_data], uncertainty[:max_data]
     return images, masks, uncertainty

@@ -298,11 +298,16 @@ class DeepLabRun:
         c, s, t0 = self.cfg, self.settings, time.time()
         images, masks, uncertainty = load_synthetic(self.data_path, s.max_data)
         check_masks(masks, c["number_class"], c["ignore_label"], where=self.data_path)
+        if s.max_data > len(images):
+            # The published script asks for 50000 whatever was generated: use them all, and say so.
+            self.log(f"warning: --max_data {s.max_data}, but {self.data_path} holds only {len(images)} samples: "
+                     f"training on all {len(images)} (generate more for the published amount)")
         kept = keep_by_uncertainty(uncertainty, s.uncertainty_portion, c["uncertainty_filter"])
         if len(kept) < s.batch_size:
             raise ConfigError(f"only {len(kept)} synthetic samples are kept, fewer than --deeplab_batch_size "
                               f"{s.batch_size}: an epoch would have no full batch")
-        self.synthetic = {"data_path": self.data_path, "used": len(uncertainty), "kept": len(kept),
+        self.synthetic = {"data_path": self.data_path, "max_data": s.max_data, "used": len(uncertainty),
+                          "kept": len(kept),
                           "uncertainty_filter": c["uncertainty_filter"],
                           "uncertainty_portion": s.uncertainty_portion,
                           "image_size": list(images.shape[1:3])}
