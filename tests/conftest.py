@@ -61,7 +61,7 @@ def pytest_terminal_summary(terminalreporter):
             what = reason.split(SHARED_MISSING, 1)[1].split(" (", 1)[0]
             missing[what] = missing.get(what, 0) + 1
     if missing:
-        groups = ", ".join(f"{n} need {what}" for what, n in sorted(missing.items()))
+        groups = ", ".join(f"{what}: {n}" for what, n in sorted(missing.items()))
         terminalreporter.write_line(f"{sum(missing.values())} tests skipped: ../shared missing ({groups})")
 
 
