@@ -189,13 +189,13 @@ def test_shell_script(tmp_path, npz):
     assert r.returncode == 2 and "usage:" in r.stderr and "bedroom_28" in r.stderr
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     env.pop("SYNTHETIC_NPZ", None)
-    r = subprocess.run(["bash", str(script), "celebamask64", "--set", f"exp_dir={tmp_path}"],
+    real = shapes64() / "real"
+    paths = ["--set", f"training_path={real / 'train'}", "--set", f"testing_path={real / 'test'}"]
+    r = subprocess.run(["bash", str(script), "celebamask64", "--set", f"exp_dir={tmp_path}", *paths],
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "synthetic_datasets/ddpm/celebamask64/samples_64x64x3.npz" in r.stderr
     # The published --max_data 50000 and portion 0.1 name the folder; the epoch count is overridden.
-    real = shapes64() / "real"
-    r = subprocess.run(["bash", str(script), "celebamask64", "--set", f"exp_dir={tmp_path}", *SMALL,
-                        "--set", f"training_path={real / 'train'}", "--set", f"testing_path={real / 'test'}",
+    r = subprocess.run(["bash", str(script), "celebamask64", "--set", f"exp_dir={tmp_path}", *SMALL, *paths,
                         "--num_epoch", "1", "--deeplab_batch_size", "8"],
                        capture_output=True, text=True, timeout=300, env={**env, "SYNTHETIC_NPZ": npz})
     assert r.returncode == 0, r.stderr[-2000:]
