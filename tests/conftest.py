@@ -1,15 +1,23 @@
-"""Shared test plumbing: where ../shared lives, and the fixtures' weight rule.
+"""Shared test plumbing: the reference fixtures and their weight rule, the labelled shapes data the
+end-to-end tests make, and where ../shared lives.
 
-Tests that need ../shared (reference fixtures, celebamask64, the faces checkpoint) skip with
-a reason when it is absent, except when DDPMSEG_REQUIRE_SHARED=1 (set by .ci/run): then a
-missing ../shared is a failure, so CI can never pass by skipping the parity tests.
+The reference fixtures (numbers the original code produced) are committed under tests/fixtures, so
+the parity tests run on a fresh clone. End-to-end tests that need labelled images but not faces run
+on the procedural shapes dataset (``shapes64``). Only what is about celebamask64 itself or the faces
+checkpoint needs ../shared: such tests skip with a reason when it is absent (the summary line counts
+them), except when DDPMSEG_REQUIRE_SHARED=1 (set by .ci/run): then a missing ../shared is a failure,
+so CI can never pass by skipping.
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -23,20 +31,57 @@ import torch
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
 SHARED = Path(os.environ.get("DDPMSEG_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures"
 CELEBAMASK64 = SHARED / "data" / "celebamask64"
 FACES_CKPT = SHARED / "checkpoints" / "faces64_ema.pt"
+
+
+# The start of every skip reason ``require`` gives; the summary hook counts the skips by it.
+SHARED_MISSING = "../shared missing: "
 
 
 def require(path: Path) -> Path:
     """Return ``path`` if it exists; otherwise skip (locally) or fail (in CI)."""
     if path.exists():
         return path
-    msg = f"{path} not found (the ../shared folder beside the checkout provides it)"
+    where = os.path.relpath(path, SHARED) if path.is_relative_to(SHARED) else str(path)
+    msg = f"{SHARED_MISSING}{where} (the ../shared folder beside the checkout provides it; looked in {path})"
     if os.environ.get("DDPMSEG_REQUIRE_SHARED") == "1":
         pytest.fail(msg + "; DDPMSEG_REQUIRE_SHARED=1 forbids skipping")
     pytest.skip(msg)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line saying how many tests skipped for lack of ../shared, and what each group lacked."""
+    missing: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        if SHARED_MISSING in reason:
+            what = reason.split(SHARED_MISSING, 1)[1].split(" (", 1)[0]
+            missing[what] = missing.get(what, 0) + 1
+    if missing:
+        groups = ", ".join(f"{what}: {n}" for what, n in sorted(missing.items()))
+        terminalreporter.write_line(f"{sum(missing.values())} tests skipped: ../shared missing ({groups})")
+
+
+# The shapes stand-in has celebamask64's split sizes, so a test slicing the first N images of a
+# split gets as many as it would there.
+SHAPES64_SIZES = {"train": 20, "test": 50, "unlabeled": 150}
+
+
+@functools.cache
+def shapes64() -> Path:
+    """A labelled 64 px dataset in celebamask64's layout (real/train and real/test with .png + .npy,
+    unlabeled/, classes.json), written once per session by the procedural generator
+    (ddpmseg.data.procedural): for the tests that need labelled 64 px images but not faces. Its six
+    class ids are valid labels of the 19-class celebamask64 configs the tests run."""
+    from ddpmseg.data.procedural import write_dataset
+
+    root = Path(tempfile.mkdtemp(prefix="ddpmseg-tests-"))
+    atexit.register(shutil.rmtree, root, True)
+    write_dataset(str(root / "shapes64"), **SHAPES64_SIZES)
+    return root / "shapes64"
 
 
 def checkout_env(**extra: str) -> dict[str, str]:
@@ -71,13 +116,23 @@ def rule_weights(keys: dict[str, list[int]]) -> dict[str, torch.Tensor]:
 
 def manifest(name: str) -> dict:
     """One entry of fixtures/guided_unet_manifests.json ("flags", "keys", ...)."""
-    path = require(FIXTURES / "guided_unet_manifests.json")
-    with open(path) as f:
+    with open(FIXTURES / "guided_unet_manifests.json") as f:
         return json.load(f)[name]
 
 
 def load_fixture(name: str) -> dict:
-    return torch.load(require(FIXTURES / name), weights_only=True)
+    return torch.load(FIXTURES / name, weights_only=True)
+
+
+def parity_pixels(size: int) -> torch.Tensor:
+    """The rows (or columns) of a map of side ``size`` kept in the shrunk fixtures (fixtures/README.md):
+    12 spread evenly from the first to the last, or all of them when there are fewer."""
+    return torch.linspace(0, size - 1, min(size, 12)).round().long()
+
+
+def on_parity_grid(maps: torch.Tensor) -> torch.Tensor:
+    """``maps`` (..., H, W) at the parity grid's pixels: (..., 12, 12) for maps of 12 px or more."""
+    return maps.index_select(-2, parity_pixels(maps.shape[-2])).index_select(-1, parity_pixels(maps.shape[-1]))
 
 
 @pytest.fixture
@@ -113,10 +168,10 @@ FAST_INTERPRETER = ["--set", "model_num=2", "--set", "max_epochs=2", "--set", "e
 
 @pytest.fixture(scope="session")
 def tiny_interpreter_run(tmp_path_factory, tiny64_checkpoint):
-    """The folder of a finished train_interpreter.py run on celebamask64 with the tiny U-Net."""
+    """The folder of a finished train_interpreter.py run on the shapes data with the tiny U-Net."""
     from ddpmseg.commands import train as train_interpreter
 
-    data = require(CELEBAMASK64) / "real"
+    data = shapes64() / "real"
     exp = tmp_path_factory.mktemp("interpreter") / "exp"
     argv = ["--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(exp), "--training_path",
             str(data / "train"), "--testing_path", str(data / "test"), "--model_path", str(tiny64_checkpoint),
@@ -168,7 +223,7 @@ def backbone_config(**keys) -> dict:
 
 def run_backbone_end_to_end(tmp_path: Path, keys: list[str], grid: list[str]) -> Path:
     """train_interpreter.py -> segment.py (on the test images) -> select_features.py (over ``grid``, its
-    --steps / --blocks arguments, --blocks last) on a few celebamask64 images with the config keys ``keys``
+    --steps / --blocks arguments, --blocks last) on a few shapes64 images with the config keys ``keys``
     ("KEY=VALUE", after the fast settings); asserts what every backbone must give and returns the run
     folder."""
     import numpy as np
@@ -178,7 +233,7 @@ def run_backbone_end_to_end(tmp_path: Path, keys: list[str], grid: list[str]) ->
     from ddpmseg.commands import select as select_features
     import train_interpreter
 
-    data = require(CELEBAMASK64) / "real"
+    data = shapes64() / "real"
     sets = [a for k in keys for a in ("--set", k)]
     paths = ["--set", f"training_path={data / 'train'}", "--set", f"testing_path={data / 'test'}"]
     exp = tmp_path / "exp"

@@ -12,39 +12,40 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CELEBAMASK64, FAST_INTERPRETER, recomputed_iou, require
+from conftest import FAST_INTERPRETER, recomputed_iou, shapes64
 from ddpmseg.classifier.crossfit import fold_assignment
 from ddpmseg.commands import evaluate, segment
 from ddpmseg.commands import new as new_experiment
 from ddpmseg.commands import train as train_interpreter
 
-# 64 px faces padded to 64 wide x 96 tall: two 64x64 windows at rows 0 and 32 of the tiny U-Net's 64 px side.
+# 64 px shapes64 images padded to 64 wide x 96 tall: two 64x64 windows at rows 0 and 32 of the tiny U-Net's 64 px side.
 TALL = (64, 96)
 PAD_ROWS = (TALL[1] - 64) // 2
 
 
 def _tall(png: Path, folder: Path) -> None:
-    """A celebamask64 face and its label padded by repeating the top and bottom rows (hair above, neck and
-    cloth below, so the label still says what each pixel shows), as <stem>.png beside <stem>.npy."""
+    """A shapes64 image and its label padded by repeating the top and bottom rows (background: the shapes
+    lie wholly inside the image, so the label still says what each pixel shows), as <stem>.png beside
+    <stem>.npy."""
     pad = ((PAD_ROWS, PAD_ROWS), (0, 0))
     rgb = np.pad(np.asarray(Image.open(png).convert("RGB")), pad + ((0, 0),), mode="edge")
     Image.fromarray(rgb).save(folder / png.name)
     np.save(folder / f"{png.stem}.npy", np.pad(np.load(png.with_suffix(".npy")), pad, mode="edge"))
 
 
-def _faces(split: str, n: int) -> list[Path]:
-    return sorted((require(CELEBAMASK64) / "real" / split).glob("*.png"))[:n]
+def _images(split: str, n: int) -> list[Path]:
+    return sorted((shapes64() / "real" / split).glob("*.png"))[:n]
 
 
 @pytest.fixture
 def tall_run(tmp_path, tiny64_checkpoint, monkeypatch):
-    """(data root, run folder) of ddpmseg new + train on 3 tall training and 2 tall test faces."""
+    """(data root, run folder) of ddpmseg new + train on 3 tall training and 2 tall test images."""
     root = tmp_path / "data"
     for split, n in (("train", 3), ("test", 2)):
         (root / split).mkdir(parents=True)
-        for png in _faces(split, n):
+        for png in _images(split, n):
             _tall(png, root / split)
-    meta = json.loads((require(CELEBAMASK64) / "classes.json").read_text())
+    meta = json.loads((shapes64() / "classes.json").read_text())
     (root / "classes.txt").write_text("".join(f"{n} {r} {g} {b}\n" for n, (r, g, b) in
                                               zip(meta["class_names"], meta["palette_rgb"])))
     monkeypatch.chdir(tmp_path)
@@ -94,7 +95,7 @@ def test_a_mixed_size_test_set_evaluates_at_each_images_own_size(tall_run, tmp_p
     mixed.mkdir()
     # W x H: square at the working side, tall, wide, square above it (resized), and an odd-ratio portrait
     sizes = [(64, 64), (64, 96), (96, 64), (128, 128), (50, 90)]
-    for (w, h), png in zip(sizes, _faces("test", len(sizes))):
+    for (w, h), png in zip(sizes, _images("test", len(sizes))):
         Image.open(png).convert("RGB").resize((w, h), Image.Resampling.BILINEAR).save(mixed / png.name)
         label = np.load(png.with_suffix(".npy"))
         rows, cols = np.arange(h) * 64 // h, np.arange(w) * 64 // w
@@ -104,7 +105,7 @@ def test_a_mixed_size_test_set_evaluates_at_each_images_own_size(tall_run, tmp_p
                           "--set", "testing_number=5",
                           "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for (w, h), png in zip(sizes, _faces("test", len(sizes))):
+    for (w, h), png in zip(sizes, _images("test", len(sizes))):
         assert np.load(out / "predictions" / f"{png.stem}.npy").shape == (h, w)
     again = recomputed_iou(out)
     assert metrics["miou"] == pytest.approx(again["miou"], abs=1e-12)
@@ -118,7 +119,8 @@ def test_a_refined_tall_run_trains_its_refiner_on_windows_and_scores_the_merged_
                                    "--set", f"refine={json.dumps(refine)}", *FAST_INTERPRETER]) == 0
     out = tmp_path / "refined" / "50_4_5_6_7_8"
     first = torch.load(out / "refiner_folds" / "first_predictions.pt", weights_only=True)
-    assert first.shape == (6, 19, 64, 64)  # one out-of-fold prediction per training window
+    # one out-of-fold prediction per training window (3 tall images x 2), over shapes64's 6 classes
+    assert first.shape == (6, 6, 64, 64)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["miou"] == metrics["refine"]["miou_after"] == metrics["refine"]["miou_by_step"][-1]
     assert metrics["miou"] == pytest.approx(recomputed_iou(out)["miou"], abs=1e-12)

@@ -1,10 +1,11 @@
-"""Joint image + mask augmentation and the test-time views, on real celebamask64 images."""
+"""Joint image + mask augmentation and the test-time views, on shapes64 images (and a celebamask64 face for
+the mirrored left/right classes)."""
 import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
 
-from conftest import CELEBAMASK64, require
+from conftest import CELEBAMASK64, require, shapes64
 from ddpmseg.data.augment import (TTA_VIEWS, CoarseDropout, HorizontalFlipSwap, augment_pair, copy_seed, swap_classes,
                              tta_view, view_seed)
 from ddpmseg.data.folders import ImageLabelDataset
@@ -14,7 +15,7 @@ FILL = -1
 
 @pytest.fixture(scope="module")
 def sample():
-    ds = ImageLabelDataset(str(require(CELEBAMASK64) / "real" / "train"), resolution=64, num_images=2,
+    ds = ImageLabelDataset(str(shapes64() / "real" / "train"), resolution=64, num_images=2,
                            number_class=19, ignore_label=None)
     return ds[0]["image"], ds[0]["label"]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (CELEBAMASK64, TINY_DIFFUSERS_UNET, backbone_config, require, run_backbone_end_to_end,
+from conftest import (TINY_DIFFUSERS_UNET, backbone_config, run_backbone_end_to_end, shapes64,
                       write_tiny_ddpm_folder)
 from ddpmseg.common.config import ConfigError
 from ddpmseg.features.ddpm import shared_noise
@@ -163,7 +163,7 @@ def test_train_interpreter_offline_is_one_error_line_and_writes_nothing(monkeypa
     import train_interpreter
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    data = require(CELEBAMASK64) / "real"
+    data = shapes64() / "real"
     code = train_interpreter.main(["--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(tmp_path / "exp"),
                                    "--training_path", str(data / "train"), "--testing_path", str(data / "test"),
                                    "--set", "model_type=diffusers", "--set", "model_path=google/ddpm-ema-celebahq-256",

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import FIXTURES, load_fixture, require, rule_weights
+from conftest import FIXTURES, load_fixture, rule_weights
 from ddpmseg.common.config import ConfigError
 from ddpmseg.features.backbones import (IMAGENET_MEAN, IMAGENET_STD, SWAV_HOOKED_BLOCKS, MaskedAutoencoderViT,
                                         load_mae_checkpoint, load_swav_checkpoint, mae_vit_large_patch8,
@@ -19,7 +19,7 @@ from guided_diffusion.checkpoint import CheckpointError
 
 
 def baseline(name: str) -> dict:
-    with open(require(FIXTURES / "baseline_manifests.json")) as f:
+    with open(FIXTURES / "baseline_manifests.json") as f:
         return json.load(f)[name]
 
 

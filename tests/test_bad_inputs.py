@@ -43,7 +43,7 @@ from ddpmseg.commands import suggest
 from ddpmseg.commands import train_ddpm
 from ddpmseg.commands import deeplab as train_deeplab
 from ddpmseg.commands import train as train_interpreter
-from conftest import CELEBAMASK64, REPO, checkout_env, ddpmseg_command, require
+from conftest import REPO, checkout_env, ddpmseg_command, shapes64
 from ddpmseg.commands import COMMANDS
 
 TOOLS = {"interp": train_interpreter, "eval": evaluate, "ddpm": train_ddpm, "sample": sample,
@@ -66,8 +66,8 @@ class Ctx:
         self.root, self._ckpt, self._run = root, ckpt, run
 
     def data(self, train: int = 3, test: int = 2) -> tuple[Path, Path]:
-        """Copies of the first celebamask64 images (png + npy), so a case may break them."""
-        src = require(CELEBAMASK64) / "real"
+        """Copies of the first shapes64 images (png + npy), so a case may break them."""
+        src = shapes64() / "real"
         out = []
         for split, n in (("train", train), ("test", test)):
             dst = self.root / "data" / split
@@ -146,7 +146,7 @@ class Ctx:
         """A folder of ``n`` unlabelled images for ddpmseg train-ddpm."""
         d = self.root / "unlabelled"
         d.mkdir(exist_ok=True)
-        for png in sorted((require(CELEBAMASK64) / "real" / "train").glob("*.png"))[:n]:
+        for png in sorted((shapes64() / "real" / "train").glob("*.png"))[:n]:
             shutil.copy(png, d / png.name)
         return d
 

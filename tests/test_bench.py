@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import CELEBAMASK64, FACES_CKPT, REPO, require
 
 BENCHES = sorted(p.name for p in (REPO / "bench").glob("*.py") if p.name != "workloads.py")
 
@@ -39,12 +39,16 @@ def check_segment(line: dict) -> None:
 
 
 EXTRA_CHECKS = {"segment.py": check_segment}
+# bench/segment.py times a run on celebamask64 with the faces checkpoint, --quick too.
+NEEDS = {"segment.py": [CELEBAMASK64, FACES_CKPT]}
 
 
 # gpu_suite.py: tested below; faults.py: tests/test_faults.py runs its --quick (and checks that its
 # comparison notices wrong resumes), and scripts/faults_table.py writes its README table.
 @pytest.mark.parametrize("name", [b for b in BENCHES if b not in ("gpu_suite.py", "faults.py")])
 def test_quick_mode_runs_and_feeds_the_readme_table(name):
+    for path in NEEDS.get(name, []):
+        require(path)
     sys.path.insert(0, str(REPO / "scripts"))
     import bench_table
 

@@ -1,4 +1,4 @@
-"""DDPM training from scratch on real celebamask64 images with a tiny 32 px U-Net."""
+"""DDPM training from scratch on shapes64 images with a tiny 32 px U-Net."""
 import csv
 import json
 
@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from ddpmseg.commands import train_ddpm
-from conftest import CELEBAMASK64, require
+from conftest import shapes64
 from guided_diffusion.checkpoint import load_model_and_diffusion, sidecar_flags
 from ddpmseg.ddpm.train import center_crop_arr, global_batch, latest_checkpoint, random_crop_arr
 from ddpmseg.features.ddpm import FeatureExtractorDDPM
@@ -19,7 +19,7 @@ TINY = ["--image_size", "32", "--channel_mult", "1,2", "--num_channels", "32", "
 
 
 def train(log_dir, *extra, data=None):
-    data = data or str(require(CELEBAMASK64) / "unlabeled")
+    data = data or str(shapes64() / "unlabeled")
     return train_ddpm.main(["--data_dir", data, "--log_dir", str(log_dir), *TINY, *extra])
 
 

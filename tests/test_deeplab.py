@@ -1,4 +1,4 @@
-"""train_deeplab.py end to end on CPU: a synthetic .npz built from real celebamask64 images."""
+"""train_deeplab.py end to end on CPU: a synthetic .npz built from shapes64 images."""
 import json
 import os
 import shutil
@@ -12,7 +12,7 @@ import torchvision
 from PIL import Image
 
 from ddpmseg.commands import deeplab as train_deeplab
-from conftest import CELEBAMASK64, REPO, recomputed_iou, require
+from conftest import REPO, recomputed_iou, shapes64
 from ddpmseg.common.config import CHOICES, ConfigError, validate
 from ddpmseg.datasetddpm.deeplab import BACKBONES, build_deeplab
 
@@ -25,7 +25,7 @@ FAST = ["--max_data", "10", "--uncertainty_portion", "0.2", *SMALL]
 
 
 def real_arrays(n: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    pngs = sorted((require(CELEBAMASK64) / "real" / "train").glob("*.png"))[:n]
+    pngs = sorted((shapes64() / "real" / "train").glob("*.png"))[:n]
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs])
     return images, np.stack([np.load(p.with_suffix(".npy")) for p in pngs])
 
@@ -40,7 +40,7 @@ def npz(tmp_path_factory) -> str:
 
 
 def run(exp_dir, data_path, *extra) -> int:
-    real = require(CELEBAMASK64) / "real"
+    real = shapes64() / "real"
     return train_deeplab.main(["--exp", str(REPO / "experiments/celebamask64/ddpm.json"), "--data_path", str(data_path),
                                "--set", f"exp_dir={exp_dir}", "--set", f"training_path={real / 'train'}",
                                "--set", f"testing_path={real / 'test'}", *FAST, *extra])
@@ -76,7 +76,7 @@ def test_run_writes_every_output(resumed):
     assert {"train_s", "validation_s", "test_s", "total_s"} <= set(metrics["timings_s"])
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["deeplab_backbone"] == "mobilenet_v3_large" and cfg["training_number"] == 2
-    stems = sorted(p.stem for p in (require(CELEBAMASK64) / "real" / "test").glob("*.png"))[:2]
+    stems = sorted(p.stem for p in (shapes64() / "real" / "test").glob("*.png"))[:2]
     for stem in stems:
         width, height = Image.open(folder / "visualizations" / f"{stem}_compare.png").size
         assert width == 3 * 64 + 4 and height > 64 + 14  # panels, a title line above, a class legend below
@@ -134,7 +134,7 @@ def test_input_errors_exit_2_and_write_nothing(tmp_path, npz, capsys):
     exp = tmp_path / "exp"
     assert "synthetic dataset not found" in error_of(capsys, exp, tmp_path / "none.npz")
     images, masks = real_arrays(12)
-    np.savez(tmp_path / "bad.npz", images, np.where(masks == 13, 25, masks), np.zeros(12))
+    np.savez(tmp_path / "bad.npz", images, np.where(masks == 2, 25, masks), np.zeros(12))
     assert "mask values [25]" in error_of(capsys, exp, tmp_path / "bad.npz")
     np.savez(tmp_path / "two.npz", images, masks)
     assert "holds 2 arrays" in error_of(capsys, exp, tmp_path / "two.npz")
@@ -189,13 +189,13 @@ def test_shell_script(tmp_path, npz):
     assert r.returncode == 2 and "usage:" in r.stderr and "bedroom_28" in r.stderr
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     env.pop("SYNTHETIC_NPZ", None)
-    r = subprocess.run(["bash", str(script), "celebamask64", "--set", f"exp_dir={tmp_path}"],
+    real = shapes64() / "real"
+    paths = ["--set", f"training_path={real / 'train'}", "--set", f"testing_path={real / 'test'}"]
+    r = subprocess.run(["bash", str(script), "celebamask64", "--set", f"exp_dir={tmp_path}", *paths],
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "synthetic_datasets/ddpm/celebamask64/samples_64x64x3.npz" in r.stderr
     # The published --max_data 50000 and portion 0.1 name the folder; the epoch count is overridden.
-    real = require(CELEBAMASK64) / "real"
-    r = subprocess.run(["bash", str(script), "celebamask64", "--set", f"exp_dir={tmp_path}", *SMALL,
-                        "--set", f"training_path={real / 'train'}", "--set", f"testing_path={real / 'test'}",
+    r = subprocess.run(["bash", str(script), "celebamask64", "--set", f"exp_dir={tmp_path}", *SMALL, *paths,
                         "--num_epoch", "1", "--deeplab_batch_size", "8"],
                        capture_output=True, text=True, timeout=300, env={**env, "SYNTHETIC_NPZ": npz})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -213,7 +213,7 @@ def _deeplab_run(exp_dir, npz, *extra):
 
     args = train_deeplab.build_parser().parse_args(["--exp", str(REPO / "experiments/celebamask64/ddpm.json"), "--data_path", npz,
                                      *FAST, *extra])
-    real = require(CELEBAMASK64) / "real"
+    real = shapes64() / "real"
     overrides = dict(parse_override(s) for s in args.set)
     cfg = load_config(args.exp, {**overrides, "exp_dir": str(exp_dir), "training_path": str(real / "train"),
                                  "testing_path": str(real / "test")})
@@ -277,10 +277,10 @@ def test_the_earliest_best_epoch_is_tested(resumed, tmp_path, npz):
     folder = exp / "50_150_250_4_5_6_7_8" / FOLDER
     first = torch.load(folder / "deeplab_epoch_0.pth", weights_only=True)
     torch.save({**first, "epoch": 1}, folder / "deeplab_epoch_1.pth")
-    # Epoch 2's head says class 3 (eye_g, absent from these images) everywhere: IoU 0 on every class.
+    # Epoch 2's head says class 10 (past shapes64's 6 classes, so in no image) everywhere: IoU 0 on every class.
     worse = {k: v.clone() for k, v in first["model_state_dict"].items()}
     worse["classifier.4.weight"].zero_()
-    worse["classifier.4.bias"].fill_(-10.0)[3] = 10.0
+    worse["classifier.4.bias"].fill_(-10.0)[10] = 10.0
     torch.save({**first, "epoch": 2, "model_state_dict": worse}, folder / "deeplab_epoch_2.pth")
     assert run(exp, npz, "--num_epoch", "3") == 0
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -292,7 +292,7 @@ def test_the_earliest_best_epoch_is_tested(resumed, tmp_path, npz):
         model.load_state_dict(state)
         model.eval()
         iou = IoUAccumulator(19, None)
-        for png in sorted((require(CELEBAMASK64) / "real" / "test").glob("*.png"))[:2]:
+        for png in sorted((shapes64() / "real" / "test").glob("*.png"))[:2]:
             with torch.no_grad():
                 logits = model(input_transform(64)(Image.open(png).convert("RGB"))[None])["out"]
             iou.update(logits.argmax(1)[0], np.load(png.with_suffix(".npy")))

@@ -39,7 +39,7 @@ from PIL import Image
 from ddpmseg.commands import deeplab as train_deeplab
 from ddpmseg.commands import generate as generate_dataset
 from ddpmseg.commands import train_ddpm
-from conftest import CELEBAMASK64, REPO, checkout_env, require
+from conftest import REPO, checkout_env, shapes64
 
 FLOAT32_ULP_ATOL = 2.4e-7  # see the module docstring
 DEEPLAB_FLOAT64_ATOL = 1e-8  # see the module docstring
@@ -74,7 +74,7 @@ def test_generation_on_two_processes_equals_one(tmp_path, tiny_interpreter_run):
 
 
 def test_ddpm_training_on_two_processes_equals_one(tmp_path):
-    data = str(require(CELEBAMASK64) / "unlabeled")
+    data = str(shapes64() / "unlabeled")
     # dropout 0: dropout masks are per process, the one thing a split batch cannot reproduce.
     args = ["--data_dir", data, "--image_size", "32", "--channel_mult", "1,2", "--num_channels", "32",
             "--num_res_blocks", "1", "--attention_resolutions", "8", "--learn_sigma", "True", "--dropout", "0.0",

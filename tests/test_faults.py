@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from conftest import CELEBAMASK64, FIXTURES, REPO, require
+from conftest import CELEBAMASK64, REPO, require
 
 sys.path.insert(0, str(REPO / "bench"))
 from faults import compare  # noqa: E402
@@ -39,7 +39,7 @@ def test_compare_ignores_history_but_not_results(tmp_path):
 
 
 def test_quick_two_kills_of_train_interpreter_are_survived(tmp_path):
-    require(CELEBAMASK64), require(FIXTURES)
+    require(CELEBAMASK64)
     r = subprocess.run([sys.executable, str(REPO / "bench" / "faults.py"), "--quick", "--work", str(tmp_path)],
                        capture_output=True, text=True, cwd=REPO)
     result = json.loads(r.stdout.strip().splitlines()[-1])

@@ -93,12 +93,12 @@ def test_generate_filter_deeplab_end_to_end(tmp_path, tiny_interpreter_run):
     import json
 
     from ddpmseg.commands import deeplab as train_deeplab
-    from conftest import CELEBAMASK64, REPO, require
+    from conftest import REPO, shapes64
 
     out = tmp_path / "synthetic"
     assert generate_dataset.main(["--run_dir", str(tiny_interpreter_run), "--out", str(out), "--num_samples", "4",
                                   "--batch_size", "2", *FAST_SAMPLING]) == 0
-    real = require(CELEBAMASK64) / "real"
+    real = shapes64() / "real"
     argv = ["--exp", str(REPO / "experiments/celebamask64/ddpm.json"), "--data_path", str(out / "samples_64x64x3.npz"),
             "--uncertainty_portion", "0.25", "--num_epoch", "1", "--deeplab_batch_size", "2", "--workers", "0",
             "--set", f"exp_dir={tmp_path / 'deeplab'}", "--set", f"training_path={real / 'train'}",

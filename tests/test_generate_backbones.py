@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CELEBAMASK64, FAST_INTERPRETER, require, write_tiny_ddpm_folder, write_tiny_sd_pipeline
+from conftest import FAST_INTERPRETER, shapes64, write_tiny_ddpm_folder, write_tiny_sd_pipeline
 from ddpmseg.classifier.interpreter import load_trained_run
 from ddpmseg.classifier.predictor import Predictor
 from ddpmseg.commands import generate as generate_dataset
@@ -23,8 +23,8 @@ STEPS = "4"
 
 
 def train(tmp_path, keys: list[str]):
-    """The folder of a finished `ddpmseg train` run on a few celebamask64 images with config ``keys``."""
-    data = require(CELEBAMASK64) / "real"
+    """The folder of a finished `ddpmseg train` run on a few shapes64 images with config ``keys``."""
+    data = shapes64() / "real"
     exp = tmp_path / "exp"
     sets = [a for k in ["max_epochs=1", *keys] for a in ("--set", k)]
     assert train_interpreter.main(["--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(exp),

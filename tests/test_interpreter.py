@@ -1,4 +1,4 @@
-"""The whole job on real celebamask64 images with a random-weight 64 px U-Net checkpoint."""
+"""The whole job on shapes64 images (and colour-coded celebamask64 layouts) with a random-weight 64 px U-Net checkpoint."""
 import json
 import os
 import shutil
@@ -10,14 +10,14 @@ from PIL import Image
 
 from ddpmseg.commands import evaluate
 from ddpmseg.commands import train as train_interpreter
-from conftest import CELEBAMASK64, FAST_INTERPRETER as FAST, recomputed_iou, require
+from conftest import CELEBAMASK64, FAST_INTERPRETER as FAST, recomputed_iou, require, shapes64
 from ddpmseg.classifier.predict import VOTING_MODES
 
 
 @pytest.fixture
 def data(tmp_path):
-    """Copies of a few celebamask64 images that a test may then break."""
-    src = require(CELEBAMASK64)
+    """Copies of a few shapes64 images that a test may then break."""
+    src = shapes64()
     for split, n in (("train", 3), ("test", 2)):
         out = tmp_path / split
         out.mkdir()
@@ -77,6 +77,7 @@ def test_training_labels_summary_counts_what_training_saw(tmp_path, data, tiny64
     """metrics.json's training_labels against the .npy masks themselves: with the original's 20-pixel
     rule, the excluded regions are the (image, class) pairs with 1-19 pixels, printed as one line (each
     region in log.txt only); a class in no training mask is named in a warning and in metrics.json."""
+    add_small_region(data)
     assert run(tmp_path, data, tiny64_checkpoint, "--set", "min_region_pixels=20") == 0
     out = tmp_path / "exp" / "50_4_5_6_7_8"
     names = json.loads((out / "config.json").read_text())["class_names"]
@@ -94,6 +95,15 @@ def test_training_labels_summary_counts_what_training_saw(tmp_path, data, tiny64
     assert "warning: " in printed and ", ".join(absent) in printed
     log = (out / "log.txt").read_text()
     assert sum("has only" in line for line in log.splitlines()) == len(small)
+
+
+def add_small_region(data):
+    """shapes64's shapes are all far above 20 pixels: a 3 x 3 patch of class 7 in the first training mask
+    gives a region below the original's 20-pixel rule."""
+    first = sorted((data / "train").glob("*.npy"))[0]
+    label = np.load(first)
+    label[40:43, 40:43] = 7
+    np.save(first, label)
 
 
 def _break(kind, data):
@@ -321,6 +331,7 @@ def test_training_store_holds_each_labelled_pixel_with_its_own_features(data):
     from ddpmseg.common.config import load_config
     from ddpmseg.classifier.interpreter import Run
 
+    add_small_region(data)
     first = sorted((data / "train").glob("*.npy"))[0]
     label = np.load(first)
     label[:8, :8] = 255  # a corner of ignored pixels

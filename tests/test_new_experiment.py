@@ -13,27 +13,27 @@ from PIL import Image
 from ddpmseg.commands import new as new_experiment
 from ddpmseg.commands import segment
 from ddpmseg.commands import train as train_interpreter
-from conftest import CELEBAMASK64, FAST_INTERPRETER, require, strict_json
+from conftest import CELEBAMASK64, FACES_CKPT, FAST_INTERPRETER, require, shapes64, strict_json
 from ddpmseg.common.config import ConfigError, load_config
 from ddpmseg.classifier.new_experiment import PUBLISHED_DATASETS, closest_published
 from ddpmseg.data.classes import distinct_palette, read_classes
 
 
-def _celeba():
-    meta = json.loads((require(CELEBAMASK64) / "classes.json").read_text())
+def _classes():
+    meta = json.loads((shapes64() / "classes.json").read_text())
     return meta["class_names"], meta["palette_rgb"]
 
 
 def _user_data(root, n_train=3, n_test=2):
     """A dataset as a new user has it: JPEG images and RGB palette masks in images/ + masks/ folders
     (train under root/train, test under root/test), the same JPEGs with .npy labels under root/npy,
-    and a class file with celebamask64's names and colours."""
-    names, palette = _celeba()
+    and a class file with the shapes64 names and colours."""
+    names, palette = _classes()
     for split, n in (("train", n_train), ("test", n_test)):
         for sub in ("images", "masks"):
             (root / split / sub).mkdir(parents=True)
         (root / "npy" / split).mkdir(parents=True)
-        for png in sorted((require(CELEBAMASK64) / "real" / split).glob("*.png"))[:n]:
+        for png in sorted((shapes64() / "real" / split).glob("*.png"))[:n]:
             jpg = root / split / "images" / f"{png.stem}.jpg"
             Image.open(png).convert("RGB").save(jpg, quality=90)
             ids = np.load(png.with_suffix(".npy"))
@@ -44,12 +44,12 @@ def _user_data(root, n_train=3, n_test=2):
     return root
 
 
-def _new(root, ckpt, *extra, name="faces"):
+def _new(root, ckpt, *extra, name="shapes"):
     return new_experiment.main(["--name", name, "--images", str(root / "train" / "images"), "--masks",
                                 str(root / "train" / "masks"), "--model_path", str(ckpt), "--classes",
                                 str(root / "classes.txt"), "--test_images", str(root / "test" / "images"),
                                 "--test_masks", str(root / "test" / "masks"), "--steps", "50",
-                                "--allow_missing_classes", *extra])  # 3 faces do not show all 19 classes
+                                "--allow_missing_classes", *extra])  # 3 images do not show every class
 
 
 def test_read_classes_and_palette(tmp_path):
@@ -106,7 +106,7 @@ def test_closest_config_is_a_published_one_never_the_users_own(tmp_path, tiny64_
 
 
 def test_closest_published_config_matches_resolution_then_architecture():
-    flags64 = json.loads((require(CELEBAMASK64).parents[1] / "checkpoints" / "faces64_ema.json").read_text())["flags"]
+    flags64 = json.loads(require(FACES_CKPT.with_suffix(".json")).read_text())["flags"]
     from guided_diffusion.script_util import merged_flags
     name, steps, blocks = closest_published(64, merged_flags(flags64))
     assert name == "experiments/celebamask64/ddpm.json" and blocks == [4, 5, 6, 7, 8] and steps == [50, 150, 250]
@@ -121,9 +121,9 @@ def test_new_user_road_jpeg_rgb_masks_to_segmented_images(tmp_path, tiny64_check
     assert _new(root, tiny64_checkpoint) == 0
     out = capsys.readouterr().out
     assert "experiments/celebamask64/ddpm.json (closest published config)" in out
-    assert "ddpmseg train --exp experiments/faces/ddpm.json" in out
-    cfg = load_config("experiments/faces/ddpm.json")  # validates
-    names, palette = _celeba()
+    assert "ddpmseg train --exp experiments/shapes/ddpm.json" in out
+    cfg = load_config("experiments/shapes/ddpm.json")  # validates
+    names, palette = _classes()
     # 384 = the tiny U-Net's channels of blocks 4..8 at one step, which FAST_INTERPRETER states independently
     assert cfg["dim"] == [64, 64, 384] and cfg["blocks"] == [4, 5, 6, 7, 8] and cfg["steps"] == [50]
     assert (cfg["class_names"], cfg["palette"], cfg["ignore_label"]) == (names, palette, None)
@@ -132,12 +132,12 @@ def test_new_user_road_jpeg_rgb_masks_to_segmented_images(tmp_path, tiny64_check
         "flags"]["num_channels"]
     assert not list((tmp_path / "experiments").glob(".*"))  # no staging folder left behind
 
-    assert train_interpreter.main(["--exp", "experiments/faces/ddpm.json", *FAST_INTERPRETER]) == 0
-    assert train_interpreter.main(["--exp", "experiments/faces/ddpm.json", "--exp_dir", "npy_run",
+    assert train_interpreter.main(["--exp", "experiments/shapes/ddpm.json", *FAST_INTERPRETER]) == 0
+    assert train_interpreter.main(["--exp", "experiments/shapes/ddpm.json", "--exp_dir", "npy_run",
                                    "--training_path", str(root / "npy" / "train"), "--training_masks_path", "",
                                    "--testing_path", str(root / "npy" / "test"), "--testing_masks_path", "",
                                    *FAST_INTERPRETER]) == 0
-    run = tmp_path / "pixel_classifiers" / "faces" / "50_4_5_6_7_8"
+    run = tmp_path / "pixel_classifiers" / "shapes" / "50_4_5_6_7_8"
     png_layout = json.loads((run / "metrics.json").read_text())
     npy_layout = json.loads((tmp_path / "npy_run" / "50_4_5_6_7_8" / "metrics.json").read_text())
     assert png_layout["num_images"] == 2
@@ -180,7 +180,7 @@ def _break(root, kind):
         (root / "train" / "images").mkdir()
         return "no images in"
     if kind == "rgb masks without colours":
-        names, _ = _celeba()
+        names, _ = _classes()
         (root / "classes.txt").write_text("\n".join(names) + "\n")
         return "needs the class colours"
     raise ValueError(kind)
@@ -195,20 +195,20 @@ def test_bad_data_is_one_error_line_and_writes_nothing(tmp_path, tiny64_checkpoi
     assert _new(root, tiny64_checkpoint) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and err.count("error:") == 1
-    assert not (tmp_path / "experiments" / "faces").exists() and not list(tmp_path.glob("experiments/.*"))
+    assert not (tmp_path / "experiments" / "shapes").exists() and not list(tmp_path.glob("experiments/.*"))
 
 
 def test_existing_name_is_refused_without_force(tmp_path, tiny64_checkpoint, monkeypatch, capsys):
     root = _user_data(tmp_path / "data", n_train=3, n_test=1)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "experiments" / "faces").mkdir(parents=True)
-    (tmp_path / "experiments" / "faces" / "ddpm.json").write_text("{}")
+    (tmp_path / "experiments" / "shapes").mkdir(parents=True)
+    (tmp_path / "experiments" / "shapes" / "ddpm.json").write_text("{}")
     assert _new(root, tiny64_checkpoint) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "--force" in err
-    assert (tmp_path / "experiments" / "faces" / "ddpm.json").read_text() == "{}"
+    assert (tmp_path / "experiments" / "shapes" / "ddpm.json").read_text() == "{}"
     assert _new(root, tiny64_checkpoint, "--force") == 0
-    assert load_config("experiments/faces/ddpm.json")["testing_number"] == 1
+    assert load_config("experiments/shapes/ddpm.json")["testing_number"] == 1
 
 
 def test_test_fraction_splits_into_linked_folders(tmp_path, tiny64_checkpoint, monkeypatch, capsys):
@@ -233,7 +233,7 @@ ONE_EPOCH = ["--set", "model_num=2", "--set", "max_epochs=1"]
 
 
 def _exported(root, n_train=3, n_test=2, mode="binary"):
-    """celebamask64 faces as an annotation tool exports them, under root/{train,test}/{images,masks}:
+    """celebamask64 shapes as an annotation tool exports them, under root/{train,test}/{images,masks}:
     "binary": greyscale 0/255 PNG masks of the skin; "voc": palette PNGs in the VOC colour map with
     background 0, skin 1, hair 2 and a 255 border (width 1) wherever two classes meet, as VOC draws them."""
     for split, n in (("train", n_train), ("test", n_test)):

@@ -9,7 +9,7 @@ import torch
 
 from ddpmseg.commands import train_ddpm
 from ddpmseg.commands import train as train_interpreter
-from conftest import CELEBAMASK64, FAST_INTERPRETER, manifest, require, rule_weights
+from conftest import FAST_INTERPRETER, manifest, rule_weights, shapes64
 from ddpmseg.common.numerics import NumericalError
 from ddpmseg.classifier.train import model_path, train_ensemble
 from test_ddpm_train import TINY
@@ -27,7 +27,7 @@ def checkpoint(tmp_path, change):
 
 
 def interpreter(tmp_path, ckpt, capsys):
-    data = require(CELEBAMASK64) / "real"
+    data = shapes64() / "real"
     exp = tmp_path / "exp"
     code = train_interpreter.main(["--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(exp),
                                    "--training_path", str(data / "train"), "--testing_path", str(data / "test"),
@@ -68,7 +68,7 @@ def test_a_diverging_ensemble_stops_at_the_first_nan_loss(tmp_path):
 
 
 def test_a_diverging_ddpm_stops_before_saving_nan_weights(tmp_path, capsys):
-    data = str(require(CELEBAMASK64) / "unlabeled")
+    data = str(shapes64() / "unlabeled")
     code = train_ddpm.main(["--data_dir", data, "--log_dir", str(tmp_path), *TINY, "--lr", "1e12",
                             "--max_steps", "6", "--save_interval", "1"])
     stderr = capsys.readouterr().err

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CELEBAMASK64, REPO, TINY_DIFFUSERS_UNET, require, write_tiny_sd_pipeline
+from conftest import REPO, TINY_DIFFUSERS_UNET, shapes64, write_tiny_sd_pipeline
 from ddpmseg.classifier.feature_selection import ProbeSettings, Selection
 from ddpmseg.common.config import ConfigError, load_config, validate
 from ddpmseg.common.model_flags import resolve_model_flags
@@ -240,7 +240,7 @@ class PooledColour(Backbone):
 
 def test_feature_selection_searches_the_blocks_of_a_backbone_without_timesteps(tmp_path, monkeypatch):
     monkeypatch.setitem(REGISTRY, PooledColour.model_type, PooledColour)
-    data = require(CELEBAMASK64) / "real"
+    data = shapes64() / "real"
     cfg = load_config(CONFIG, {"model_type": "pooled_colour", "model_path": "", "steps": [], "blocks": [0],
                                "dim": [64, 64, 3], "training_path": str(data / "train"), "training_number": 4,
                                "device": "cpu"})

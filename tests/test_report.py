@@ -9,15 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CELEBAMASK64, require
+from conftest import REPO
 from ddpmseg.common import atomic
 from ddpmseg.common.atomic import write_json_atomic
 from ddpmseg.common.report import class_legend, colorize_mask, ignore_colour, save_prediction, to_uint8_image
 
 
 def _palette():
-    with open(require(CELEBAMASK64) / "classes.json") as f:
-        return json.load(f)["palette_rgb"]
+    """celebamask64's class colours, as its experiment config states them (tests/test_experiments.py
+    checks they are the dataset's)."""
+    with open(REPO / "experiments" / "celebamask64" / "ddpm.json") as f:
+        return json.load(f)["palette"]
 
 
 def test_colorize_celebamask64_palette():

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, require
+from conftest import FIXTURES
 
 from guided_diffusion.gaussian_diffusion import (
     GaussianDiffusion,
@@ -42,7 +42,7 @@ class RecordingModel:
 
 @pytest.mark.parametrize("spacing", SPACINGS)
 def test_space_timesteps_matches_reference(spacing):
-    with open(require(FIXTURES / "diffusion_schedules.json")) as f:
+    with open(FIXTURES / "diffusion_schedules.json") as f:
         expected = json.load(f)[f"space_timesteps_{spacing}"]
     got = space_timesteps(1000, spacing)
     assert isinstance(got, set)

@@ -15,7 +15,7 @@ from PIL import Image
 from ddpmseg.commands import evaluate
 from ddpmseg.commands import segment
 import train_interpreter
-from conftest import CELEBAMASK64, require
+from conftest import shapes64
 from ddpmseg.common.run_report import build_report
 from ddpmseg.commands.report import main as report_main
 
@@ -95,7 +95,7 @@ def check_report(folder: Path) -> tuple[Page, dict]:
     assert expected <= traced, expected - traced
     # The confusion matrix as numbers: each shown row sums to 1 (3 decimals per cell, up to K cells rounded).
     counts = np.asarray(metrics["confusion"], dtype=np.float64)
-    assert counts.sum() == metrics["num_images"] * 64 * 64  # celebamask64 scores every pixel
+    assert counts.sum() == metrics["num_images"] * 64 * 64  # no ignore label: every pixel is scored
     shown_rows = [row for row in page.confusion if any(row[1:])]
     assert len(shown_rows) == sum(1 for c in metrics["classes"] if counts[c].sum() > 0)
     for row in shown_rows:
@@ -120,7 +120,7 @@ def per_image_miou(folder: Path, labels: Path, stem: str) -> float:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    src = require(CELEBAMASK64) / "real"
+    src = shapes64() / "real"
     root = tmp_path_factory.mktemp("data")
     for split, n in (("train", TRAIN), ("test", TEST)):
         (root / split).mkdir()

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from ddpmseg.commands import train_ddpm
-from conftest import CELEBAMASK64, require
+from conftest import shapes64
 from ddpmseg.common.runlock import LOCK_NAME, RunLockError, acquire
 from test_ddpm_train import TINY
 
@@ -44,7 +44,7 @@ def test_a_second_run_is_refused_with_the_holders_pid(holder):
 
 def test_train_ddpm_refuses_a_held_log_dir_with_one_line(holder, capsys):
     folder, proc = holder
-    data = str(require(CELEBAMASK64) / "unlabeled")
+    data = str(shapes64() / "unlabeled")
     assert train_ddpm.main(["--data_dir", data, "--log_dir", str(folder), *TINY, "--max_steps", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and f"pid {proc.pid}" in err[0]

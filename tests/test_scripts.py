@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import CELEBAMASK64, FACES_CKPT, REPO, checkout_env, manifest, recomputed_iou, require
+from conftest import CELEBAMASK64, FACES_CKPT, REPO, checkout_env, manifest, recomputed_iou, require, shapes64
 from guided_diffusion.script_util import create_model_and_diffusion, model_and_diffusion_defaults, str2bool
 
 SCRIPTS = REPO / "scripts" / "ddpm"
@@ -73,7 +73,7 @@ def test_train_etf_runs_celebamask64_on_cpu(tmp_path):
 
 def test_train_ddpm_sh_trains_with_the_given_flags(tmp_path):
     """The released architecture is the default; a --model_flags file replaces it."""
-    data = require(CELEBAMASK64) / "unlabeled"
+    data = shapes64() / "unlabeled"
     env = checkout_env(PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
     flags = tmp_path / "tiny.json"
     flags.write_text(json.dumps({"image_size": 32, "channel_mult": "1,2", "num_channels": 32, "num_res_blocks": 1,
@@ -102,12 +102,13 @@ def test_baseline_scripts_print_usage(kind):
     assert "celebamask64" in r.stderr
 
 
-def test_swav_runs_end_to_end_on_celebamask64_with_random_weights(tmp_path):
-    """SwAV end to end: the original CLI (scripts/swav/train_interpreter.sh), real faces, an
+def test_swav_runs_end_to_end_with_random_weights(tmp_path):
+    """SwAV end to end: the original CLI (scripts/swav/train_interpreter.sh) on shapes64 images, an
     untrained ResNet-50, the same store and ensemble as the DDPM path."""
-    require(CELEBAMASK64)
+    data = shapes64() / "real"
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    quick = ["--exp_dir", str(tmp_path / "swav"), "--set", "model_num=2", "--set", "max_epochs=1",
+    quick = ["--exp_dir", str(tmp_path / "swav"), "--set", f"training_path={data / 'train'}",
+             "--set", f"testing_path={data / 'test'}", "--set", "model_num=2", "--set", "max_epochs=1",
              "--set", "training_number=3", "--set", "testing_number=2"]
     r = subprocess.run(["bash", str(REPO / "scripts/swav/train_interpreter.sh"), "celebamask64", *quick],
                        env=env, capture_output=True, text=True, timeout=600)

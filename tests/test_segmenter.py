@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ddpmseg.commands import segment
-from conftest import CELEBAMASK64, require
+from conftest import shapes64
 from ddpmseg.classifier.predict import VOTING_MODES, Votes
 from ddpmseg.classifier.segmenter import Segmenter
 from ddpmseg.data.windows import Tiling, window_starts
@@ -34,7 +34,7 @@ def test_distribution_argmax_is_the_voting_mask():
 
 
 def _test_images(n=2):
-    return sorted((require(CELEBAMASK64) / "real" / "test").glob("*.png"))[:n]
+    return sorted((shapes64() / "real" / "test").glob("*.png"))[:n]
 
 
 def test_square_image_at_working_size_gives_the_evaluation_mask(tiny_interpreter_run):
@@ -138,7 +138,7 @@ def test_refined_run_with_test_time_views_segments_as_evaluation_did(tmp_path, t
     from ddpmseg.commands import train as train_interpreter
     from conftest import FAST_INTERPRETER
 
-    data = require(CELEBAMASK64) / "real"
+    data = shapes64() / "real"
     refine = {"method": "ddps", "iterations": 20, "width": 8, "folds": 2, "fold_members": 1, "steps": 3}
     assert train_interpreter.main([
         "--exp", "experiments/celebamask64/ddpm.json", "--exp_dir", str(tmp_path / "exp"), "--training_path",

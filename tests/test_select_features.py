@@ -1,4 +1,4 @@
-"""ddpmseg select on celebamask64 training images with the tiny U-Net: fold split, outputs, resume, bad inputs."""
+"""ddpmseg select on shapes64 training images with the tiny U-Net: fold split, outputs, resume, bad inputs."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ddpmseg.commands import select as select_features
-from conftest import CELEBAMASK64, require
+from conftest import shapes64
 from ddpmseg.classifier import feature_selection
 from ddpmseg.common.config import load_config
 from ddpmseg.common.seeding import stream_seed
@@ -40,7 +40,7 @@ sys.addaudithook(_audit)
 
 
 def argv(tmp_path, ckpt, out, *extra, testing_path=None):
-    data = require(CELEBAMASK64) / "real"
+    data = shapes64() / "real"
     return ["--exp", "experiments/celebamask64/ddpm.json", "--out", str(out),
             "--set", f"training_path={data / 'train'}", "--set", f"testing_path={testing_path or data / 'test'}",
             "--set", f"model_path={ckpt}", "--set", f"training_number={TRAINING_NUMBER}",
@@ -89,7 +89,7 @@ def selection(tmp_path_factory, tiny64_checkpoint):
         _RECORDING[0] = False
         mp.undo()
     assert code == 0
-    return {"out": tmp / "out", "seen": list(_SEEN), "test_dirs": [unreadable, require(CELEBAMASK64) / "real" / "test"],
+    return {"out": tmp / "out", "seen": list(_SEEN), "test_dirs": [unreadable, shapes64() / "real" / "test"],
             "calls": spy.calls, "tmp": tmp}
 
 
@@ -107,7 +107,7 @@ def test_folds_partition_the_training_images_and_probes_never_train_on_their_hel
     assert len(fold) == TRAINING_NUMBER and sorted(set(fold)) == list(range(FOLDS))
     sizes = [fold.count(f) for f in range(FOLDS)]
     assert max(sizes) - min(sizes) <= 1
-    assert report["training_images"] == sorted(p.name for p in (require(CELEBAMASK64) / "real" / "train").glob(
+    assert report["training_images"] == sorted(p.name for p in (shapes64() / "real" / "train").glob(
         "*.png"))[:TRAINING_NUMBER]
     calls = selection["calls"]
     assert len(calls) == FOLDS * len(report["all_scores"])  # one probe per fold per candidate
@@ -161,7 +161,7 @@ def test_selection_json_scores_heatmap_and_selected_config(selection, tiny64_che
                                      "report": str(out / "selection.json")}
     assert {k: v for k, v in selected.items() if k not in ("steps", "blocks", "dim", "selection")
             and original[k] != v} == {
-        "training_path": str(require(CELEBAMASK64) / "real" / "train"), "testing_path": selected["testing_path"],
+        "training_path": str(shapes64() / "real" / "train"), "testing_path": selected["testing_path"],
         "model_path": str(tiny64_checkpoint), "training_number": TRAINING_NUMBER,
         "exp_dir": str(selection["tmp"] / "exp")}
     from ddpmseg.features.ddpm import FeatureExtractorDDPM
@@ -245,7 +245,7 @@ def test_bad_inputs_get_one_error_line_and_leave_nothing(tmp_path, tiny64_checkp
 def test_the_configs_own_steps_and_blocks_join_the_grid(tiny64_checkpoint, tmp_path):
     """A config whose steps x blocks lie outside the requested grid: they are added to it, so the
     selection can fall back on them (nothing is extracted here: the grid is fixed at construction)."""
-    data = require(CELEBAMASK64) / "real"
+    data = shapes64() / "real"
     cfg = load_config("experiments/celebamask64/ddpm.json", {
         "training_path": str(data / "train"), "model_path": str(tiny64_checkpoint), "training_number": 4,
         "steps": [150], "blocks": [5, 9], "device": "cpu"})
@@ -302,7 +302,7 @@ def test_repeated_splits_are_independent_and_split_zero_is_cross_fittings():
 def test_repeats_score_every_fold_of_every_split(tiny64_checkpoint, tmp_path, monkeypatch):
     """repeats=2: a candidate's fold scores are split 0's folds, then split 1's, each probe trained on the
     images outside its own split's held-out fold and seeded by its running fold index."""
-    data = require(CELEBAMASK64) / "real"
+    data = shapes64() / "real"
     cfg = load_config("experiments/celebamask64/ddpm.json", {
         "training_path": str(data / "train"), "model_path": str(tiny64_checkpoint), "training_number": 4,
         "steps": [50], "blocks": [5], "device": "cpu"})

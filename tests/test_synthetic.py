@@ -1,9 +1,9 @@
-"""ddpmseg.data.synthetic: the .npz formats on real celebamask64 images, every error, both filter rules."""
+"""ddpmseg.data.synthetic: the .npz formats on shapes64 images, every error, both filter rules."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CELEBAMASK64, require
+from conftest import shapes64
 from ddpmseg.common.config import ConfigError
 from ddpmseg.data.folders import DataError
 from ddpmseg.data.synthetic import check_masks, keep_by_uncertainty, load_synthetic
@@ -11,8 +11,8 @@ from ddpmseg.data.synthetic import check_masks, keep_by_uncertainty, load_synthe
 
 @pytest.fixture(scope="module")
 def real():
-    """The 20 real celebamask64 training images and masks, with made-up uncertainty scores."""
-    pngs = sorted((require(CELEBAMASK64) / "real" / "train").glob("*.png"))
+    """The 20 shapes64 training images and masks, with made-up uncertainty scores."""
+    pngs = sorted((shapes64() / "real" / "train").glob("*.png"))
     images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs])
     masks = np.stack([np.load(p.with_suffix(".npy")) for p in pngs])
     uncertainty = np.random.default_rng(0).random(len(pngs))
@@ -92,9 +92,9 @@ def test_mask_values_are_checked_against_number_class(real):
     masks = real[1].copy()
     check_masks(masks, 19, None)
     with pytest.raises(DataError) as e:
-        check_masks(masks, 12, None, where="x.npz")
-    assert str(e.value).startswith("x.npz: mask values [12, 13, 14, 15, 17, 18] (first in sample 0) are invalid "
-                                   "with number_class=12 (allowed: 0..11)")
+        check_masks(masks, 3, None, where="x.npz")
+    assert str(e.value).startswith("x.npz: mask values [3, 4, 5] (first in sample 0) are invalid "
+                                   "with number_class=3 (allowed: 0..2)")
     many = np.concatenate([masks] * 15)  # 300 samples: the check runs in chunks
     many[280, 5, 5] = 200
     with pytest.raises(DataError, match=r"\[200\] \(first in sample 280\)"):
