@@ -131,8 +131,9 @@ def table(found: list[dict], command: str) -> str:
         lines.append(f"| {WHAT[row['unet']]} | {mean_std(list(row['hand'].values()))} | "
                      f"{mean_std(list(row['selected'].values()))} | {mean_std(row['difference'], signed=True)} | "
                      f"{protocol} | {cv if chosen else '–'} | {seeds} |")
-    lines += ["", "The untrained U-Net's weights follow each run's seed, so its selection (made with seed 0's "
-              "weights) is applied to other random weights in seeds ≠ 0."]
+    if any(row["unet"] == "untrained" for row in found):
+        lines += ["", "The untrained U-Net's weights follow each run's seed, so its selection (made with seed 0's "
+                  "weights) is applied to other random weights in seeds ≠ 0."]
     return "\n".join(lines) + "\n"
 
 
