@@ -693,9 +693,11 @@ def test_one_member_at_a_time_trains_the_batched_members(data, tmp_path, variant
 def test_auto_probes_then_trains_what_the_chosen_step_trains(data, tmp_path, monkeypatch):
     """With a probe (forced here: PROBE_SHARE 1 probes a run of any length), auto logs and records its
     choice and both rates, and its members are bit-identical to a run told that step: the probe trains
-    throwaway copies and leaves the real members' streams untouched."""
+    throwaway copies in a folder of its own and leaves the real members' streams untouched. SAVE_EVERY 1: a
+    probe that trained in the run's folder would leave snapshots there, which the real training would find."""
     from ddpmseg.classifier import ensemble_step
     monkeypatch.setattr(ensemble_step, "PROBE_SHARE", 1.0)
+    monkeypatch.setattr(train_mod, "SAVE_EVERY", 1)
     store, px = data
     lines = []
     os.makedirs(tmp_path / "auto")
@@ -705,7 +707,8 @@ def test_auto_probes_then_trains_what_the_chosen_step_trains(data, tmp_path, mon
     assert set(record["probe_pixels_per_s"]) == {"batched", "per_member"} and record["probe_s"] > 0
     assert any(line.startswith(f"ensemble step: {record['chosen']} (ensemble_step auto: probe of 5 rounds")
                for line in lines)
-    assert sorted(os.listdir(tmp_path / "auto")) == ["model_0.pth", "model_1.pth"]  # the probe wrote nothing here
+    assert sorted(os.listdir(tmp_path / "auto")) == ["model_0.pth", "model_1.pth"]
+    assert not any(train_mod.STATE_FILE in line for line in lines)  # no snapshot but the run's own
     os.makedirs(tmp_path / "told")
     train_ensemble(store, px, make_settings(ensemble_step=record["chosen"]), str(tmp_path / "told"), [0, 1], log=quiet)
     for m in (0, 1):
