@@ -1,17 +1,24 @@
 """Training throughput: our ensemble training vs the original one-member-at-a-time loop.
 
-    python bench/ensemble_throughput.py [--workload lsun256|faces64] [--iterations 100] [--quick]
+    python bench/ensemble_throughput.py [--workload lsun256|faces64] [--iterations 60] [--threads 1 2] [--quick]
 
-All variants train 10 members for the same number of 64-pixel batches each, in this one process.
+All variants train 10 members for the same number of 64-pixel batches each, in this one process,
+once per torch thread count in --threads (torch.set_num_threads), one JSON line each.
 Baseline (the original's train()): per member a fresh nn.Sequential MLP, Adam, and a DataLoader
 (batch 64, shuffle, drop_last) over precomputed float32 pixel features X [pixels, C] in RAM.
 A second baseline run uses the fused Adam kernel that we use, isolating batching's share.
 Ours: train_ensemble, the function a real run calls, with the workload's experiment config
-(loaded and validated by ddpmseg.common.config); beside it the candidates measured in the same run:
-per-batch upsampling ("lazy") where the config chose the dense feature matrix, and a loop that
-trains one member at a time. The floor is the arithmetic of one step (forward and
-backward matmul FLOPs of all members) divided by the matmul FLOP/s this machine reaches on the
-same shapes. Prints one JSON line. ``--quick`` runs the same code on a tiny workload (the CI test).
+(loaded and validated by ddpmseg.common.config), with each candidate step: "batched" (all members
+in one step), "per_member" (one member after another), per-batch upsampling ("lazy") where the
+config chose the dense feature matrix; and "auto", the step the trainer's probe picks
+(ddpmseg.classifier.ensemble_step) trained the same way. The probe is timed apart: it is weighed
+against the shortest full training of this store (early stopping's earliest stop), as a run weighs
+it, while the timed training is a slice of --iterations; its share of that full training is
+reported. Every variant runs --rounds times, the order reversed each round so that a drift in the
+load of a shared machine falls on all; a rate is all its rounds' pixels over all their seconds.
+The floor is the arithmetic of one step (forward and backward matmul FLOPs of all members)
+divided by the matmul FLOP/s this machine reaches on the same shapes. ``--quick`` runs the same
+code on a tiny workload (the CI test).
 """
 from __future__ import annotations
 
@@ -30,7 +37,9 @@ sys.path[:0] = [HERE, os.path.join(HERE, "..", "src"), os.path.join(HERE, "..")]
 
 from workloads import WORKLOADS, synthetic_store, train_config  # noqa: E402
 from ddpmseg.classifier.ensemble import hidden_sizes  # noqa: E402
-from ddpmseg.classifier.train import EnsembleSettings, train_ensemble, wants_dense  # noqa: E402
+from ddpmseg.classifier.ensemble_step import StepChoice  # noqa: E402
+from ddpmseg.classifier.train import (  # noqa: E402
+    EnsembleSettings, TrainingInputs, choose_training_step, min_iterations, train_ensemble, wants_dense)
 
 MEMBERS = 10
 
@@ -106,7 +115,65 @@ def matmul_flops_per_s(dim: int, classes: int, batch: int, repeats: int) -> floa
     return repeats * 2 * 2 * batch * dim * h1 / (time.perf_counter() - t0)
 
 
-def run(workload: str, iterations: int, images: int, baseline_pixels: int, quick: bool) -> dict:
+def timed(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def train_seconds(store, pixels, cfg: dict, groups: list[list[int]], iterations: int,
+                  step: StepChoice | None = None) -> float:
+    """Seconds of train_ensemble over these member groups, one call each (as a run would)."""
+    settings = EnsembleSettings.from_config(cfg)
+    with tempfile.TemporaryDirectory() as d:
+        return timed(lambda: [train_ensemble(store, pixels, settings, d, members, max_steps=iterations,
+                                             log=lambda m: None, progress=False, step=step) for members in groups])
+
+
+def auto_choice(store, pixels, cfg: dict) -> tuple[StepChoice, float]:
+    """The step auto picks for this store (its probe weighed against the store's full training, as a run
+    does: max_steps None) and the seconds of the shortest such training, in member-batches."""
+    inputs = TrainingInputs.build(store, pixels, EnsembleSettings.from_config(cfg), log=lambda m: None)
+    with tempfile.TemporaryDirectory() as d:
+        choice = choose_training_step(inputs, list(range(MEMBERS)), d, max_steps=None)
+    return choice, MEMBERS * min_iterations(inputs.settings, inputs.n_batches, None)
+
+
+def measure(workload: str, cfg: dict, store, pixels, X, y, iterations: int, rounds: int) -> dict:
+    """Seconds of every variant summed over ``rounds`` (order reversed each round), auto's choices and
+    probe seconds, and the shortest full training (member-batches) its probe was weighed against."""
+    classes, batch = cfg["number_class"], cfg["batch_size"]
+    dense = wants_dense(len(pixels.labels), store.dim, cfg["feature_matrix"])
+    everyone, one_by_one = [list(range(MEMBERS))], [[m] for m in range(MEMBERS)]
+    picks = {"choices": [], "probe_s": [], "shortest": 0}
+
+    def auto() -> float:
+        choice, picks["shortest"] = auto_choice(store, pixels, cfg)
+        picks["choices"].append(choice.chosen)
+        picks["probe_s"].append(choice.probe_s or 0.0)
+        return train_seconds(store, pixels, cfg, everyone, iterations, step=choice)
+
+    variants = {
+        "sequential": lambda: sequential(X, y, classes, iterations, batch),
+        "sequential_fused_adam": lambda: sequential(X, y, classes, iterations, batch, fused=True),
+        "batched": lambda: train_seconds(store, pixels, {**cfg, "ensemble_step": "batched"}, everyone, iterations),
+        "per_member": lambda: train_seconds(store, pixels, {**cfg, "ensemble_step": "per_member"}, one_by_one,
+                                            iterations),
+        "auto": auto,
+    }
+    if dense:
+        variants["batched_lazy"] = lambda: train_seconds(
+            store, pixels, {**cfg, "ensemble_step": "batched", "feature_matrix": "lazy"}, everyone, iterations)
+    seconds = {name: 0.0 for name in variants}
+    for r in range(rounds):
+        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+            seconds[name] += variants[name]()
+    return {"seconds": seconds, **picks, "dense": dense}
+
+
+def run(workload: str, iterations: int, images: int, baseline_pixels: int, rounds: int, threads: int,
+        quick: bool) -> dict:
+    torch.set_num_threads(threads)
     cfg = train_config(workload)
     classes, batch = cfg["number_class"], cfg["batch_size"]
     store, pixels = synthetic_store(workload, images)
@@ -115,55 +182,52 @@ def run(workload: str, iterations: int, images: int, baseline_pixels: int, quick
     sub = torch.randperm(len(pixels.labels), generator=g)[:baseline_pixels]
     X = store.pixels(*pixels.coords(sub))
     y = pixels.labels[sub]
-    t_seq = sequential(X, y, classes, iterations, batch)
-    t_seq_fused = sequential(X, y, classes, iterations, batch, fused=True)
-
-    def ours(groups: list[list[int]], **overrides) -> float:
-        """Seconds of train_ensemble over these member groups, one call each (as a run would)."""
-        with tempfile.TemporaryDirectory() as d:
-            t0 = time.perf_counter()
-            for members in groups:
-                train_ensemble(store, pixels, EnsembleSettings.from_config({**cfg, **overrides}), d, members,
-                               max_steps=iterations, log=lambda m: None)
-            return time.perf_counter() - t0
-
-    dense = wants_dense(len(pixels.labels), store.dim, cfg["feature_matrix"])
-    t_ours = ours([list(range(MEMBERS))])  # the config's choices: what a real run does
-    # The candidates, measured in the same run: per-batch upsampling instead of the dense
-    # matrix, and one member at a time instead of the batched step.
-    t_lazy = ours([list(range(MEMBERS))], feature_matrix="lazy") if dense else t_ours
-    t_per_member = ours([[m] for m in range(MEMBERS)])
-    n = MEMBERS * iterations * batch
+    m = measure(workload, cfg, store, pixels, X, y, iterations, rounds)
+    n = rounds * MEMBERS * iterations * batch
+    rate = {name: n / t for name, t in m["seconds"].items()}
+    candidates = {k: v for k, v in rate.items() if k in ("batched", "per_member", "batched_lazy")}
+    fastest = max(candidates, key=candidates.get)
+    probe_s = sum(m["probe_s"]) / rounds
+    shortest_s = m["shortest"] * batch / rate["auto"]  # the shortest full training of this store, at auto's rate
     flops = step_flops(store.dim, classes, batch, MEMBERS)
-    rate = matmul_flops_per_s(store.dim, classes, batch, 5 if quick else 500)
-    floor_s = flops / rate
+    flop_rate = matmul_flops_per_s(store.dim, classes, batch, 5 if quick else 500)
+    floor = MEMBERS * batch / (flops / flop_rate)
     return {
         "bench": "ensemble_throughput", "argv": sys.argv[1:], "workload": workload, "quick": quick, "dim": store.dim,
-        "members": MEMBERS, "iterations_per_member": iterations, "device": "cpu",
+        "members": MEMBERS, "iterations_per_member": iterations, "rounds": rounds, "device": "cpu",
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "sequential_pixels_per_s": round(n / t_seq), "batched_pixels_per_s": round(n / t_ours),
-        "sequential_fused_adam_pixels_per_s": round(n / t_seq_fused),
-        "speedup": round(t_seq / t_ours, 2), "speedup_vs_sequential_fused_adam": round(t_seq_fused / t_ours, 2),
-        "feature_matrix": "dense" if dense else "lazy", "batched_lazy_pixels_per_s": round(n / t_lazy),
-        "per_member_pixels_per_s": round(n / t_per_member),
-        "step_gflop": round(flops / 1e9, 3), "matmul_gflop_per_s": round(rate / 1e9, 1),
-        "floor_pixels_per_s": round(MEMBERS * batch / floor_s),
-        "fraction_of_floor": round((n / t_ours) / (MEMBERS * batch / floor_s), 2),
+        "sequential_pixels_per_s": round(rate["sequential"]),
+        "sequential_fused_adam_pixels_per_s": round(rate["sequential_fused_adam"]),
+        "batched_pixels_per_s": round(rate["batched"]), "per_member_pixels_per_s": round(rate["per_member"]),
+        "feature_matrix": "dense" if m["dense"] else "lazy",
+        "batched_lazy_pixels_per_s": round(rate.get("batched_lazy", rate["batched"])),
+        "auto_pixels_per_s": round(rate["auto"]), "auto_chosen": "/".join(sorted(set(m["choices"]))),
+        "auto_probe_s": round(probe_s, 2),
+        "auto_probe_share_of_shortest_run": round(probe_s / (probe_s + shortest_s), 4),
+        "speedup": round(rate["auto"] / rate["sequential"], 2),
+        "speedup_vs_sequential_fused_adam": round(rate["auto"] / rate["sequential_fused_adam"], 2),
+        "fastest_candidate": fastest, "auto_over_fastest_candidate": round(rate["auto"] / candidates[fastest], 2),
+        "step_gflop": round(flops / 1e9, 3), "matmul_gflop_per_s": round(flop_rate / 1e9, 1),
+        "floor_pixels_per_s": round(floor), "fraction_of_floor": round(rate["auto"] / floor, 2),
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="lsun256")
-    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--iterations", type=int, default=60)
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--baseline-pixels", type=int, default=40000,
                    help="pixels materialised as float32 X for the baseline (it holds all of them in RAM)")
+    p.add_argument("--rounds", type=int, default=2, help="passes over every variant, the order reversed each pass")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, one JSON line each")
     p.add_argument("--quick", action="store_true", help="tiny run of the same code (faces64, 3 iterations)")
     a = p.parse_args()
     if a.quick:
-        a.workload, a.iterations, a.images, a.baseline_pixels = "faces64", 3, 1, 2000
-    print(json.dumps(run(a.workload, a.iterations, a.images, a.baseline_pixels, a.quick)))
+        a.workload, a.iterations, a.images, a.baseline_pixels, a.rounds, a.threads = "faces64", 3, 1, 2000, 1, [1]
+    for threads in a.threads:
+        print(json.dumps(run(a.workload, a.iterations, a.images, a.baseline_pixels, a.rounds, threads, a.quick)),
+              flush=True)
 
 
 if __name__ == "__main__":

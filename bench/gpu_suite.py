@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -271,21 +272,22 @@ def ensemble(s: Suite) -> None:
     n = M * iters * B
     rows = {}
 
-    def timed_train(members_groups: list[list[int]]) -> float:
+    def timed_train(members: list[int], step: str) -> float:
+        """Seconds of one train_ensemble call training ``members`` with ensemble_step ``step``."""
+        step_settings = dataclasses.replace(settings, ensemble_step=step)
         with tempfile.TemporaryDirectory() as d:
             sync(s.device)
             t0 = time.perf_counter()
-            for members in members_groups:
-                train_ensemble(store, pixels, settings, d, members, device=str(s.device), max_steps=iters,
-                               log=lambda m: None)
+            train_ensemble(store, pixels, step_settings, d, members, device=str(s.device), max_steps=iters,
+                           log=lambda m: None)
             sync(s.device)
             return time.perf_counter() - t0
 
     s.reset_peak()
-    timed_train([[0]])  # warm-up: CUDA context, kernels, allocator
-    for name, groups in (("batched", [list(range(M))]), ("per_member", [[m] for m in range(M)])):
+    timed_train([0], "per_member")  # warm-up: CUDA context, kernels, allocator
+    for name in ("batched", "per_member"):
         s.reset_peak()
-        rows[name] = n / timed_train(groups)
+        rows[name] = n / timed_train(list(range(M)), name)
         s.emit("ensemble", variant=name, dim=store.dim, members=M, iterations=iters,
                pixels_per_s=round(rows[name]), store="cpu (gathered per batch, then copied)")
     sub = torch.randperm(len(pixels.labels), generator=torch.Generator().manual_seed(1))[:20000]

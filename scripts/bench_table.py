@@ -50,15 +50,32 @@ def row(r: dict) -> str | None:
         target = THROUGHPUT_TARGETS.get(r["dim"])
         verdict = "" if target is None else f" (target ≥ {target:g}x: {'met' if r['speedup'] >= target else 'NOT met'})"
         original_at = r["sequential_pixels_per_s"] / r["floor_pixels_per_s"]
-        need = "" if target is None else f"; the target needs {target * original_at:.2f} of the floor"
         what = f"ensemble training throughput, {r['dim']}-d ({r['workload']} shapes), {r['torch_threads']} threads"
-        result = (f"{r['batched_pixels_per_s']:,} vs {r['sequential_pixels_per_s']:,} pixels/s for the original loop: "
-                  f"**{r['speedup']}x**{verdict}; {r['speedup_vs_sequential_fused_adam']}x vs that loop with fused "
-                  f"Adam. Candidates in the same run: {r['feature_matrix']} feature matrix (lazy "
-                  f"{r['batched_lazy_pixels_per_s']:,}), one member at a time {r['per_member_pixels_per_s']:,}. "
-                  f"Arithmetic floor {r['floor_pixels_per_s']:,} pixels/s ({r['step_gflop']} GFLOP a step at "
-                  f"the measured {r['matmul_gflop_per_s']} GFLOP/s); we run at {r['fraction_of_floor']} of it, the "
-                  f"original loop at {original_at:.2f}{need}")
+        lazy = (f", batched with per-batch upsampling {r['batched_lazy_pixels_per_s']:,}"
+                if r["feature_matrix"] == "dense" else "")
+        result = (f"`auto` (chose {r['auto_chosen']}) {r['auto_pixels_per_s']:,} vs "
+                  f"{r['sequential_pixels_per_s']:,} pixels/s for the original loop: **{r['speedup']}x**{verdict}; "
+                  f"{r['speedup_vs_sequential_fused_adam']}x vs that loop with fused Adam "
+                  f"({r['sequential_fused_adam_pixels_per_s']:,}). Candidates in the same run: batched "
+                  f"{r['batched_pixels_per_s']:,}, one member at a time {r['per_member_pixels_per_s']:,}"
+                  f"{lazy}; auto is **{r['auto_over_fastest_candidate']}x** the fastest ({r['fastest_candidate']}). "
+                  f"Its probe took {r['auto_probe_s']} s, {100 * r['auto_probe_share_of_shortest_run']:.1f}% of the "
+                  f"shortest full training of this store. Arithmetic floor {r['floor_pixels_per_s']:,} pixels/s "
+                  f"({r['step_gflop']} GFLOP a step at the measured {r['matmul_gflop_per_s']} GFLOP/s); auto "
+                  f"runs at {r['fraction_of_floor']} of it, the original loop at {original_at:.2f}")
+    elif b == "scaling":
+        fit, lsun = r["fits"], r["lsun256"]
+        what = (f"scaling with labelled images ({', '.join(map(str, r['sizes']))} images, "
+                f"{r['rows'][0]['dim']}-d small "
+                f"U-Net, RAM and disk store, {r['torch_threads']} thread)")
+        per_image = "; ".join(
+            f"{store}: extraction {fit[store]['extraction_s']['slope_per_image']:.2f} s, peak RSS "
+            f"{fit[store]['peak_rss_bytes']['slope_per_image'] / 2**20:.1f} MiB, store "
+            f"{fit[store]['store_bytes']['slope_per_image'] / 2**20:.1f} MiB" for store in fit)
+        result = (f"per image (least-squares slopes) {per_image}. The 256 px config: "
+                  f"{lsun['store_gib_per_image']} GiB of store per image; {lsun['budget_gb']:g} GB holds "
+                  f"**{lsun['max_images_ram_store']:,}** labelled images with the RAM store, "
+                  f"**{lsun['max_images_disk_store']:,}** with the disk store (the scaling table below)")
     elif b in PLAIN_ROWS:
         what, result = (template.format(**r) for template in PLAIN_ROWS[b])
     else:
@@ -72,8 +89,37 @@ def table(lines: list[dict]) -> str:
     return "\n".join(["| what | command | result |", "|---|---|---|", *rows, "", "```", *raw, "```", ""])
 
 
+def scaling_table(r: dict) -> str:
+    """bench/scaling.py's line as its own table: every size and store, the fitted lines, the 256 px line."""
+    mib = 2**20
+    rows = [f"| {x['images']} | {x['store']} | {x['labelled_pixels']:,} | {x['extraction_s']} | "
+            f"{x['training_s_per_iteration']} | {x['feature_matrix_s']} | {x['peak_rss_bytes'] / mib:,.0f} | "
+            f"{x['store_bytes'] / mib:,.1f} |" for x in sorted(r["rows"], key=lambda x: (x["store"], x["images"]))]
+    for store, fit in r["fits"].items():
+        slope = {q: v["slope_per_image"] for q, v in fit.items()}
+        rows.append(f"| per image (slope) | {store} | | {slope['extraction_s']:.3f} | "
+                    f"{slope['training_s_per_iteration']:.5f} | | {slope['peak_rss_bytes'] / mib:,.1f} | "
+                    f"{slope['store_bytes'] / mib:,.2f} |")
+    lsun = r["lsun256"]
+    return "\n".join([
+        f"`{command(r)}`: {r['members']} members, {r['iterations']} and {2 * r['iterations']} training iterations "
+        f"(seconds per iteration from their difference), {r['torch_threads']} torch thread.", "",
+        "| images | store | labelled pixels | extraction s | training s / iteration | feature matrix s | "
+        "peak RSS MiB | store MiB |", "|---|---|---|---|---|---|---|---|", *rows, "",
+        f"The published 256 px config ({lsun['config']}, {lsun['dim']}-d): **{lsun['store_gib_per_image']} GiB** "
+        f"of float16 store per image and {lsun['labels_mib_per_image']} MiB of labels; fixed "
+        f"{lsun['fixed_gib']} GiB (a {lsun['unet_params']:,}-parameter U-Net, the members' training state "
+        f"{lsun['ensemble_training_state_gib']} GiB, the process). Within {lsun['budget_gb']:g} GB: "
+        f"**{lsun['max_images_ram_store']:,} images** with the RAM store, **{lsun['max_images_disk_store']:,}** "
+        f"with the disk store (then {lsun['disk_gib_at_that_size']:,} GiB on disk). Assumptions: "
+        f"{lsun['assumptions']}", ""])
+
+
 if __name__ == "__main__":
     path = sys.argv[1] if len(sys.argv) > 1 else "docs/bench/cpu.jsonl"
     with open(path) as f:
-        text = table([json.loads(line) for line in f if line.strip()])
-    publish("bench", text)
+        lines = [json.loads(line) for line in f if line.strip()]
+    publish("bench", table(lines))
+    for line in lines:
+        if line["bench"] == "scaling":
+            publish("scaling", scaling_table(line))

@@ -29,6 +29,7 @@ PAGES = {
     "from_scratch": "train-ddpm.md",
     "faults": "reliability.md",
     "bench": "benchmarks.md",
+    "scaling": "benchmarks.md",
 }
 
 

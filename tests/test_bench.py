@@ -28,7 +28,7 @@ def run_quick(name: str, *extra: str) -> list[dict]:
 
 def test_every_bench_is_covered():
     assert {"ensemble_throughput.py", "memory.py", "extraction.py", "gpu_suite.py", "segment.py",
-            "faults.py"} <= set(BENCHES)
+            "faults.py", "scaling.py"} <= set(BENCHES)
 
 
 def check_segment(line: dict) -> None:

@@ -303,3 +303,48 @@ def test_dropout_position_computes_what_the_sequential_module_computes(position)
 def test_unknown_dropout_position_is_refused():
     with pytest.raises(ValueError, match="dropout_position"):
         PixelEnsemble(1, 4, 3, dropout_position="middle")
+
+
+def one_member_of(ens, m):
+    """Member m of ``ens`` as an ensemble of one (its 2-D path), with the same weights and dropout."""
+    one = PixelEnsemble(1, ens.dim, ens.num_classes, dropout=ens.dropout,
+                        dropout_position="after_bn" if ens.dropout_after_bn else "before_bn").to(torch.float64)
+    one.load_member(0, ens.member_state_dict(m))
+    return one
+
+
+@pytest.mark.parametrize("K,p,position", [(5, 0.0, "before_bn"), (30, 0.0, "before_bn"), (5, 0.4, "before_bn"),
+                                          (5, 0.4, "after_bn")])
+def test_an_ensemble_of_one_computes_what_its_member_computes_beside_others(K, p, position):
+    """The one-member path (addmm and the native batch_norm) against the batched path (baddbmm and the
+    ensemble's own BN): logits, penultimate features, every gradient, the BN running statistics, in train
+    and eval mode, with dropout masks drawn from the member's own stream. Float64 with FORWARD_ATOL: the
+    same sums in another kernel order, ~1e-16 relative apart."""
+    M, B, C, m = 3, 50, 12, 1
+    ens = PixelEnsemble(M, C, K, generators=[member_generator(4, j) for j in range(M)], dropout=p,
+                        dropout_position=position).to(torch.float64)
+    perturb_bn(ens)
+    one = one_member_of(ens, m)
+    ens.dropout_generators = [torch.Generator().manual_seed(10 + j) for j in range(M)]
+    one.dropout_generators = [torch.Generator().manual_seed(10 + m)]
+    x = torch.randn(M, B, C, dtype=torch.float64)
+    ens.train(), one.train()
+    logits, features = ens(x, with_features=True)
+    one_logits, one_features = one(x[m:m + 1], with_features=True)
+    assert one_logits.shape == (1, B, K) and one_features.shape == (1, B, ens.feature_dim)
+    assert torch.allclose(one_logits[0], logits[m], atol=FORWARD_ATOL)
+    assert torch.allclose(one_features[0], features[m], atol=FORWARD_ATOL)
+    (logits[m].square().sum() + features[m].sum()).backward()
+    (one_logits[0].square().sum() + one_features[0].sum()).backward()
+    for (name, p_ens), p_one in zip(ens.named_parameters(), one.parameters()):
+        assert torch.allclose(p_one.grad[0], p_ens.grad[m], atol=FORWARD_ATOL), name
+    assert_member_equals_reference(ens, m, reference_of(one))  # weights, running stats, batches tracked
+    ens.eval(), one.eval()
+    assert torch.allclose(one(x[m])[0], ens(x)[m], atol=FORWARD_ATOL)  # running stats, shared [B, C] input
+
+
+def reference_of(one):
+    """An ensemble of one as the original module, to compare its state dict with member_state_dict."""
+    ref = OriginalClassifier(one.dim, one.num_classes).to(torch.float64)
+    ref.load_state_dict(one.member_state_dict(0), strict=True)
+    return ref

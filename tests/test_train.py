@@ -668,3 +668,104 @@ def test_settings_name_what_is_missing_or_wrong():
         EnsembleSettings.from_config(make_cfg(batch_size="64"))
     with pytest.raises(ConfigError, match=r"ensemble settings: 'regularizer' must be one of \['none', 'etf', "):
         EnsembleSettings.from_config(make_cfg(regularizer="ETF"))
+
+
+# --- the two steps (ddpmseg.classifier.ensemble_step): all members batched, or one at a time ---
+
+def member_file(exp_dir, m):
+    return torch.load(model_path(str(exp_dir), m), weights_only=True)
+
+
+@pytest.mark.parametrize("variant", [
+    {}, {"regularizer": "etf", "etf_beta": 0.5},
+    {"dropout": 0.4, "dropout_position": "after_bn", "regularizer": "etf_decoupled", "optimizer": "adamw",
+     "weight_decay": 1e-2}])
+def test_one_member_at_a_time_trains_the_batched_members(data, tmp_path, variant):
+    """Same seeds, same batches -> the same members either way, to SAME_MEMBER_ATOL (float64: the two
+    steps run other kernels, whose rounding differs by ~1e-15 a step): weights, BN running statistics,
+    where and why each member stopped, its best batch loss and its training curve."""
+    store, px = data
+    f64 = torch.float64
+    stats, curves = {}, {}
+    for step in ("batched", "per_member"):
+        os.makedirs(tmp_path / step)
+        stats[step] = train_ensemble(store, px, make_settings(ensemble_step=step, **variant), str(tmp_path / step),
+                                     [0, 1, 2], log=quiet, dtype=f64)
+        curves[step] = [member_file(tmp_path / step, m)["curve"] for m in range(3)]
+    assert len({s["iterations"] for s in stats["batched"].values()}) > 1  # early stopping ended them apart
+    for m in range(3):
+        a, b = stats["batched"][m], stats["per_member"][m]
+        assert (a["iterations"], a["stopped"]) == (b["iterations"], b["stopped"])
+        assert a["best_batch_loss"] == pytest.approx(b["best_batch_loss"], rel=1e-12)  # float64 rounding
+        assert a["ensemble_step"] == {"setting": "batched", "chosen": "batched", "reason": "set in the config"}
+        assert b["ensemble_step"]["chosen"] == "per_member"
+        assert member_file(tmp_path / "per_member", m)["stats"] == b  # the member's file records it too
+        assert curves["batched"][m]["batch"] == curves["per_member"][m]["batch"]
+        assert curves["batched"][m]["loss"] == pytest.approx(curves["per_member"][m]["loss"], rel=1e-12)
+        assert_same_weights(load_sd(tmp_path / "batched", m), load_sd(tmp_path / "per_member", m),
+                            atol=SAME_MEMBER_ATOL)
+
+
+def test_auto_probes_then_trains_what_the_chosen_step_trains(data, tmp_path, monkeypatch):
+    """With a probe (forced here: PROBE_SHARE 1 probes a run of any length), auto logs and records its
+    choice and both rates, and its members are bit-identical to a run told that step: the probe trains
+    throwaway copies in a folder of its own and leaves the real members' streams untouched. SAVE_EVERY 1: a
+    probe that trained in the run's folder would leave snapshots there, which the real training would find."""
+    from ddpmseg.classifier import ensemble_step
+    monkeypatch.setattr(ensemble_step, "PROBE_SHARE", 1.0)
+    monkeypatch.setattr(train_mod, "SAVE_EVERY", 1)
+    store, px = data
+    lines = []
+    os.makedirs(tmp_path / "auto")
+    stats = train_ensemble(store, px, make_settings(), str(tmp_path / "auto"), [0, 1], log=lines.append)
+    record = stats[0]["ensemble_step"]
+    assert record == stats[1]["ensemble_step"] and record["setting"] == "auto"
+    assert set(record["probe_pixels_per_s"]) == {"batched", "per_member"} and record["probe_s"] > 0
+    assert any(line.startswith(f"ensemble step: {record['chosen']} (ensemble_step auto: probe of 5 rounds")
+               for line in lines)
+    assert sorted(os.listdir(tmp_path / "auto")) == ["model_0.pth", "model_1.pth"]
+    assert not any(train_mod.STATE_FILE in line for line in lines)  # no snapshot but the run's own
+    os.makedirs(tmp_path / "told")
+    train_ensemble(store, px, make_settings(ensemble_step=record["chosen"]), str(tmp_path / "told"), [0, 1], log=quiet)
+    for m in (0, 1):
+        assert_same_weights(load_sd(tmp_path / "auto", m), load_sd(tmp_path / "told", m), atol=0)
+
+
+def test_auto_does_not_probe_a_short_training(data, tmp_path):
+    """This tiny run (2 members, at least 2 epochs of 20 batches and 2 more each) is shorter than ten
+    probes, so auto takes the batched step unmeasured, and says why."""
+    store, px = data
+    lines = []
+    stats = train_ensemble(store, px, make_settings(), str(tmp_path), [0, 1], log=lines.append)
+    n_batches = len(px.labels) // 32
+    assert n_batches == 20
+    least = 2 * ((1 + 1) * n_batches + 2)
+    assert stats[0]["ensemble_step"] == {
+        "setting": "auto", "chosen": "batched",
+        "reason": f"no probe: its 66 member-batches would be over 10% of the at least {least} this training takes"}
+    assert any(line.startswith("ensemble step: batched (ensemble_step auto: no probe") for line in lines)
+
+
+def test_an_interrupted_one_member_at_a_time_run_resumes_that_way(tmp_path, monkeypatch):
+    """Killed while member 1 trains alone, rerun (as ddpmseg train does) on the members without a file:
+    auto follows the snapshot of member 1, continues it, and the members equal the uninterrupted run's
+    bit for bit."""
+    store, px = make_data()
+    cfg = make_settings(ensemble_step="per_member", feature_matrix="lazy")
+    monkeypatch.setattr(train_mod, "SAVE_EVERY", 7)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    os.makedirs(full), os.makedirs(cut)
+    ref = train_ensemble(store, px, cfg, str(full), [0, 1, 2], log=quiet)
+    with monkeypatch.context() as mp:
+        counting_pixels(store, mp, fail_at=ref[0]["iterations"] + 30)  # one store.pixels call per iteration
+        with pytest.raises(Interrupted):
+            train_ensemble(store, px, cfg, str(cut), [0, 1, 2], log=quiet)
+    assert torch.load(cut / train_mod.STATE_FILE, weights_only=True)["members"] == [1]
+    lines = []
+    resumed = train_ensemble(store, px, make_settings(feature_matrix="lazy"), str(cut), [1, 2], log=lines.append)
+    assert "ensemble step: per_member (ensemble_step auto: continues the interrupted run's snapshot of member 1)" in lines
+    assert any("resumed training of members [1] at iteration 28" in line for line in lines)
+    for m in (1, 2):
+        assert resumed[m]["iterations"] == ref[m]["iterations"]
+    for m in range(3):
+        assert_same_weights(load_sd(cut, m), load_sd(full, m), atol=0)  # a replay: bit-identical

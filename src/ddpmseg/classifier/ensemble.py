@@ -4,7 +4,9 @@ Each member is the original pixel classifier
     Linear(C, h1) -> ReLU -> BatchNorm1d(h1) -> Linear(h1, h2) -> ReLU -> BatchNorm1d(h2) -> Linear(h2, K)
 with (h1, h2) = (128, 32) for K < 30 classes and (256, 128) otherwise. Stacking the members'
 weights along a leading axis turns M small matmuls into one batched matmul; members never
-share parameters, so summing their losses gives each exactly its own gradients. Optional
+share parameters, so summing their losses gives each exactly its own gradients. An ensemble of
+one member runs the same layers as plain 2-D kernels (addmm, the native batch_norm), which
+skip the batched kernels' per-call overhead: the one-member-at-a-time training step. Optional
 dropout (the regularised fork's variant) sits after each hidden ReLU, before its BatchNorm
 (``dropout_position="before_bn"``, as published), or after the BatchNorm (``"after_bn"``).
 """
@@ -98,6 +100,28 @@ class PixelEnsemble(nn.Module):
         h = self._relu_bn_drop(first, 0)
         return self._relu_bn_drop(torch.baddbmm(self.biases[1][:, None], h, self.weights[1]), 1)
 
+    def _single_member(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one member's layers on x [B, C] -> (logits [B, K], penultimate features [B, h2]): the same
+        computation as the batched path (dropout masks drawn from the same stream, in the same shape).
+
+        ``own`` drops the member axis by a view, so the gradient flows back without a copy; the native
+        batch_norm updates the running stats in place through such views of the buffers."""
+        def own(t: torch.Tensor) -> torch.Tensor:
+            return t.view(t.shape[1:])
+
+        def relu_bn_drop(h: torch.Tensor, j: int) -> torch.Tensor:
+            def bn(h: torch.Tensor) -> torch.Tensor:
+                return F.batch_norm(h, own(getattr(self, f"running_mean{j}")), own(getattr(self, f"running_var{j}")),
+                                    own(self.bn_weight[j]), own(self.bn_bias[j]), self.training, BN_MOMENTUM, BN_EPS)
+
+            def drop(h: torch.Tensor) -> torch.Tensor:
+                return own(self._drop(h[None]))
+            return drop(bn(F.relu(h))) if self.dropout_after_bn else bn(drop(F.relu(h)))
+
+        h = relu_bn_drop(torch.addmm(own(self.biases[0]), x, own(self.weights[0])), 0)
+        features = relu_bn_drop(torch.addmm(own(self.biases[1]), h, own(self.weights[1])), 1)
+        return torch.addmm(own(self.biases[2]), features, own(self.weights[2])), features
+
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """The last Linear: penultimate features [M, B, h2] -> logits [M, B, K]."""
         return torch.baddbmm(self.biases[2][:, None], features, self.weights[2])
@@ -110,6 +134,9 @@ class PixelEnsemble(nn.Module):
         """x [M, B, C] or [B, C] -> logits [M, B, K] (and the penultimate features if asked)."""
         if self.training:
             self.num_batches_tracked += 1
+        if self.num_members == 1:
+            logits, features = self._single_member(x.reshape(x.shape[-2:]))
+            return (logits[None], features[None]) if with_features else logits[None]
         if x.dim() == 2:
             first = torch.matmul(x, self.weights[0]) + self.biases[0][:, None]
         else:

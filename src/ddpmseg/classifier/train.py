@@ -1,4 +1,5 @@
-"""Train the pixel-classifier ensemble on a FeatureStore, all members in one batched step.
+"""Train the pixel-classifier ensemble on a FeatureStore: all members in one batched step, or one
+member after another, as ``ensemble_step`` says or measures faster (ddpmseg.classifier.ensemble_step).
 
 Semantics per member are the original's: its own initialisation and its own shuffled
 batches (drop_last) over all labelled pixels, Adam, and early stopping on single-batch
@@ -15,11 +16,11 @@ cross-entropy, so a regularizer changes what is learned, not when training stops
 (ddpmseg.classifier.class_balance) weights both cross-entropies, the watched one too (it is the
 objective then), or replaces the shuffled batches by class-balanced draws.
 
-``train_ensemble`` is a short loop over units tested on their own: ``EnsembleSettings`` (the config
-keys it reads), ``BatchSource`` (which pixels each member sees), ``MemberNets`` (networks, losses,
-step), ``EarlyStopping``, ``budget_spent`` (max_epochs/max_steps), ``TrainingCurves`` (each member's
-loss and accuracy, saved in its file) and ``TrainingState`` (its snapshot/restore pair is what makes a
-run resumable).
+``train_ensemble`` chooses the step and runs a ``GroupTraining`` per group of members: a short loop
+over units tested on their own: ``EnsembleSettings`` (the config keys it reads), ``BatchSource``
+(which pixels each member sees), ``MemberNets`` (networks, losses, step), ``EarlyStopping``,
+``budget_spent`` (max_epochs/max_steps), ``TrainingCurves`` (each member's loss and accuracy, saved
+in its file) and ``TrainingState`` (its snapshot/restore pair is what makes a run resumable).
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ from ..common.atomic import torch_save_atomic
 from ..common.config import DEFAULTS, ConfigError, check_choice, check_type
 from .class_balance import BalancedBatchSource, class_weights, weighted_mean
 from .ensemble import PixelEnsemble
+from .ensemble_step import StepChoice, choose_step
 from .etf import load_or_create_etf
-from ..common.numerics import NumericalError, nonfinite_members
+from ..common.numerics import NumericalError
 from ..common.safeload import load_plain
 from ..common.seeding import member_seed, torch_generator
 from ..features.store import FeatureStore
@@ -85,6 +87,7 @@ class EnsembleSettings:
     number_class: int
     batch_size: int
     feature_matrix: str
+    ensemble_step: str
     # the members' networks and losses
     dropout: float
     dropout_position: str
@@ -341,8 +344,9 @@ class TrainingState:
     uninterrupted one bit for bit."""
 
     def __init__(self, members: list[int], num_pixels: int, nets: MemberNets, batches: BatchSource,
-                 stopping: EarlyStopping):
+                 stopping: EarlyStopping, step_record: dict | None = None):
         self.members, self.num_pixels = members, num_pixels
+        self.step_record = step_record  # ensemble_step.StepChoice.record: how these members trained
         self.nets, self.batches, self.stopping = nets, batches, stopping
         self.step = 0  # iterations taken; epoch, batch = divmod(step, n_batches)
         self.active = [True] * len(members)
@@ -399,7 +403,8 @@ class TrainingState:
         best = self.stopping.best[j]
         # None: training ended before early stopping watched a batch (inf has no place in strict JSON).
         self.stats[self.members[j]] = {"epochs": -(-self.step // n_batches), "iterations": self.step,
-                                       "stopped": reason, "best_batch_loss": best if math.isfinite(best) else None}
+                                       "stopped": reason, "best_batch_loss": best if math.isfinite(best) else None,
+                                       **({"ensemble_step": self.step_record} if self.step_record else {})}
 
 
 def save_member(exp_dir: str, state: TrainingState, j: int, dim: int, number_class: int) -> None:
@@ -411,14 +416,15 @@ def save_member(exp_dir: str, state: TrainingState, j: int, dim: int, number_cla
                        "curve": state.curves.points[j]}, model_path(exp_dir, m))
 
 
-def refuse_nonfinite(total: torch.Tensor, state: TrainingState, epoch: int, learning_rate: float) -> None:
-    """Raise NumericalError if an active member's loss is NaN/inf: called before the step, so no
-    weights, snapshot or member file ever holds NaN (finished members are saved already)."""
-    bad = [j for j in nonfinite_members(total) if state.active[j]]
+def refuse_nonfinite(total: Sequence[float], state: TrainingState, epoch: int, learning_rate: float) -> None:
+    """Raise NumericalError if an active member's loss (``total``, read to the host) is NaN/inf: called
+    before the step, so no weights, snapshot or member file ever holds NaN (finished members are saved
+    already)."""
+    bad = [j for j, loss in enumerate(total) if state.active[j] and not math.isfinite(loss)]
     if bad:
         raise NumericalError(
             f"ensemble training: the loss of member(s) {[state.members[j] for j in bad]} is "
-            f"{total[bad[0]].item()} at iteration {state.step + 1} (epoch {epoch}); members finished before are "
+            f"{total[bad[0]]} at iteration {state.step + 1} (epoch {epoch}); members finished before are "
             f"kept. Lower learning_rate (now {learning_rate}) or check the training features")
 
 
@@ -427,74 +433,156 @@ def progress_bar(members: list[int], step: int, enabled: bool) -> tqdm:
                 mininterval=2.0, disable=not enabled)
 
 
-def class_balanced_training(s: EnsembleSettings, generators: list[torch.Generator], labels: torch.Tensor,
-                            n_batches: int, device: str, dtype: torch.dtype,
-                            log: Callable[[str], None]) -> tuple[BatchSource | BalancedBatchSource, torch.Tensor | None]:
-    """(the members' batches, the class weights of the loss or None) that class_weighting asks for."""
+def loss_class_weights(s: EnsembleSettings, labels: torch.Tensor, device: str, dtype: torch.dtype,
+                       log: Callable[[str], None]) -> torch.Tensor | None:
+    """The class weights [K] of the loss that class_weighting asks for (None for none), logged once."""
     weights = class_weights(labels, s.number_class, s.class_weighting)
-    if weights is not None:
-        log(f"class weights ({s.class_weighting}, pixel-weighted mean 1): "
-            + ", ".join(f"{w:.3g}" for w in weights.tolist()))
-        weights = weights.to(device, dtype)
+    if weights is None:
+        return None
+    log(f"class weights ({s.class_weighting}, pixel-weighted mean 1): "
+        + ", ".join(f"{w:.3g}" for w in weights.tolist()))
+    return weights.to(device, dtype)
+
+
+def member_batches(s: EnsembleSettings, generators: list[torch.Generator], labels: torch.Tensor,
+                   n_batches: int) -> BatchSource | BalancedBatchSource:
+    """The members' batches: class-balanced draws for balanced_sampling, else the epoch shuffles."""
     if s.class_weighting == "balanced_sampling":
-        return BalancedBatchSource(generators, labels, s.batch_size, s.number_class), weights
-    return BatchSource(generators, len(labels), s.batch_size, n_batches), weights
+        return BalancedBatchSource(generators, labels, s.batch_size, s.number_class)
+    return BatchSource(generators, len(labels), s.batch_size, n_batches)
+
+
+def min_iterations(s: EnsembleSettings, n_batches: int, max_steps: int | None) -> int:
+    """Iterations a member trains at the least: its budget, or the earliest early stop (epoch
+    ``early_stop_after_epoch + 1`` and ``early_stop_patience`` batches more)."""
+    earliest_stop = (s.early_stop_after_epoch + 1) * n_batches + s.early_stop_patience
+    return min(s.max_epochs * n_batches, max_steps or earliest_stop, earliest_stop)
+
+
+def snapshot_members(path: str) -> list[int] | None:
+    """The members an interrupted run's snapshot at ``path`` was training, None without one."""
+    return load_plain(path, "a training snapshot")["members"] if os.path.exists(path) else None
+
+
+@dataclass
+class TrainingInputs:
+    """What every member of a train_ensemble call trains on: the store and labelled pixels, ``rows``
+    (training_features), the settings, the batches per epoch, and the members' device and dtype."""
+
+    store: FeatureStore
+    pixels: LabelledPixels
+    rows: Callable[[torch.Tensor], torch.Tensor]
+    settings: EnsembleSettings
+    n_batches: int
+    device: str
+    dtype: torch.dtype
+    class_weights: torch.Tensor | None  # of the loss (class_weighting); None for none
+
+    @classmethod
+    def build(cls, store: FeatureStore, pixels: LabelledPixels, settings: EnsembleSettings, device: str = "cpu",
+              dtype: torch.dtype = torch.float32, epoch_size: int | None = None,
+              log: Callable[[str], None] = print) -> TrainingInputs:
+        n_batches = batches_per_epoch(len(pixels.labels), settings.batch_size, epoch_size)
+        rows = training_features(store, pixels, settings.feature_matrix, log)
+        weights = loss_class_weights(settings, pixels.labels, device, dtype, log)
+        return cls(store, pixels, rows, settings, n_batches, device, dtype, weights)
+
+
+class GroupTraining:
+    """Members trained together from their own streams, one iteration per ``step``; ``run`` steps
+    until every member stopped, writing each member's file as it stops and a periodic snapshot."""
+
+    def __init__(self, inputs: TrainingInputs, exp_dir: str, members: list[int], max_steps: int | None,
+                 step_record: dict | None = None):
+        s, N, n_batches = inputs.settings, len(inputs.pixels.labels), inputs.n_batches
+        self.inputs, self.s, self.exp_dir, self.max_steps = inputs, s, exp_dir, max_steps
+        self.nets = MemberNets.build(inputs.store.dim, s, members, exp_dir, inputs.device, inputs.dtype)
+        self.state = TrainingState(members, N, self.nets, member_batches(s, self.nets.generators, inputs.pixels.labels,
+                                                                         n_batches),
+                                   EarlyStopping(len(members), s.early_stop_after_epoch, s.early_stop_patience),
+                                   step_record)
+        self.state_path = os.path.join(exp_dir, STATE_FILE)
+        for net in self.nets.modules:
+            net.train()
+
+    def stop(self, j: int, reason: str) -> None:
+        self.state.finish(j, reason, self.inputs.n_batches)
+        save_member(self.exp_dir, self.state, j, self.inputs.store.dim, self.s.number_class)
+
+    def step(self) -> tuple[int, float]:
+        """One iteration of every member (those stopped too: the batched step has no gaps); returns the
+        epoch index and the members' mean batch loss, read to the host like every member's loss."""
+        s, state, inp, M = self.s, self.state, self.inputs, len(self.state.members)
+        epoch = state.step // inp.n_batches
+        idx = state.batches.indices(state.step)  # [M, B]
+        x = inp.rows(idx.reshape(-1)).reshape(M, s.batch_size, inp.store.dim).to(inp.device, inp.dtype,
+                                                                                  non_blocking=True)
+        losses, total, accuracies = self.nets.losses(x, inp.pixels.labels[idx].to(inp.device), s,
+                                                      inp.class_weights)
+        # The iteration's one device sync, before the update: the NaN check needs the losses on the host.
+        loss_list, accuracy_list, total_list = torch.stack([losses.detach(), accuracies, total.detach()]).tolist()
+        refuse_nonfinite(total_list, state, epoch, s.learning_rate)
+        self.nets.update(total)
+        state.step += 1
+        state.curves.add(loss_list, accuracy_list, state.active)
+        for j in state.stopping.update(epoch, loss_list, state.active):
+            self.stop(j, "early_stop")
+        cap = budget_spent(state.step, s.max_epochs * inp.n_batches, self.max_steps)
+        for j in range(M) if cap else ():
+            if state.active[j]:
+                self.stop(j, cap)
+        for j in range(M) if state.step % CURVE_EVERY == 0 else ():
+            state.curves.close_point(j, state.step)
+        if state.step % SAVE_EVERY == 0 and any(state.active):
+            torch_save_atomic(state.snapshot(), self.state_path)
+        return epoch, sum(loss_list) / M
+
+    def run(self, log: Callable[[str], None], progress: bool) -> dict:
+        """Resume from a snapshot of these members if there is one, train until all stopped; their stats."""
+        state = self.state
+        state.resume(self.state_path, log)
+        bar = progress_bar(state.members, state.step, progress)
+        while any(state.active):
+            epoch, loss = self.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, active=sum(state.active), loss=f"{loss:.3f}", refresh=False)
+        bar.close()
+        if os.path.exists(self.state_path):
+            os.remove(self.state_path)
+        return state.stats
+
+
+def choose_training_step(inputs: TrainingInputs, members: list[int], exp_dir: str,
+                         max_steps: int | None) -> StepChoice:
+    """The step ``members`` train with (ensemble_step.choose_step): its probe trains throwaway copies."""
+    s = inputs.settings
+    return choose_step(s.ensemble_step, members, snapshot_members(os.path.join(exp_dir, STATE_FILE)),
+                       min_iterations(s, inputs.n_batches, max_steps), s.batch_size,
+                       lambda group, folder: GroupTraining(inputs, folder, group, None))
 
 
 def train_ensemble(store: FeatureStore, pixels: LabelledPixels, settings: EnsembleSettings, exp_dir: str,
                    members: list[int], device: str = "cpu", log=print, max_steps: int | None = None,
-                   epoch_size: int | None = None, dtype: torch.dtype = torch.float32, progress: bool = True) -> dict:
-    """Train ``members`` (indices into the ensemble) together; returns per-member stats.
+                   epoch_size: int | None = None, dtype: torch.dtype = torch.float32, progress: bool = True,
+                   step: StepChoice | None = None) -> dict:
+    """Train ``members`` (indices into the ensemble); returns per-member stats.
 
-    An epoch is ``epoch_size // batch_size`` batches from a fresh shuffle of all pixels
-    (default: all of them, the original's epoch). ``max_steps`` caps the iterations (members
-    still active then stop with reason "max_steps"): a compute budget for benchmarks and smoke
-    runs, not part of the published method. ``dtype`` is the members' arithmetic: float32 as
+    Members train all in one batched step or one after another, as ``step`` says (None: as
+    ``settings.ensemble_step`` says or measures, see choose_training_step); each member's training
+    is the same either way. An epoch is ``epoch_size // batch_size`` batches from a fresh shuffle of
+    all pixels (default: all of them, the original's epoch). ``max_steps`` caps the iterations
+    (members still active then stop with reason "max_steps"): a compute budget for benchmarks and
+    smoke runs, not part of the published method. ``dtype`` is the members' arithmetic: float32 as
     published; float64 lets tests check equivalences to rounding that no CPU's kernels can move.
     ``progress=False`` hides the progress bar (callers that train many small probes show their own).
     """
-    s, M, N = settings, len(members), len(pixels.labels)
-    n_batches = batches_per_epoch(N, s.batch_size, epoch_size)
-    nets = MemberNets.build(store.dim, s, members, exp_dir, device, dtype)
-    batches, weights = class_balanced_training(s, nets.generators, pixels.labels, n_batches, device, dtype, log)
-    state = TrainingState(members, N, nets, batches, EarlyStopping(M, s.early_stop_after_epoch, s.early_stop_patience))
-    state_path = os.path.join(exp_dir, STATE_FILE)
-    state.resume(state_path, log)
-    rows = training_features(store, pixels, s.feature_matrix, log)
-
-    def stop(j: int, reason: str) -> None:
-        state.finish(j, reason, n_batches)
-        save_member(exp_dir, state, j, store.dim, s.number_class)
-
-    for net in nets.modules:
-        net.train()
-    bar = progress_bar(members, state.step, progress)
-    while any(state.active):
-        epoch = state.step // n_batches
-        idx = state.batches.indices(state.step)  # [M, B]
-        x = rows(idx.reshape(-1)).reshape(M, s.batch_size, store.dim).to(device, dtype, non_blocking=True)
-        losses, total, accuracies = nets.losses(x, pixels.labels[idx].to(device), s, weights)
-        refuse_nonfinite(total, state, epoch, s.learning_rate)
-        nets.update(total)
-        state.step += 1
-        loss_list, accuracy_list = torch.stack([losses.detach(), accuracies]).tolist()  # one device sync
-        state.curves.add(loss_list, accuracy_list, state.active)
-        for j in state.stopping.update(epoch, loss_list, state.active):
-            stop(j, "early_stop")
-        cap = budget_spent(state.step, s.max_epochs * n_batches, max_steps)
-        for j in range(M) if cap else ():
-            if state.active[j]:
-                stop(j, cap)
-        for j in range(M) if state.step % CURVE_EVERY == 0 else ():
-            state.curves.close_point(j, state.step)
-        if state.step % SAVE_EVERY == 0 and any(state.active):
-            torch_save_atomic(state.snapshot(), state_path)
-        bar.update(1)
-        bar.set_postfix(epoch=epoch, active=sum(state.active), loss=f"{losses.mean().item():.3f}", refresh=False)
-    bar.close()
-    if os.path.exists(state_path):
-        os.remove(state_path)
-    return state.stats
+    inputs = TrainingInputs.build(store, pixels, settings, device, dtype, epoch_size, log)
+    choice = step or choose_training_step(inputs, members, exp_dir, max_steps)
+    log(choice.describe())
+    stats = {}
+    for group in choice.groups(members):
+        stats.update(GroupTraining(inputs, exp_dir, group, max_steps, choice.record()).run(log, progress))
+    return stats
 
 
 def per_member_ce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -128,6 +128,12 @@ DEFAULTS: dict[str, tuple[tuple[type, ...], Any]] = {
     # values; a batch is then one row gather); "auto" = dense when that matrix fits the budget in
     # ddpmseg.classifier.train (celebamask64: yes; a bedroom_28-shaped run: no, it would be ~80 GiB).
     "feature_matrix": ((str,), "auto"),
+    # How the ensemble's members train: "batched" (all in one batched step), "per_member" (one after
+    # another, each as an ensemble of one on plain 2-D kernels), both the same computation
+    # (ddpmseg.classifier.ensemble_step); "auto" times a few steps of each on the run's own shapes
+    # when training starts and takes the faster: which one wins depends on device, threads and
+    # feature size (docs/benchmarks.md), so a fixed default would be slow somewhere.
+    "ensemble_step": ((str,), "auto"),
     # "auto" = CUDA when available, else CPU.
     "device": ((str,), "auto"),
     # Pairs of class ids that a mirror exchanges (left/right eye, brow, ear): horizontal flips in
@@ -191,6 +197,7 @@ CHOICES = {
     "upsample_mode": ("bilinear",),
     "feature_store": ("ram", "disk"),
     "feature_matrix": ("auto", "lazy", "dense"),
+    "ensemble_step": ("auto", "batched", "per_member"),
     "regularizer": ("none", "etf", "etf_decoupled"),
     "voting": ("hard", "soft", "soft_prob", "weighted", "last_member"),
     "optimizer": ("adam", "adamw"),

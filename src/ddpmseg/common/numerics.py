@@ -29,8 +29,3 @@ def check_features(activations: Sequence[torch.Tensor], layer_names: Sequence[st
                 raise NumericalError(
                     f"feature extraction: {what} gives activations up to {peak:.3g} at {layer}, beyond the "
                     f"{limit:g} that the float16 feature store can hold; {FEATURE_HINT}")
-
-
-def nonfinite_members(losses: torch.Tensor) -> list[int]:
-    """Positions of the NaN/inf entries of a per-member loss vector."""
-    return torch.nonzero(~torch.isfinite(losses)).flatten().tolist()
