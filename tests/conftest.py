@@ -258,8 +258,10 @@ def run_backbone_end_to_end(tmp_path: Path, keys: list[str], grid: list[str]) ->
                                  "--set", "training_number=6", "--set", f"exp_dir={exp}", *sets, *grid,
                                  "--folds", "3", "--iterations", "30"]) == 0
     selection = json.loads((out / "selection.json").read_text())
-    blocks = sorted(int(b) for b in grid[grid.index("--blocks") + 1:])
-    steps = sorted(int(t) for t in grid[grid.index("--steps") + 1:grid.index("--blocks")]) if "--steps" in grid else []
+    # The grid asked for, plus the run config's own steps x blocks (select's fallback).
+    blocks = sorted({int(b) for b in grid[grid.index("--blocks") + 1:]} | set(cfg["blocks"]))
+    steps = sorted({int(t) for t in grid[grid.index("--steps") + 1:grid.index("--blocks")]} | set(cfg["steps"])) \
+        if "--steps" in grid else []
     assert selection["grid"] == {"steps": steps, "blocks": blocks}
     # one single-layer cell per (step, block); a backbone without timesteps has one row of blocks
     assert sorted((c["steps"], c["blocks"]) for c in selection["cells"]) == sorted(

@@ -146,4 +146,6 @@ def test_feature_selection_probes_the_windows_of_tall_images(tall_run, tmp_path)
                                  "--blocks", "4", "5", "--folds", "3", "--iterations", "10"]) == 0
     report = json.loads((tmp_path / "sel" / "selection.json").read_text())
     assert sorted(report["fold_of_image"]) == [0, 1, 2]  # one fold per training image, not per window
-    assert len(report["cells"]) == 2 and all(0 <= c["miou"] <= 1 for c in report["cells"])  # blocks 4, 5 at step 50
+    # Blocks 4, 5 at step 50, and the config's own blocks 6, 7, 8 that join the grid as the fallback.
+    assert report["grid"] == {"steps": [50], "blocks": [4, 5, 6, 7, 8]}
+    assert len(report["cells"]) == 5 and all(0 <= c["miou"] <= 1 for c in report["cells"])
