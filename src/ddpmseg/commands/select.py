@@ -32,8 +32,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="candidate decoder blocks (default: every output block of the U-Net)")
     p.add_argument("--noise_draws", type=int, nargs="+", default=None,
                    help="after the search, score the selected steps x blocks with each of these numbers of noise "
-                   "draws (config noise_draws; one more extraction each) and keep the best only if it beats the "
-                   "config's own by more than --min_gain (default: the config's own, not compared)")
+                   "draws (config noise_draws; one more extraction each) and keep the best only if it improves "
+                   "on the config's own (paired gain above --min_gain and its standard error; default: the "
+                   "config's own, not compared)")
     p.add_argument("--budget_minutes", type=float, default=None,
                    help="stop the search after this many minutes with the best selection so far (default: none)")
     add_shared_option(p, "--out")
