@@ -34,6 +34,7 @@ from ddpmseg.common.runfiles import experiment_dir  # noqa: E402
 from ddpmseg.common.runlog import RunLog  # noqa: E402
 from ddpmseg.classifier.segment_folder import segment_images  # noqa: E402
 from ddpmseg.classifier.segmenter import Segmenter  # noqa: E402
+from ddpmseg.common.distributed import World  # noqa: E402
 
 SHARED = os.environ.get("DDPMSEG_SHARED", os.path.join(REPO, "..", "shared"))
 DATA = os.path.join(SHARED, "data", "celebamask64", "real")
@@ -68,12 +69,13 @@ def main(argv=None) -> dict:
         t_eval = timed(lambda: run.evaluate(run_dir, os.path.join(tmp, "eval")))
         files = [run.test_set.image_paths[i] for i in range(len(run.test_set))]
         segmenter = Segmenter.from_run(run_dir)
-        t_seg = timed(lambda: segment_images(segmenter, files, os.path.join(tmp, "seg")))
+        one_process = World(rank=0, size=1, device=run.device)  # the single-process path that segment times
+        t_seg = timed(lambda: segment_images(segmenter, files, os.path.join(tmp, "seg"), one_process))
         wide = os.path.join(tmp, "wide")
         os.makedirs(wide)
         for f in files:
             Image.open(f).convert("RGB").resize((128, 64)).save(os.path.join(wide, os.path.basename(f)))
-        t_wide = timed(lambda: segment_images(segmenter, [wide], os.path.join(tmp, "seg_wide")))
+        t_wide = timed(lambda: segment_images(segmenter, [wide], os.path.join(tmp, "seg_wide"), one_process))
     result = {
         "bench": "segment", "argv": sys.argv[1:] if argv is None else list(argv), "quick": a.quick, "images": n, "members": cfg["model_num"], "dim": cfg["dim"][2],
         "device": str(run.device), "torch_threads": torch.get_num_threads(),

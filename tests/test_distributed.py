@@ -135,7 +135,7 @@ def test_every_option_of_a_torchrun_tool_gets_past_torchruns_parser():
 def test_segment_on_two_processes_equals_one_and_skips_finished_images(tmp_path, tiny_interpreter_run):
     from ddpmseg.commands import segment
 
-    face = Image.open(sorted((require(CELEBAMASK64) / "real" / "test").glob("*.png"))[0]).convert("RGB")
+    face = Image.open(sorted((shapes64() / "real" / "test").glob("*.png"))[0]).convert("RGB")
     folder = tmp_path / "in"
     folder.mkdir()
     for name, size in {"a.png": (64, 64), "tall.jpg": (48, 100), "wide.png": (130, 64), "big.webp": (96, 96)}.items():
@@ -164,7 +164,7 @@ def test_suggest_on_two_processes_equals_one(tmp_path, tiny_interpreter_run):
 
     pool = tmp_path / "pool"
     pool.mkdir()
-    for path in sorted((require(CELEBAMASK64) / "real" / "train").glob("*.png"))[:5]:  # 3 + 2 per rank
+    for path in sorted((shapes64() / "real" / "train").glob("*.png"))[:5]:  # 3 + 2 per rank
         shutil.copy(path, pool / path.name)
     args = ["--pool", str(pool), "--k", "3", "--strategy", "diverse"]  # uses every score and descriptor
     assert suggest.main(["--run", str(tiny_interpreter_run), *args, "--out", str(tmp_path / "one")]) == 0
@@ -185,7 +185,7 @@ def test_deeplab_on_two_processes_equals_one_and_resumes(tmp_path):
         masks[i, :3 * i] = 255
     npz = tmp_path / "samples_64x64x3.npz"
     np.savez(npz, images, masks, np.random.default_rng(0).random(len(images)))
-    real = require(CELEBAMASK64) / "real"
+    real = shapes64() / "real"
 
     def args(exp, epochs):  # 8 kept samples: 2 global batches of 4 per epoch, 2 per rank
         return ["--exp", str(REPO / "experiments/celebamask64/ddpm.json"), "--data_path", str(npz),
