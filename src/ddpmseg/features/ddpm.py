@@ -25,6 +25,7 @@ from ..common.config import ConfigError
 from ..common.seeding import stream_generator, stream_seed
 from .noise_draws import NoiseDraw, extra_draws, mean_over_draws
 from .registry import Backbone, Layer, register
+from .unet_hooks import check_steps_and_blocks
 
 # `ddpmseg select`'s default step grid as fractions of the diffusion's length: for 1000 steps 10, 25, 50,
 # 100, 150, 250, 500, 800 -- denser at small t, where the paper's best features are, and holding the
@@ -52,20 +53,6 @@ def unet_block_layers(model: torch.nn.Module, input_activations: bool) -> list[t
         shapes.append((first.in_layers[-1].in_channels, stride) if input_activations else (first.out_channels, after))
         stride = after
     return shapes
-
-
-def check_steps_and_blocks(steps: Sequence[int], blocks: Sequence[int], num_timesteps: int, num_blocks: int,
-                           names: tuple[str, str]) -> None:
-    """ConfigError for steps the diffusion lacks or decoder blocks the U-Net lacks; ``names`` are what the
-    user set them with (config keys or options)."""
-    bad_t = [t for t in steps if not 0 <= t < num_timesteps]
-    if bad_t:
-        raise ConfigError(f"steps {bad_t} do not exist: this diffusion has {num_timesteps} steps, so "
-                          f"{names[0]} must lie in 0..{num_timesteps - 1}")
-    bad_b = [b for b in blocks if not 0 <= b < num_blocks]
-    if bad_b:
-        raise ConfigError(f"blocks {bad_b} do not exist: this U-Net has decoder blocks (output_blocks) "
-                          f"0..{num_blocks - 1}; pick {names[1]} among them")
 
 
 @register

@@ -72,15 +72,24 @@ def unet_grid(cfg: dict, num_up_blocks: int, num_timesteps: int, default_steps: 
                           f"(got {cfg['hook_layers']}) from the config it starts from")
     steps = sorted(steps if steps is not None else default_steps)
     blocks = sorted(blocks if blocks is not None else range(num_up_blocks))
+    check_steps_and_blocks(steps, blocks, num_timesteps, num_up_blocks, ("--steps", "--blocks"),
+                           schedule="scheduler", block_kind="up_blocks")
+    return steps, blocks
+
+
+def check_steps_and_blocks(steps: Sequence[int], blocks: Sequence[int], num_timesteps: int, num_blocks: int,
+                           names: tuple[str, str], schedule: str = "diffusion",
+                           block_kind: str = "decoder blocks (output_blocks)") -> None:
+    """ConfigError for steps the noise schedule lacks or blocks the U-Net lacks; ``names`` are what the
+    user set them with (config keys or options), ``schedule`` and ``block_kind`` how the family calls them."""
     bad_t = [t for t in steps if not 0 <= t < num_timesteps]
     if bad_t:
-        raise ConfigError(f"steps {bad_t} do not exist: this scheduler has {num_timesteps} steps, so --steps must "
-                          f"lie in 0..{num_timesteps - 1}")
-    bad_b = [b for b in blocks if not 0 <= b < num_up_blocks]
+        raise ConfigError(f"steps {bad_t} do not exist: this {schedule} has {num_timesteps} steps, so "
+                          f"{names[0]} must lie in 0..{num_timesteps - 1}")
+    bad_b = [b for b in blocks if not 0 <= b < num_blocks]
     if bad_b:
-        raise ConfigError(f"blocks {bad_b} do not exist: this U-Net has up_blocks 0..{num_up_blocks - 1}; pick "
-                          f"--blocks among them")
-    return steps, blocks
+        raise ConfigError(f"blocks {bad_b} do not exist: this U-Net has {block_kind} 0..{num_blocks - 1}; pick "
+                          f"{names[1]} among them")
 
 
 def timestep_layers(unet: nn.Module, names: Sequence[str], steps: Sequence[int], scale: int) -> list[Layer]:
