@@ -16,6 +16,9 @@ from readme_block import publish
 
 # bench/ensemble_throughput.py targets: speed-up over the original loop by feature size.
 THROUGHPUT_TARGETS = {1152: 3.0, 8448: 2.0}
+# The trainer's "auto" step must be at least this share of the fastest candidate of its own run (its probe
+# may pick the slower of two candidates within a few percent of each other), and never below the original loop.
+AUTO_OVER_FASTEST, AUTO_OVER_ORIGINAL = 0.95, 1.0
 # Benches whose row is its JSON line's fields put into words: (what was measured, the result).
 PLAIN_ROWS = {
     "extraction": (
@@ -31,6 +34,11 @@ PLAIN_ROWS = {
         "**{segment_over_evaluation}x** (same votes, plus probabilities, uncertainty map, 3 PNGs and a CSV row "
         "per image); 2:1 images (3 windows each) {segment_2to1_images_per_s} images/s"),
 }
+
+
+def auto_met(r: dict) -> bool:
+    """Whether a throughput line's auto step meets both bounds (AUTO_OVER_FASTEST, AUTO_OVER_ORIGINAL)."""
+    return r["auto_over_fastest_candidate"] >= AUTO_OVER_FASTEST and r["speedup"] >= AUTO_OVER_ORIGINAL
 
 
 def command(r: dict) -> str:
@@ -58,7 +66,9 @@ def row(r: dict) -> str | None:
                   f"{r['speedup_vs_sequential_fused_adam']}x vs that loop with fused Adam "
                   f"({r['sequential_fused_adam_pixels_per_s']:,}). Candidates in the same run: batched "
                   f"{r['batched_pixels_per_s']:,}, one member at a time {r['per_member_pixels_per_s']:,}"
-                  f"{lazy}; auto is **{r['auto_over_fastest_candidate']}x** the fastest ({r['fastest_candidate']}). "
+                  f"{lazy}; auto is **{r['auto_over_fastest_candidate']}x** the fastest ({r['fastest_candidate']}) "
+                  f"(auto ≥ {AUTO_OVER_FASTEST:g}x the fastest and ≥ {AUTO_OVER_ORIGINAL:g}x the original loop: "
+                  f"{'met' if auto_met(r) else 'NOT met'}). "
                   f"Its probe took {r['auto_probe_s']} s, {100 * r['auto_probe_share_of_shortest_run']:.1f}% of the "
                   f"shortest full training of this store. Arithmetic floor {r['floor_pixels_per_s']:,} pixels/s "
                   f"({r['step_gflop']} GFLOP a step at the measured {r['matmul_gflop_per_s']} GFLOP/s); auto "

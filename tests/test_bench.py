@@ -84,3 +84,15 @@ def test_gpu_suite_quick_runs_every_section_on_the_cpu():
     assert any(x["section"] == "extraction" and x["ours_images_per_s"] > 0 for x in lines)
     assert not [x for x in lines if x.get("passed") is False or "error" in x]
     assert lines[-1]["section"] == "summary" and lines[-1]["passed"]
+
+
+def test_auto_step_verdict_holds_at_its_bounds_and_fails_just_below():
+    """The throughput row's verdict on the trainer's auto step: at least 0.95x the fastest candidate of
+    the run and at least 1.0x the original loop, both bounds inclusive."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_table
+
+    at_bounds = {"auto_over_fastest_candidate": 0.95, "speedup": 1.0}
+    assert bench_table.auto_met(at_bounds)
+    assert not bench_table.auto_met({**at_bounds, "auto_over_fastest_candidate": 0.94})
+    assert not bench_table.auto_met({**at_bounds, "speedup": 0.99})
