@@ -41,6 +41,12 @@ def auto_met(r: dict) -> bool:
     return r["auto_over_fastest_candidate"] >= AUTO_OVER_FASTEST and r["speedup"] >= AUTO_OVER_ORIGINAL
 
 
+def iteration_span(iterations: list[int]) -> str:
+    """The members' iteration counts as "n" when all are equal, else "lowest-highest"."""
+    low, high = min(iterations), max(iterations)
+    return f"{low:,}" if low == high else f"{low:,}-{high:,}"
+
+
 def command(r: dict) -> str:
     return " ".join([f"python bench/{r['bench']}.py", *r.get("argv", [])])
 
@@ -73,6 +79,17 @@ def row(r: dict) -> str | None:
                   f"shortest full training of this store. Arithmetic floor {r['floor_pixels_per_s']:,} pixels/s "
                   f"({r['step_gflop']} GFLOP a step at the measured {r['matmul_gflop_per_s']} GFLOP/s); auto "
                   f"runs at {r['fraction_of_floor']} of it, the original loop at {original_at:.2f}")
+    elif b == "end_to_end":
+        what = (f"the celebamask64 command end to end vs the original harness ({r['training_images']} training and "
+                f"{r['test_images']} test images, {r['members']} members, {r['dim']}-d, {r['device']}, "
+                f"{r['torch_threads']} threads; same images, labels, steps, blocks, noise and checkpoint)")
+        phases = "; ".join(
+            f"{side} {r[side + '_features_s']} / {r[side + '_training_s']} / {r[side + '_evaluation_s']} / "
+            f"{r[side + '_other_s']} s, {iteration_span(r[side + '_iterations_per_member'])} iterations per member, "
+            f"peak RSS {r[side + '_peak_rss_gib']} GiB" for side in ("ours", "original"))
+        result = (f"ours {r['ours_s']} s vs the original {r['original_s']} s: **{r['speedup']}x**; test mIoU "
+                  f"{r['ours_miou']}% vs {r['original_miou']}%. Features / training / evaluation / the rest: "
+                  f"{phases}")
     elif b == "scaling":
         fit, lsun = r["fits"], r["lsun256"]
         what = (f"scaling with labelled images ({', '.join(map(str, r['sizes']))} images, "

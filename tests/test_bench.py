@@ -28,7 +28,7 @@ def run_quick(name: str, *extra: str) -> list[dict]:
 
 def test_every_bench_is_covered():
     assert {"ensemble_throughput.py", "memory.py", "extraction.py", "gpu_suite.py", "segment.py",
-            "faults.py", "scaling.py"} <= set(BENCHES)
+            "faults.py", "scaling.py", "end_to_end.py"} <= set(BENCHES)
 
 
 def check_segment(line: dict) -> None:
@@ -38,9 +38,21 @@ def check_segment(line: dict) -> None:
     assert abs(line["segment_over_evaluation"] - ratio) <= 0.02 * ratio + 0.01  # both rounded to 2 decimals
 
 
-EXTRA_CHECKS = {"segment.py": check_segment}
-# bench/segment.py times a run on celebamask64 with the faces checkpoint, --quick too.
-NEEDS = {"segment.py": [CELEBAMASK64, FACES_CKPT]}
+def check_end_to_end(line: dict) -> None:
+    """bench/end_to_end.py: both pipelines trained on the same pixels, and the speed-up is their times' ratio."""
+    # One epoch over the 2 quick training images: every 64 x 64 pixel is trained on (celebamask64 has no
+    # ignore label and min_region_pixels is 0), 2 * 4096 / 64 = 128 batches for each member of both.
+    assert line["ours_iterations_per_member"] == line["original_iterations_per_member"] == [128, 128]
+    assert 0 <= line["ours_miou"] <= 100 and 0 <= line["original_miou"] <= 100
+    # speedup is the unrounded times' ratio rounded to 0.01; the line's times are rounded to 0.01 s, so the
+    # unrounded ones lie within 0.005 s of them and their ratio within these bounds.
+    o, u = line["original_s"], line["ours_s"]
+    assert (o - 0.005) / (u + 0.005) - 0.005 <= line["speedup"] <= (o + 0.005) / (u - 0.005) + 0.005
+
+
+EXTRA_CHECKS = {"segment.py": check_segment, "end_to_end.py": check_end_to_end}
+# bench/segment.py and bench/end_to_end.py time runs on celebamask64 with the faces checkpoint, --quick too.
+NEEDS = {name: [CELEBAMASK64, FACES_CKPT] for name in ("segment.py", "end_to_end.py")}
 
 
 # gpu_suite.py: tested below; faults.py: tests/test_faults.py runs its --quick (and checks that its

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import CELEBAMASK64, require
 from ddpmseg.data.folders import (DataError, ImageLabelDataset, drop_small_regions, list_image_files,
-                          nearest_resize)
+                                  nearest_resize, trained_pixels)
 
 
 def _write_pair(folder, stem, size=(8, 8), label=None, ext="png", seed=0):
@@ -241,6 +241,18 @@ def test_drop_small_regions_ignore_zero_like_bedroom():
     lab[0, 0] = 3
     out, dropped = drop_small_regions(lab, 0, 20)
     assert dropped == [(3, 1)] and (out == 0).all()
+
+
+@pytest.mark.parametrize("ignore", [255, None])
+def test_trained_pixels_leave_out_the_ignore_label_and_small_regions(ignore):
+    lab = np.full((4, 4), 2, np.int64)
+    lab[0, 0] = 1  # a 1-pixel region: left out at min_pixels 2
+    lab[3, 3] = 255 if ignore is not None else 3  # the ignore label, or a second small region without one
+    flat, keep, dropped = trained_pixels(lab, ignore, 2)
+    assert keep.tolist() == list(range(1, 15)) and (flat[keep] == 2).all()
+    assert dropped == ([(1, 1)] if ignore is not None else [(1, 1), (3, 1)])
+    _, keep_all, _ = trained_pixels(lab, ignore, 0)  # no size rule: only the ignore label is left out
+    assert keep_all.tolist() == list(range(15 if ignore is not None else 16))
 
 
 def test_binary_0_255_masks_read_as_two_classes_only_when_that_is_unambiguous(tmp_path):

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ..common.atomic import write_json_atomic
 from ..common.config import ConfigError, save_config
 from .crossfit import fold_assignment, pixels_outside_fold
-from ..data.folders import ImageLabelDataset, drop_small_regions
+from ..data.folders import ImageLabelDataset, trained_pixels
 from ..features.registry import backbone_class
 from ..common.metrics import IoUAccumulator
 from .predict import Votes, ensemble_logits
@@ -45,7 +45,6 @@ from ..features.store import FeatureStore
 from .train import EnsembleSettings, LabelledPixels, load_ensemble, train_ensemble
 
 SCORES_FILE = "scores.json"
-EXCLUDED = -1  # training-label marker of pixels no probe trains on (the interpreter's EXCLUDED)
 
 
 @dataclass
@@ -206,18 +205,14 @@ class Selection:
         this cost without saying anything about which features to use.
         """
         c, n, size = self.cfg, self.train_set.window_count(), self.cfg["dim"][0]
-        excluded = EXCLUDED if c["ignore_label"] is None else c["ignore_label"]
         self.labels, index, labels = [], [], []
         self.store = self.training_store(self.backbone, "candidate features (training images)")
         for i, (_, _, window_label) in enumerate(self.train_set.windows()):
             self.labels.append(window_label)
             # The training labels as the trainer makes them: small regions and ignored pixels excluded.
-            label, _ = drop_small_regions(window_label.numpy(), c["ignore_label"], c["min_region_pixels"],
-                                          fill=EXCLUDED)
-            flat = torch.from_numpy(label.reshape(-1).astype("int64"))
-            keep = ((flat != EXCLUDED) & (flat != excluded)).nonzero().flatten()
-            index.append(keep + i * size * size)
-            labels.append(flat[keep])
+            flat, keep, _ = trained_pixels(window_label.numpy(), c["ignore_label"], c["min_region_pixels"])
+            index.append(torch.from_numpy(keep + i * size * size))
+            labels.append(torch.from_numpy(flat[keep]))
         self.pixels = LabelledPixels(torch.cat(index), torch.cat(labels), (size, size))
         self.log(f"candidate store: {n} training images x {len(self.steps)} steps x {len(self.blocks)} blocks, "
                  f"{self.store.nbytes / 2**20:.1f} MiB (float16, native resolution)")

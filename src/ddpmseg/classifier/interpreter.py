@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..data.augment import augment_pair, copy_seed
 from ..common.config import DEFAULTS, ConfigError, save_config, validate
 from .crossfit import out_of_fold_probabilities
-from ..data.folders import ImageLabelDataset, drop_small_regions
+from ..data.folders import EXCLUDED, ImageLabelDataset, trained_pixels
 from ..common.device import resolve_device
 from ..features.registry import open_backbone
 from ..common.metrics import IoUAccumulator
@@ -38,7 +38,6 @@ from ..features.store import FeatureStore
 from .train import EnsembleSettings, LabelledPixels, model_path, train_ensemble
 from .windowed import predict_image
 
-EXCLUDED = -1  # training-label marker for pixels no member trains on
 # What training saw of each class, written with the feature store and kept for a resumed run's metrics.
 TRAINING_LABELS_FILE = "training_labels.json"
 # Config keys that only change inference: the ones evaluate_run may override.
@@ -127,11 +126,8 @@ class Run:
         for i, (name, image, label) in enumerate(images):
             store.put(i, self.first_train_features if i == 0 else
                       self.predictor.features(image, f"training image {name}", store=True))
-            label, dropped = drop_small_regions(label.numpy(), c["ignore_label"], c["min_region_pixels"],
-                                                fill=EXCLUDED)
+            flat, keep, dropped = trained_pixels(label.numpy(), c["ignore_label"], c["min_region_pixels"])
             excluded += [(name, cls, n) for cls, n in dropped]
-            flat = label.reshape(-1).astype(np.int64)
-            keep = np.flatnonzero((flat != self.fill) & (flat != EXCLUDED))
             index.append(torch.from_numpy(keep + i * self.size * self.size))
             labels.append(torch.from_numpy(flat[keep]))
         pixels = LabelledPixels(torch.cat(index), torch.cat(labels), self.hw)

@@ -29,6 +29,8 @@ _MAX_LISTED = 5
 # The foreground value of binary masks as image tools save them (0 = background, 255 = foreground), and the
 # ignore value of VOC-style masks: one number, two meanings, told apart by the ignore label and class count.
 BINARY_FOREGROUND = 255
+# Training-label marker of pixels no ensemble member trains on (small regions of a dataset without an ignore label).
+EXCLUDED = -1
 
 
 def list_image_files(data_dir: str) -> list[str]:
@@ -431,3 +433,14 @@ def drop_small_regions(label: np.ndarray | torch.Tensor, ignore_label: int | Non
             out[arr == c] = marker
             dropped.append((int(c), int(n)))
     return (torch.from_numpy(out) if is_tensor else out), dropped
+
+
+def trained_pixels(label: np.ndarray, ignore_label: int | None,
+                   min_pixels: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """What the ensemble learns from one training label map: (its labels flattened to int64, the indices
+    of the pixels trained on, the (class, count) regions left out by ``drop_small_regions``). Left out
+    are the ignore label's pixels and every region of fewer than ``min_pixels``."""
+    label, dropped = drop_small_regions(label, ignore_label, min_pixels, fill=EXCLUDED)
+    flat = label.reshape(-1).astype(np.int64)
+    ignored = EXCLUDED if ignore_label is None else ignore_label
+    return flat, np.flatnonzero((flat != EXCLUDED) & (flat != ignored)), dropped
