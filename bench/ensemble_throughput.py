@@ -7,11 +7,12 @@ once per torch thread count in --threads (torch.set_num_threads), one JSON line 
 Baseline (the original's train()): per member a fresh nn.Sequential MLP, Adam, and a DataLoader
 (batch 64, shuffle, drop_last) over precomputed float32 pixel features X [pixels, C] in RAM; every
 iteration computes the batch accuracy (multi_acc) and reads the loss to the host for early stopping,
-as the original does from its 5th epoch on, where most of a run's iterations fall. Building X (with the
-same per-pixel upsampling train_ensemble uses) counts in the baseline's time, once per pass, as the
-feature matrix or per-batch upsampling counts in ours.
+as the original does from its 5th epoch on, where most of a run's iterations fall. Both sides time
+training alone: X is built before the baseline's clock starts, and ours trains on inputs built before
+its clock (train_members: the dense feature matrix, where the config has one, made once), as a run
+builds them once for all its members; per-batch upsampling, where there is no dense matrix, is timed.
 A second baseline run uses the fused Adam kernel that we use, isolating batching's share.
-Ours: train_ensemble, the function a real run calls, with the workload's experiment config
+Ours: train_members (train_ensemble's training, which a real run calls), with the workload's experiment config
 (loaded and validated by ddpmseg.common.config), with each candidate step: "batched" (all members
 in one step), "per_member" (one member after another), per-batch upsampling ("lazy") where the
 config chose the dense feature matrix; and "auto", the step the trainer's probe picks
@@ -45,7 +46,7 @@ from workloads import WORKLOADS, synthetic_store, train_config  # noqa: E402
 from ddpmseg.classifier.ensemble import hidden_sizes  # noqa: E402
 from ddpmseg.classifier.ensemble_step import StepChoice  # noqa: E402
 from ddpmseg.classifier.train import (  # noqa: E402
-    EnsembleSettings, TrainingInputs, choose_training_step, min_iterations, train_ensemble, wants_dense)
+    EnsembleSettings, TrainingInputs, choose_training_step, min_iterations, train_members, wants_dense)
 
 MEMBERS = 10
 
@@ -131,13 +132,12 @@ def timed(f) -> float:
     return time.perf_counter() - t0
 
 
-def train_seconds(store, pixels, cfg: dict, groups: list[list[int]], iterations: int,
-                  step: StepChoice | None = None) -> float:
-    """Seconds of train_ensemble over these member groups, one call each (as a run would)."""
-    settings = EnsembleSettings.from_config(cfg)
+def train_seconds(store, pixels, cfg: dict, iterations: int, step: StepChoice | None = None) -> float:
+    """Seconds of training all MEMBERS as train_ensemble does (train_members), its inputs built untimed."""
+    inputs = TrainingInputs.build(store, pixels, EnsembleSettings.from_config(cfg), log=lambda m: None)
     with tempfile.TemporaryDirectory() as d:
-        return timed(lambda: [train_ensemble(store, pixels, settings, d, members, max_steps=iterations,
-                                             log=lambda m: None, progress=False, step=step) for members in groups])
+        return timed(lambda: train_members(inputs, d, list(range(MEMBERS)), log=lambda m: None, max_steps=iterations,
+                                           progress=False, step=step))
 
 
 def auto_choice(store, pixels, cfg: dict) -> tuple[StepChoice, float]:
@@ -149,31 +149,29 @@ def auto_choice(store, pixels, cfg: dict) -> tuple[StepChoice, float]:
     return choice, MEMBERS * min_iterations(inputs.settings, inputs.n_batches, None)
 
 
-def measure(workload: str, cfg: dict, store, pixels, X, y, x_seconds: float, iterations: int, rounds: int) -> dict:
+def measure(workload: str, cfg: dict, store, pixels, X, y, iterations: int, rounds: int) -> dict:
     """Seconds of every variant in each of ``rounds`` (order reversed each round), auto's choices and
     probe seconds, and the shortest full training (member-batches) its probe was weighed against."""
     classes, batch = cfg["number_class"], cfg["batch_size"]
     dense = wants_dense(len(pixels.labels), store.dim, cfg["feature_matrix"])
-    everyone = [list(range(MEMBERS))]
     picks = {"choices": [], "probe_s": [], "shortest": 0}
 
     def auto() -> float:
         choice, picks["shortest"] = auto_choice(store, pixels, cfg)
         picks["choices"].append(choice.chosen)
         picks["probe_s"].append(choice.probe_s or 0.0)
-        return train_seconds(store, pixels, cfg, everyone, iterations, step=choice)
+        return train_seconds(store, pixels, cfg, iterations, step=choice)
 
     variants = {
-        "sequential": lambda: x_seconds + sequential(X, y, classes, iterations, batch),
-        "sequential_fused_adam": lambda: x_seconds + sequential(X, y, classes, iterations, batch, fused=True),
-        "batched": lambda: train_seconds(store, pixels, {**cfg, "ensemble_step": "batched"}, everyone, iterations),
-        "per_member": lambda: train_seconds(store, pixels, {**cfg, "ensemble_step": "per_member"}, everyone,
-                                            iterations),
+        "sequential": lambda: sequential(X, y, classes, iterations, batch),
+        "sequential_fused_adam": lambda: sequential(X, y, classes, iterations, batch, fused=True),
+        "batched": lambda: train_seconds(store, pixels, {**cfg, "ensemble_step": "batched"}, iterations),
+        "per_member": lambda: train_seconds(store, pixels, {**cfg, "ensemble_step": "per_member"}, iterations),
         "auto": auto,
     }
     if dense:
         variants["batched_lazy"] = lambda: train_seconds(
-            store, pixels, {**cfg, "ensemble_step": "batched", "feature_matrix": "lazy"}, everyone, iterations)
+            store, pixels, {**cfg, "ensemble_step": "batched", "feature_matrix": "lazy"}, iterations)
     seconds = {name: [] for name in variants}
     for r in range(rounds):
         for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
@@ -187,16 +185,12 @@ def run(workload: str, iterations: int, images: int, baseline_pixels: int, round
     cfg = train_config(workload)
     classes, batch = cfg["number_class"], cfg["batch_size"]
     store, pixels = synthetic_store(workload, images)
-    # The baseline's X: the same features, fully upsampled, for a random subset of pixels. Building it
-    # is part of the baseline's time, as building the dense matrix (or upsampling each batch) is part
-    # of train_ensemble's.
+    # The baseline's X: the same features, fully upsampled, for a random subset of pixels.
     g = torch.Generator().manual_seed(1)
     sub = torch.randperm(len(pixels.labels), generator=g)[:baseline_pixels]
-    t0 = time.perf_counter()
     X = store.pixels(*pixels.coords(sub))
-    x_seconds = time.perf_counter() - t0
     y = pixels.labels[sub]
-    m = measure(workload, cfg, store, pixels, X, y, x_seconds, iterations, rounds)
+    m = measure(workload, cfg, store, pixels, X, y, iterations, rounds)
     n = MEMBERS * iterations * batch  # pixels a round of any variant trains
     rate = {name: statistics.median(n / t for t in ts) for name, ts in m["seconds"].items()}
     candidates = {k: v for k, v in rate.items() if k in ("batched", "per_member", "batched_lazy")}

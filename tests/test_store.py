@@ -22,7 +22,7 @@ def test_upsample_pixels_equals_interpolate(in_hw, out_hw):
 def test_store_equals_full_upsampling_to_fp16_precision(tmp_path, location):
     """Exactly the original's X for random pixels, up to rounding the native maps to fp16."""
     torch.manual_seed(1)
-    shapes = [(16, 8, 8), (8, 16, 16), (4, 32, 32)]
+    shapes = [(16, 8, 8), (8, 16, 16), (4, 32, 32), (6, 8, 8)]  # the last shares the first's neighbours
     images = [[torch.randn(c, h, w) * 3 for c, h, w in shapes] for _ in range(3)]
     store = FeatureStore(3, shapes, (32, 32), location=str(tmp_path / "s") if location else None)
     for i, acts in enumerate(images):
@@ -40,7 +40,7 @@ def test_store_equals_full_upsampling_to_fp16_precision(tmp_path, location):
         full16 = torch.cat([F.interpolate(a.half().float()[None], size=(32, 32), mode="bilinear",
                                           align_corners=False)[0] for a in acts])
         assert torch.allclose(got[sel], full16[:, ys[sel], xs[sel]].T, atol=1e-5)
-    assert store.dim == 28 and store.nbytes == 3 * (16 * 64 + 8 * 256 + 4 * 1024) * 2
+    assert store.dim == 34 and store.nbytes == 3 * (16 * 64 + 8 * 256 + 4 * 1024 + 6 * 64) * 2
     store.close()
     if location:
         assert not (tmp_path / "s").exists()

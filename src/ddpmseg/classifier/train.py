@@ -577,6 +577,13 @@ def train_ensemble(store: FeatureStore, pixels: LabelledPixels, settings: Ensemb
     ``progress=False`` hides the progress bar (callers that train many small probes show their own).
     """
     inputs = TrainingInputs.build(store, pixels, settings, device, dtype, epoch_size, log)
+    return train_members(inputs, exp_dir, members, log, max_steps, progress, step)
+
+
+def train_members(inputs: TrainingInputs, exp_dir: str, members: list[int], log=print, max_steps: int | None = None,
+                  progress: bool = True, step: StepChoice | None = None) -> dict:
+    """train_ensemble on inputs already built (the feature matrix and class weights made once): what
+    bench/ensemble_throughput.py times, so that it measures training alone, as its baseline does."""
     choice = step or choose_training_step(inputs, members, exp_dir, max_steps)
     log(choice.describe())
     stats = {}
