@@ -28,6 +28,7 @@ PAGES = {
     "backbones": "backbones.md",
     "from_scratch": "train-ddpm.md",
     "faults": "reliability.md",
+    "mutation": "reliability.md",
     "bench": "benchmarks.md",
     "scaling": "benchmarks.md",
 }

@@ -27,6 +27,8 @@ def test_hand_computed_example():
     assert r["num_images"] == 1
     # confusion[g][p]: the GT-255 pixel is in no row; rows hold every other pixel once.
     assert r["confusion"] == [[1, 1, 0, 0], [0, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    # Pixel counts stay integers: metrics.json writes 2, not 2.0.
+    assert {type(v) for v in r["intersection"] + r["union"] + sum(r["confusion"], [])} == {int}
 
 
 def test_per_image_miou_over_the_classes_each_image_shows():
@@ -96,8 +98,41 @@ def test_shape_mismatch_raises():
 def test_markdown_table():
     acc = IoUAccumulator(3, None, ["bg", "face", "hat"])
     acc.update(np.array([[0, 1, 1]]), np.array([[0, 1, 0]]))
-    md = iou_table_markdown(acc.result(), ["bg", "face", "hat"])
-    assert "| 0 bg | 50.00 | yes |" in md
-    assert "| 1 face | 50.00 | yes |" in md
-    assert "| 2 hat | 0.00 | no |" in md
-    assert "**33.33**" in md and "present (2 classes) | 50.00" in md
+    assert iou_table_markdown(acc.result(), ["bg", "face", "hat"]) == (
+        "| class | IoU % | present |\n|---|---:|:---:|\n"
+        "| 0 bg | 50.00 | yes |\n| 1 face | 50.00 | yes |\n| 2 hat | 0.00 | no |\n"
+        "| **mIoU** (3 classes) | **33.33** | |\n| mIoU over present (2 classes) | 50.00 | |\n")
+    # Without names a row shows the class id alone.
+    assert iou_table_markdown(acc.result()).splitlines()[2:5] == [
+        "| 0 0 | 50.00 | yes |", "| 1 1 | 50.00 | yes |", "| 2 2 | 0.00 | no |"]
+
+
+def test_a_class_of_one_pixel_is_present():
+    # Class 2 is predicted on one pixel and absent from the ground truth: U_2 = 1, I_2 = 0, so it is
+    # present (it scores 0 in the per-image and present-class means and in the table) like any other.
+    acc = IoUAccumulator(3, None)
+    acc.update(np.array([[0, 0, 1, 2]]), np.array([[0, 0, 1, 1]]), "one")
+    r = acc.result()
+    assert r["union"] == [2, 2, 1]
+    assert r["per_image_miou"] == {"one": pytest.approx((1 + 0.5 + 0) / 3)}
+    assert r["miou_present"] == pytest.approx((1 + 0.5 + 0) / 3)
+    md = iou_table_markdown(r)
+    assert "| 2 2 | 0.00 | yes |" in md and "present (3 classes)" in md
+
+
+def test_ids_from_number_class_up_are_in_no_class():
+    # With K = 3 classes, id 3 is the first one outside 0..K-1: like 255, a GT or predicted 3 adds to no
+    # class's counts and the pixel is in no row or column of the confusion matrix.
+    acc = IoUAccumulator(3, None)
+    acc.update(np.array([[0, 1, 3]]), np.array([[0, 3, 1]]))
+    r = acc.result()
+    assert r["intersection"] == [1, 0, 0] and r["union"] == [1, 2, 0]
+    assert r["confusion"] == [[1, 0, 0], [0, 0, 0], [0, 0, 0]]
+
+
+def test_nothing_to_score_gives_zero_not_nan():
+    # No image seen: every class absent, so both means are 0 (not the NaN of an empty mean). No scored
+    # class at all (one class, the ignored one): the same.
+    for acc in (IoUAccumulator(3, None), IoUAccumulator(1, 0)):
+        r = acc.result()
+        assert (r["miou"], r["miou_present"]) == (0.0, 0.0)

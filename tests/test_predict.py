@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from ddpmseg.classifier.ensemble import PixelEnsemble
-from ddpmseg.classifier.predict import VOTING_MODES, Votes, ensemble_logits, image_uncertainty, predict_image, view_logits
+from ddpmseg.classifier.predict import (VOTING_MODES, Votes, ensemble_logits, feature_descriptor, image_uncertainty,
+                                        predict_image, view_logits)
 from ddpmseg.classifier.train import member_generator
 
 
@@ -165,6 +166,9 @@ def test_predict_image():
     assert torch.equal(mask, majority_vote(logits).reshape(out_hw))
     assert score == pytest.approx(image_uncertainty(pixel_uncertainty(logits)), abs=1e-4)
     assert score > 0
+    # top_fraction reaches the score: all pixels -> the mean pixel uncertainty
+    _, score_all = predict_image(ens, layers, out_hw, top_fraction=1.0)
+    assert score_all == pytest.approx(pixel_uncertainty(logits).mean().item(), abs=1e-4)
 
 
 def test_soft_votings_hand_example():
@@ -196,8 +200,49 @@ def test_voting_modes_differ_on_random_ensembles():
     assert torch.equal(masks["last_member"], logits[-1].argmax(-1))
     assert torch.equal(masks["soft"], torch.log_softmax(logits, -1).mean(0).argmax(-1))
     assert torch.equal(masks["soft_prob"], torch.softmax(logits, -1).mean(0).argmax(-1))
+    p = torch.softmax(logits, -1)
+    assert torch.equal(masks["weighted"], (torch.exp((p * p.log()).sum(-1))[..., None] * p).sum(0).argmax(-1))
+    assert torch.equal(votes.mask(), masks["hard"])
     with pytest.raises(ValueError, match="unknown voting mode 'mean'"):
         votes.mask("mean")
+
+
+def test_distribution_of_each_voting_mode():
+    """Votes.distribution by each mode's definition, a distribution per pixel whose argmax is mask(mode)."""
+    logits = torch.randn(5, 300, 7, generator=torch.Generator().manual_seed(0))
+    votes = Votes.of(logits)
+    logp = torch.log_softmax(logits, -1)
+    p = logp.exp()
+    wp = (torch.exp((p * logp).sum(-1))[..., None] * p).sum(0)  # each member weighted by exp(-its entropy)
+    want = {"hard": F.one_hot(logits.argmax(-1), 7).float().mean(0), "soft": torch.softmax(logp.mean(0), -1),
+            "soft_prob": p.mean(0), "weighted": wp / wp.sum(1, keepdim=True),
+            "last_member": F.one_hot(logits[-1].argmax(-1), 7).float()}
+    for mode in VOTING_MODES:
+        dist = votes.distribution(mode)
+        assert torch.allclose(dist, want[mode], atol=1e-6), mode  # float32 sums of <= 7 terms, in another order
+        assert torch.equal(dist.argmax(1), votes.mask(mode)), mode
+    assert torch.equal(votes.distribution(), votes.distribution("hard"))
+    with pytest.raises(ValueError, match="unknown voting mode 'mean'"):
+        votes.distribution("mean")
+
+
+def test_votes_live_on_the_device_of_their_logits():
+    # The meta device stands in for a GPU (tensors with a device and no data): every running sum must be
+    # where the logits are, or add() fails on a GPU.
+    votes = Votes.of(torch.zeros(2, 4, 3, device="meta"))
+    sums = (votes.counts, votes.sum_logp, votes.sum_p, votes.sum_wp, votes.sum_entropy)
+    assert {t.device.type for t in sums} == {"meta"}
+
+
+def test_feature_descriptor_hand_example():
+    # Channel means [3, 4] and [1]: normalised per map to [0.6, 0.8] and [1], then together (norm sqrt 2).
+    a = torch.stack([torch.full((2, 2), 3.0), torch.full((2, 2), 4.0)])
+    b = torch.tensor([[[0.0, 2.0], [0.0, 2.0]]])
+    want = torch.tensor([0.6, 0.8, 1.0]) / math.sqrt(2)
+    assert torch.allclose(feature_descriptor([a, b]), want, atol=1e-7)  # float32 rounding of 3 divisions
+    # a batched map [1, C, h, w] and float16 maps give the same float32 vector
+    got = feature_descriptor([a[None].half(), b.half()])
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-7)
 
 
 def test_votes_added_in_groups_equal_votes_added_at_once():

@@ -7,13 +7,15 @@ identity, or ignores the image, or ignores the first prediction fails one of the
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from ddpmseg.classifier.refine import (CategoricalSchedule, MaskDenoiser, RefineSettings, hflip_sample, load_refiner, refine,
-                            save_refiner, train_refiner)
+from ddpmseg.classifier.refine import (CategoricalSchedule, MaskDenoiser, RefineSettings, _random_batch, hflip_sample,
+                                       load_refiner, refine, refine_settings, save_refiner, train_refiner)
 
 K, SIZE, IGNORE = 4, 24, 255
 # Classes 2 and 3 look the same: telling them apart needs the first prediction.
@@ -176,6 +178,14 @@ def test_save_load_round_trip(trained, held_out, tmp_path):
     loaded, settings = load_refiner(path)
     assert settings == FAST
     assert torch.equal(run(loaded, images[:4], probs[:4]), run(model, images[:4], probs[:4]))
+    # DDPS's plain head comes back plain (an untrained plain head does not return the first prediction).
+    plain = replace(FAST, prior_residual=False)
+    model = MaskDenoiser(K, plain.width, plain.embed_dim, prior_residual=False, generator=torch.Generator().manual_seed(0))
+    save_refiner(model, plain, K, path)
+    loaded, _ = load_refiner(path)
+    assert loaded.prior_residual is False and torch.equal(run(loaded, images[:4], probs[:4]), run(model, images[:4], probs[:4]))
+    # On the device asked for (the meta device stands in for a GPU).
+    assert {p.device.type for p in load_refiner(path, device="meta")[0].parameters()} == {"meta"}
 
 
 def test_load_refiner_errors(tmp_path):
@@ -190,6 +200,14 @@ def test_load_refiner_errors(tmp_path):
     (tmp_path / "text.pt").write_text("hello")
     with pytest.raises(ValueError, match="not a readable refiner checkpoint"):
         load_refiner(str(tmp_path / "text.pt"))
+    # A file that needs code to unpickle is refused unread (weights_only): its code never runs.
+    torch.save(Code(), tmp_path / "code.pt")
+    with pytest.raises(ValueError, match="not a readable refiner checkpoint"):
+        load_refiner(str(tmp_path / "code.pt"))
+
+
+class Code:
+    """Unpickling this needs code (this class), which a weights_only load refuses."""
 
 
 def test_untrained_refiner_returns_the_first_prediction(held_out):
@@ -233,12 +251,75 @@ def test_denoiser_handles_odd_sizes():
 
 def test_train_rejects_bad_inputs():
     images, probs, labels = make_task(2, seed=4)
-    with pytest.raises(ValueError, match="flip_pairs"):
-        train_refiner(images, probs, labels, K, IGNORE, FAST, flip_pairs=[[2, 4]], log=lambda _: None)
-    with pytest.raises(ValueError, match="shapes disagree"):
-        train_refiner(images, probs[:, :3], labels, K, IGNORE, FAST, log=lambda _: None)
+    one_update = replace(FAST, iterations=1)
+
+    def train(images=images, probs=probs, labels=labels, flip_pairs=()):
+        return train_refiner(images, probs, labels, K, IGNORE, one_update, flip_pairs=flip_pairs, log=lambda _: None)
+
+    train(flip_pairs=[[0, 3]])  # the first and the last class ids pair like any others
+    for pairs in ([[2, 4]], [[-1, 2]], [[1, 2, 3]], [[1, 2], [2, 3]]):  # out of range, not a pair, not distinct
+        with pytest.raises(ValueError, match=r"flip_pairs must be \[a, b\] pairs of distinct class ids in \[0, 3\]"):
+            train(flip_pairs=pairs)
+    for bad in ({"probs": probs[:, :3]}, {"images": images[:, :1]}):  # 3 classes of probabilities; a grey image
+        with pytest.raises(ValueError, match="shapes disagree"):
+            train(**bad)
     with pytest.raises(ValueError, match="labels hold 7"):
-        train_refiner(images, probs, labels.index_fill(1, torch.tensor([0]), 7), K, IGNORE, FAST, log=lambda _: None)
+        train(labels=labels.index_fill(1, torch.tensor([0]), 7))
+    one_bad = labels.clone()
+    one_bad[0, 0, 0] = K  # the first id past the classes
+    with pytest.raises(ValueError, match=r"labels hold 4, neither a class id in \[0, 3\] nor ignore_index=255"):
+        train(labels=one_bad)
+
+
+def test_random_batches_draw_every_sample_and_flip_half_with_their_classes():
+    # Sample i: image 10 i + its column (left 0, right 1), labels 2 | 1, first probabilities one-hot on them.
+    n = 4
+    images = (10 * torch.arange(n).view(n, 1, 1, 1) + torch.tensor([0.0, 1.0])).expand(n, 3, 2, 2)
+    labels = torch.tensor([[2, 1], [2, 1]]).expand(n, 2, 2)
+    probs = F.one_hot(labels, K).permute(0, 3, 1, 2).float()
+    gen, seen, flips = torch.Generator().manual_seed(0), set(), []
+    for _ in range(100):
+        img, p, lab = _random_batch(images, probs, labels, FAST, FLIP_PAIRS, gen)
+        assert len(img) == n  # batch_size 8, but only 4 samples
+        for j in range(n):
+            seen.add(int(img[j, 0].min()) // 10)
+            flips.append(bool(img[j, 0, 0, 0] > img[j, 0, 0, 1]))
+            # Mirrored: the columns trade places and classes 2 and 3 trade ids (FLIP_PAIRS): 2 | 1 -> 1 | 3.
+            want = torch.tensor([[1, 3], [1, 3]] if flips[-1] else [[2, 1], [2, 1]])
+            assert torch.equal(lab[j], want) and torch.equal(p[j].argmax(0), want)
+    assert seen == set(range(n))
+    assert 0.4 < sum(flips) / len(flips) < 0.6  # 400 fair coin flips: 0.5, standard deviation 0.025
+
+
+def test_training_follows_the_settings_with_a_cosine_decay(monkeypatch):
+    images, probs, labels = make_task(4, seed=3)
+    settings = RefineSettings(iterations=4, width=8, embed_dim=4, batch_size=2, learning_rate=0.01, weight_decay=0.3,
+                              prior_residual=False)
+    made = []
+
+    class Recording(torch.optim.AdamW):
+        """AdamW that records its arguments and the learning rate of each update."""
+        def __init__(self, params, **kwargs):
+            super().__init__(params, **kwargs)
+            made.append((kwargs, []))
+
+        def step(self, closure=None):
+            made[-1][1].append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    model, _ = train_refiner(images, probs, labels, K, IGNORE, settings, log=lambda _: None)
+    ((kwargs, rates),) = made
+    assert kwargs == {"lr": 0.01, "weight_decay": 0.3}
+    # Update i at 0.01 x (1 + cos(pi i / 4)) / 2: from the peak down towards zero.
+    assert rates == pytest.approx([0.01 * (1 + math.cos(math.pi * i / 4)) / 2 for i in range(4)], abs=1e-15)
+    assert model.prior_residual is False
+
+
+def test_refine_settings_of_a_config_value():
+    assert refine_settings({}, seed=3) is None  # no "refine": no refinement
+    assert refine_settings({"method": "ddps", "iterations": 20, "width": 8}, seed=3) == RefineSettings(
+        iterations=20, width=8, seed=3)
 
 
 def test_each_step_renoises_the_previous_steps_estimate(held_out):

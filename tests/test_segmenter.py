@@ -11,7 +11,8 @@ from PIL import Image
 
 from ddpmseg.commands import segment
 from conftest import shapes64
-from ddpmseg.classifier.predict import VOTING_MODES, Votes
+from ddpmseg.classifier import segmenter as segmenter_module
+from ddpmseg.classifier.predict import view_logits
 from ddpmseg.classifier.segmenter import Segmenter
 from ddpmseg.data.windows import Tiling, window_starts
 
@@ -22,15 +23,6 @@ def test_window_starts_cover_the_long_side_with_overlap():
     starts = window_starts(150, 64)
     assert starts[0] == 0 and starts[-1] == 150 - 64
     assert all(b - a <= 32 for a, b in zip(starts, starts[1:]))  # neighbours share >= half a window
-
-
-def test_distribution_argmax_is_the_voting_mask():
-    logits = torch.randn(5, 300, 7, generator=torch.Generator().manual_seed(0))
-    votes = Votes.of(logits)
-    for mode in VOTING_MODES:
-        dist = votes.distribution(mode)
-        assert torch.allclose(dist.sum(1), torch.ones(300))  # float32 sums of <= 7 terms
-        assert torch.equal(dist.argmax(1), votes.mask(mode)), mode
 
 
 def _test_images(n=2):
@@ -45,6 +37,44 @@ def test_square_image_at_working_size_gives_the_evaluation_mask(tiny_interpreter
         assert np.array_equal(out.mask, np.load(tiny_interpreter_run / "predictions" / f"{png.stem}.npy"))
     metrics = json.loads((tiny_interpreter_run / "metrics.json").read_text())
     assert out.score == pytest.approx(metrics["uncertainty"][png.stem], rel=1e-5)  # float32 sums, same order
+
+
+def test_disagreement_is_the_share_of_member_votes_against_the_majority(tiny_interpreter_run):
+    seg = Segmenter.from_run(str(tiny_interpreter_run))
+    p = seg.predictor
+    assert p.ensemble.num_members == 2 and p.cfg["tta"] == []  # two votes per pixel
+    png = _test_images(1)[0]
+    crop = seg.transform(Image.open(png).convert("RGB"))  # 64 x 64: the one window
+    members = view_logits(p.ensemble, p.features(crop, "test image"), p.hw).argmax(-1)  # [2, P]
+    want = (members[0] != members[1]).float().reshape(p.hw) / 2  # 1/2 where the two members differ, else 0
+    assert 0 < want.mean() < 0.5  # the members of the tiny run disagree on some pixels, not all
+    assert torch.equal(seg.window(crop, 0)[2], want)
+    assert np.array_equal(seg.predict(Image.open(png)).disagreement, want.numpy())
+
+
+def test_a_window_runs_the_backbone_once(tiny_interpreter_run):
+    # The votes and the descriptor come from the same forward: with share_noise false every forward draws
+    # fresh noise, so a second one would give the votes other features than evaluation's (and cost a forward).
+    seg = Segmenter.from_run(str(tiny_interpreter_run))
+    backbone, calls = seg.predictor.backbone, []
+    seg.predictor.backbone = lambda x: (calls.append(x.shape), backbone(x))[1]
+    seg.window(seg.transform(Image.open(_test_images(1)[0]).convert("RGB")), 0)
+    assert calls == [(1, 3, 64, 64)]
+
+
+def test_from_run_passes_its_log_to_the_backbone(tiny_interpreter_run, monkeypatch):
+    # The guided-diffusion backbone says nothing when it opens; the others (mae, swav, dinov2, diffusers)
+    # report what they loaded through this log.
+    opened = segmenter_module.open_backbone
+
+    def open_and_say(cfg, flags, device, log):
+        log("opened")
+        return opened(cfg, flags, device, log)
+
+    monkeypatch.setattr(segmenter_module, "open_backbone", open_and_say)
+    messages = []
+    Segmenter.from_run(str(tiny_interpreter_run), log=messages.append)
+    assert messages == ["opened"]
 
 
 def test_non_square_image_is_segmented_at_its_own_size(tiny_interpreter_run):

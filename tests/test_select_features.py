@@ -290,6 +290,96 @@ def test_the_search_result_falls_back_on_the_configs_own_choice_unless_beaten():
     assert feature_selection.SearchResult(None, [], [], "budget", False, 0.002).chosen is None
 
 
+class ScriptedSelection:
+    """What Selection.search and compare_noise_draws read of a Selection, with scripted scores: a candidate's
+    mIoU is the sum of its steps' and blocks' values (plus ``draw_gain[K]`` with K noise draws), on every fold
+    (offsets 0, +1 and -1 points: paired gains have no spread, so min_gain alone decides). ``budget``: the
+    number of probes before the time is up."""
+
+    def __init__(self, steps, blocks, step_value, block_value, own, budget=None, noise_draws=None, draw_gain=None):
+        self.steps, self.blocks, self.own, self.budget = steps, blocks, own, budget
+        self.step_value, self.block_value, self.draw_gain = step_value, block_value, draw_gain or {}
+        self.probe, self.cfg, self.noise_draws = feature_selection.ProbeSettings(), {"noise_draws": 1}, noise_draws
+        self.calls = []
+
+    step_rows = feature_selection.Selection.step_rows
+
+    def score(self, steps, blocks, noise_draws=None):
+        if len(self.calls) == self.budget:
+            raise feature_selection.BudgetSpent
+        self.calls.append((sorted(steps), sorted(blocks)) + ((noise_draws,) if noise_draws else ()))
+        v = sum(self.step_value[t] for t in steps) + sum(self.block_value[b] for b in blocks)
+        v += self.draw_gain.get(noise_draws, 0)
+        return score(v, v + 0.01, v - 0.01, steps=sorted(steps), blocks=sorted(blocks))
+
+
+def cells(scores):
+    return [(s.steps, s.blocks) for s in scores]
+
+
+def test_greedy_search_adds_the_best_step_or_block_while_it_gains_more_than_min_gain():
+    # Single cells: 10/1 is best (0.5). Round 1: + block 2 gains 10 points, + step 20 5, + block 3 0.05;
+    # round 2: + step 20 (5 points); round 3: + block 3 gains 0.05 points < min_gain 0.2: stop there.
+    sel = ScriptedSelection([10, 20], [1, 2, 3], {10: 0.30, 20: 0.05}, {1: 0.20, 2: 0.10, 3: 0.0005},
+                            own=([10, 20], [1, 2, 3]))
+    result = feature_selection.Selection.search(sel)
+    assert sel.calls == [([10, 20], [1, 2, 3]), *[([t], [b]) for t in (10, 20) for b in (1, 2, 3)],
+                         ([10, 20], [1]), ([10], [1, 2]), ([10], [1, 3]),  # round 1: steps, then blocks
+                         ([10, 20], [1, 2]), ([10], [1, 2, 3]), ([10, 20], [1, 2, 3])]
+    assert cells([result.own]) == [([10, 20], [1, 2, 3])]
+    assert cells(result.singles) == [([t], [b]) for t in (10, 20) for b in (1, 2, 3)]
+    assert cells(result.path) == [([10], [1]), ([10], [1, 2]), ([10, 20], [1, 2])]
+    assert result.stopped == ("no added step or block raised CV mIoU by more than 0.20 points and its paired "
+                              "standard error")
+    assert (result.complete, result.min_gain) == (True, 0.002)
+    # Block 3 worth a point: it is taken too, and the search stops with the whole grid chosen.
+    sel.block_value[3] = 0.01
+    result = feature_selection.Selection.search(sel)
+    assert cells(result.path)[-1] == ([10, 20], [1, 2, 3]) and len(result.path) == 4
+    assert result.stopped == "every step and block of the grid is in the selection"
+    assert (result.complete, result.min_gain) == (True, 0.002)
+    assert cells([result.own]) == [([10, 20], [1, 2, 3])] and len(result.singles) == 6
+
+
+def test_search_over_blocks_alone_for_a_backbone_without_timesteps():
+    sel = ScriptedSelection([], [1, 2], {}, {1: 0.5, 2: 0.1}, own=([], [1]))
+    result = feature_selection.Selection.search(sel)
+    assert sel.calls == [([], [1]), ([], [1]), ([], [2]), ([], [1, 2])]
+    assert cells(result.path) == [([], [1]), ([], [1, 2])]
+
+
+def test_a_budget_spent_keeps_what_was_scored():
+    grid = ([10, 20], [1, 2, 3], {10: 0.30, 20: 0.05}, {1: 0.20, 2: 0.10, 3: 0.0005})
+    ran_out = "the time budget (--budget_minutes) ran out"
+    # During the single cells (own and two cells scored): the best cell so far is the path.
+    result = feature_selection.Selection.search(ScriptedSelection(*grid, own=([10], [1, 2]), budget=3))
+    assert cells(result.singles) == [([10], [1]), ([10], [2])] and cells(result.path) == [([10], [1])]
+    assert (result.stopped, result.complete) == (ran_out, False)
+    # During the first greedy round: the path is the best cell, once.
+    result = feature_selection.Selection.search(ScriptedSelection(*grid, own=([10], [1, 2]), budget=8))
+    assert cells(result.path) == [([10], [1])] and (result.stopped, result.complete) == (ran_out, False)
+    # Before anything: nothing scored, nothing chosen.
+    result = feature_selection.Selection.search(ScriptedSelection(*grid, own=([10], [1, 2]), budget=0))
+    assert (result.own, result.singles, result.path, result.chosen) == (None, [], [], None)
+
+
+def test_noise_draws_keep_the_best_count_only_if_it_improves_on_the_configs():
+    def compare(draw_gain, budget=None):
+        sel = ScriptedSelection([10], [1], {10: 0.3}, {1: 0.2}, own=([10], [1]), noise_draws=[2, 4],
+                                draw_gain=draw_gain)
+        chosen = sel.score([10], [1])
+        sel.budget = budget
+        kept, scores = feature_selection.Selection.compare_noise_draws(sel, chosen)
+        return kept, {k: round(s.miou, 6) for k, s in scores.items()}
+
+    # 2 draws gain 5 points, 4 draws 1 point: the best count, 2, is kept.
+    assert compare({2: 0.05, 4: 0.01}) == (2, {1: 0.5, 2: 0.55, 4: 0.51})
+    # The best count gains 0.1 points only (< min_gain): the config's own count stays.
+    assert compare({2: 0.001, 4: -0.01}) == (1, {1: 0.5, 2: 0.501, 4: 0.49})
+    # The budget runs out before 4 draws are scored: the counts scored so far decide.
+    assert compare({2: 0.05, 4: 0.1}, budget=2) == (2, {1: 0.5, 2: 0.55})
+
+
 def test_repeated_splits_are_independent_and_split_zero_is_cross_fittings():
     from ddpmseg.classifier.crossfit import fold_assignment
     splits = [fold_assignment(12, 4, seed=0, split=r) for r in range(3)]
