@@ -75,7 +75,8 @@ def table(records: list[dict], entries: dict[str, tuple[str, str]]) -> str:
              f"uncaught, harmless)."]
     if budgets:
         notes.append(f"† with `--budget-min {'/'.join(f'{b:g}' for b in sorted(budgets))}`: mutmut tests the mutants "
-                     f"whose tests are fastest first and was stopped after that many minutes; the rest are not checked.")
+                     f"whose tests are fastest first and stops after that many minutes; where \"checked\" is below \"mutants\" "
+                     f"the budget ended the run and the rest are not checked.")
     if reruns:
         notes.append("‡ then `--rerun-uncaught` after tests were added: its uncaught mutants tested again (the "
                      "verdicts of the caught ones stand).")

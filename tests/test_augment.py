@@ -6,8 +6,8 @@ import torch
 from torchvision import tv_tensors
 
 from conftest import CELEBAMASK64, require, shapes64
-from ddpmseg.data.augment import (TTA_VIEWS, CoarseDropout, HorizontalFlipSwap, augment_pair, copy_seed, swap_classes,
-                             tta_view, view_seed)
+from ddpmseg.data.augment import (HOLES, TTA_VIEWS, CoarseDropout, HorizontalFlipSwap, augment_pair, class_permutation,
+                                  copy_seed, swap_classes, tta_view, view_seed)
 from ddpmseg.data.folders import ImageLabelDataset
 
 FILL = -1
@@ -148,3 +148,57 @@ def test_image_and_mask_stay_aligned(seed):
     brightness = img.mean(0)[kept]
     corr = torch.corrcoef(torch.stack([brightness, lab[kept].float()]))[0, 1]
     assert corr > 0.9, corr
+
+
+def test_coarse_dropout_draws_every_allowed_hole_count_size_and_position():
+    """On a 40x64 (HxW) image: 2-4 holes, sides round(40/256 * 40) = 6 to round(60/256 * 40) = 9 px (both
+    ends drawn), every box inside the image and touching each border in some draw."""
+    torch.manual_seed(0)
+    h, w = 40, 64
+    dropout = CoarseDropout(FILL)
+    draws = [dropout.make_params([tv_tensors.Image(torch.zeros(3, h, w))])["boxes"] for _ in range(2000)]
+    assert {len(b) for b in draws} == set(range(HOLES[0], HOLES[1] + 1))
+    boxes = [box for b in draws for box in b]
+    assert {bh for _, _, bh, _ in boxes} == {bw for _, _, _, bw in boxes} == {6, 7, 8, 9}
+    assert min(y for y, _, _, _ in boxes) == 0 and max(y + bh for y, _, bh, _ in boxes) == h
+    assert min(x for _, x, _, _ in boxes) == 0 and max(x + bw for _, x, _, bw in boxes) == w
+
+
+def test_invented_image_pixels_are_black(sample):
+    """Pixels the transforms invent (rotated or warped in from outside, dropped out) are black in the image
+    (-1 in [-1, 1]) where the mask gets the fill. Elastic warping blends a border pixel bilinearly with
+    its neighbours while the mask takes the nearest one, hence the mean, not every pixel."""
+    image, label = sample
+    invented = []
+    for seed in range(6):
+        img, mask = augment_pair(image, label, seed=seed, p=1.0, fill_label=FILL)
+        invented.append(img[:, mask == FILL].flatten())
+    invented = torch.cat(invented)
+    assert invented.numel() > 1000 and invented.mean() < -0.9
+
+
+def test_class_permutation_swaps_each_pair():
+    assert class_permutation(5, [(1, 3)]).tolist() == [0, 3, 2, 1, 4]
+    assert class_permutation(4, [(0, 1), (2, 3)]).tolist() == [1, 0, 3, 2]
+    assert class_permutation(3, []).tolist() == [0, 1, 2]
+
+
+def test_pixels_rotated_or_warped_in_get_the_fill_not_a_class(sample):
+    """A label of class 5 everywhere: after full-strength augmentation every pixel is 5 or the fill.
+    Rotation and elastic warping must fill what they bring in from outside with the fill label; their
+    default fill, 0, would label it background (a class) and train on it."""
+    image, _ = sample
+    label = torch.full(image.shape[-2:], 5, dtype=torch.int64)
+    for seed in range(6):
+        _, mask = augment_pair(image, label, seed=seed, p=1.0, fill_label=FILL)
+        assert set(mask.unique().tolist()) <= {5, FILL}
+
+
+def test_random_resized_crop_keeps_30_to_60_percent_of_the_area():
+    """The fork's crop scale (CROP_SCALE), not torchvision's default 8-100 %."""
+    from torchvision.transforms import v2
+
+    from ddpmseg.data.augment import CROP_SCALE, training_pipeline
+    crops = [t.transforms[0] for t in training_pipeline(64, 0.5, FILL).transforms
+             if isinstance(t, v2.RandomApply) and isinstance(t.transforms[0], v2.RandomResizedCrop)]
+    assert CROP_SCALE == (0.3, 0.6) and [tuple(c.scale) for c in crops] == [CROP_SCALE]

@@ -226,6 +226,14 @@ def test_distribution_of_each_voting_mode():
         votes.distribution("mean")
 
 
+def test_last_member_distribution_keeps_every_class_column():
+    """The last member votes only classes 0 and 1 of 4: its one-hot distribution still has 4 columns
+    (segment.py averages distributions of overlapping windows, which must line up class by class)."""
+    logits = torch.full((2, 3, 4), -5.0)
+    logits[:, 0, 0] = logits[:, 1, 1] = logits[:, 2, 0] = 5.0
+    want = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]])
+    assert torch.equal(Votes.of(logits).distribution("last_member"), want)
+
 def test_votes_live_on_the_device_of_their_logits():
     # The meta device stands in for a GPU (tensors with a device and no data): every running sum must be
     # where the logits are, or add() fails on a GPU.

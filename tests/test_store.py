@@ -50,3 +50,22 @@ def test_store_rejects_wrong_layer_count():
     store = FeatureStore(1, [(2, 4, 4)], (8, 8))
     with pytest.raises(ValueError, match="expected 1 activation maps"):
         store.put(0, [torch.zeros(2, 4, 4)] * 2)
+
+
+def test_put_takes_batched_maps_and_image_features_is_the_full_upsampling(tmp_path):
+    """put() accepts the U-Net's [1, C, h, w] hook outputs as well as [C, h, w]; image_features(i) is the
+    original's per-image X [dim, H, W] of the fp16-rounded maps. A disk store writes its memmaps inside
+    its folder, which may already exist (a resumed run's)."""
+    torch.manual_seed(2)
+    shapes = [(3, 4, 4), (2, 8, 8)]
+    acts = [[torch.randn(1, c, h, w) for c, h, w in shapes] for _ in range(2)]
+    (tmp_path / "s").mkdir()
+    store = FeatureStore(2, shapes, (16, 16), location=str(tmp_path / "s"))
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["layer_00.npy", "layer_01.npy"]
+    store.put(0, acts[0])
+    store.put(1, [a[0] for a in acts[1]])
+    for i in range(2):
+        full = torch.cat([F.interpolate(a.half().float(), size=(16, 16), mode="bilinear", align_corners=False)[0]
+                          for a in acts[i]])
+        assert torch.allclose(store.image_features(i), full, atol=1e-6)  # float32 lerps vs interpolate's sums
+    store.close()
