@@ -340,3 +340,20 @@ def test_each_step_renoises_the_previous_steps_estimate(held_out):
     for x_t, estimate, s in zip(seen, estimates, settings.step_schedule()):
         step = torch.full((len(images),), s, dtype=torch.long)
         assert torch.equal(x_t, schedule.q_sample(estimate, step, K, replay))
+
+
+def test_training_draws_every_noise_step_including_the_first(monkeypatch):
+    """Steps are drawn uniformly from [0, num_timesteps): with a two-step schedule, 8 updates of batch 2
+    draw both 0 and 1 (a fixed seed; a uniform draw misses one with probability 2 x 2^-16)."""
+    from ddpmseg.classifier.refine import MaskDenoiser
+    seen, forward = [], MaskDenoiser.forward
+
+    def recording(self, x_t, img, probs, step):
+        seen.extend(step.tolist())
+        return forward(self, x_t, img, probs, step)
+
+    monkeypatch.setattr(MaskDenoiser, "forward", recording)
+    images, probs, labels = make_task(2, seed=5)
+    train_refiner(images, probs, labels, K, IGNORE, replace(FAST, iterations=8, batch_size=2, num_timesteps=2, steps=1, start_step=1),
+                  log=lambda _: None)
+    assert len(seen) == 16 and set(seen) == {0, 1}
