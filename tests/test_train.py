@@ -568,10 +568,30 @@ def test_dense_feature_matrix_gives_the_lazy_rows_and_members(data, tmp_path, mo
     assert not train_mod.wants_dense(40 * 256 * 256, 8448, "auto") and train_mod.wants_dense(10**9, 8448, "dense")
 
 
+def test_dense_budget_boundary():
+    """"auto" builds the float32 matrix while it fits DENSE_BUDGET_BYTES, itself included."""
+    dim = 256  # 1 KiB of float32 per pixel row
+    fits = train_mod.DENSE_BUDGET_BYTES // (4 * dim)
+    assert train_mod.wants_dense(fits, dim, "auto") and not train_mod.wants_dense(fits + 1, dim, "auto")
+
+
+@pytest.mark.parametrize("optimizer,expected", [("adam", 0.9), ("adamw", 1.08)])
+def test_make_optimizer_takes_the_settings_rule_rate_and_decay(optimizer, expected):
+    """One step from p = 1 with gradient -0.1, lr 0.1, weight decay 0.2, in float64. Adam's first step
+    moves by lr against the sign of its gradient: Adam adds the decay to the gradient (-0.1 + 0.2 * 1 > 0,
+    so p = 1 - 0.1); AdamW decays p by lr * 0.2 first, then steps against -0.1 (p = 0.98 + 0.1)."""
+    p = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+    opt = train_mod.make_optimizer([p], make_settings(optimizer=optimizer, learning_rate=0.1, weight_decay=0.2))
+    p.grad = torch.full_like(p, -0.1)
+    opt.step()
+    assert p.item() == pytest.approx(expected, abs=1e-6)  # Adam's eps 1e-8 moves the step by ~1e-7
+
+
 # --- the training loop's units ---
 
-def test_batch_source_deals_each_members_own_shuffles_with_drop_last():
-    N, B, n_batches = 50, 8, 6  # 2 pixels left over each epoch
+@pytest.mark.parametrize("n_batches", [6, 1])  # 2 pixels left over each epoch; one batch: every step reshuffles
+def test_batch_source_deals_each_members_own_shuffles_with_drop_last(n_batches):
+    N, B = 50, 8
     source = train_mod.BatchSource([train_mod.member_generator(0, m) for m in (0, 3)], N, B, n_batches)
     batches = torch.stack([source.indices(step) for step in range(3 * n_batches)], 1)  # [M, steps, B]
     for j, m in enumerate((0, 3)):

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def source_coords(out_size: int, in_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -37,31 +38,40 @@ class BilinearIndex:
         self.x0, self.x1, self.wx = source_coords(out_hw[1], in_hw[1])
 
     def neighbours(self, hw: tuple[int, int], img: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For output pixels (img, ys, xs) of [N, h, w] maps: the rows of their 4 neighbours in the maps
-        flattened to [N*h*w, C] (all top-left, then top-right, bottom-left, bottom-right), and the
-        weights [B, 1] of the right and bottom ones. Every layer of one resolution shares them."""
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For output pixels (img, ys, xs) of [N, h, w] maps: the rows [B, 4] of their 4 neighbours in the
+        maps flattened to [N*h*w, C] (top-left, top-right, bottom-left, bottom-right) and their bilinear
+        weights [B, 4] float32. Every layer of one resolution shares them."""
         h, w = hw
         row0 = img * (h * w) + self.y0[ys] * w
         row1 = img * (h * w) + self.y1[ys] * w
         x0, x1 = self.x0[xs], self.x1[xs]
-        return torch.cat([row0 + x0, row0 + x1, row1 + x0, row1 + x1]), self.wx[xs][:, None], self.wy[ys][:, None]
+        wx, wy = self.wx[xs], self.wy[ys]
+        rows = torch.stack([row0 + x0, row0 + x1, row1 + x0, row1 + x1], dim=1)
+        weights = torch.stack([(1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy], dim=1)
+        return rows, weights
 
     @staticmethod
-    def blend(maps: torch.Tensor, rows: torch.Tensor, wx: torch.Tensor, wy: torch.Tensor,
+    def blend(maps: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor,
               out: torch.Tensor | None = None) -> torch.Tensor:
-        """maps [N, h, w, C] (any float dtype) and ``neighbours`` -> float32 [B, C]; ``out`` may be a view to fill.
+        """maps [N, h, w, C] (float16 or float32) and ``neighbours`` -> float32 [B, C]; ``out`` may be a view to fill.
 
-        The 4 neighbours of every pixel come from one index_select on the flattened maps
-        (about 2x faster on CPU than 4 advanced-indexing reads).
+        embedding_bag reads each pixel's 4 rows and sums them with their weights in one pass, 1.7x
+        faster on one CPU thread than an index_select, a float32 copy and 3 lerps (the LSUN layers,
+        64-pixel batches). It computes in the maps' dtype: from a float16 store, with float16 weights and the sum rounded to
+        float16 once, a value moves by at most 2^-11 of itself plus 2^-11 of the blend of the 4
+        neighbours' magnitudes (tests/test_store.py).
         """
         n, h, w, c = maps.shape
-        c00, c01, c10, c11 = maps.reshape(n * h * w, c).index_select(0, rows).float().reshape(4, len(wx), c)
-        return torch.lerp(torch.lerp(c00, c01, wx), torch.lerp(c10, c11, wx), wy, out=out)
+        blended = F.embedding_bag(rows, maps.reshape(n * h * w, c), mode="sum",
+                                  per_sample_weights=weights.to(maps.dtype))
+        if out is None:
+            return blended.float()
+        return out.copy_(blended)
 
     def gather(self, maps: torch.Tensor, img: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor,
                out: torch.Tensor | None = None) -> torch.Tensor:
-        """maps [N, h, w, C] (any float dtype) -> float32 [B, C] at output pixels (img, ys, xs)."""
+        """maps [N, h, w, C] (float16 or float32) -> float32 [B, C] at output pixels (img, ys, xs)."""
         return self.blend(maps, *self.neighbours(tuple(maps.shape[1:3]), img, ys, xs), out=out)
 
 
@@ -114,8 +124,9 @@ class FeatureStore:
         offset, neighbours = 0, {}
         for ix, m in zip(self.index, self.maps):
             hw = tuple(m.shape[1:3])
-            if hw not in neighbours:
-                neighbours[hw] = ix.neighbours(hw, img, ys, xs)
+            if hw not in neighbours:  # the weights cast to the maps' dtype once for all this resolution's layers
+                rows, weights = ix.neighbours(hw, img, ys, xs)
+                neighbours[hw] = rows, weights.to(m.dtype)
             ix.blend(m, *neighbours[hw], out=out[:, offset:offset + m.shape[-1]])
             offset += m.shape[-1]
         return out
