@@ -188,4 +188,3 @@ def str2bool(v: Any) -> bool:
     if s in ("no", "false", "f", "n", "0"):
         return False
     raise argparse.ArgumentTypeError(f"boolean value expected (true/false, yes/no, 1/0), got {v!r}")
-

@@ -29,6 +29,7 @@ def line_plot(series: dict[str, list[tuple[float, float, float]]], xlabel: str, 
     xt = nice_ticks(min(p[0] for p in points), max(p[0] for p in points))
     yt = nice_ticks(min(p[1] - p[2] for p in points), max(p[1] + p[2] for p in points))
     (w, h), (ml, mt, mr, mb) = SIZE, MARGIN
+
     def px(x: float, y: float) -> tuple[float, float]:
         return (ml + (x - xt[0]) / (xt[-1] - xt[0]) * (w - ml - mr),
                 h - mb - (y - yt[0]) / (yt[-1] - yt[0]) * (h - mt - mb))

@@ -276,7 +276,6 @@ TINY_DIFFUSERS_UNET = dict(in_channels=3, out_channels=3, layers_per_block=1, bl
                            up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
 
 
-
 def write_tiny_ddpm_folder(out: Path, sample_size: int) -> Path:
     """The google/ddpm-* layout: the tiny U-Net (seed 0) and a linear 1000-step DDPMScheduler at the top
     of one folder."""
@@ -287,6 +286,7 @@ def write_tiny_ddpm_folder(out: Path, sample_size: int) -> Path:
     diffusers.UNet2DModel(sample_size=sample_size, **TINY_DIFFUSERS_UNET).save_pretrained(out)
     diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(out)
     return out
+
 
 def write_clip_tokenizer(out: Path) -> int:
     """A CLIP BPE tokenizer over single letters: vocab.json and an empty merges.txt, as CLIP writes them,

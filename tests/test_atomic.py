@@ -9,7 +9,6 @@ from conftest import strict_json
 from ddpmseg.common.atomic import atomic_write, torch_save_atomic, write_json_atomic, write_text_atomic
 
 
-
 def test_json_and_text_atomic(tmp_path):
     path = tmp_path / "sub" / "m.json"
     write_json_atomic(str(path), {"miou": 0.5, "per_class": [1, 2]})

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from conftest import CELEBAMASK64, require, shapes64
-from ddpmseg.data.augment import (HOLES, TTA_VIEWS, CoarseDropout, HorizontalFlipSwap, augment_pair, class_permutation,
-                                  copy_seed, swap_classes, tta_view, view_seed)
+from ddpmseg.data.augment import (CROP_SCALE, HOLES, TTA_VIEWS, CoarseDropout, HorizontalFlipSwap, augment_pair,
+                                  class_permutation, copy_seed, swap_classes, training_pipeline, tta_view, view_seed)
 from ddpmseg.data.folders import ImageLabelDataset
 
 FILL = -1
@@ -196,9 +197,6 @@ def test_pixels_rotated_or_warped_in_get_the_fill_not_a_class(sample):
 
 def test_random_resized_crop_keeps_30_to_60_percent_of_the_area():
     """The fork's crop scale (CROP_SCALE), not torchvision's default 8-100 %."""
-    from torchvision.transforms import v2
-
-    from ddpmseg.data.augment import CROP_SCALE, training_pipeline
     crops = [t.transforms[0] for t in training_pipeline(64, 0.5, FILL).transforms
              if isinstance(t, v2.RandomApply) and isinstance(t.transforms[0], v2.RandomResizedCrop)]
     assert CROP_SCALE == (0.3, 0.6) and [tuple(c.scale) for c in crops] == [CROP_SCALE]

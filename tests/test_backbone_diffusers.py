@@ -19,6 +19,7 @@ from guided_diffusion.gaussian_diffusion import GaussianDiffusion, LossType, Mod
 
 diffusers = pytest.importorskip("diffusers")
 
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return write_tiny_ddpm_folder(tmp_path_factory.mktemp("ddpm_tiny"), sample_size=16)

@@ -234,6 +234,7 @@ def test_last_member_distribution_keeps_every_class_column():
     want = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0]])
     assert torch.equal(Votes.of(logits).distribution("last_member"), want)
 
+
 def test_votes_live_on_the_device_of_their_logits():
     # The meta device stands in for a GPU (tensors with a device and no data): every running sum must be
     # where the logits are, or add() fails on a GPU.

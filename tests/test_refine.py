@@ -180,10 +180,12 @@ def test_save_load_round_trip(trained, held_out, tmp_path):
     assert torch.equal(run(loaded, images[:4], probs[:4]), run(model, images[:4], probs[:4]))
     # DDPS's plain head comes back plain (an untrained plain head does not return the first prediction).
     plain = replace(FAST, prior_residual=False)
-    model = MaskDenoiser(K, plain.width, plain.embed_dim, prior_residual=False, generator=torch.Generator().manual_seed(0))
+    model = MaskDenoiser(K, plain.width, plain.embed_dim, prior_residual=False,
+                         generator=torch.Generator().manual_seed(0))
     save_refiner(model, plain, K, path)
     loaded, _ = load_refiner(path)
-    assert loaded.prior_residual is False and torch.equal(run(loaded, images[:4], probs[:4]), run(model, images[:4], probs[:4]))
+    assert loaded.prior_residual is False
+    assert torch.equal(run(loaded, images[:4], probs[:4]), run(model, images[:4], probs[:4]))
     # On the device asked for (the meta device stands in for a GPU).
     assert {p.device.type for p in load_refiner(path, device="meta")[0].parameters()} == {"meta"}
 
@@ -354,6 +356,6 @@ def test_training_draws_every_noise_step_including_the_first(monkeypatch):
 
     monkeypatch.setattr(MaskDenoiser, "forward", recording)
     images, probs, labels = make_task(2, seed=5)
-    train_refiner(images, probs, labels, K, IGNORE, replace(FAST, iterations=8, batch_size=2, num_timesteps=2, steps=1, start_step=1),
-                  log=lambda _: None)
+    train_refiner(images, probs, labels, K, IGNORE,
+                  replace(FAST, iterations=8, batch_size=2, num_timesteps=2, steps=1, start_step=1), log=lambda _: None)
     assert len(seen) == 16 and set(seen) == {0, 1}

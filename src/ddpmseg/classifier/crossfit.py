@@ -20,7 +20,6 @@ from ..features.store import FeatureStore
 from .train import EnsembleSettings, LabelledPixels, load_ensemble, model_path, train_ensemble
 
 
-
 def fold_assignment(num_images: int, folds: int, seed: int, windows_per_image: list[int] | None = None,
                     split: int = 0) -> torch.Tensor:
     """The fold of each training image [num_images]: a seeded shuffle dealt round-robin, so folds

@@ -277,4 +277,3 @@ def build_report(folder: str) -> str:
     if os.path.isfile(os.path.join(folder, SEGMENTS_CSV)):
         return write_gallery(folder)
     return build_run_report(folder)
-

@@ -101,7 +101,6 @@ def distinct_palette(k: int) -> list[list[int]]:
     return palette
 
 
-
 class DatasetClasses(NamedTuple):
     """What `ddpmseg new` writes into a config: names, palette, ignore label, and where that came from."""
     names: list[str]

@@ -48,7 +48,6 @@ def sample_batch(model: torch.nn.Module, diffusion: SpacedDiffusion, batch_size:
     return x.float().clamp(-1, 1)
 
 
-
 @dataclass(frozen=True)
 class BatchSampler:
     """How ddpm.generate draws batch k: ``draw(batch_size, k)`` gives samples [B, 3, H, W] float32 in
