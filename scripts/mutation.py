@@ -72,9 +72,25 @@ import mutmut.workers.isolation as isolation
 isolation.register_timeout = lambda pid, timeout_s: None
 tqdm.tqdm.monitor_interval = 0
 tqdm.tqdm.set_lock(threading.RLock())
-from mutmut.__main__ import cli
+import mutmut.__main__ as mutmut_main
 sys.argv[0] = "mutmut"
-cli()
+mutmut_main.cli()
+"""
+# With --rerun-uncaught, one more change before cli(): every function some test calls meets all the module's
+# mirrored tests. mutmut runs a mutant only against the tests it saw call the mutated function, and it credits
+# a module-scoped fixture's calls to the first test that set the fixture up, so a function that runs inside
+# such a fixture never meets the later tests that read its results (feature_selection's write_outputs).
+# A first run keeps mutmut's mapping (it is what makes a module's run fit its budget); the few survivors are
+# worth the whole file each.
+ALL_TESTS_PER_MUTANT = """
+collect_or_load_stats = mutmut_main.collect_or_load_stats
+def collect_then_widen(*args, **kwargs):
+    collect_or_load_stats(*args, **kwargs)
+    tests = mutmut_main.state().tests_by_mangled_function_name
+    every = set().union(*tests.values())
+    for function in tests:
+        tests[function] = set(every)
+mutmut_main.collect_or_load_stats = collect_then_widen
 """
 # mutmut's verdicts (mutmut.stats.status_by_exit_code) that mean the tests noticed the mutant; "segfault"
 # is also how mutmut names a test process killed for running past its CPU limit.
@@ -141,10 +157,20 @@ def diffs(root: str, module: str, names: list[str]) -> dict[str, str]:
         os.chdir(here)
 
 
-def run_mutmut(root: str, names: list[str], budget_s: float | None, log_path: str, tmp: str) -> None:
+def launch_code(all_tests: bool) -> str:
+    """LAUNCH, with ALL_TESTS_PER_MUTANT inserted before cli() when ``all_tests``."""
+    if not all_tests:
+        return LAUNCH
+    head, cli = LAUNCH.rsplit('sys.argv[0] = "mutmut"', 1)
+    return head + ALL_TESTS_PER_MUTANT + 'sys.argv[0] = "mutmut"' + cli
+
+
+def run_mutmut(root: str, names: list[str], budget_s: float | None, log_path: str, tmp: str,
+               all_tests: bool = False) -> None:
     """``mutmut run --max-children 1 [names]`` in ``root``; after ``budget_s`` seconds it is interrupted as
-    Ctrl-C would (mutmut stops its worker and keeps the verdicts it has: the rest stay "not checked")."""
-    argv = [sys.executable, "-c", LAUNCH, *MUTMUT_RUN, *names]
+    Ctrl-C would (mutmut stops its worker and keeps the verdicts it has: the rest stay "not checked").
+    ``all_tests``: every covered function meets all the module's tests (ALL_TESTS_PER_MUTANT)."""
+    argv = [sys.executable, "-c", launch_code(all_tests), *MUTMUT_RUN, *names]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, cwd=root, env=mutmut_env(tmp), stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -158,17 +184,17 @@ def run_mutmut(root: str, names: list[str], budget_s: float | None, log_path: st
 
 
 def mutation_run(module: str, tests: list[str], names: list[str], budget_s: float | None,
-                 keep_caught_diffs: bool) -> tuple[dict[str, str], dict[str, str], dict]:
+                 keep_caught_diffs: bool, all_tests: bool = False) -> tuple[dict[str, str], dict[str, str], dict]:
     """Mutation-test ``module`` against ``tests`` in a scratch copy: (verdict of each mutant, diff of each
     one not caught, or of all with ``keep_caught_diffs``, what the run took). ``names``: only these mutants
-    (mutmut name patterns); the others keep no verdict."""
+    (mutmut name patterns); the others keep no verdict. ``all_tests``: see run_mutmut."""
     with tempfile.TemporaryDirectory(prefix="ddpmseg-mutation-") as tmp:
         root = os.path.join(tmp, "repo")
         scratch_copy(root)
         with open(os.path.join(root, "setup.cfg"), "w") as f:
             f.write(mutmut_config(module, tests, root))
         start, cpu = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        run_mutmut(root, names, budget_s, os.path.join(tmp, "mutmut.log"), os.path.join(tmp, "tmp"))
+        run_mutmut(root, names, budget_s, os.path.join(tmp, "mutmut.log"), os.path.join(tmp, "tmp"), all_tests)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         took = {"wall_s": round(time.time() - start),
                 "cpu_s": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime)}
@@ -233,10 +259,10 @@ def full(module: str, budget_min: float | None) -> dict:
 
 
 def rerun_uncaught(previous: dict) -> dict:
-    """``previous`` with its uncaught mutants tested again (after tests were added: a test added or made
-    stricter cannot free a mutant already caught, so those verdicts stand)."""
+    """``previous`` with its uncaught mutants tested again, each against all the module's tests (after tests
+    were added: a test added or made stricter cannot free a mutant already caught, so those verdicts stand)."""
     module, names = previous["module"], [m["name"] for m in previous["not_caught"]]
-    status, diff, took = mutation_run(module, previous["tests"], names, None, False)
+    status, diff, took = mutation_run(module, previous["tests"], names, None, False, all_tests=True)
     counts = Counter(previous["counts"]) - Counter(m["status"] for m in previous["not_caught"]) + Counter(status.values())
     entry = run_entry(f"python scripts/mutation.py --modules {module} --rerun-uncaught",
                       f"<the {len(names)} mutants the run before did not catch>", status, took, None)
@@ -250,7 +276,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-min", type=float,
                         help="stop each module's run after this many minutes (its other mutants stay 'not checked')")
     parser.add_argument("--rerun-uncaught", action="store_true",
-                        help="test again only the mutants the module's record in --out left uncaught")
+                        help="test again only the mutants the module's record in --out left uncaught, "
+                             "each against all the module's tests")
     parser.add_argument("--quick", action="store_true",
                         help=f"only the mutants {QUICK['mutants']} against {' '.join(QUICK['tests'])}; needs --out")
     parser.add_argument("--out", help="the JSON file (default docs/bench/mutation.json; records of other modules kept)")

@@ -43,6 +43,28 @@ def test_quick_run_catches_a_known_mutant_and_records_every_verdict(tmp_path):
         assert m["status"] not in mutation.CAUGHT and m["diff"].startswith("--- src/ddpmseg/common/metrics.py")
 
 
+def test_rerun_uncaught_gives_every_covered_function_all_the_tests():
+    """The code --rerun-uncaught adds before mutmut's cli(), run against a stand-in for mutmut.__main__:
+    after mutmut collects its stats, each function some test called maps to every such test."""
+    import types
+    from collections import defaultdict
+
+    tests = defaultdict(set, {"m.x_f": {"t.py::a"}, "m.x_g": {"t.py::b", "t.py::c"}})
+    calls = []
+    stand_in = types.SimpleNamespace(collect_or_load_stats=lambda *a, **k: calls.append((a, k)),
+                                     state=lambda: types.SimpleNamespace(tests_by_mangled_function_name=tests))
+    exec(mutation.ALL_TESTS_PER_MUTANT, {"mutmut_main": stand_in})
+    stand_in.collect_or_load_stats("runner", apply_config_invalidation=True)
+    assert calls == [(("runner",), {"apply_config_invalidation": True})]
+    assert tests == {"m.x_f": {"t.py::a", "t.py::b", "t.py::c"}, "m.x_g": {"t.py::a", "t.py::b", "t.py::c"}}
+    # A first run launches mutmut unchanged; the rerun's code is the same with the widening before cli().
+    assert mutation.launch_code(False) == mutation.LAUNCH
+    widened = mutation.launch_code(True)
+    assert widened.replace(mutation.ALL_TESTS_PER_MUTANT, "") == mutation.LAUNCH
+    assert widened.index(mutation.ALL_TESTS_PER_MUTANT) < widened.index("mutmut_main.cli()")
+    compile(widened, "launch", "exec")
+
+
 def test_bad_module_and_quick_without_out_are_refused():
     for args, message in ((["--modules", "src/ddpmseg/nope.py"], "error: not a module of MODULES: src/ddpmseg/nope.py"),
                           (["--quick"], "error: --quick needs --out")):
