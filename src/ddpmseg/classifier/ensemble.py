@@ -80,8 +80,12 @@ class PixelEnsemble(nn.Module):
         h = (h - mean[:, None]) * torch.rsqrt(var[:, None] + BN_EPS)
         return h * self.bn_weight[j][:, None] + self.bn_bias[j][:, None]
 
+    @property
+    def _dropping(self) -> bool:
+        return self.training and self.dropout > 0
+
     def _drop(self, h: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.dropout == 0:
+        if not self._dropping:
             return h
         if self.dropout_generators is None:
             u = torch.rand(h.shape, device=h.device)
@@ -114,8 +118,8 @@ class PixelEnsemble(nn.Module):
                 return F.batch_norm(h, own(getattr(self, f"running_mean{j}")), own(getattr(self, f"running_var{j}")),
                                     own(self.bn_weight[j]), own(self.bn_bias[j]), self.training, BN_MOMENTUM, BN_EPS)
 
-            def drop(h: torch.Tensor) -> torch.Tensor:
-                return own(self._drop(h[None]))
+            def drop(h: torch.Tensor) -> torch.Tensor:  # without dropout, not even the two views
+                return own(self._drop(h[None])) if self._dropping else h
             return drop(bn(F.relu(h))) if self.dropout_after_bn else bn(drop(F.relu(h)))
 
         h = relu_bn_drop(torch.addmm(own(self.biases[0]), x, own(self.weights[0])), 0)
