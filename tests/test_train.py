@@ -568,6 +568,17 @@ def test_dense_feature_matrix_gives_the_lazy_rows_and_members(data, tmp_path, mo
     assert not train_mod.wants_dense(40 * 256 * 256, 8448, "auto") and train_mod.wants_dense(10**9, 8448, "dense")
 
 
+def test_dense_matrix_is_announced_with_its_size(data):
+    """The log line a run prints when it builds the dense matrix (and only then), with its true size."""
+    store, px = data
+    for mode, expected in (("dense", [f"feature matrix: {len(px.labels):,} training pixels x {store.dim} upsampled "
+                                      f"once, {len(px.labels) * store.dim * 4 / 2**30:.2f} GiB float32"]),
+                           ("lazy", [])):
+        logs = []
+        train_mod.training_features(store, px, mode, logs.append)
+        assert logs == expected
+
+
 def test_dense_budget_boundary():
     """"auto" builds the float32 matrix while it fits DENSE_BUDGET_BYTES, itself included."""
     dim = 256  # 1 KiB of float32 per pixel row
@@ -601,7 +612,8 @@ def test_batch_source_deals_each_members_own_shuffles_with_drop_last(n_batches):
     assert not torch.equal(batches[0], batches[1])
 
 
-@pytest.mark.parametrize("resume_at", [9, 12, 13])  # mid-epoch, at an epoch boundary, just after one
+# In the first epoch, mid-epoch, at an epoch boundary, just after one.
+@pytest.mark.parametrize("resume_at", [3, 9, 12, 13])
 def test_batch_source_restored_from_epoch_states_continues_the_same_batches(resume_at):
     N, B, n_batches = 50, 8, 6
 

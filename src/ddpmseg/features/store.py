@@ -124,9 +124,8 @@ class FeatureStore:
         offset, neighbours = 0, {}
         for ix, m in zip(self.index, self.maps):
             hw = tuple(m.shape[1:3])
-            if hw not in neighbours:  # the weights cast to the maps' dtype once for all this resolution's layers
-                rows, weights = ix.neighbours(hw, img, ys, xs)
-                neighbours[hw] = rows, weights.to(m.dtype)
+            if hw not in neighbours:
+                neighbours[hw] = ix.neighbours(hw, img, ys, xs)
             ix.blend(m, *neighbours[hw], out=out[:, offset:offset + m.shape[-1]])
             offset += m.shape[-1]
         return out
