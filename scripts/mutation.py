@@ -77,19 +77,20 @@ sys.argv[0] = "mutmut"
 mutmut_main.cli()
 """
 # With --rerun-uncaught, one more change before cli(): every function some test calls meets all the module's
-# mirrored tests. mutmut runs a mutant only against the tests it saw call the mutated function, and it credits
-# a module-scoped fixture's calls to the first test that set the fixture up, so a function that runs inside
-# such a fixture never meets the later tests that read its results (feature_selection's write_outputs).
-# A first run keeps mutmut's mapping (it is what makes a module's run fit its budget); the few survivors are
-# worth the whole file each.
+# mirrored tests (every test mutmut's stats run timed). mutmut runs a mutant only against the tests it saw call
+# the mutated function, and it credits a module-scoped fixture's calls to the first test that set the fixture
+# up, so a function that runs inside such a fixture never meets the later tests that read its results
+# (feature_selection's write_outputs); those tests call no function of their own, so they are in no function's
+# list at all. A first run keeps mutmut's mapping (it is what makes a module's run fit its budget); the few
+# survivors are worth the whole file each.
 ALL_TESTS_PER_MUTANT = """
 collect_or_load_stats = mutmut_main.collect_or_load_stats
 def collect_then_widen(*args, **kwargs):
     collect_or_load_stats(*args, **kwargs)
-    tests = mutmut_main.state().tests_by_mangled_function_name
-    every = set().union(*tests.values())
-    for function in tests:
-        tests[function] = set(every)
+    stats = mutmut_main.state()
+    every = set(stats.duration_by_test).union(*stats.tests_by_mangled_function_name.values())
+    for function in stats.tests_by_mangled_function_name:
+        stats.tests_by_mangled_function_name[function] = set(every)
 mutmut_main.collect_or_load_stats = collect_then_widen
 """
 # mutmut's verdicts (mutmut.stats.status_by_exit_code) that mean the tests noticed the mutant; "segfault"

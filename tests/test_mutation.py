@@ -45,18 +45,20 @@ def test_quick_run_catches_a_known_mutant_and_records_every_verdict(tmp_path):
 
 def test_rerun_uncaught_gives_every_covered_function_all_the_tests():
     """The code --rerun-uncaught adds before mutmut's cli(), run against a stand-in for mutmut.__main__:
-    after mutmut collects its stats, each function some test called maps to every such test."""
+    after mutmut collects its stats, each function some test called maps to every test the stats run timed,
+    also "t.py::d", which only reads a module-scoped fixture that "t.py::a" set up (so it called nothing)."""
     import types
     from collections import defaultdict
 
     tests = defaultdict(set, {"m.x_f": {"t.py::a"}, "m.x_g": {"t.py::b", "t.py::c"}})
+    timed = {"t.py::a": 1.0, "t.py::b": 0.5, "t.py::c": 0.5, "t.py::d": 0.1}
     calls = []
-    stand_in = types.SimpleNamespace(collect_or_load_stats=lambda *a, **k: calls.append((a, k)),
-                                     state=lambda: types.SimpleNamespace(tests_by_mangled_function_name=tests))
+    stats = types.SimpleNamespace(tests_by_mangled_function_name=tests, duration_by_test=timed)
+    stand_in = types.SimpleNamespace(collect_or_load_stats=lambda *a, **k: calls.append((a, k)), state=lambda: stats)
     exec(mutation.ALL_TESTS_PER_MUTANT, {"mutmut_main": stand_in})
     stand_in.collect_or_load_stats("runner", apply_config_invalidation=True)
     assert calls == [(("runner",), {"apply_config_invalidation": True})]
-    assert tests == {"m.x_f": {"t.py::a", "t.py::b", "t.py::c"}, "m.x_g": {"t.py::a", "t.py::b", "t.py::c"}}
+    assert tests == {"m.x_f": set(timed), "m.x_g": set(timed)}
     # A first run launches mutmut unchanged; the rerun's code is the same with the widening before cli().
     assert mutation.launch_code(False) == mutation.LAUNCH
     widened = mutation.launch_code(True)

@@ -178,6 +178,11 @@ def test_selection_json_scores_heatmap_and_selected_config(selection, tiny64_che
         for j, b in enumerate((5, 8)):
             corner = tuple(img[_MARGIN_PX + i * _CELL_PX + 1, _MARGIN_PX + j * _CELL_PX + 1])
             assert (corner == _FRAME) == (t in chosen["steps"] and b in chosen["blocks"]), (t, b)
+    # ... and, pixel for pixel, the heatmap of selection.json's cells with the chosen ones framed.
+    from ddpmseg.classifier.selection_heatmap import heatmap
+    scored = {(c["steps"][0], c["blocks"][0]): c["miou"] for c in cells}
+    framed = {(t, b) for t in chosen["steps"] for b in chosen["blocks"]}
+    assert np.array_equal(img, heatmap(scored, [50, 250], [5, 8], framed))
 
 
 def test_resume_scores_only_what_is_missing_and_budget_stops_cleanly(selection, tiny64_checkpoint, tmp_path,
@@ -216,6 +221,13 @@ def test_resume_scores_only_what_is_missing_and_budget_stops_cleanly(selection, 
     assert report["selected"]["miou"] == (best_cell if beats else scored["50,250/5,8"])["miou"]
     assert load_config(str(budget_out / "selected.json"))["selection"]["complete"] is False
     assert (budget_out / "selection_heatmap.png").exists()
+    # A budget spent before the first probe: nothing is chosen, and the outputs say so.
+    empty_out = tmp_path / "nothing"
+    assert select_features.main(argv(selection["tmp"], tiny64_checkpoint, empty_out, "--budget_minutes", "0.5")) == 0
+    assert "nothing was scored; rerun the same command with a larger --budget_minutes" in capsys.readouterr().out
+    report = json.loads((empty_out / "selection.json").read_text())
+    assert (report["selected"], report["cells"], report["complete"]) == (None, [], False)
+    assert (empty_out / "selection_heatmap.png").exists() and not (empty_out / "selected.json").exists()
 
 
 def test_scores_of_other_settings_are_not_reused(selection, tiny64_checkpoint, tmp_path, capsys):

@@ -332,11 +332,11 @@ class Selection:
         """selection.json, selection_heatmap.png and selected.json; returns the selected config (None when
         nothing was scored). With --noise_draws the selected config's noise_draws is the one
         ``compare_noise_draws`` keeps."""
-        chosen, size = result.chosen, self.cfg["dim"][0]
+        chosen = result.chosen
         selected, draws = None, None
         if chosen is not None:
             dim = sum(self.store.layer_shapes[i][0] for i in self.layers_of(chosen.steps, chosen.blocks))
-            selected = {**self.cfg, "steps": chosen.steps, "blocks": chosen.blocks, "dim": [size, size, dim],
+            selected = {**self.cfg, "steps": chosen.steps, "blocks": chosen.blocks, "dim": [*self.cfg["dim"][:2], dim],
                         "selection": {"complete": result.complete, "fallback": result.fallback,
                                       "report": os.path.abspath(os.path.join(self.out_dir, "selection.json"))}}
             if self.noise_draws is not None:
