@@ -128,6 +128,7 @@ def test_selection_json_scores_heatmap_and_selected_config(selection, tiny64_che
     out = selection["out"]
     report = json.loads((out / "selection.json").read_text())
     cells = report["cells"]
+    assert report["grid"] == {"steps": [50, 250], "blocks": [5, 8]}
     assert [(c["steps"], c["blocks"]) for c in cells] == [([t], [b]) for t in (50, 250) for b in (5, 8)]
     for score in report["all_scores"]:
         assert len(score["fold_mious"]) == FOLDS
@@ -228,6 +229,12 @@ def test_resume_scores_only_what_is_missing_and_budget_stops_cleanly(selection, 
     report = json.loads((empty_out / "selection.json").read_text())
     assert (report["selected"], report["cells"], report["complete"]) == (None, [], False)
     assert (empty_out / "selection_heatmap.png").exists() and not (empty_out / "selected.json").exists()
+    # A budget spent after the config's own probe alone: it is the choice, with no search gain to report.
+    own_out = tmp_path / "own_only"
+    assert select_features.main(argv(selection["tmp"], tiny64_checkpoint, own_out, "--budget_minutes", "1.5")) == 0
+    report = json.loads((own_out / "selection.json").read_text())
+    assert (report["cells"], report["greedy_path"], report["search_gain_over_config"]) == ([], [], None)
+    assert report["selected"]["miou"] == report["config_protocol"]["miou"]
 
 
 def test_scores_of_other_settings_are_not_reused(selection, tiny64_checkpoint, tmp_path, capsys):
