@@ -44,7 +44,8 @@ MODULES = {
     "src/ddpmseg/classifier/feature_selection.py": ["tests/test_select_features.py"],
     "src/ddpmseg/classifier/refine.py": ["tests/test_refine.py"],
     "src/ddpmseg/classifier/train.py": ["tests/test_train.py"],
-    "src/ddpmseg/data/folders.py": ["tests/test_data.py"],
+    # folders.py's readers of image and mask formats have their own file.
+    "src/ddpmseg/data/folders.py": ["tests/test_data.py", "tests/test_data_formats.py"],
     "src/ddpmseg/data/augment.py": ["tests/test_augment.py"],
     "src/ddpmseg/features/store.py": ["tests/test_store.py"],
     "src/ddpmseg/features/ddpm.py": ["tests/test_features.py"],

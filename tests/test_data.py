@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import CELEBAMASK64, require
 from ddpmseg.data.folders import (DataError, ImageLabelDataset, drop_small_regions, list_image_files,
-                                  nearest_resize, trained_pixels)
+                                  nearest_resize, resolve_folders, trained_pixels)
 
 
 def _write_pair(folder, stem, size=(8, 8), label=None, ext="png", seed=0):
@@ -162,10 +162,12 @@ def test_label_values_out_of_range(tmp_path):
     lab[1, 0] = -2
     _write_pair(tmp_path, "a", label=lab)
     msg = _error(tmp_path, number_class=5, ignore_label=255)
-    assert "a.npy" in msg and "[-2, 5, 7]" in msg and "number_class=5" in msg
+    assert ("a.npy: label values [-2, 5, 7] are invalid with number_class=5 (allowed: 0..4 or the ignore_label "
+            "255); fix the labels or the config") in msg
     # without an ignore label, 255 is invalid as well, and the message says how to ignore it
     msg = _error(tmp_path, number_class=5, ignore_label=None)
-    assert "[-2, 5, 7, 255]" in msg and "pass --ignore_label 255" in msg
+    assert "[-2, 5, 7, 255] are invalid with number_class=5 (allowed: 0..4); fix" in msg
+    assert "pass --ignore_label 255" in msg
     assert "--ignore_label" not in _error(tmp_path, number_class=256, ignore_label=None)  # 255 valid: no hint
     lab[lab < 0] = 0
     lab[lab > 4] = 255
@@ -176,7 +178,7 @@ def test_label_values_out_of_range(tmp_path):
 
 def test_negative_labels_rejected_without_number_class(tmp_path):
     _write_pair(tmp_path, "a", label=np.full((8, 8), -1, np.int8))
-    assert "[-1]" in _error(tmp_path)
+    assert "[-1] are invalid with number_class=None (allowed: >= 0);" in _error(tmp_path)
 
 
 def test_float_label_dtype(tmp_path):
@@ -284,3 +286,69 @@ def test_small_region_removal_keeps_a_region_of_exactly_min_pixels():
     expected[label == 2] = 255
     np.testing.assert_array_equal(out, expected)
     assert dropped == [(2, 4)]
+
+
+def test_drop_small_regions_keeps_the_dtype_when_the_marker_is_its_smallest_value():
+    label = np.ones((4, 4), np.uint8)
+    label[0, 0] = 3
+    out, dropped = drop_small_regions(label, ignore_label=0, min_pixels=2)  # 0 is uint8's smallest value
+    assert out.dtype == np.uint8 and dropped == [(3, 1)] and out[0, 0] == 0
+
+
+def test_trained_pixels_are_int64_labels():
+    flat, keep, _ = trained_pixels(np.array([[1, 2], [2, 255]], np.uint8), 255, 0)
+    assert flat.dtype == np.int64 and flat.tolist() == [1, 2, 2, 255] and keep.tolist() == [0, 1, 2]
+
+
+def test_names_with_several_dots_are_images_and_masks_by_their_last_suffix(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for stem in ("face.001", "face.002"):
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / f"{stem}.png")
+        Image.fromarray(np.full((8, 8), int(stem[-1]), np.uint8)).save(tmp_path / "masks" / f"{stem}.png")
+    ds = ImageLabelDataset(str(tmp_path), 8, number_class=3)
+    assert [os.path.basename(p) for p in list_image_files(str(tmp_path / "images"))] == ["face.001.png", "face.002.png"]
+    assert [(ds[i]["stem"], int(ds[i]["label"][0, 0])) for i in range(2)] == [("face.001", 1), ("face.002", 2)]
+
+
+def test_items_counts_and_window_names(tmp_path):
+    for i in range(3):
+        _write_pair(tmp_path, f"img{i}", seed=i)
+    _write_pair(tmp_path / "wide", "w", size=(16, 8))
+    paths = sorted(list_image_files(str(tmp_path)))
+    assert len(ImageLabelDataset(str(tmp_path), 8, num_images=len(paths))) == len(paths)  # all of them: no error
+    one = ImageLabelDataset(str(tmp_path), 8, num_images=1)
+    assert one.image_paths == paths[:1] and one[0]["path"] == paths[0]
+    # The image at its own size, in [-1, 1], beside the resized item.
+    wide = ImageLabelDataset(str(tmp_path / "wide"), 8)
+    rgb = np.asarray(Image.open(tmp_path / "wide" / "w.png"), np.float32)
+    assert torch.allclose(wide.own_image(0), torch.from_numpy(rgb / 255 * 2 - 1).permute(2, 0, 1), atol=1e-6)
+    # An image of one window is named by its stem; a larger one's windows by their number.
+    assert [name for name, _, _ in ImageLabelDataset(str(tmp_path), 8, num_images=2).windows()] == ["img0", "img1"]
+    n = wide.windows_per_image()[0]  # overlapping windows across the 16 px width (ddpmseg.data.windows)
+    assert n > 1 and [name for name, _, _ in wide.windows()] == [f"w (window {j} of {n})" for j in range(1, n + 1)]
+    # Unlabelled: no label files, and every image's size still read.
+    unlabelled = ImageLabelDataset(str(tmp_path), 8, require_labels=False)
+    assert unlabelled.label_paths == {} and len(unlabelled.sizes) == len(paths) == 4
+
+
+def test_every_unreadable_image_and_mask_is_named(tmp_path):
+    for stem in ("a", "b"):
+        (tmp_path / f"{stem}.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+        np.save(tmp_path / f"{stem}.npy", np.zeros((8, 8), np.uint8))
+    msg = _error(tmp_path)
+    assert msg.startswith("2 problem(s)") and "a.png: cannot" in msg and "b.png: cannot" in msg
+    for stem in ("a", "b"):
+        _write_pair(tmp_path, stem, label=False)
+        (tmp_path / f"{stem}.npy").write_bytes(b"garbage")
+    msg = _error(tmp_path)
+    assert msg.startswith("2 problem(s)") and "a.npy: cannot" in msg and "b.npy: cannot" in msg
+
+
+def test_resolve_folders_takes_images_and_masks_only_when_both_exist(tmp_path):
+    (tmp_path / "images").mkdir()
+    assert resolve_folders(str(tmp_path)) == (str(tmp_path), None)
+    (tmp_path / "masks").mkdir()
+    assert resolve_folders(str(tmp_path)) == (str(tmp_path / "images"), str(tmp_path / "masks"))
+    assert resolve_folders(str(tmp_path / "images"), str(tmp_path / "masks")) == (
+        str(tmp_path / "images"), str(tmp_path / "masks"))

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import shapes64
 from ddpmseg.data.classes import dataset_classes, distinct_palette
-from ddpmseg.data.folders import DataError, ImageLabelDataset, load_rgb, mask_palette, read_mask
+from ddpmseg.data.folders import DataError, ImageLabelDataset, load_rgb, mask_palette, read_mask, to_rgb
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,15 @@ def test_unknown_colour_names_file_colour_and_pixel_count(tmp_path, face):
     with pytest.raises(DataError) as e:
         read_mask(str(tmp_path / "m.png"), palette)
     assert "m.png" in str(e.value) and "(1, 2, 3) on 3 pixels" in str(e.value)
+    # Seven stray colours: the five most frequent named, most pixels first, then how many more there are.
+    for k in range(7):
+        rgb[1 + k, :k + 1] = (k + 1, 0, 99)  # colour k + 1 on k + 1 pixels
+    rgb[0, :3] = palette[ids[0, 0]]
+    Image.fromarray(rgb).save(tmp_path / "m.png")
+    with pytest.raises(DataError) as e:
+        read_mask(str(tmp_path / "m.png"), palette)
+    named = ", ".join(f"({k}, 0, 99) on {k} pixels" for k in (7, 6, 5, 4, 3))
+    assert f"colour(s) not in the palette: {named} and 2 more colours; paint" in str(e.value)
     with pytest.raises(DataError, match="needs the class colours"):
         read_mask(str(tmp_path / "m.png"), None)
 
@@ -113,6 +122,8 @@ def test_two_folder_layout_reads_jpegs_and_rgb_masks(tmp_path, face):
     ("orphan", "have no image of the same stem"),
     ("missing", "no mask"),
     ("jpeg_mask", "JPEG is lossy"),
+    ("jpeg_long_suffix", "JPEG is lossy"),
+    ("two_masks", "several masks"),
     ("size", "does not match the image's (H, W) (64, 64)"),
     ("colour", "on 1 pixels"),
 ])
@@ -123,9 +134,11 @@ def test_two_folder_layout_errors(tmp_path, breakage, message):
         shutil.move(masks[0], masks[0].with_name("not_an_image_stem.png"))
     elif breakage == "missing":
         masks[1].unlink()
-    elif breakage == "jpeg_mask":
-        Image.open(masks[1]).save(masks[1].with_suffix(".jpg"))
+    elif breakage in ("jpeg_mask", "jpeg_long_suffix"):
+        Image.open(masks[1]).save(masks[1].with_suffix(".jpg" if breakage == "jpeg_mask" else ".JPEG"), "JPEG")
         masks[1].unlink()
+    elif breakage == "two_masks":
+        Image.open(masks[1]).save(masks[1].with_suffix(".bmp"))
     elif breakage == "size":
         Image.open(masks[1]).resize((48, 64), Image.Resampling.NEAREST).save(masks[1])
     else:
@@ -200,3 +213,50 @@ def test_labelme2voc_ignore_is_255_in_its_pngs_and_minus_1_in_its_npy_masks(tmp_
     ds = ImageLabelDataset(str(tmp_path / "images"), 8, number_class=2, ignore_label=ignore,
                            masks_dir=str(tmp_path / "masks"))
     assert (ds[0]["label"].numpy()[:2] == ignore).all() and ds[0]["label"].numpy()[4:].min() == 1
+
+
+def test_32bit_grey_is_clipped_and_every_transparent_mode_shows_white(tmp_path):
+    # 32-bit integer grey ("I", as TIFF stores it) may hold values outside 0..65535: they show black or white.
+    Image.fromarray(np.array([[-500, 0, 257 * 100, 65535, 70000]], np.int32), "I").save(tmp_path / "i32.tif")
+    assert Image.open(tmp_path / "i32.tif").mode == "I"
+    assert np.array(load_rgb(str(tmp_path / "i32.tif")))[0, :, 0].tolist() == [0, 0, 100, 255, 255]
+    # Grey + alpha, palette + alpha and a palette with a transparent index: the transparent pixel (left) shows
+    # the white page, the opaque one (right) its own colour.
+    grey = Image.fromarray(np.array([[10, 200]], np.uint8))
+    grey_alpha = grey.copy()
+    grey_alpha.putalpha(Image.fromarray(np.array([[0, 255]], np.uint8)))
+    grey_alpha.save(tmp_path / "la.png")
+    palette = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
+    palette.putpalette([10, 20, 30, 200, 0, 0])
+    palette_alpha = palette.convert("PA")
+    palette_alpha.putalpha(Image.fromarray(np.array([[0, 255]], np.uint8)))
+    palette.save(tmp_path / "p_transparent.png", transparency=0)
+    for name, image, opaque in (("la.png", None, (200, 200, 200)), ("pa", palette_alpha, (200, 0, 0)),
+                                ("p_transparent.png", None, (200, 0, 0))):
+        loaded = load_rgb(str(tmp_path / name)) if image is None else to_rgb(image)
+        assert np.array(loaded).tolist() == [[[255, 255, 255], list(opaque)]], name
+    # A palette image without transparency is its palette's colours.
+    assert np.array(to_rgb(palette)).tolist() == [[[10, 20, 30], [200, 0, 0]]]
+
+
+def test_rgba_and_one_bit_masks_give_ids_and_pickled_npy_is_refused(tmp_path, face):
+    _, ids, palette = face
+    rgba = np.dstack([np.asarray(palette, np.uint8)[ids], np.full(ids.shape, 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    assert np.array_equal(read_mask(str(tmp_path / "rgba.png"), palette), ids)
+    Image.fromarray(ids > 0).save(tmp_path / "binary.png")  # a 1-bit PNG: its ids are 0 and 1
+    assert Image.open(tmp_path / "binary.png").mode == "1"
+    one_bit = read_mask(str(tmp_path / "binary.png"))
+    assert one_bit.dtype == np.int64 and np.array_equal(one_bit, (ids > 0).astype(np.int64))
+    # An object array needs pickle, which runs code from the file: never loaded.
+    np.save(tmp_path / "pickled.npy", np.array([{"ids": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="pickled.npy: cannot be read as a .npy array"):
+        read_mask(str(tmp_path / "pickled.npy"))
+
+
+def test_a_short_png_palette_reads_as_256_colours_the_rest_black(tmp_path):
+    mask = Image.fromarray(np.array([[0, 1], [2, 0]], np.uint8), "P")
+    mask.putpalette([10, 20, 30, 200, 0, 0, 0, 0, 250])
+    mask.save(tmp_path / "m.png")
+    assert len(Image.open(tmp_path / "m.png").getpalette()) == 9  # the file stores 3 colours
+    assert mask_palette(str(tmp_path / "m.png")) == [[10, 20, 30], [200, 0, 0], [0, 0, 250]] + [[0, 0, 0]] * 253
