@@ -96,7 +96,7 @@ def shell_set_args(overrides: dict) -> str:
 
 
 def run(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
+    print("+ " + " ".join(cmd), flush=True)  # one write: the runs of best_recipe.py --jobs print from threads
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
