@@ -18,7 +18,6 @@ nothing: it judges from the runs there are and stops at the first candidate with
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import statistics
@@ -26,6 +25,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import accuracy_study
+import selection_study
 import variants
 from ddpmseg.common.atomic import write_json_atomic
 from readme_block import add_study_arguments, publish
@@ -74,15 +74,15 @@ def mious(folder: str, seeds: list[int]) -> dict[int, float]:
     return found
 
 
-def selection_mious(out: str, seeds: list[int], protocol: str) -> dict[int, float]:
-    """The reference U-Net's runs of scripts/selection_study.py (hand-set or selected)."""
-    found = {}
-    for s in seeds:
-        path = glob.glob(os.path.join(REPO, out, "reference", protocol, f"seed{s}", "*", "metrics.json"))
-        if path:
-            with open(path[0]) as f:
-                found[s] = 100 * json.load(f)["miou"]
-    return found
+def selection_verdict(dataset: str, selection_out: str, seeds: list[int]) -> dict:
+    """The reference U-Net's selected steps x blocks against the hand-set ones (scripts/selection_study.py)."""
+    what = "selected steps x blocks"
+    if selection_study.kept_own(os.path.join(REPO, selection_out, "reference", "selection"),
+                                f"experiments/{dataset}/ddpm.json"):
+        return {"change": what, "seeds": 0, "helps": False,
+                "why": "ddpmseg select kept ddpm.json's own steps x blocks: nothing to add"}
+    runs = os.path.join(selection_out, "reference", "{}", "seed{{}}")
+    return judge(what, mious(runs.format("selected"), seeds), mious(runs.format("hand"), seeds))
 
 
 def accuracy_choice(accuracy_out: str, seeds: list[int], names: tuple[str, ...], what: str) -> dict:
@@ -120,8 +120,7 @@ def stack(dataset: str, accuracy_out: str, selection_out: str, out: str, seeds: 
     final recipe's runs; None when a candidate has no runs and ``train`` is False: the stacking stopped)."""
     keys, names, verdicts = {}, [], []
     current = os.path.join(accuracy_out, "seed{}", "default")  # ddpm.json as it is: the original method
-    sel = judge("selected steps x blocks", selection_mious(selection_out, seeds, "selected"),
-                selection_mious(selection_out, seeds, "hand"))
+    sel = selection_verdict(dataset, selection_out, seeds)
     verdicts.append(sel)
     if sel["helps"]:
         with open(os.path.join(REPO, selection_out, "reference", "selection", "selected.json")) as f:
@@ -145,20 +144,49 @@ def stack(dataset: str, accuracy_out: str, selection_out: str, out: str, seeds: 
             folder = stage_folder(out, names + [name])
             if train:
                 train_stage(dataset, folder, tried, seeds, jobs)
-        missing = [f for f in (current, folder) if len(mious(f, seeds)) < 2]
+        measured = {f: mious(f, seeds) for f in (current, folder)}
+        missing = [f for f, found in measured.items() if len(found) < 2]
         if missing:
             verdicts.append({"change": what, "seeds": 0, "helps": False, "why": (
                 f"not measured yet (fewer than 2 seeds in `{missing[0].format('<S>')}`): the stacking stops here")})
             return keys, verdicts, None
-        verdict = judge(what, mious(folder, seeds), mious(current, seeds))
+        verdict = judge(what, measured[folder], measured[current])
         verdicts.append(verdict)
         if verdict["helps"]:
             keys, names, current = tried, names + [name], folder
     return keys, verdicts, current
 
 
+def second_unet(dataset: str, selection_out: str, out: str, ddpm: str, keys: dict, seeds: list[int], train: bool,
+                jobs: int = 1) -> dict:
+    """The original method and best.json on the DDPM trained here (the latest checkpoint of the ddpmseg
+    train-ddpm folder ``ddpm``), over the seeds: whether the recipe chosen on the reference checkpoint
+    carries over to another U-Net. The original method's runs are scripts/selection_study.py's hand-set
+    runs of that U-Net (the same command); best.json's are <out>/trained_unet/seed<S>."""
+    checkpoint = selection_study.trained_checkpoint(ddpm)
+    original = os.path.join(selection_out, "trained", "hand", "seed{}")
+    best = os.path.join(out, "trained_unet", "seed{}")
+    if train:
+        train_stage(dataset, original, {"model_path": checkpoint}, seeds, jobs)
+        train_stage(dataset, best, {**keys, "model_path": checkpoint}, seeds, jobs)
+    return {"checkpoint": checkpoint, "original": mious(original, seeds), "best": mious(best, seeds)}
+
+
+def comparison(best: dict[int, float], original: dict[int, float], where: str) -> str:
+    """best.json against the original method on their common seeds, and whether it reaches TARGET_GAIN."""
+    common = sorted(set(best) & set(original))
+    if len(common) < 2:
+        return f"best.json {where}: {len(best)} seeds measured, the original method {len(original)}; no comparison yet."
+    gain = statistics.mean(best[s] for s in common) - statistics.mean(original[s] for s in common)
+    per_seed = ", ".join(f"{best[s] - original[s]:+.2f}" for s in common)
+    reached = "reaches" if gain >= TARGET_GAIN else f"misses by {TARGET_GAIN - gain:.2f} points"
+    return (f"best.json {where}: {variants.mean_std([best[s] for s in common])} mIoU over {len(common)} seeds vs "
+            f"the original method's {variants.mean_std([original[s] for s in common])}: {gain:+.2f} points "
+            f"(per seed {per_seed}), which {reached} the target of +{TARGET_GAIN:.0f}.")
+
+
 def sentence(accuracy_out: str, final: str | None, seeds: list[int], verdicts: list[dict],
-             strategy: dict | None) -> str:
+             strategy: dict | None, second: dict | None = None) -> str:
     helped = [v["change"] for v in verdicts if v["helps"]] or ["nothing (best.json is ddpm.json)"]
     lines = ["#### Best recipe", "",
              f"`experiments/<dataset>/best.json` {'takes ' + ', '.join(helped) if final else 'is not decided yet'}; "
@@ -167,19 +195,13 @@ def sentence(accuracy_out: str, final: str | None, seeds: list[int], verdicts: l
     lines += [f"- {v['change']}: {v['why']}{' (kept)' if v['helps'] else ''}" for v in verdicts]
     lines.append("")
     original = mious(os.path.join(accuracy_out, "seed{}", "default"), seeds)
-    best = mious(final, seeds) if final else {}
-    common = sorted(set(best) & set(original))
-    if len(common) < 2:
-        lines.append(f"best.json: {len(best)} seeds measured, the original method {len(original)}; "
-                     f"no comparison yet.")
-    else:
-        gain = statistics.mean(best[s] for s in common) - statistics.mean(original[s] for s in common)
-        per_seed = ", ".join(f"{best[s] - original[s]:+.2f}" for s in common)
-        reached = "reaches" if gain >= TARGET_GAIN else f"misses by {TARGET_GAIN - gain:.2f} points"
-        lines.append(f"best.json: {variants.mean_std([best[s] for s in common])} mIoU over {len(common)} seeds vs "
-                     f"the original method's {variants.mean_std([original[s] for s in common])} (ddpm.json, the "
-                     f"accuracy study's defaults): {gain:+.2f} points (per seed {per_seed}), which {reached} the "
-                     f"target of +{TARGET_GAIN:.0f}.")
+    lines.append(comparison(mious(final, seeds) if final else {}, original,
+                            "on the reference checkpoint (the original method: ddpm.json, the accuracy study's "
+                            "defaults)"))
+    if second is not None:
+        lines += ["", comparison(second["best"], second["original"],
+                                 f"on the DDPM trained here (`{second['checkpoint']}`, the same keys; the stack was "
+                                 f"judged on the reference checkpoint only)")]
     if strategy and strategy.get("text"):
         lines.append(f"Active learning (`scripts/active_learning.py`): {strategy['text']}.")
     return "\n".join(lines) + "\n"
@@ -191,6 +213,8 @@ def main(argv=None) -> int:
     p.add_argument("--accuracy", default="runs/accuracy", help="scripts/accuracy_study.py's --out")
     p.add_argument("--selection", default="runs/selection", help="scripts/selection_study.py's --out")
     p.add_argument("--active_learning", default="runs/active_learning", help="scripts/active_learning.py's --out")
+    p.add_argument("--ddpm", default=None, help="a ddpmseg train-ddpm folder: also run the original method and "
+                   "best.json on its latest checkpoint (the DDPM trained here)")
     p.add_argument("--table-only", action="store_true", help="run nothing: judge from the runs there are")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs of a stage at a time (each with its own threads: set OMP_NUM_THREADS)")
@@ -205,9 +229,13 @@ def main(argv=None) -> int:
         best_path = os.path.join(REPO, "experiments", args.dataset, "best.json")
         write_json_atomic(best_path, {"base": "ddpm.json", "exp_dir": f"pixel_classifiers/{args.dataset}/best", **keys})
         print(f"wrote {os.path.relpath(best_path, REPO)}: {json.dumps(keys)}")
+    second = None
+    if args.ddpm is not None and final is not None:
+        second = second_unet(args.dataset, args.selection, args.out, args.ddpm, keys, args.seeds,
+                             train=not args.table_only, jobs=args.jobs)
     strategy_path = os.path.join(REPO, args.active_learning, "best_strategy.json")
     strategy = json.load(open(strategy_path)) if os.path.isfile(strategy_path) else None
-    publish("best_recipe", sentence(args.accuracy, final, args.seeds, verdicts, strategy),
+    publish("best_recipe", sentence(args.accuracy, final, args.seeds, verdicts, strategy, second),
             os.path.join(REPO, args.docs))
     return 0
 

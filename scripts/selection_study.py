@@ -7,7 +7,9 @@ docs/selection.md from the runs' metrics.json and selection.json files.
 For each U-Net, ddpmseg select runs once on the training images (the test set is never read by
 it) and writes <out>/<unet>/selection/selected.json; then train_interpreter.py trains the full
 config (experiments/<dataset>/ddpm.json, 10 members) per seed with the hand-set steps x blocks
-(<out>/<unet>/hand/seed<S>) and with selected.json (<out>/<unet>/selected/seed<S>). --ddpm is a
+(<out>/<unet>/hand/seed<S>) and with selected.json (<out>/<unet>/selected/seed<S>). When the selection
+kept the config's own steps, blocks and noise draws, selected.json is the hand-set config, and its runs
+are the hand-set ones. --ddpm is a
 ddpmseg train-ddpm folder: its latest model<step>.pt is "the DDPM trained here", picked as
 scripts/from_scratch.py picks it. Finished steps (selected.json, metrics.json present) are skipped, so
 the command resumes; --table-only rebuilds the table from the files alone. --quick runs the same
@@ -22,6 +24,7 @@ import os
 import statistics
 import sys
 
+from ddpmseg.common.config import load_config
 from from_scratch import checkpoints
 from readme_block import add_study_arguments, publish
 from variants import run, set_args
@@ -63,7 +66,19 @@ def read_json(path: str | None) -> dict | None:
         return json.load(f)
 
 
-def metrics(out: str, unet: str, protocol: str, seed: int) -> dict | None:
+def kept_own(selection: str, config: str) -> bool:
+    """Whether ddpmseg select kept the config's own steps, blocks and noise draws: the selected config is
+    then the hand-set one, and its runs are the hand-set runs (the same command), not trained twice."""
+    path = os.path.join(selection, "selected.json")
+    if not os.path.isfile(path):
+        return False
+    chosen, own = load_config(path), load_config(os.path.join(REPO, config))
+    return all(chosen[k] == own[k] for k in ("steps", "blocks", "noise_draws", "dim"))
+
+
+def metrics(out: str, unet: str, protocol: str, seed: int, config: str | None = None) -> dict | None:
+    if protocol == "selected" and config and kept_own(os.path.join(out, unet, "selection"), config):
+        protocol = "hand"
     found = glob.glob(os.path.join(out, unet, protocol, f"seed{seed}", "*", "metrics.json"))
     return read_json(found[0]) if found else None
 
@@ -80,8 +95,9 @@ def run_unet(dataset: str, out: str, unet: str, ddpm: str | None, seeds: list[in
              *(QUICK_SELECT if quick else []), *set_args(sets)])
         if not os.path.isfile(selected):
             sys.exit(f"error: ddpmseg select scored nothing for {unet}; rerun with a larger --budget_minutes")
+    protocols = [("hand", config)] + ([] if kept_own(selection, config) else [("selected", selected)])
     for seed in seeds:
-        for protocol, exp in (("hand", config), ("selected", selected)):
+        for protocol, exp in protocols:
             if metrics(out, unet, protocol, seed):
                 continue
             run([sys.executable, "train_interpreter.py", "--exp", exp, "--exp_dir",
@@ -97,12 +113,12 @@ def mean_std(values: list[float], signed: bool = False) -> str:
     return f"{statistics.mean(values):{sign}.2f} ± {statistics.stdev(values):.2f}"
 
 
-def rows(out: str, seeds: list[int], unets: list[str]) -> list[dict]:
+def rows(out: str, seeds: list[int], unets: list[str], config: str) -> list[dict]:
     """Per U-Net: the mIoU % of each seed's hand-set and selected run, and the selection's report."""
     found = []
     for unet in unets:
         hand = {s: 100 * m["miou"] for s in seeds if (m := metrics(out, unet, "hand", s))}
-        chosen = {s: 100 * m["miou"] for s in seeds if (m := metrics(out, unet, "selected", s))}
+        chosen = {s: 100 * m["miou"] for s in seeds if (m := metrics(out, unet, "selected", s, config))}
         report = read_json(os.path.join(out, unet, "selection", "selection.json"))
         found.append({"unet": unet, "hand": hand, "selected": chosen, "report": report,
                       "difference": [chosen[s] - hand[s] for s in seeds if s in hand and s in chosen]})
@@ -122,7 +138,14 @@ def table(found: list[dict], command: str) -> str:
         report = row["report"] or {}
         chosen, own = report.get("selected"), report.get("config_protocol")
         protocol = f"{chosen['steps']} × {chosen['blocks']}" if chosen else "not selected yet"
-        if report.get("fallback"):
+        check = report.get("full_training_check")
+        if report.get("fallback") and check and check["gain"]:
+            end, probe_gain, full_gain = report["greedy_path"][-1], report["search_gain_over_config"], check["gain"]
+            protocol += (f" (the config's own: the search's {end['steps']} × {end['blocks']} beat it by "
+                         f"{100 * probe_gain['mean']:+.2f} ± {100 * probe_gain['standard_error']:.2f} in the probe's "
+                         f"CV, and by {100 * full_gain['mean']:+.2f} ± {100 * full_gain['standard_error']:.2f} "
+                         f"trained in full, {check['members']} members: not enough)")
+        elif report.get("fallback"):
             protocol += " (the config's own: the search's result did not beat it)"
         if report.get("complete") is False:
             protocol += " (unfinished search)"
@@ -157,7 +180,7 @@ def main(argv=None) -> int:
     command = (f"python scripts/selection_study.py --dataset {args.dataset} --ddpm {args.ddpm or '<train_ddpm folder>'} "
                f"--out {args.out} --seeds {' '.join(map(str, args.seeds))} --unets {' '.join(args.unets)}"
                + (" --quick" if args.quick else ""))
-    text = table(rows(out, args.seeds, args.unets), command)
+    text = table(rows(out, args.seeds, args.unets, f"experiments/{args.dataset}/ddpm.json"), command)
     publish("selection", text, os.path.join(REPO, args.docs))
     return 0
 

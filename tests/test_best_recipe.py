@@ -48,7 +48,7 @@ def fabricate(root, stages=STAGES):
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
-    for module in (best_recipe, best_recipe.variants):
+    for module in (best_recipe, best_recipe.variants, best_recipe.selection_study):
         monkeypatch.setattr(module, "REPO", str(tmp_path))
     return tmp_path
 
@@ -75,9 +75,10 @@ def test_each_change_is_kept_only_if_it_beats_the_current_recipe_by_the_seed_spr
     ]
     assert "takes noise draws (noise_draws 4, the best of the accuracy study), soft voting, test-time mirror;" in text
     # best.json's runs are the last kept stage's (offset 2.8): 41.30 ± 0.50 against the defaults' 38.50 ± 0.50.
-    assert ("best.json: 41.30 ± 0.50 mIoU over 3 seeds vs the original method's 38.50 ± 0.50 (ddpm.json, the "
-            "accuracy study's defaults): +2.80 points (per seed +2.80, +2.80, +2.80), which reaches the target "
-            "of +2.") in text
+    assert ("best.json on the reference checkpoint (the original method: ddpm.json, the accuracy study's "
+            "defaults): 41.30 ± 0.50 mIoU over 3 seeds vs the original method's 38.50 ± 0.50: +2.80 points (per "
+            "seed +2.80, +2.80, +2.80), which reaches the target of +2.") in text
+    assert "DDPM trained here" not in text  # no --ddpm
     assert "Active learning (`scripts/active_learning.py`): no strategy beats random" in text
     body = text.removeprefix("<!-- best_recipe:begin -->\n").removesuffix("<!-- best_recipe:end -->\n")
     assert body.startswith("#### Best recipe\n\n`experiments/<dataset>/best.json` takes")
@@ -106,6 +107,39 @@ def test_a_missed_target_says_by_how_much_and_nothing_kept_is_ddpm_json(repo):
     assert "+0.20 points (per seed +0.20, +0.20, +0.20), which misses by 1.80 points the target of +2." in text
     assert "takes nothing (best.json is ddpm.json)" in best_recipe.sentence(
         "runs/accuracy", "runs/accuracy/seed{}/default", SEEDS, [verdicts[0] | {"helps": False}], None)
+
+
+def test_best_json_on_the_ddpm_trained_here_against_the_original_method_there(repo, monkeypatch):
+    """--ddpm: the original method (the selection study's hand-set runs of that U-Net) and best.json, both on
+    the folder's latest checkpoint, trained when missing and compared seed by seed."""
+    fabricate(repo)
+    ddpm = repo / "runs" / "ddpm"
+    ddpm.mkdir(parents=True)
+    for step in (0, 800):
+        (ddpm / f"model{step:06d}.pt").write_bytes(b"")
+    commands = []
+
+    def fake_run(cmd):  # the trained U-Net's runs: the original method 35 + 0.5 seed, best.json +1.5 on seed 0 ...
+        commands.append(cmd)
+        folder, seed = cmd[cmd.index("--exp_dir") + 1], int(cmd[cmd.index("--seed") + 1])
+        write(repo / folder / "50_150_4", 35 + 0.5 * seed + (1.5 + 0.2 * seed if "trained_unet" in folder else 0))
+
+    monkeypatch.setattr(best_recipe.variants, "run", fake_run)
+    assert best_recipe.main(["--seeds", *map(str, SEEDS), "--docs", ".", "--ddpm", "runs/ddpm"]) == 0
+    sets = {cmd[cmd.index("--exp_dir") + 1]: cmd[cmd.index("--exp_dir") + 2:] for cmd in commands}
+    assert sets == {
+        **{f"runs/selection/trained/hand/seed{s}": ["--seed", str(s), "--set", 'model_path="runs/ddpm/model000800.pt"']
+           for s in SEEDS},
+        **{f"runs/best_recipe/trained_unet/seed{s}": [
+            "--seed", str(s), "--set", "noise_draws=4", "--set", 'voting="soft"', "--set", 'tta=["hflip"]',
+            "--set", 'model_path="runs/ddpm/model000800.pt"'] for s in SEEDS}}
+    text = (repo / "experiments.md").read_text()
+    assert ("best.json on the DDPM trained here (`runs/ddpm/model000800.pt`, the same keys; the stack was judged "
+            "on the reference checkpoint only): 37.20 ± 0.70 mIoU over 3 seeds vs the original method's 35.50 ± "
+            "0.50: +1.70 points (per seed +1.50, +1.70, +1.90), which misses by 0.30 points the target of +2.") in text
+    commands.clear()
+    assert best_recipe.main(["--seeds", *map(str, SEEDS), "--docs", ".", "--ddpm", "runs/ddpm"]) == 0
+    assert commands == []  # resumed: every run is there
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])

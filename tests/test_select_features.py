@@ -1,6 +1,7 @@
 """ddpmseg select on shapes64 training images with the tiny U-Net: fold split, outputs, resume, bad inputs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -315,20 +316,26 @@ class ScriptedSelection:
     (offsets 0, +1 and -1 points: paired gains have no spread, so min_gain alone decides). ``budget``: the
     number of probes before the time is up."""
 
-    def __init__(self, steps, blocks, step_value, block_value, own, budget=None, noise_draws=None, draw_gain=None):
+    def __init__(self, steps, blocks, step_value, block_value, own, budget=None, noise_draws=None, draw_gain=None,
+                 full_value=None, confirm=True):
         self.steps, self.blocks, self.own, self.budget = steps, blocks, own, budget
         self.step_value, self.block_value, self.draw_gain = step_value, block_value, draw_gain or {}
-        self.probe, self.cfg, self.noise_draws = feature_selection.ProbeSettings(), {"noise_draws": 1}, noise_draws
+        self.full_value = full_value or {}  # candidate key -> its mIoU trained in full (default: the probe's)
+        self.probe = feature_selection.ProbeSettings(confirm=confirm)
+        self.cfg, self.noise_draws = {"noise_draws": 1, "model_num": 10}, noise_draws
         self.calls = []
 
     step_rows = feature_selection.Selection.step_rows
 
-    def score(self, steps, blocks, noise_draws=None):
+    def score(self, steps, blocks, noise_draws=None, full=False):
         if len(self.calls) == self.budget:
             raise feature_selection.BudgetSpent
-        self.calls.append((sorted(steps), sorted(blocks)) + ((noise_draws,) if noise_draws else ()))
+        self.calls.append((sorted(steps), sorted(blocks)) + ((noise_draws,) if noise_draws else ())
+                          + (("full",) if full else ()))
         v = sum(self.step_value[t] for t in steps) + sum(self.block_value[b] for b in blocks)
         v += self.draw_gain.get(noise_draws, 0)
+        if full:
+            v = self.full_value.get(feature_selection.candidate_key(steps, blocks), v)
         return score(v, v + 0.01, v - 0.01, steps=sorted(steps), blocks=sorted(blocks))
 
 
@@ -380,6 +387,83 @@ def test_a_budget_spent_keeps_what_was_scored():
     # Before anything: nothing scored, nothing chosen.
     result = feature_selection.Selection.search(ScriptedSelection(*grid, own=([10], [1, 2]), budget=0))
     assert (result.own, result.singles, result.path, result.chosen) == (None, [], [], None)
+
+
+def test_a_search_result_replaces_the_configs_own_only_if_it_wins_trained_in_full_too():
+    # The probe's search ends on 10,20/1,2 (0.65), 30 points above the config's own 10,20/3 (0.3505).
+    grid = ([10, 20], [1, 2, 3], {10: 0.30, 20: 0.05}, {1: 0.20, 2: 0.10, 3: 0.0005})
+
+    def select(full_value, **kw):
+        sel = ScriptedSelection(*grid, own=([10, 20], [3]), full_value=full_value, **kw)
+        searched = feature_selection.Selection.search(sel)
+        return sel, searched, feature_selection.Selection.confirm(sel, searched)
+
+    # Trained in full, the config's own scores 0.40 and the search's end 0.39: the config's own is kept.
+    sel, searched, result = select({"10,20/3": 0.40, "10,20/1,2": 0.39})
+    assert cells([searched.chosen]) == [([10, 20], [1, 2])]  # the probe alone would have replaced it
+    assert sel.calls[-2:] == [([10, 20], [3], "full"), ([10, 20], [1, 2], "full")]
+    assert result.confirmation.members == 10
+    assert (result.confirmation.own.miou, result.confirmation.search.miou) == pytest.approx((0.40, 0.39))
+    assert result.chosen is result.own and result.fallback and result.complete
+    assert cells([result.probe_choice]) == [([10, 20], [1, 2])]
+    # The end wins by 0.1 points trained in full, under min_gain: still the config's own.
+    result = select({"10,20/3": 0.40, "10,20/1,2": 0.401})[2]
+    assert result.chosen is result.own and result.fallback
+    # By 1 point on every fold: the search's end, checked.
+    sel, _, result = select({"10,20/3": 0.40, "10,20/1,2": 0.41})
+    assert cells([result.chosen]) == [([10, 20], [1, 2])] and not result.fallback
+    # confirm off: no full training, the probe decides.
+    sel, _, result = select({"10,20/3": 0.40, "10,20/1,2": 0.39}, confirm=False)
+    assert not [c for c in sel.calls if "full" in c] and result.confirmation is None
+    assert cells([result.chosen]) == [([10, 20], [1, 2])]
+    # A budget that runs out during the check: the config's own, and the search is unfinished.
+    probes = len(select({})[0].calls) - 2
+    for budget in (probes, probes + 1):
+        _, _, result = select({"10,20/3": 0.40, "10,20/1,2": 0.45}, budget=budget)
+        assert result.chosen is result.own and result.fallback and not result.complete
+        assert result.stopped == "the time budget (--budget_minutes) ran out before the check by full training"
+
+
+def test_no_full_training_when_the_probe_keeps_the_configs_own():
+    # The search ends on 10/1,2 (0.6), 0.1 points below the config's own 10,20/1,2: nothing to check.
+    sel = ScriptedSelection([10, 20], [1, 2], {10: 0.30, 20: 0.001}, {1: 0.20, 2: 0.10}, own=([10, 20], [1, 2]))
+    result = feature_selection.Selection.confirm(sel, feature_selection.Selection.search(sel))
+    assert cells([result.path[-1]]) == [([10], [1, 2])]
+    assert not [c for c in sel.calls if "full" in c] and result.confirmation is None
+    assert cells([result.chosen]) == [([10, 20], [1, 2])] and result.fallback
+
+
+def test_the_full_training_check_trains_the_configs_members_to_early_stopping(tiny64_checkpoint, tmp_path,
+                                                                              monkeypatch):
+    """A full-training score trains model_num members with the config's own stopping rule, with the probe's
+    fold seeds; its key names the training, so it never stands in for the probe's score of the same cells."""
+    data = shapes64() / "real"
+    cfg = load_config("experiments/celebamask64/ddpm.json", {
+        "training_path": str(data / "train"), "model_path": str(tiny64_checkpoint), "training_number": 4,
+        "steps": [50], "blocks": [5], "device": "cpu", "model_num": 3, "max_epochs": 2})
+    from ddpmseg.common.model_flags import resolve_model_flags
+    probe = feature_selection.ProbeSettings(folds=2, members=1, iterations=5)
+    sel = feature_selection.Selection(cfg, resolve_model_flags(cfg), torch.device("cpu"), str(tmp_path), [50], [5],
+                                      probe, log=lambda m: None)
+    sel.extract()
+    calls = []
+    real = feature_selection.train_ensemble
+
+    def spy(store, pixels, settings, exp_dir, members, **kwargs):
+        calls.append((settings, members, kwargs["max_steps"]))
+        return real(store, pixels, settings, exp_dir, members, **kwargs)
+
+    monkeypatch.setattr(feature_selection, "train_ensemble", spy)
+    probe_score = sel.score([50], [5])
+    full_score = sel.score([50], [5], full=True)
+    assert [(m, steps) for _, m, steps in calls] == [([0], 5)] * 2 + [([0, 1, 2], None)] * 2
+    want = feature_selection.EnsembleSettings.from_config(cfg)
+    for j, (settings, _, _) in enumerate(calls[2:]):
+        assert settings == dataclasses.replace(want, seed=stream_seed("fold_seed", cfg["seed"], j))
+    assert calls[0][0].early_stop_patience == 5  # the probe: its iterations, no early stop
+    assert set(sel.scores) == {"50/5", "50/5 full training, 3 members"}
+    assert sel.scores["50/5 full training, 3 members"] is full_score and sel.scores["50/5"] is probe_score
+    assert full_score.fold_mious != probe_score.fold_mious
 
 
 def test_noise_draws_keep_the_best_count_only_if_it_improves_on_the_configs():
@@ -485,3 +569,26 @@ def test_bad_noise_draws_get_one_error_line_and_leave_nothing(tmp_path, tiny64_c
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and message in err, err
     assert not out.exists()
+
+
+def test_the_printed_report_says_why_the_configs_own_was_kept(capsys):
+    own = score(0.30, 0.40, 0.50, steps=(50, 150), blocks=(4, 5))
+    end = score(0.40, 0.50, 0.60, steps=(10,), blocks=(4,))  # beats own by 10 points in the probe's CV
+    check = feature_selection.Confirmation(10, score(0.38, 0.48, 0.58, steps=(50, 150), blocks=(4, 5)),
+                                           score(0.36, 0.46, 0.56, steps=(10,), blocks=(4,)))
+    result = feature_selection.SearchResult(own, [end], [end], "stopped", True, 0.002, check)
+    probe = feature_selection.ProbeSettings(folds=3)
+    select_features.report(result, {"dim": [64, 64, 1152]}, probe, "out")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[3:5] == [
+        "the config's own steps [50, 150] x blocks [4, 5], full training (10 members): CV mIoU 48.00 ± 10.00",
+        "the search's steps [10] x blocks [4], full training (10 members): CV mIoU 46.00 ± 10.00"]
+    assert printed[5] == ("selected steps [50, 150] x blocks [4, 5] (dim 1152), kept: the search's result beat it "
+                          "in the probe's CV but not trained in full (by more than --min_gain and its paired "
+                          "standard error); outputs in out")
+    # Out of time before the check: said so.
+    result = feature_selection.SearchResult(own, [end], [end], "budget", False, 0.002,
+                                            feature_selection.Confirmation(10, check.own))
+    select_features.report(result, {"dim": [64, 64, 1152]}, probe, "out")
+    assert ("selected steps [50, 150] x blocks [4, 5] (dim 1152), kept: the budget ran out before the search's "
+            "result was checked by full training; outputs in out") in capsys.readouterr().out

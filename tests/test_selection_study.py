@@ -31,7 +31,16 @@ def study(tmp_path_factory):
     return tmp, run_script(tmp)
 
 
+def kept_own(tmp, unet):
+    return ss.kept_own(str(tmp / "sel" / unet / "selection"), "experiments/celebamask64/ddpm.json")
+
+
 def run_config(tmp, unet, protocol, seed):
+    """The config and metrics of a run; the selected protocol's are the hand-set run's when the selection
+    kept the config's own (and then no selected run was trained)."""
+    if protocol == "selected" and kept_own(tmp, unet):
+        assert not (tmp / "sel" / unet / "selected").exists()
+        protocol = "hand"
     folder = tmp / "sel" / unet / protocol / f"seed{seed}"
     (sub,) = [p for p in folder.iterdir() if (p / "metrics.json").exists()]
     return json.loads((sub / "config.json").read_text()), json.loads((sub / "metrics.json").read_text())
@@ -81,10 +90,31 @@ def test_table_numbers_are_the_runs_mean_and_std(study):
 def test_a_rerun_skips_every_finished_step(study):
     tmp, _ = study
     finished = sorted(str(p) for p in (tmp / "sel").rglob("*") if p.name in ("metrics.json", "selected.json"))
-    assert len(finished) == len(UNETS) * (1 + 2 * len(SEEDS))
+    assert len(finished) == sum(1 + len(SEEDS) * (1 if kept_own(tmp, unet) else 2) for unet in UNETS)
     mtimes = [os.stat(p).st_mtime_ns for p in finished]
     assert "+ " not in run_script(tmp)  # nothing was started
     assert [os.stat(p).st_mtime_ns for p in finished] == mtimes
+
+
+def test_a_selection_unlike_the_config_trains_its_own_runs(study, tmp_path):
+    """selected.json with other noise draws than ddpm.json's is not the hand-set config: its runs are trained
+    from it, while those of a selection that kept the config's own are the hand-set runs."""
+    tmp, _ = study
+    out = tmp_path / "sel"
+    (out / "reference").mkdir(parents=True)
+    for part in ("selection", "hand"):
+        subprocess.run(["cp", "-r", str(tmp / "sel" / "reference" / part), str(out / "reference")], check=True)
+    selected = out / "reference" / "selection" / "selected.json"
+    cfg = json.loads(selected.read_text())
+    assert ss.kept_own(str(selected.parent), "experiments/celebamask64/ddpm.json") == (
+        (cfg["steps"], cfg["blocks"], cfg.get("noise_draws", 1)) == ([50, 150, 250], [4, 5, 6, 7, 8], 1))
+    selected.write_text(json.dumps({**cfg, "noise_draws": 2}))
+    assert not ss.kept_own(str(selected.parent), "experiments/celebamask64/ddpm.json")
+    ss.run_unet("celebamask64", str(out), "reference", None, [0], quick=True, budget_minutes=None)
+    (run,) = [p for p in (out / "reference" / "selected" / "seed0").iterdir() if (p / "metrics.json").exists()]
+    assert json.loads((run / "config.json").read_text())["noise_draws"] == 2
+    assert ss.metrics(str(out), "reference", "selected", 0, "experiments/celebamask64/ddpm.json") == json.loads(
+        (run / "metrics.json").read_text())
 
 
 def test_trained_unet_is_the_latest_checkpoint_of_the_ddpm_folder(tmp_path):

@@ -1,9 +1,11 @@
 """Extracts the activations of a step x block grid (default: 8 steps from 1 % to 80 % of the diffusion,
 every decoder block of the U-Net) for the training images only, scores each cell and then a greedy
-forward selection of steps x blocks by k-fold cross-validated mIoU of a small probe ensemble; the
-test set is never read. Writes to --out (default <exp_dir>/feature_selection): selection.json (every
-score with its fold spread), selection_heatmap.png, selected.json (the config with the chosen steps,
-blocks and dim), and scores.json, which lets a rerun of the same command continue where it stopped.
+forward selection of steps x blocks by k-fold cross-validated mIoU of a small probe ensemble; a result
+that beats the config's own steps x blocks replaces them only if it beats them trained in full too
+(--confirm, on the same folds). The test set is never read. Writes to --out (default
+<exp_dir>/feature_selection): selection.json (every score with its fold spread), selection_heatmap.png,
+selected.json (the config with the chosen steps, blocks and dim), and scores.json, which lets a rerun of
+the same command continue where it stopped.
 """
 from __future__ import annotations
 
@@ -55,9 +57,21 @@ def report(result, selected: dict | None, probe, out: str, draws: dict | None = 
     for what, s in scores:
         print(f"{what} steps {s.steps} x blocks {s.blocks}: CV mIoU {100 * s.miou:.2f} ± {100 * s.miou_std:.2f} "
               f"over {folds} folds")
+    check = result.confirmation
+    if check is not None:
+        for what, s in (("the config's own", check.own), ("the search's", check.search)):
+            if s is not None:
+                print(f"{what} steps {s.steps} x blocks {s.blocks}, full training ({check.members} members): "
+                      f"CV mIoU {100 * s.miou:.2f} ± {100 * s.miou_std:.2f}")
     chosen = result.chosen
-    verdict = ("kept: the search's result does not beat it by more than --min_gain and its paired standard error"
-               if result.fallback else "the search's result")
+    if not result.fallback:
+        verdict = "the search's result"
+    elif check is not None and result.probe_choice is not result.own:
+        verdict = ("kept: the search's result beat it in the probe's CV but not trained in full (by more than "
+                   "--min_gain and its paired standard error)" if check.search is not None else
+                   "kept: the budget ran out before the search's result was checked by full training")
+    else:
+        verdict = "kept: the search's result does not beat it by more than --min_gain and its paired standard error"
     print(f"selected steps {chosen.steps} x blocks {chosen.blocks} (dim {selected['dim'][2]}), {verdict}; "
           f"outputs in {out}")
     if draws is not None:
@@ -85,7 +99,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         probe, args.budget_minutes, noise_draws=args.noise_draws)
         os.makedirs(out, exist_ok=True)  # only now: a bad input leaves nothing behind
         sel.extract()
-        result = sel.search()
+        result = sel.confirm(sel.search())
         selected = sel.write_outputs(result, time.time() - t0)
         report(result, selected, probe, out, sel.noise_draw_scores if selected is not None else None)
 
