@@ -145,6 +145,10 @@ def table(found: list[dict], command: str) -> str:
                          f"{100 * probe_gain['mean']:+.2f} ± {100 * probe_gain['standard_error']:.2f} in the probe's "
                          f"CV, and by {100 * full_gain['mean']:+.2f} ± {100 * full_gain['standard_error']:.2f} "
                          f"trained in full, {check['members']} members: not enough)")
+        elif check and check["passed"]:
+            full_gain = check["gain"]
+            protocol += (f" (checked trained in full, {check['members']} members: {100 * full_gain['mean']:+.2f} ± "
+                         f"{100 * full_gain['standard_error']:.2f} over the config's own)")
         elif report.get("fallback"):
             protocol += " (the config's own: the search's result did not beat it)"
         if report.get("complete") is False:
