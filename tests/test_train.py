@@ -801,3 +801,191 @@ def test_an_interrupted_one_member_at_a_time_run_resumes_that_way(tmp_path, monk
         assert resumed[m]["iterations"] == ref[m]["iterations"]
     for m in range(3):
         assert_same_weights(load_sd(cut, m), load_sd(full, m), atol=0)  # a replay: bit-identical
+
+
+# --- the glue between the loop's units, by value (each pins what a mutation run found unchecked) ---
+
+def test_each_part_of_a_member_has_its_own_stream():
+    """member_generator(seed, m, part) is the seeding table's stream of that part: the trunk's init and the
+    dropout masks never replay the member's init stream."""
+    from ddpmseg.common.seeding import member_seed
+    draws = {part: torch.rand(4, generator=train_mod.member_generator(3, 1, part))
+             for part in ("member", "trunk", "member_dropout")}
+    for part, got in draws.items():
+        assert torch.equal(got, torch.rand(4, generator=torch.Generator().manual_seed(member_seed(3, 1, part))))
+    assert not torch.equal(draws["member"], draws["trunk"]) and not torch.equal(draws["member"], draws["member_dropout"])
+    assert torch.equal(torch.rand(4, generator=train_mod.member_generator(3, 1)), draws["member"])
+
+
+def test_member_losses_weigh_both_cross_entropies_by_class(data):
+    """alpha * CE_w(logits) + beta * CE_w(features @ etf), each the batch mean of the pixels' cross-entropy
+    times their class's weight, against a per-pixel sum written out in float64 (same sums: rel 1e-12)."""
+    g = torch.Generator().manual_seed(5)
+    M, B, D = 2, 6, 3
+    logits, features = torch.randn(M, B, K, generator=g, dtype=torch.float64), torch.randn(M, B, D, generator=g,
+                                                                                           dtype=torch.float64)
+    etf, y = torch.randn(D, K, generator=g, dtype=torch.float64), torch.randint(0, K, (M, B), generator=g)
+    weights = torch.tensor([0.5, 2.0, 1.0, 4.0], dtype=torch.float64)
+
+    def ce_w(z):
+        return torch.stack([sum(-torch.log_softmax(z[m, b], 0)[y[m, b]] * weights[y[m, b]] for b in range(B)) / B
+                            for m in range(M)])
+
+    ce, total = train_mod.member_losses(logits, features, y, etf, 0.7, 0.3, weights)
+    assert torch.allclose(ce, ce_w(logits), rtol=1e-12, atol=0)
+    assert torch.allclose(total, 0.7 * ce_w(logits) + 0.3 * ce_w(features @ etf), rtol=1e-12, atol=0)
+    ce, total = train_mod.member_losses(logits, features, y, None, 0.7, 0.3, weights)
+    assert torch.equal(ce, total)  # without a frame the loss minimised is the classifier's own
+
+
+@pytest.mark.parametrize("max_steps,expected", [(None, 42), (10, 10), (1000, 42), (42, 42)])
+def test_min_iterations_is_the_budget_or_the_earliest_early_stop(max_steps, expected):
+    """The earliest stop: epoch early_stop_after_epoch + 1 (2 epochs of 20 batches here) plus patience 2
+    batches = 42; max_steps only lowers it, max_epochs caps it."""
+    s = make_settings(early_stop_after_epoch=1, early_stop_patience=2, max_epochs=6)
+    assert train_mod.min_iterations(s, 20, max_steps) == expected
+    assert train_mod.min_iterations(make_settings(max_epochs=1), 20, max_steps) == min(20, expected)
+
+
+def test_auto_weighs_its_probe_against_the_max_steps_budget(data, tmp_path):
+    """With max_steps 10 each member trains 10 iterations, so the training auto weighs its probe against
+    is 2 x 10 member-batches, not the 2 x 42 of an unbudgeted run."""
+    store, px = data
+    stats = train_ensemble(store, px, make_settings(), str(tmp_path), [0, 1], log=quiet, max_steps=10)
+    assert stats[0]["ensemble_step"]["reason"] == ("no probe: its 66 member-batches would be over 10% of the at "
+                                                   "least 20 this training takes")
+
+
+def test_a_curve_point_is_the_mean_of_its_window():
+    curves = train_mod.TrainingCurves(2)
+    curves.add([1.0, 2.0], [0.25, 0.5], [True, True])
+    curves.add([3.0, 9.0], [0.75, 1.0], [True, False])  # member 1 stopped: its batch is not counted
+    curves.close_point(0, 2)
+    curves.close_point(1, 2)
+    curves.close_point(1, 3)  # an empty window adds no point
+    assert curves.points[0] == {"every": train_mod.CURVE_EVERY, "batch": [2], "loss": [2.0], "accuracy": [0.5]}
+    assert curves.points[1] == {"every": train_mod.CURVE_EVERY, "batch": [2], "loss": [2.0], "accuracy": [0.5]}
+    assert curves.window == [[0.0, 0.0, 0], [0.0, 0.0, 0]]
+
+
+def test_a_nonfinite_loss_names_the_member_iteration_epoch_and_rate():
+    from types import SimpleNamespace
+    from ddpmseg.common.numerics import NumericalError
+    state = SimpleNamespace(active=[True, True, False], members=[3, 7, 9], step=4)
+    with pytest.raises(NumericalError) as err:
+        train_mod.refuse_nonfinite([0.5, float("nan"), float("inf")], state, 1, 0.001)
+    assert str(err.value) == ("ensemble training: the loss of member(s) [7] is nan at iteration 5 (epoch 1); members "
+                              "finished before are kept. Lower learning_rate (now 0.001) or check the training features")
+    train_mod.refuse_nonfinite([0.5, 1.0, float("nan")], state, 1, 0.001)  # a stopped member's loss is not watched
+
+
+def test_training_on_a_nan_feature_stops_at_its_first_iteration(tmp_path):
+    """The loop passes its own epoch and learning rate to the check, before any weight or file is written."""
+    from ddpmseg.common.numerics import NumericalError
+    store, px = make_data()
+    store.put(0, [torch.full((c, h, w), float("nan")) for c, h, w in SHAPES])  # a third of every batch
+    with pytest.raises(NumericalError, match=r"at iteration 1 \(epoch 0\).*learning_rate \(now 0.0005\)"):
+        train_ensemble(store, px, make_settings(learning_rate=0.0005), str(tmp_path), [0, 1], log=quiet)
+    assert os.listdir(tmp_path) == []
+
+
+def test_inputs_carry_the_settings_matrix_and_weights_and_log_them(data):
+    """TrainingInputs.build: the feature_matrix asked for, the class weights of the training labels in the
+    members' dtype, both announced through the run's log."""
+    from ddpmseg.classifier.class_balance import class_weights
+    store, px = data
+    lines = []
+    inputs = train_mod.TrainingInputs.build(store, px, make_settings(feature_matrix="dense",
+                                                                     class_weighting="inverse_frequency"),
+                                            "cpu", torch.float32, None, lines.append)
+    expected = class_weights(px.labels, K, "inverse_frequency")
+    assert inputs.class_weights.dtype == torch.float32
+    assert torch.equal(inputs.class_weights, expected.float())
+    assert lines == [f"feature matrix: {len(px.labels):,} training pixels x {store.dim} upsampled once, 0.00 GiB "
+                     "float32",
+                     "class weights (inverse_frequency, pixel-weighted mean 1): "
+                     + ", ".join(f"{w:.3g}" for w in expected.tolist())]
+    lines.clear()
+    train_mod.TrainingInputs.build(store, px, make_settings(feature_matrix="lazy"), "cpu", torch.float32, None,
+                                   lines.append)
+    assert lines == []
+
+
+def test_the_dense_matrix_announces_its_size_in_gib():
+    """131 072 pixels x 40 features x 4 bytes = 0.0195 GiB: the first size the line shows as other than 0.00."""
+    store = FeatureStore(512, SHAPES, (H, W))  # zero activations: only the size is read
+    px = LabelledPixels(torch.arange(512 * H * W), torch.zeros(512 * H * W, dtype=torch.long), (H, W))
+    logs = []
+    train_mod.training_features(store, px, "dense", logs.append)
+    assert logs == ["feature matrix: 131,072 training pixels x 40 upsampled once, 0.02 GiB float32"]
+
+
+def test_the_dense_matrix_is_built_in_chunks_of_the_lazy_rows(data, monkeypatch):
+    """Every pixel's row once, DENSE_CHUNK pixels per store.pixels call (7 here, so the last chunk is short)."""
+    store, px = data
+    N = len(px.labels)
+    lazy = train_mod.training_features(store, px, "lazy", quiet)(torch.arange(N))
+    monkeypatch.setattr(train_mod, "DENSE_CHUNK", 7)
+    assert N % 7
+    calls = counting_pixels(store, monkeypatch)
+    rows = train_mod.training_features(store, px, "dense", quiet)
+    assert calls[0] == -(-N // 7)
+    assert torch.equal(rows(torch.arange(N)), lazy)
+
+
+def test_a_step_returns_its_epoch_and_the_members_mean_batch_loss(data, tmp_path):
+    """The loss the progress bar shows: the mean of the members' batch cross-entropies of that iteration."""
+    store, px = data
+    s = make_settings()
+    inputs = train_mod.TrainingInputs.build(store, px, s, "cpu", torch.float64, None, quiet)
+    group = train_mod.GroupTraining(inputs, str(tmp_path), [0, 1, 2], None)
+    idx = group.state.batches.indices(0)
+    x = inputs.rows(idx.reshape(-1)).reshape(3, s.batch_size, store.dim).double()
+    with torch.no_grad():
+        ce = group.nets.losses(x, px.labels[idx], s)[0]
+    epoch, loss = group.step()
+    assert epoch == 0 and loss == pytest.approx(ce.mean().item(), rel=1e-12)  # the same forward, float64
+
+
+def test_a_member_stopped_before_early_stopping_watched_has_no_best_loss(data, tmp_path):
+    """max_steps 3 ends training inside epoch 0, before early stopping looks at a batch: best_batch_loss is
+    None (strict JSON has no inf), and a training given no step record keeps none."""
+    store, px = data
+    inputs = train_mod.TrainingInputs.build(store, px, make_settings(), log=quiet)  # the defaults, as the benches
+    assert (inputs.device, inputs.dtype) == ("cpu", torch.float32)
+    stats = train_mod.GroupTraining(inputs, str(tmp_path), [0], 3).run(quiet, False)
+    assert stats == {0: {"epochs": 1, "iterations": 3, "stopped": "max_steps", "best_batch_loss": None}}
+    ckpt = member_file(tmp_path, 0)
+    assert ckpt["stats"] == stats[0] and (ckpt["dim"], ckpt["number_class"]) == (store.dim, K)
+
+
+def test_train_ensemble_takes_the_step_and_log_it_is_given(data, tmp_path):
+    from ddpmseg.classifier.ensemble_step import StepChoice
+    store, px = data
+    lines = []
+    told = StepChoice("batched", "per_member", "told by the caller")
+    stats = train_ensemble(store, px, make_settings(ensemble_step="batched", class_weighting="inverse_frequency"),
+                           str(tmp_path), [0, 1], log=lines.append, max_steps=5, step=told)
+    assert stats[0]["ensemble_step"] == stats[1]["ensemble_step"] == told.record()
+    assert sum(line.startswith("class weights (inverse_frequency") for line in lines) == 1
+    assert "ensemble step: per_member (ensemble_step batched: told by the caller)" in lines
+
+
+def test_member_nets_are_built_from_the_settings(data, tmp_path):
+    """The ensemble and the decoupled trunk take the dropout and its position; the trunk is initialised
+    from its own streams; the optimizer holds the ensemble and the trunk minus its last Linear (whose
+    output the ETF term never reads)."""
+    from ddpmseg.classifier.ensemble import PixelEnsemble
+    store, _ = data
+    s = make_settings(regularizer="etf_decoupled", dropout=0.3, dropout_position="after_bn")
+    nets = train_mod.MemberNets.build(store.dim, s, [0, 2], str(tmp_path), "cpu", torch.float32)
+    for net in (nets.ensemble, nets.trunk):
+        assert net.dropout == 0.3 and net.dropout_after_bn
+        assert len(net.dropout_generators) == 2
+    ref = PixelEnsemble(2, store.dim, K, generators=[train_mod.member_generator(0, m, "trunk") for m in (0, 2)])
+    for a, b in zip(nets.trunk.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+    trained = {id(p) for group in nets.optimizer.param_groups for p in group["params"]}
+    expected = {id(p) for p in nets.ensemble.parameters()} | {
+        id(p) for n, p in nets.trunk.named_parameters() if not n.endswith(".2")}
+    assert trained == expected and len(expected) > len(list(nets.ensemble.parameters()))
