@@ -6,6 +6,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 from ddpmseg.commands import select as select_features
 from conftest import shapes64
 from ddpmseg.classifier import feature_selection
-from ddpmseg.common.config import load_config
+from ddpmseg.common.config import ConfigError, load_config
 from ddpmseg.common.seeding import stream_seed
 
 # A small grid and a tiny probe: 6 training images in 3 folds, 2 steps x 2 blocks, 30 iterations; the
@@ -297,6 +298,19 @@ def test_a_candidate_must_beat_min_gain_and_its_paired_standard_error():
     assert feature_selection.improves(score(0.305, 0.415, 0.51, 0.61), current, min_gain=0.002)
 
 
+def test_a_gain_equal_to_min_gain_or_to_its_standard_error_does_not_replace():
+    """Both bounds are strict. The fold values are exact in binary: gains 0.25 and 0.5 (mean 0.375, standard
+    error 0.125); gains 0 and 0.5 (mean 0.25 and standard error 0.25, both computed exactly)."""
+    current = score(0.25, 0.25)
+    steady = score(0.5, 0.75)
+    assert feature_selection.paired_gain(steady, current) == (0.375, 0.125)
+    assert not feature_selection.improves(steady, current, min_gain=0.375)
+    assert feature_selection.improves(steady, current, min_gain=0.25)
+    uneven = score(0.25, 0.75)
+    assert feature_selection.paired_gain(uneven, current) == (0.25, 0.25)
+    assert not feature_selection.improves(uneven, current, min_gain=0.0)
+
+
 def test_the_search_result_falls_back_on_the_configs_own_choice_unless_beaten():
     own = score(0.30, 0.40, 0.50, 0.60, steps=(50, 150, 250), blocks=(4, 5, 6))
     noisy_end = score(0.35, 0.37, 0.54, 0.58, steps=(10,), blocks=(4,))  # higher mean, not beyond its error
@@ -364,6 +378,12 @@ def test_greedy_search_adds_the_best_step_or_block_while_it_gains_more_than_min_
     assert cells(result.path)[-1] == ([10, 20], [1, 2, 3]) and len(result.path) == 4
     assert result.stopped == "every step and block of the grid is in the selection"
     assert (result.complete, result.min_gain) == (True, 0.002)
+    # A min_gain of 20 points (above the best gain, 10) stops the search at the best cell; the reason names it.
+    sel.probe = feature_selection.ProbeSettings(min_gain=0.2)
+    result = feature_selection.Selection.search(sel)
+    assert cells(result.path) == [([10], [1])] and result.min_gain == 0.2
+    assert result.stopped == ("no added step or block raised CV mIoU by more than 20.00 points and its paired "
+                              "standard error")
     assert cells([result.own]) == [([10, 20], [1, 2, 3])] and len(result.singles) == 6
 
 
@@ -420,7 +440,7 @@ def test_a_search_result_replaces_the_configs_own_only_if_it_wins_trained_in_ful
     probes = len(select({})[0].calls) - 2
     for budget in (probes, probes + 1):
         _, _, result = select({"10,20/3": 0.40, "10,20/1,2": 0.45}, budget=budget)
-        assert result.chosen is result.own and result.fallback and not result.complete
+        assert result.chosen is result.own and result.fallback and result.complete is False  # JSON false
         assert result.stopped == "the time budget (--budget_minutes) ran out before the check by full training"
 
 
@@ -592,3 +612,130 @@ def test_the_printed_report_says_why_the_configs_own_was_kept(capsys):
     select_features.report(result, {"dim": [64, 64, 1152]}, probe, "out")
     assert ("selected steps [50, 150] x blocks [4, 5] (dim 1152), kept: the budget ran out before the search's "
             "result was checked by full training; outputs in out") in capsys.readouterr().out
+
+
+def test_the_full_training_check_is_recorded_with_both_scores_the_paired_gain_and_the_verdict():
+    """selection.json's "full_training_check", by value: gains 0.25 and 0.5 (mean 0.375, standard error
+    0.125, exact in binary) pass a min_gain of 0.25 and not one of 0.375; a check cut short by the budget
+    records what it scored and no gain."""
+    from dataclasses import asdict
+    own, search = score(0.25, 0.25, steps=(50, 150), blocks=(4, 5)), score(0.5, 0.75, steps=(10,), blocks=(4,))
+    check = feature_selection.Confirmation(10, own, search)
+    assert feature_selection.confirmation_report(check, 0.25) == {
+        "members": 10, "config_protocol": asdict(own), "search": asdict(search),
+        "gain": {"mean": 0.375, "standard_error": 0.125}, "passed": True}
+    assert feature_selection.confirmation_report(check, 0.375)["passed"] is False
+    for cut in (feature_selection.Confirmation(10, own), feature_selection.Confirmation(10, None, search)):
+        assert feature_selection.confirmation_report(cut, 0.0) == {
+            "members": 10, "config_protocol": None if cut.own is None else asdict(own),
+            "search": None if cut.search is None else asdict(search), "gain": None, "passed": False}
+    assert feature_selection.confirmation_report(None, 0.0) is None
+
+
+def test_an_ignore_label_is_left_out_of_the_probes_training_and_of_their_scores(tiny64_checkpoint, tmp_path,
+                                                                              monkeypatch):
+    """With ignore_label 0 (the procedural set's background, in every image), the probes' training pixels
+    are exactly the other pixels of the training windows, and every fold is scored by an IoU that ignores
+    label 0 too (its constructor arguments recorded around the real one)."""
+    from ddpmseg.common.model_flags import resolve_model_flags
+    data = shapes64() / "real"
+    cfg = load_config("experiments/celebamask64/ddpm.json", {
+        "training_path": str(data / "train"), "model_path": str(tiny64_checkpoint), "training_number": 4,
+        "steps": [50], "blocks": [5], "device": "cpu", "ignore_label": 0, "min_region_pixels": 0})
+    logged = []
+    sel = feature_selection.Selection(cfg, resolve_model_flags(cfg), torch.device("cpu"), str(tmp_path), [50, 250],
+                                      [5], feature_selection.ProbeSettings(folds=2, members=1, iterations=3),
+                                      log=logged.append)
+    sel.extract()
+    assert logged[-1] == (f"candidate store: 4 training images x 2 steps x 1 blocks, {sel.store.nbytes / 2**20:.1f} "
+                          "MiB (float16, native resolution)")
+    assert 0.1 < sel.store.nbytes / 2**20 < 10  # so that the line's one decimal shows the unit's scale
+    windows = torch.stack(sel.labels).reshape(-1)
+    assert torch.equal(sel.pixels.index, torch.nonzero(windows != 0).squeeze(1))
+    assert torch.equal(sel.pixels.labels, windows[windows != 0])
+    made = []
+    real = feature_selection.IoUAccumulator
+
+    def recorded(*args, **kwargs):
+        made.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(feature_selection, "IoUAccumulator", recorded)
+    first = sel.score([50], [5])
+    assert made == [(19, 0), (19, 0)]
+    # The score's mean is the float64 mean of its folds (two: exact), and asking with the config's own
+    # number of noise draws is the same candidate, already scored.
+    assert first.miou == (first.fold_mious[0] + first.fold_mious[1]) / 2
+    assert sel.score([50], [5], noise_draws=cfg["noise_draws"]) is first and len(made) == 2
+    # Another number of draws extracts exactly the candidate's steps x blocks again.
+    extractors = []
+    real_store = sel.training_store
+    monkeypatch.setattr(sel, "training_store", lambda backbone, desc: extractors.append(backbone) or
+                        real_store(backbone, desc))
+    sel.score([250], [5], noise_draws=2)
+    assert [(b.steps, b.blocks, 1 + len(b.extra_draws)) for b in extractors] == [([250], [5], 2)]
+
+
+def test_the_selection_is_built_from_the_config(tiny64_checkpoint, tmp_path):
+    """What the constructor takes from the config, by value: the grid widened by the config's own step when
+    only its step is outside (step 5 is in the grid as a step, block 5 as a block: a mix-up of the two sets
+    would hide it), the training folder's reading settings, folds equal to the number of images (allowed),
+    the budget's deadline, and the settings a rerun must match to reuse scores (everything that can change
+    a probe's score: not the test set, the device, the steps, blocks and dim of the config, nor model_num)."""
+    import shutil
+    from ddpmseg.common.model_flags import resolve_model_flags
+    images, masks = tmp_path / "images", tmp_path / "masks"  # masks in a folder of their own
+    images.mkdir(), masks.mkdir()
+    for f in sorted((shapes64() / "real" / "train").iterdir())[:8]:  # 4 images and their masks
+        shutil.copy(f, (images if f.suffix == ".png" else masks) / f.name)
+    # A fifth image twice as wide as the working size: several windows, one image.
+    Image.fromarray(np.zeros((64, 128, 3), np.uint8)).save(images / "zz_wide.png")
+    np.save(masks / "zz_wide.npy", np.zeros((64, 128), np.int64))
+    cfg = load_config("experiments/celebamask64/ddpm.json", {
+        "training_path": str(images), "training_masks_path": str(masks), "model_path": str(tiny64_checkpoint),
+        "training_number": 5, "steps": [150], "blocks": [5], "device": "cpu", "ignore_label": 3})
+    flags = resolve_model_flags(cfg)
+    logged = []
+    before = time.time()
+    probe = feature_selection.ProbeSettings(folds=5, repeats=2)
+    sel = feature_selection.Selection(cfg, flags, torch.device("cpu"), str(tmp_path / "out"), [5, 50], [5, 8], probe,
+                                      budget_minutes=2, log=logged.append)
+    assert (sel.steps, sel.blocks) == ([5, 50, 150], [5, 8])
+    assert "the grid also holds the config's own steps [150] x blocks [5], the fallback" in logged
+    assert before + 120 <= sel.deadline <= time.time() + 120
+    ds = sel.train_set
+    assert (len(ds), ds.number_class, ds.ignore_label, ds.palette) == (5, 19, 3, cfg["palette"])
+    assert ds.masks_dir == str(masks) and cfg["palette"] is not None
+    windows = ds.windows_per_image()
+    assert windows == [1, 1, 1, 1, 3]  # overlapping windows cover the wide image
+    for split in range(2):  # 5 folds of 5 images: one image each; the wide image's windows share its fold
+        image_folds, window_folds = sel.image_folds[split].tolist(), sel.folds[split].tolist()
+        assert sorted(image_folds) == [0, 1, 2, 3, 4]
+        assert window_folds == [f for f, k in zip(image_folds, windows) for _ in range(k)]
+    assert sel.image_folds[0].tolist() != sel.image_folds[1].tolist()  # two splits, not one twice
+    assert sel.noise_draw_scores is None
+    # Store layers step-major over the grid's 3 steps x 2 blocks, whatever order they are asked in.
+    assert sel.layers_of([150, 50], [8, 5]) == [2, 3, 4, 5] and sel.layers_of([5], [8]) == [1]
+    left_out = ("exp_dir", "testing_path", "testing_masks_path", "testing_number", "device", "steps", "blocks", "dim",
+                "model_num")
+    assert sel.settings == {"config": {k: v for k, v in cfg.items() if k not in left_out}, "model_flags": flags,
+                            "grid": {"steps": [5, 50, 150], "blocks": [5, 8]},
+                            "probe": {"folds": 5, "repeats": 2, "members": 2, "iterations": 600}}
+    assert set(cfg) > set(left_out) and "training_path" in sel.settings["config"]
+
+
+def test_the_grid_must_be_distinct_and_not_empty():
+    """Steps are checked only for a backbone with timesteps (the others have no steps to list)."""
+    for steps, blocks, uses, bad in (([50, 50], [1], True, "--steps must list distinct values, got [50, 50]"),
+                                     ([], [1], True, "--steps must list distinct values, got []"),
+                                     ([50], [2, 2], True, "--blocks must list distinct values, got [2, 2]"),
+                                     ([], [], False, "--blocks must list distinct values, got []"),
+                                     ([], [3, 3], False, "--blocks must list distinct values, got [3, 3]")):
+        with pytest.raises(ConfigError) as err:
+            feature_selection.check_distinct(steps, blocks, uses)
+        assert str(err.value) == bad
+    feature_selection.check_distinct([50, 50], [1, 2], False)  # steps unused: not checked
+    feature_selection.check_distinct([50], [1], True)
+    with pytest.raises(ConfigError) as err:
+        feature_selection.check_noise_draws([1, 2], False, "mae")
+    assert str(err.value) == "model_type 'mae' adds no noise, so there are no noise draws to compare: drop --noise_draws"
