@@ -18,6 +18,7 @@ from ddpmseg.commands import select as select_features
 from conftest import shapes64
 from ddpmseg.classifier import feature_selection
 from ddpmseg.common.config import ConfigError, load_config
+from ddpmseg.common.errors import DataError
 from ddpmseg.common.seeding import stream_seed
 
 # A small grid and a tiny probe: 6 training images in 3 folds, 2 steps x 2 blocks, 30 iterations; the
@@ -254,6 +255,8 @@ def test_scores_of_other_settings_are_not_reused(selection, tiny64_checkpoint, t
     (["--folds", "7"], "--folds 7 is more than the 6 training images"),
     (["--folds", "1"], "--folds must be >= 2"),
     (["--budget_minutes", "0"], "--budget_minutes must be > 0"),
+    (["--repeats", "0"], "--repeats must be >= 1 (the number of k-fold splits), got 0"),
+    (["--steps", "50", "50"], "--steps must list distinct values, got [50, 50]"),
 ])
 def test_bad_inputs_get_one_error_line_and_leave_nothing(tmp_path, tiny64_checkpoint, capsys, extra, message):
     out = tmp_path / "out"
@@ -484,6 +487,16 @@ def test_the_full_training_check_trains_the_configs_members_to_early_stopping(ti
     assert set(sel.scores) == {"50/5", "50/5 full training, 3 members"}
     assert sel.scores["50/5 full training, 3 members"] is full_score and sel.scores["50/5"] is probe_score
     assert full_score.fold_mious != probe_score.fold_mious
+    # selection.json of a search that was checked by the full training, by value.
+    check = feature_selection.Confirmation(3, full_score, full_score)
+    result = feature_selection.SearchResult(probe_score, [probe_score], [probe_score], "stopped", True, 0.002, check)
+    selected = sel.write_outputs(result, 1.5)
+    report = json.loads((tmp_path / "selection.json").read_text())
+    assert report["full_training_check"] == json.loads(json.dumps(feature_selection.confirmation_report(check, 0.002)))
+    assert report["full_training_check"]["gain"] == {"mean": 0.0, "standard_error": 0.0}
+    assert report["seconds"] == 1.5 and report["fold_splits"] == [report["fold_of_image"]]
+    assert report["selected"]["dim"] == selected["dim"] == [64, 64, sel.store.dim]  # the 50 x 5 cell's channels
+    assert report["search_gain_over_config"] == {"mean": 0.0, "standard_error": 0.0}
 
 
 def test_noise_draws_keep_the_best_count_only_if_it_improves_on_the_configs():
@@ -644,10 +657,11 @@ def test_an_ignore_label_is_left_out_of_the_probes_training_and_of_their_scores(
         "steps": [50], "blocks": [5], "device": "cpu", "ignore_label": 0, "min_region_pixels": 0})
     logged = []
     sel = feature_selection.Selection(cfg, resolve_model_flags(cfg), torch.device("cpu"), str(tmp_path), [50, 250],
-                                      [5], feature_selection.ProbeSettings(folds=2, members=1, iterations=3),
+                                      [5, 8], feature_selection.ProbeSettings(folds=2, members=1, iterations=3),
                                       log=logged.append)
     sel.extract()
-    assert logged[-1] == (f"candidate store: 4 training images x 2 steps x 1 blocks, {sel.store.nbytes / 2**20:.1f} "
+    assert len(sel.store.layer_shapes) == 4  # the grid's 2 steps x 2 blocks, not the config's 1 x 1
+    assert logged[-1] == (f"candidate store: 4 training images x 2 steps x 2 blocks, {sel.store.nbytes / 2**20:.1f} "
                           "MiB (float16, native resolution)")
     assert 0.1 < sel.store.nbytes / 2**20 < 10  # so that the line's one decimal shows the unit's scale
     windows = torch.stack(sel.labels).reshape(-1)
@@ -672,8 +686,8 @@ def test_an_ignore_label_is_left_out_of_the_probes_training_and_of_their_scores(
     real_store = sel.training_store
     monkeypatch.setattr(sel, "training_store", lambda backbone, desc: extractors.append(backbone) or
                         real_store(backbone, desc))
-    sel.score([250], [5], noise_draws=2)
-    assert [(b.steps, b.blocks, 1 + len(b.extra_draws)) for b in extractors] == [([250], [5], 2)]
+    sel.score([250], [8], noise_draws=2)
+    assert [(b.steps, b.blocks, 1 + len(b.extra_draws)) for b in extractors] == [([250], [8], 2)]
 
 
 def test_the_selection_is_built_from_the_config(tiny64_checkpoint, tmp_path):
@@ -718,6 +732,15 @@ def test_the_selection_is_built_from_the_config(tiny64_checkpoint, tmp_path):
     assert sel.layers_of([150, 50], [8, 5]) == [2, 3, 4, 5] and sel.layers_of([5], [8]) == [1]
     left_out = ("exp_dir", "testing_path", "testing_masks_path", "testing_number", "device", "steps", "blocks", "dim",
                 "model_num")
+    # More images asked for than the folder holds: the error names the config's key.
+    with pytest.raises(DataError, match="'training_number' is 6, but .* holds only 5 images"):
+        feature_selection.Selection({**cfg, "training_number": 6}, flags, torch.device("cpu"), str(tmp_path / "out"),
+                                    [5, 50], [5, 8], probe)
+    # The config's own steps x blocks already in the grid: nothing is added, nothing said.
+    logged.clear()
+    same = feature_selection.Selection(cfg, flags, torch.device("cpu"), str(tmp_path / "out"), [150], [5], probe,
+                                       log=logged.append)
+    assert (same.steps, same.blocks) == ([150], [5]) and not [m for m in logged if "also holds" in m]
     assert sel.settings == {"config": {k: v for k, v in cfg.items() if k not in left_out}, "model_flags": flags,
                             "grid": {"steps": [5, 50, 150], "blocks": [5, 8]},
                             "probe": {"folds": 5, "repeats": 2, "members": 2, "iterations": 600}}
@@ -739,3 +762,31 @@ def test_the_grid_must_be_distinct_and_not_empty():
     with pytest.raises(ConfigError) as err:
         feature_selection.check_noise_draws([1, 2], False, "mae")
     assert str(err.value) == "model_type 'mae' adds no noise, so there are no noise draws to compare: drop --noise_draws"
+
+
+def test_a_backbone_that_reads_its_config_and_logs_gets_both(tmp_path):
+    """diffusers with random weights: its default grid depends on the config (random_weights), and loading
+    it logs a line: the selection passes the config to both grid calls (the default grid, then the one
+    widened by the config's own steps) and its log to the loader."""
+    from ddpmseg.common.model_flags import resolve_model_flags
+    from ddpmseg.features.registry import backbone_class
+    data = shapes64() / "real"
+    cfg = load_config("experiments/celebamask64/diffusers.json", {
+        "training_path": str(data / "train"), "training_number": 4, "steps": [55], "device": "cpu"})
+    flags = resolve_model_flags(cfg)
+    logged = []
+    sel = feature_selection.Selection(cfg, flags, torch.device("cpu"), str(tmp_path), None, None,
+                                      feature_selection.ProbeSettings(folds=2), log=logged.append)
+    default_steps, default_blocks = backbone_class("diffusers").candidate_grid(cfg, flags)
+    assert 55 not in default_steps
+    assert (sel.steps, sel.blocks) == (sorted(default_steps + [55]), default_blocks)
+    assert "diffusers: random weights (seed 0), the google/ddpm-256 architecture" in logged
+    # Another number of noise draws builds the backbone again, through the same log.
+    (tmp_path / "small").mkdir()
+    small = feature_selection.Selection(cfg, flags, torch.device("cpu"), str(tmp_path / "small"), [55], [2],
+                                        feature_selection.ProbeSettings(folds=2, members=1, iterations=3),
+                                        log=logged.append)
+    small.extract()
+    logged.clear()
+    small.score([55], [2], noise_draws=2)
+    assert logged == ["diffusers: random weights (seed 0), the google/ddpm-256 architecture"]

@@ -817,7 +817,7 @@ def test_each_part_of_a_member_has_its_own_stream():
     assert torch.equal(torch.rand(4, generator=train_mod.member_generator(3, 1)), draws["member"])
 
 
-def test_member_losses_weigh_both_cross_entropies_by_class(data):
+def test_member_losses_weigh_both_cross_entropies_by_class():
     """alpha * CE_w(logits) + beta * CE_w(features @ etf), each the batch mean of the pixels' cross-entropy
     times their class's weight, against a per-pixel sum written out in float64 (same sums: rel 1e-12)."""
     g = torch.Generator().manual_seed(5)
