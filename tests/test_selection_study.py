@@ -131,3 +131,23 @@ def test_trained_unet_needs_a_ddpm_folder():
     r = subprocess.run([sys.executable, "scripts/selection_study.py", "--unets", "trained"], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "needs --ddpm" in r.stderr.strip().splitlines()[-1]
+
+
+def test_the_table_says_how_the_full_training_check_ended():
+    """The chosen-protocol cell after step 5: a search result the check turned down names both gains; one it
+    passed names its gain trained in full (values in points, from selection.json's fractions)."""
+    own = {"steps": [50, 150], "blocks": [4, 5], "miou": 0.40, "miou_std": 0.02}
+    end = {"steps": [50], "blocks": [4], "miou": 0.42, "miou_std": 0.03}
+
+    def row(unet, chosen, fallback, gain, passed):
+        report = {"selected": chosen, "config_protocol": own, "greedy_path": [end], "fallback": fallback,
+                  "search_gain_over_config": {"mean": 0.0226, "standard_error": 0.01}, "complete": True,
+                  "full_training_check": {"members": 10, "gain": gain, "passed": passed}}
+        return {"unet": unet, "report": report, "hand": {0: 0.4, 1: 0.41}, "selected": {0: 0.4, 1: 0.41},
+                "difference": [0.0, 0.0]}
+
+    text = ss.table([row("reference", own, True, {"mean": -0.0575, "standard_error": 0.0111}, False),
+                     row("trained", end, False, {"mean": 0.0149, "standard_error": 0.0083}, True)], "CMD")
+    assert ("[50, 150] × [4, 5] (the config's own: the search's [50] × [4] beat it by +2.26 ± 1.00 in the probe's "
+            "CV, and by -5.75 ± 1.11 trained in full, 10 members: not enough)") in text
+    assert "[50] × [4] (checked trained in full, 10 members: +1.49 ± 0.83 over the config's own)" in text
